@@ -1,0 +1,428 @@
+//! Consumption helper: processes the assigned partitions from JetStream.
+//!
+//! One durable pull consumer per partition (`<durable_prefix>-<partition id>`, filtered to
+//! that partition's subject). The ack floor and unacked messages therefore travel with the
+//! partition: the next owner binds the same durable and continues exactly where the server
+//! says the previous owner stopped — the Go helper's per-worker filter rewrite could skip a
+//! partition's backlog (parti-spec §4.1).
+//!
+//! Per partition one task pulls a batch, runs the handler on each message serially (order
+//! kept), and acknowledges with a double ack (the server confirms it, so a lost ack cannot
+//! silently turn into a redelivery to someone else later). A handler error naks with a
+//! backoff by delivery count. On revoke the task finishes the current handler, naks the
+//! rest of its batch (immediately redeliverable to the next owner) and ends; the manager
+//! confirms the handoff only after that.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{AssignmentChange, AssignmentListener, Fence, Partition};
+
+/// How to consume.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Stream holding the partition subjects.
+    pub stream: String,
+    /// Subject of a partition; `{partition}` is replaced by `Partition::subject_key()`.
+    pub subject_template: String,
+    /// Durable names are `<durable_prefix>-<partition id>`.
+    pub durable_prefix: String,
+    /// Server redelivers an unacknowledged message after this long.
+    pub ack_wait: Duration,
+    /// Deliveries before the server gives up on a message (`-1`: never). Exhaustion is
+    /// counted (see [`ConsumerStats::exhausted`]), never silent.
+    pub max_deliver: i64,
+    /// Messages pulled per request (and the durable's `max_ack_pending`).
+    pub batch: usize,
+    /// How long one pull waits for messages; bounds how long a revoke takes.
+    pub fetch_expiry: Duration,
+    /// First nak delay after a handler error; doubles per delivery up to `nak_backoff_max`.
+    pub nak_backoff: Duration,
+    /// Upper bound of the nak delay.
+    pub nak_backoff_max: Duration,
+    /// The server deletes a durable unused this long.
+    pub inactive_threshold: Duration,
+}
+
+impl ConsumerConfig {
+    /// Defaults for `stream` with subjects built from `subject_template`.
+    pub fn new(stream: impl Into<String>, subject_template: impl Into<String>) -> Self {
+        Self {
+            stream: stream.into(),
+            subject_template: subject_template.into(),
+            durable_prefix: "parti".into(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: -1,
+            batch: 16,
+            fetch_expiry: Duration::from_secs(1),
+            nak_backoff: Duration::from_millis(100),
+            nak_backoff_max: Duration::from_secs(5),
+            inactive_threshold: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    /// The subject of `partition`.
+    pub fn subject(&self, partition: &Partition) -> String {
+        self.subject_template
+            .replace("{partition}", &partition.subject_key())
+    }
+
+    /// The durable consumer name of `partition`.
+    pub fn durable(&self, partition: &Partition) -> String {
+        let raw = format!("{}-{}", self.durable_prefix, partition.id());
+        raw.chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .collect()
+    }
+}
+
+/// One message handed to the handler.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The partition it belongs to.
+    pub partition: Partition,
+    /// Subject it was published on.
+    pub subject: String,
+    /// Body.
+    pub payload: Bytes,
+    /// Headers, if any.
+    pub headers: Option<async_nats::HeaderMap>,
+    /// Stream sequence.
+    pub stream_sequence: u64,
+    /// 1 on first delivery, more on redeliveries.
+    pub delivered: i64,
+    /// Permission to process; check right before any side effect.
+    pub fence: Fence,
+}
+
+/// Error type handlers return; the message is nakked with backoff.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Processes one message. Called serially per partition.
+pub trait MessageHandler: Send + Sync + 'static {
+    /// Handle `delivery`; `Ok` acks it, `Err` naks it.
+    fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+/// Counters of the helper.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    /// Messages acknowledged (server-confirmed).
+    pub acked: AtomicU64,
+    /// Handler errors (each nakked).
+    pub handler_errors: AtomicU64,
+    /// Messages whose last allowed delivery failed (the server will not deliver them again).
+    pub exhausted: AtomicU64,
+    /// Max-deliveries advisories seen for our consumers.
+    pub exhausted_advisories: AtomicU64,
+    /// Acks that failed (the message will be redelivered).
+    pub ack_failures: AtomicU64,
+    /// Messages returned unprocessed at revoke (nakked for the next owner).
+    pub returned: AtomicU64,
+    /// Messages skipped because the fence was invalid.
+    pub fenced: AtomicU64,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Consumes the partitions the manager assigns; plug it in as the manager's listener.
+pub struct WorkerConsumer {
+    js: jetstream::Context,
+    config: ConsumerConfig,
+    handler: Arc<dyn MessageHandler>,
+    running: Mutex<HashMap<Partition, Running>>,
+    stats: Arc<ConsumerStats>,
+    advisories: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for WorkerConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConsumer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for WorkerConsumer {
+    fn drop(&mut self) {
+        self.advisories.abort();
+    }
+}
+
+impl WorkerConsumer {
+    /// A consumer on `client` calling `handler`. Subscribes to max-delivery advisories.
+    pub async fn new(
+        client: async_nats::Client,
+        config: ConsumerConfig,
+        handler: Arc<dyn MessageHandler>,
+    ) -> Result<Arc<Self>, async_nats::SubscribeError> {
+        let stats = Arc::new(ConsumerStats::default());
+        let subject = format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+            config.stream
+        );
+        let mut advisories = client.subscribe(subject).await?;
+        let js = jetstream::new(client);
+        let prefix = format!("{}-", config.durable_prefix);
+        let counter = stats.clone();
+        let advisories = tokio::spawn(async move {
+            while let Some(message) = advisories.next().await {
+                let consumer = message.subject.rsplit('.').next().unwrap_or_default();
+                if consumer.starts_with(&prefix) {
+                    counter.exhausted_advisories.fetch_add(1, Ordering::Relaxed);
+                    warn!(consumer, "max deliveries reached: a message will not be delivered again");
+                }
+            }
+        });
+        Ok(Arc::new(Self {
+            js,
+            config,
+            handler,
+            running: Mutex::new(HashMap::new()),
+            stats,
+            advisories,
+        }))
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        self.stats.clone()
+    }
+
+    /// Partitions being consumed now.
+    pub async fn partitions(&self) -> Vec<Partition> {
+        let mut partitions: Vec<Partition> = self.running.lock().await.keys().cloned().collect();
+        partitions.sort();
+        partitions
+    }
+
+    async fn stop(&self, partitions: &[Partition]) {
+        let stopping: Vec<(Partition, Running)> = {
+            let mut running = self.running.lock().await;
+            partitions
+                .iter()
+                .filter_map(|p| running.remove(p).map(|r| (p.clone(), r)))
+                .collect()
+        };
+        for (_, running) in &stopping {
+            running.cancel.cancel();
+        }
+        for (partition, running) in stopping {
+            if let Err(error) = running.task.await {
+                warn!(partition = %partition.id(), %error, "partition task ended abnormally");
+            }
+            info!(partition = %partition.id(), "partition released");
+        }
+    }
+}
+
+impl AssignmentListener for WorkerConsumer {
+    fn apply(&self, change: AssignmentChange) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Stop before start: a handoff must never run both at once in one process either.
+            self.stop(&change.removed).await;
+            let mut running = self.running.lock().await;
+            for partition in change.added {
+                if running.contains_key(&partition) {
+                    continue;
+                }
+                let cancel = CancellationToken::new();
+                let task = tokio::spawn(consume_partition(
+                    self.js.clone(),
+                    self.config.clone(),
+                    partition.clone(),
+                    self.handler.clone(),
+                    change.fence.clone(),
+                    self.stats.clone(),
+                    cancel.clone(),
+                ));
+                info!(partition = %partition.id(), version = change.version, "partition acquired");
+                running.insert(partition, Running { cancel, task });
+            }
+        })
+    }
+
+    fn stop_all(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let all: Vec<Partition> = self.running.lock().await.keys().cloned().collect();
+            self.stop(&all).await;
+        })
+    }
+}
+
+async fn bind(
+    js: &jetstream::Context,
+    config: &ConsumerConfig,
+    partition: &Partition,
+) -> Result<jetstream::consumer::PullConsumer, async_nats::Error> {
+    let durable = config.durable(partition);
+    let stream = js.get_stream(&config.stream).await?;
+    let consumer = stream
+        .get_or_create_consumer(
+            &durable,
+            pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subject: config.subject(partition),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                max_deliver: config.max_deliver,
+                max_ack_pending: config.batch as i64,
+                inactive_threshold: config.inactive_threshold,
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(consumer)
+}
+
+fn nak_delay(config: &ConsumerConfig, delivered: i64) -> Duration {
+    let exponent = u32::try_from(delivered.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    config
+        .nak_backoff
+        .saturating_mul(1 << exponent)
+        .min(config.nak_backoff_max)
+}
+
+async fn consume_partition(
+    js: jetstream::Context,
+    config: ConsumerConfig,
+    partition: Partition,
+    handler: Arc<dyn MessageHandler>,
+    fence: Fence,
+    stats: Arc<ConsumerStats>,
+    cancel: CancellationToken,
+) {
+    let span = tracing::info_span!("partition", partition = %partition.id());
+    let _entered = span.enter();
+    drop(_entered);
+    let mut consumer = None;
+    while !cancel.is_cancelled() {
+        if !fence.is_valid() {
+            // Degraded or fenced: do nothing, not even pull, until the leases hold again.
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_millis(50)) => continue,
+            }
+        }
+        let pull = match &consumer {
+            Some(consumer) => consumer,
+            None => match bind(&js, &config, &partition).await {
+                Ok(bound) => consumer.insert(bound),
+                Err(error) => {
+                    debug!(partition = %partition.id(), %error, "binding durable failed; retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                    }
+                }
+            },
+        };
+        let batch = pull
+            .batch()
+            .max_messages(config.batch)
+            .expires(config.fetch_expiry)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                debug!(partition = %partition.id(), %error, "pull failed; rebinding");
+                consumer = None;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Drain the whole batch even after a revoke: messages of this pull request can
+        // still arrive, and each must be handed back (nak) rather than left to AckWait.
+        while let Some(message) = batch.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    debug!(partition = %partition.id(), %error, "batch error");
+                    break;
+                }
+            };
+            if cancel.is_cancelled() {
+                if fence.is_valid() {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    stats.returned.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            process(&config, &partition, handler.as_ref(), &fence, &stats, message).await;
+        }
+    }
+}
+
+async fn process(
+    config: &ConsumerConfig,
+    partition: &Partition,
+    handler: &dyn MessageHandler,
+    fence: &Fence,
+    stats: &ConsumerStats,
+    message: jetstream::Message,
+) {
+    let Ok(info) = message.info() else {
+        return;
+    };
+    let (stream_sequence, delivered) = (info.stream_sequence, info.delivered);
+    if !fence.is_valid() {
+        // Lost our lease while this was in flight: touch nothing; the next owner gets it.
+        stats.fenced.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let delivery = Delivery {
+        partition: partition.clone(),
+        subject: message.subject.to_string(),
+        payload: message.payload.clone(),
+        headers: message.headers.clone(),
+        stream_sequence,
+        delivered,
+        fence: fence.clone(),
+    };
+    match handler.handle(&delivery).await {
+        Ok(()) => {
+            if !fence.is_valid() {
+                stats.fenced.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            match message.double_ack().await {
+                Ok(()) => {
+                    stats.acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    stats.ack_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(partition = %partition.id(), stream_sequence, %error, "ack not confirmed; expect a redelivery");
+                }
+            }
+        }
+        Err(error) => {
+            stats.handler_errors.fetch_add(1, Ordering::Relaxed);
+            if config.max_deliver > 0 && delivered >= config.max_deliver {
+                stats.exhausted.fetch_add(1, Ordering::Relaxed);
+                warn!(partition = %partition.id(), stream_sequence, delivered, %error, "handler failed on the last allowed delivery");
+            } else {
+                debug!(partition = %partition.id(), stream_sequence, delivered, %error, "handler failed; nak");
+            }
+            if fence.is_valid() {
+                let delay = nak_delay(config, delivered);
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The control bucket: one JetStream KV bucket holding every piece of shared state, written
+//! only with compare-and-set.
+//!
+//! Why one bucket: a write can be fenced by the sequence of *another* key only when both
+//! live in the same stream (`Nats-Expected-Last-Subject-Sequence-Subject`, nats-server 2.11+).
+//! The assignment is written fenced by the leader key, so a deposed leader's write is
+//! rejected by the server, not merely discouraged by a local check.
+//!
+//! Why per-key TTLs instead of bucket `MaxAge`: ids, heartbeats and the leader lease each
+//! need their own lifetime while the assignment must never expire. The bucket is created
+//! with `limit_markers`, so an expired lease leaves a delete marker that watchers see.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+
+/// Keys in the control bucket.
+pub(crate) mod keys {
+    /// Stable id lease of a worker id.
+    pub fn id(worker_id: &str) -> String {
+        format!("id.{worker_id}")
+    }
+    /// Heartbeat lease of a worker id.
+    pub fn heartbeat(worker_id: &str) -> String {
+        format!("hb.{worker_id}")
+    }
+    /// Prefix of every heartbeat key.
+    pub const HEARTBEAT_PREFIX: &str = "hb.";
+    /// Prefix of every id key.
+    pub const ID_PREFIX: &str = "id.";
+    /// The leader lease.
+    pub const LEADER: &str = "leader";
+    /// The one assignment document.
+    pub const ASSIGNMENT: &str = "assignment";
+}
+
+/// Failure of a control-bucket operation.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// A compare-and-set lost: someone else wrote the key (or the fence key) since.
+    #[error("conflict writing {key}: revision changed")]
+    Conflict {
+        /// The key being written.
+        key: String,
+    },
+    /// The key already holds a live value.
+    #[error("{key} is already taken")]
+    Exists {
+        /// The key being created.
+        key: String,
+    },
+    /// NATS did not answer or refused for another reason; the outcome may be unknown.
+    #[error("{operation} {key}: {source}")]
+    Nats {
+        /// What was being done.
+        operation: &'static str,
+        /// The key involved.
+        key: String,
+        /// The underlying error.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// A stored value could not be decoded.
+    #[error("malformed value at {key}: {source}")]
+    Malformed {
+        /// The key read.
+        key: String,
+        /// Decoding error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ControlError {
+    fn nats(operation: &'static str, key: &str, source: impl Into<async_nats::Error>) -> Self {
+        Self::Nats {
+            operation,
+            key: key.to_string(),
+            source: source.into(),
+        }
+    }
+}
+
+/// A live value and its revision (the stream sequence that wrote it).
+#[derive(Debug, Clone)]
+pub(crate) struct Versioned {
+    pub value: Bytes,
+    pub revision: u64,
+}
+
+/// Handle on the control bucket.
+#[derive(Debug, Clone)]
+pub(crate) struct ControlBucket {
+    js: jetstream::Context,
+    store: kv::Store,
+    bucket: String,
+}
+
+impl ControlBucket {
+    /// Open the bucket, creating it on first use.
+    pub async fn open(
+        client: async_nats::Client,
+        bucket: &str,
+        replicas: usize,
+    ) -> Result<Self, ControlError> {
+        let js = jetstream::new(client);
+        let mut last_error = None;
+        // Several managers start at once: creation races are expected, so retry open/create.
+        for attempt in 0..5u32 {
+            match js.get_key_value(bucket).await {
+                Ok(store) => {
+                    return Ok(Self {
+                        js,
+                        store,
+                        bucket: bucket.to_string(),
+                    });
+                }
+                // Not there yet (or not reachable): try to create it below.
+                Err(_) => {}
+            }
+            let config = kv::Config {
+                bucket: bucket.to_string(),
+                history: 1,
+                num_replicas: replicas,
+                // Markers make TTL expiry visible to watchers; they only need to outlive a
+                // watcher's reconnect.
+                limit_markers: Some(Duration::from_secs(60)),
+                ..Default::default()
+            };
+            match js.create_key_value(config).await {
+                Ok(store) => {
+                    return Ok(Self {
+                        js,
+                        store,
+                        bucket: bucket.to_string(),
+                    });
+                }
+                Err(error) => {
+                    last_error = Some(ControlError::nats("create bucket", bucket, error));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
+        }
+        Err(last_error.unwrap_or_else(|| ControlError::nats("open bucket", bucket, "unknown")))
+    }
+
+    /// The KV store, for watches.
+    pub fn store(&self) -> &kv::Store {
+        &self.store
+    }
+
+    fn subject(&self, key: &str) -> String {
+        format!("$KV.{}.{}", self.bucket, key)
+    }
+
+    /// The live value of `key`, or `None` when absent, deleted or expired.
+    pub async fn get(&self, key: &str) -> Result<Option<Versioned>, ControlError> {
+        Ok(self.entry(key).await?.and_then(|(value, live)| live.then_some(value)))
+    }
+
+    /// The latest entry of `key` and whether it is live (a put) — a tombstone's revision is
+    /// what a create must expect.
+    async fn entry(&self, key: &str) -> Result<Option<(Versioned, bool)>, ControlError> {
+        let entry = self
+            .store
+            .entry(key)
+            .await
+            .map_err(|error| ControlError::nats("read", key, error))?;
+        Ok(entry.map(|entry| {
+            let live = entry.operation == kv::Operation::Put;
+            (
+                Versioned {
+                    value: entry.value,
+                    revision: entry.revision,
+                },
+                live,
+            )
+        }))
+    }
+
+    /// Write `value` only if the last revision of `key` is `expected` (0 = never written).
+    pub async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: u64,
+        ttl: Option<Duration>,
+    ) -> Result<u64, ControlError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string());
+        if let Some(ttl) = ttl {
+            headers.insert("Nats-TTL", ttl.as_secs().max(1).to_string());
+        }
+        self.publish(key, headers, value).await
+    }
+
+    /// Write `value` only if the last revision of `fence_key` is still `fence_revision`.
+    ///
+    /// This is the fencing token: the leader writes the assignment fenced by its own lease
+    /// revision, and any renewal or takeover of the lease since makes the server refuse.
+    pub async fn fenced_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        fence_key: &str,
+        fence_revision: u64,
+    ) -> Result<u64, ControlError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            fence_revision.to_string(),
+        );
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence-Subject",
+            self.subject(fence_key),
+        );
+        self.publish(key, headers, value).await
+    }
+
+    async fn publish(&self, key: &str, headers: HeaderMap, value: Bytes) -> Result<u64, ControlError> {
+        let ack = self
+            .js
+            .publish_with_headers(self.subject(key), headers, value)
+            .await
+            .map_err(|error| ControlError::nats("write", key, error))?
+            .await;
+        match ack {
+            Ok(ack) => Ok(ack.sequence),
+            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(ControlError::Conflict {
+                    key: key.to_string(),
+                })
+            }
+            Err(error) => Err(ControlError::nats("write", key, error)),
+        }
+    }
+
+    /// Create `key` if it holds no live value (absent, deleted or expired).
+    pub async fn create(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<u64, ControlError> {
+        let expected = match self.entry(key).await? {
+            None => 0,
+            Some((_, true)) => {
+                return Err(ControlError::Exists {
+                    key: key.to_string(),
+                });
+            }
+            Some((tombstone, false)) => tombstone.revision,
+        };
+        match self.update(key, value, expected, ttl).await {
+            Err(ControlError::Conflict { key }) => Err(ControlError::Exists { key }),
+            other => other,
+        }
+    }
+
+    /// Delete `key` if its revision is still `revision` (releasing a lease we hold).
+    pub async fn delete_if(&self, key: &str, revision: u64) -> Result<(), ControlError> {
+        self.store
+            .delete_expect_revision(key, Some(revision))
+            .await
+            .map_err(|error| ControlError::nats("delete", key, error))
+    }
+
+    /// All live keys starting with `prefix`, with their values.
+    pub async fn scan(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, ControlError> {
+        let mut keys = self
+            .store
+            .keys()
+            .await
+            .map_err(|error| ControlError::nats("list", prefix, error))?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|error| ControlError::nats("list", prefix, error))?;
+            if key.starts_with(prefix) {
+                names.push(key);
+            }
+        }
+        let mut found = Vec::with_capacity(names.len());
+        for key in names {
+            if let Some(value) = self.get(&key).await? {
+                found.push((key, value));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Decode a JSON control value.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    key: &str,
+    value: &[u8],
+) -> Result<T, ControlError> {
+    serde_json::from_slice(value).map_err(|source| ControlError::Malformed {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// Encode a JSON control value.
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Bytes {
+    // Serialising our own plain structs cannot fail.
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}

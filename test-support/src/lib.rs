@@ -1,0 +1,179 @@
+//! Test helpers shared by the workspace's integration tests.
+//!
+//! Layout:
+//! - [`NatsServer`]: a real `nats-server -js` on a free loopback port with a temporary store,
+//!   killed on drop; restartable on the same port and store (for outage tests).
+//! - [`eventually`]: wait for a condition with a deadline instead of sleeping and hoping.
+//!
+//! The binary is looked up in `$NATS_SERVER_BIN`, then `<workspace>/.tools/bin/nats-server`
+//! (where `scripts/setup.sh` installs the pinned version), then `$PATH`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A running nats-server with JetStream, owned by a test.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+/// Where the pinned nats-server is expected; panics with instructions when it is absent.
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let local = workspace.join(".tools/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("nats-server");
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "nats-server not found: run ./scripts/setup.sh (installs the pinned version into .tools/), \
+         or set NATS_SERVER_BIN"
+    );
+}
+
+impl NatsServer {
+    /// Start a fresh server on a free port (chosen by the server itself, read from its log).
+    pub fn start() -> Self {
+        let store = tempfile::Builder::new()
+            .prefix("parti-nats-")
+            .tempdir()
+            .expect("create temp store dir");
+        let binary = nats_server_binary();
+        let (child, port) = spawn(&binary, store.path(), None);
+        Self {
+            child: Some(child),
+            port,
+            store,
+            binary,
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// SIGKILL the server (as a crash would); the store stays for [`NatsServer::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start the server again on the same port with the same store (after [`NatsServer::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, port) = spawn(&self.binary, self.store.path(), Some(self.port));
+        assert_eq!(port, self.port, "restarted server must keep its port");
+        self.child = Some(child);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(binary: &Path, store: &Path, port: Option<u16>) -> (Child, u16) {
+    let port_arg = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
+    // A port freed by a killed server can stay busy for a moment; retry briefly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut child = Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "--store_dir"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to start {}: {e}", binary.display()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        // Keep draining the log after startup so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(port) = listening_port(&line) {
+                        let _ = tx.send(Ok(port));
+                        sent = true;
+                    } else if line.contains("[FTL]") || line.contains("[ERR]") {
+                        let _ = tx.send(Err(line));
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok(port)) => return (child, port),
+            Ok(Err(line)) if Instant::now() < deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("nats-server failed to start ({line}); retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => {
+                let _ = child.kill();
+                panic!("nats-server did not start: {other:?}");
+            }
+        }
+    }
+}
+
+fn listening_port(line: &str) -> Option<u16> {
+    let rest = line.split("Listening for client connections on ").nth(1)?;
+    rest.trim().rsplit(':').next()?.parse().ok()
+}
+
+/// Poll `condition` every 50 ms until it returns true; panic naming `what` after `timeout`.
+#[track_caller]
+pub fn eventually<F, Fut>(what: &str, timeout: Duration, condition: F) -> impl Future<Output = ()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let location = std::panic::Location::caller();
+    wait_for(what, timeout, condition, location)
+}
+
+async fn wait_for<F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut condition: F,
+    location: &'static std::panic::Location<'static>,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what} (at {location})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
