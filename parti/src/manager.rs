@@ -360,6 +360,13 @@ async fn wait_until_removed(shared: &Shared) {
     let mut interval = tokio::time::interval(Duration::from_millis(100));
     loop {
         interval.tick().await;
+        // The last worker standing has nobody to publish it out.
+        if let Ok(others) = shared.bucket.scan(keys::HEARTBEAT_PREFIX).await {
+            let own = keys::heartbeat(&shared.worker_id);
+            if others.iter().all(|(key, _)| *key == own) {
+                return;
+            }
+        }
         match shared.bucket.get(keys::ASSIGNMENT).await {
             Ok(Some(value)) => match decode::<AssignmentDoc>(keys::ASSIGNMENT, &value.value) {
                 Ok(doc) if doc.members.get(&shared.worker_id) != Some(&shared.incarnation) => return,

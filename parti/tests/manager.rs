@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use parti::{Config, StaticSource, State};
 use test_support::{NatsServer, eventually};

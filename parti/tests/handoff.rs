@@ -1,0 +1,184 @@
+//! Zero-loss handoff: a backlogged partition moved repeatedly between workers while
+//! publishing continues. No gap, never two workers processing it at once, order kept
+//! except for redeliveries.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::*;
+use futures::future::BoxFuture;
+use parti::{
+    AssignmentMap, Config, ConsumerConfig, Delivery, HandlerError, Manager, MessageHandler,
+    Partition, StaticSource, Strategy, StrategyError, WorkerConsumer,
+};
+use test_support::{NatsServer, eventually};
+
+/// Puts every partition on the worker whose index the test selects (then `refresh`).
+#[derive(Debug, Default)]
+struct Pinned {
+    index: AtomicUsize,
+}
+
+impl Strategy for Pinned {
+    fn assign(&self, workers: &[String], partitions: &[Partition]) -> Result<AssignmentMap, StrategyError> {
+        let mut sorted = workers.to_vec();
+        sorted.sort();
+        let chosen = sorted.get(self.index.load(Ordering::SeqCst) % sorted.len().max(1)).ok_or(StrategyError::NoWorkers)?;
+        Ok(sorted
+            .iter()
+            .map(|w| (w.clone(), if w == chosen { partitions.to_vec() } else { Vec::new() }))
+            .collect())
+    }
+    fn name(&self) -> &'static str {
+        "Pinned"
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Processed {
+    seq: u64,
+    worker: String,
+    delivered: i64,
+}
+
+/// Records each processed message and flags two handlers inside one partition at once.
+#[derive(Debug)]
+struct Recorder {
+    worker: Mutex<String>,
+    log: Arc<Mutex<Vec<Processed>>>,
+    busy: Arc<AtomicBool>,
+    overlaps: Arc<AtomicUsize>,
+}
+
+impl MessageHandler for Recorder {
+    fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            if self.busy.swap(true, Ordering::SeqCst) {
+                self.overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+            let seq: u64 = std::str::from_utf8(&delivery.payload)?.parse()?;
+            tokio::time::sleep(Duration::from_micros(300)).await;
+            self.log.lock().expect("log").push(Processed {
+                seq,
+                worker: self.worker.lock().expect("worker").clone(),
+                delivered: delivery.delivered,
+            });
+            self.busy.store(false, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backlog_survives_repeated_moves_without_gap_or_overlap() {
+    init_tracing();
+    let server = NatsServer::start();
+    let client = connect(&server.url()).await;
+    let js = jetstream::new(client.clone());
+    js.create_stream(jetstream::stream::Config {
+        name: "HANDOFF".into(),
+        subjects: vec!["handoff.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+
+    const BACKLOG: u64 = 1000;
+    const TOTAL: u64 = 3000;
+    for seq in 1..=BACKLOG {
+        js.publish("handoff.p0", seq.to_string().into()).await.expect("publish").await.expect("ack");
+    }
+
+    let source = StaticSource::new(vec![Partition::new("p0", 1)]);
+    let strategy = Arc::new(Pinned::default());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let busy = Arc::new(AtomicBool::new(false));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let mut managers: Vec<Manager> = Vec::new();
+    for _ in 0..3 {
+        let recorder = Arc::new(Recorder {
+            worker: Mutex::new(String::new()),
+            log: log.clone(),
+            busy: busy.clone(),
+            overlaps: overlaps.clone(),
+        });
+        let client = connect(&server.url()).await;
+        let consumer = WorkerConsumer::new(
+            client.clone(),
+            ConsumerConfig::new("HANDOFF", "handoff.{partition}"),
+            recorder.clone(),
+        )
+        .await
+        .expect("consumer");
+        let config = Config { worker_id_max: 9, ..Config::fast_for_tests() };
+        let manager = Manager::start(client, config, Arc::new(source.clone()), strategy.clone(), Some(consumer))
+            .await
+            .expect("start");
+        *recorder.worker.lock().expect("worker") = manager.worker_id().to_string();
+        managers.push(manager);
+    }
+
+    // Keep publishing while the partition moves.
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            for seq in BACKLOG + 1..=TOTAL {
+                js.publish("handoff.p0", seq.to_string().into()).await.expect("publish").await.expect("ack");
+                if seq % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+    };
+
+    let mut moves = 0;
+    let mut owners_seen = BTreeSet::new();
+    for round in 1..=9usize {
+        let processed_before = log.lock().expect("log").len();
+        strategy.index.store(round, Ordering::SeqCst);
+        let leader = managers.iter().find(|m| m.is_leader());
+        if let Some(leader) = leader {
+            leader.refresh_partitions();
+        }
+        let target = {
+            let mut ids: Vec<String> = managers.iter().map(|m| m.worker_id().to_string()).collect();
+            ids.sort();
+            ids[round % ids.len()].clone()
+        };
+        // Wait until the new owner has processed something.
+        eventually(&format!("round {round}: {target} processes p0"), LONG, || async {
+            let log = log.lock().expect("log");
+            log.len() > processed_before && log.last().is_some_and(|p| p.worker == target)
+        })
+        .await;
+        owners_seen.insert(target);
+        moves += 1;
+    }
+    publisher.await.expect("publisher");
+    eventually("every message processed", Duration::from_secs(60), || async {
+        let seen: BTreeSet<u64> = log.lock().expect("log").iter().map(|p| p.seq).collect();
+        seen.len() as u64 == TOTAL
+    })
+    .await;
+
+    let log = log.lock().expect("log").clone();
+    let seen: BTreeSet<u64> = log.iter().map(|p| p.seq).collect();
+    assert_eq!(seen, (1..=TOTAL).collect(), "no gap");
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two workers processed p0 at once");
+    let mut highest = 0;
+    for entry in log.iter().filter(|p| p.delivered == 1) {
+        assert!(entry.seq > highest, "order broken at seq {} after {highest}", entry.seq);
+        highest = entry.seq;
+    }
+    let duplicates = log.len() - seen.len();
+    eprintln!("moves: {moves}, owners: {owners_seen:?}, processed: {}, duplicates: {duplicates}", log.len());
+    assert_eq!(owners_seen.len(), 3, "the partition visited every worker");
+    for manager in managers {
+        manager.stop().await;
+    }
+}
