@@ -110,16 +110,13 @@ impl ControlBucket {
         let mut last_error = None;
         // Several managers start at once: creation races are expected, so retry open/create.
         for attempt in 0..5u32 {
-            match js.get_key_value(bucket).await {
-                Ok(store) => {
-                    return Ok(Self {
-                        js,
-                        store,
-                        bucket: bucket.to_string(),
-                    });
-                }
-                // Not there yet (or not reachable): try to create it below.
-                Err(_) => {}
+            // Not there yet (or not reachable): try to create it below.
+            if let Ok(store) = js.get_key_value(bucket).await {
+                return Ok(Self {
+                    js,
+                    store,
+                    bucket: bucket.to_string(),
+                });
             }
             let config = kv::Config {
                 bucket: bucket.to_string(),

@@ -123,6 +123,9 @@ struct Shared {
     assignment: watch::Sender<Assignment>,
     applied_version: AtomicU64,
     leaving: std::sync::atomic::AtomicBool,
+    /// Set by a graceful stop: release the leases on the way out. A dropped manager
+    /// behaves like a crash and lets them expire.
+    release_on_exit: std::sync::atomic::AtomicBool,
     heartbeat_now: Notify,
     listener: Option<Arc<dyn AssignmentListener>>,
     /// Serialises applying a version with stopping everything, so a version that arrives
@@ -223,6 +226,7 @@ impl Manager {
             assignment: watch::channel(Assignment::default()).0,
             applied_version: AtomicU64::new(0),
             leaving: false.into(),
+            release_on_exit: false.into(),
             heartbeat_now: Notify::new(),
             listener,
             apply_lock: tokio::sync::Mutex::new(()),
@@ -338,6 +342,7 @@ impl Manager {
             let _ = tokio::time::timeout_at(deadline, wait_until_removed(&shared)).await;
         }
         shared.fence.revoke();
+        shared.release_on_exit.store(true, Ordering::SeqCst);
         self.cancel.cancel();
         for task in self.tasks.drain(..) {
             let _ = tokio::time::timeout_at(deadline, task).await;
@@ -351,7 +356,8 @@ impl Manager {
 
 impl Drop for Manager {
     fn drop(&mut self) {
-        // A dropped (not stopped) manager must not keep heartbeating forever.
+        // A dropped (not stopped) manager must not keep heartbeating forever; it behaves
+        // like a crashed process: nothing released, the leases expire.
         self.cancel.cancel();
     }
 }
@@ -439,6 +445,9 @@ async fn keep_leases(shared: Arc<Shared>, mut id: Lease, mut heartbeat: Lease, c
             fence_for_good(&shared).await;
             return;
         }
+    }
+    if !shared.release_on_exit.load(Ordering::SeqCst) {
+        return;
     }
     // Graceful stop: release both leases so the id is free at once.
     for lease in [&heartbeat, &id] {
