@@ -65,24 +65,60 @@ fn owners(s: &dyn Strategy, ws: &[String], ps: &[Partition]) -> HashMap<String, 
     }
 }
 
-/// Prints, per strategy and size, the fraction of partitions that change owner when one worker
-/// joins, next to the ideal 1/(N+1). Not timed: the numbers go into docs/PERFORMANCE.md.
+/// Heaviest worker's load divided by the mean load.
+fn max_over_mean(s: &dyn Strategy, ws: &[String], ps: &[Partition]) -> f64 {
+    let map = match s.assign(ws, ps) {
+        Ok(map) => map,
+        Err(e) => panic!("{}: {e}", s.name()),
+    };
+    let loads: Vec<i64> = map
+        .values()
+        .map(|owned| owned.iter().map(|p| p.weight).sum())
+        .collect();
+    let mean = loads.iter().sum::<i64>() as f64 / loads.len() as f64;
+    loads.iter().copied().max().unwrap_or(0) as f64 / mean
+}
+
+fn moved_fraction(s: &dyn Strategy, before: &[String], after: &[String], ps: &[Partition]) -> f64 {
+    let (b, a) = (owners(s, before, ps), owners(s, after, ps));
+    let moved = ps
+        .iter()
+        .filter(|p| b.get(&p.id()) != a.get(&p.id()))
+        .count();
+    moved as f64 / ps.len() as f64
+}
+
+/// Prints, per strategy and size, the heaviest worker's load over the mean, and the fraction of
+/// partitions that change owner when one worker joins (it sorts last; ideal 1/(N+1)) and when
+/// one worker leaves (ideal 1/N: only its own partitions). The leaving case is averaged over
+/// four workers spread through the sorted list, since a worker leaving shifts the sorted index
+/// of every later one, which exposes index-based tie-breaks. Not timed: the numbers go into
+/// docs/PERFORMANCE.md.
 fn report_movement(_c: &mut Criterion) {
     for (n_parts, n_workers) in SIZES {
         let ps = partitions(n_parts);
-        let ideal = 1.0 / (n_workers + 1) as f64;
+        let ws = workers(n_workers);
+        let joined = workers(n_workers + 1);
+        let leavers = [1, 3, 5, 7].map(|eighths| eighths * n_workers / 8);
+        let (join_ideal, leave_ideal) = (1.0 / (n_workers + 1) as f64, 1.0 / n_workers as f64);
         for s in strategies() {
-            let before = owners(s.as_ref(), &workers(n_workers), &ps);
-            let after = owners(s.as_ref(), &workers(n_workers + 1), &ps);
-            let moved = ps
+            let s = s.as_ref();
+            let join = moved_fraction(s, &ws, &joined, &ps);
+            let leave = leavers
                 .iter()
-                .filter(|p| before.get(&p.id()) != after.get(&p.id()))
-                .count();
-            let fraction = moved as f64 / n_parts as f64;
+                .map(|&gone| {
+                    let mut left = ws.clone();
+                    left.remove(gone);
+                    moved_fraction(s, &ws, &left, &ps)
+                })
+                .sum::<f64>()
+                / leavers.len() as f64;
             eprintln!(
-                "movement {n_parts}x{n_workers} +1 worker: {:<24} moved {fraction:.4} ({:.2}x ideal {ideal:.4})",
+                "movement {n_parts}x{n_workers} {:<24} max/mean {:.2}  +1 worker moved {join:.4} ({:.2}x ideal {join_ideal:.4})  -1 worker moved {leave:.4} ({:.2}x ideal {leave_ideal:.4})",
                 s.name(),
-                fraction / ideal
+                max_over_mean(s, &ws, &ps),
+                join / join_ideal,
+                leave / leave_ideal,
             );
         }
     }

@@ -349,14 +349,18 @@ async fn consume_partition(
         };
         // Drain the whole batch even after a revoke: messages of this pull request can
         // still arrive, and each must be handed back (nak) rather than left to AckWait.
+        let mut received = 0usize;
+        let mut failed = false;
         while let Some(message) = batch.next().await {
             let message = match message {
                 Ok(message) => message,
                 Err(error) => {
                     debug!(partition = %partition.id(), %error, "batch error");
+                    failed = true;
                     break;
                 }
             };
+            received += 1;
             if cancel.is_cancelled() {
                 if fence.is_valid() {
                     let _ = message.ack_with(AckKind::Nak(None)).await;
@@ -365,6 +369,23 @@ async fn consume_partition(
                 continue;
             }
             process(&config, &partition, handler.as_ref(), &fence, &stats, message).await;
+        }
+        // An idle pull is also the moment to notice a durable deleted behind our back
+        // (a pull on a missing consumer just times out): rebind, recreating it.
+        if received == 0 && !cancel.is_cancelled() {
+            if let Some(bound) = &consumer {
+                if bound.get_info().await.is_err() {
+                    debug!(partition = %partition.id(), "durable missing; recreating");
+                    consumer = None;
+                }
+            }
+            if failed {
+                // Server-side trouble (deleted durable, no responders): do not spin.
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
         }
     }
 }

@@ -305,3 +305,70 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Bytes {
     // Serialising our own plain structs cannot fail.
     Bytes::from(serde_json::to_vec(value).unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use test_support::NatsServer;
+
+    async fn bucket(server: &NatsServer) -> ControlBucket {
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        ControlBucket::open(client, "fence-test", 1).await.expect("bucket")
+    }
+
+    /// The server, not the writer, rejects a deposed leader's write.
+    #[tokio::test]
+    async fn fenced_write_is_rejected_after_takeover() {
+        let server = NatsServer::start();
+        let bucket = bucket(&server).await;
+        let old = bucket
+            .create(keys::LEADER, Bytes::from_static(b"{\"incarnation\":1}"), Some(Duration::from_secs(1)))
+            .await
+            .expect("old leader");
+        bucket
+            .fenced_put(keys::ASSIGNMENT, Bytes::from_static(b"v1"), keys::LEADER, old)
+            .await
+            .expect("current leader writes");
+        // The lease expires (server TTL) and someone else takes it.
+        let new = loop {
+            match bucket
+                .create(keys::LEADER, Bytes::from_static(b"{\"incarnation\":2}"), Some(Duration::from_secs(5)))
+                .await
+            {
+                Ok(revision) => break revision,
+                Err(ControlError::Exists { .. }) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(error) => panic!("{error}"),
+            }
+        };
+        let stale = bucket
+            .fenced_put(keys::ASSIGNMENT, Bytes::from_static(b"stale"), keys::LEADER, old)
+            .await;
+        assert!(matches!(stale, Err(ControlError::Conflict { .. })), "stale write accepted: {stale:?}");
+        bucket
+            .fenced_put(keys::ASSIGNMENT, Bytes::from_static(b"v2"), keys::LEADER, new)
+            .await
+            .expect("new leader writes");
+        let stored = bucket.get(keys::ASSIGNMENT).await.expect("read").expect("value");
+        assert_eq!(&stored.value[..], b"v2");
+    }
+
+    /// Compare-and-set renewal: a second claimer cannot create a live key, and a renewal
+    /// against an old revision fails.
+    #[tokio::test]
+    async fn create_and_update_are_compare_and_set() {
+        let server = NatsServer::start();
+        let bucket = bucket(&server).await;
+        let first = bucket.create("id.w-0", Bytes::from_static(b"a"), Some(Duration::from_secs(5))).await.expect("create");
+        assert!(matches!(
+            bucket.create("id.w-0", Bytes::from_static(b"b"), None).await,
+            Err(ControlError::Exists { .. })
+        ));
+        let second = bucket.update("id.w-0", Bytes::from_static(b"a2"), first, Some(Duration::from_secs(5))).await.expect("renew");
+        assert!(matches!(
+            bucket.update("id.w-0", Bytes::from_static(b"x"), first, None).await,
+            Err(ControlError::Conflict { .. })
+        ));
+        bucket.delete_if("id.w-0", second).await.expect("release");
+        bucket.create("id.w-0", Bytes::from_static(b"c"), None).await.expect("free again after delete");
+    }
+}

@@ -87,6 +87,84 @@ impl HashRing {
     pub(crate) fn owner(&self, hash: u64) -> Option<&str> {
         self.owner_index(hash).map(|i| self.workers[i].as_str())
     }
+
+    /// Distinct worker indices (into `workers()`) in clockwise order from `hash`: the owner
+    /// of `hash` first, then the worker of each later virtual node that has not been yielded
+    /// yet, wrapping around the ring. Every worker is yielded exactly once; an empty ring
+    /// yields nothing.
+    ///
+    /// This is the probe sequence of bounded-load consistent hashing: a hash whose owner is
+    /// full moves to the next worker along the ring, so which worker takes it depends only on
+    /// the ring near `hash`, and adding or removing a far-away worker does not change it.
+    pub(crate) fn clockwise_from(&self, hash: u64) -> Clockwise<'_> {
+        let start = self
+            .vnodes
+            .partition_point(|&(position, _)| position < hash);
+        Clockwise {
+            vnodes: &self.vnodes,
+            start,
+            visited: 0,
+            // Every worker has at least one vnode unless there are no vnodes at all.
+            remaining: if self.vnodes.is_empty() {
+                0
+            } else {
+                self.workers.len()
+            },
+            workers: self.workers.len(),
+            first: None,
+            seen: Vec::new(),
+        }
+    }
+}
+
+/// Iterator returned by [`HashRing::clockwise_from`].
+#[derive(Debug, Clone)]
+pub(crate) struct Clockwise<'a> {
+    vnodes: &'a [(u64, usize)],
+    /// Index of the first vnode at or after the hash (`vnodes.len()` means "wrap to 0").
+    start: usize,
+    /// Vnodes stepped over so far; the walk ends after one full lap at the latest.
+    visited: usize,
+    /// Workers not yielded yet; the walk ends early once this reaches 0.
+    remaining: usize,
+    /// Number of distinct workers; every vnode's index is below it.
+    workers: usize,
+    /// The first worker yielded. Most walks stop at it (the owner has room), so the bitset
+    /// below is only allocated when the walk goes past the owner.
+    first: Option<usize>,
+    /// Bitset of yielded worker indices, allocated on the second step.
+    seen: Vec<u64>,
+}
+
+impl Iterator for Clockwise<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let len = self.vnodes.len();
+        while self.remaining > 0 && self.visited < len {
+            let (_, index) = self.vnodes[(self.start + self.visited) % len];
+            self.visited += 1;
+            match self.first {
+                None => self.first = Some(index),
+                Some(first) => {
+                    if index == first {
+                        continue;
+                    }
+                    if self.seen.is_empty() {
+                        self.seen = vec![0; self.workers.div_ceil(64)];
+                    }
+                    let (word, bit) = (index / 64, 1u64 << (index % 64));
+                    if self.seen[word] & bit != 0 {
+                        continue;
+                    }
+                    self.seen[word] |= bit;
+                }
+            }
+            self.remaining -= 1;
+            return Some(index);
+        }
+        None
+    }
 }
 
 /// Workers sorted ascending with duplicates removed. Every strategy starts from this so

@@ -13,7 +13,7 @@
 //! exactly `ConsistentHash` with the same virtual nodes and seed.
 
 use super::consistent_hash::{DEFAULT_VIRTUAL_NODES, canonical_ring, ring_owners};
-use super::ring::collect_assignment;
+use super::ring::{HashRing, collect_assignment};
 use super::{AssignmentMap, Strategy, StrategyError};
 use crate::Partition;
 
@@ -94,14 +94,16 @@ impl WeightedConsistentHash {
         }
     }
 
-    /// Owner index of every partition given the ring owners; the core of the algorithm.
+    /// Owner index (into `ring.workers()`) of every partition; the core of the algorithm.
+    /// `hashes[i]` is partition `i`'s placement hash.
     fn place(
         &self,
-        workers: usize,
+        ring: &HashRing,
         partitions: &[Partition],
         weights: &[i64],
-        ring: &[usize],
+        hashes: &[u64],
     ) -> Vec<usize> {
+        let workers = ring.workers().len();
         // i128 sums cannot overflow for any number of i64 weights we could hold in memory.
         let total: i128 = weights.iter().map(|&w| i128::from(w)).sum();
         let extreme_cutoff = total as f64 / partitions.len() as f64 * self.extreme_threshold;
@@ -129,7 +131,7 @@ impl WeightedConsistentHash {
         for &i in &heavy {
             let w = i128::from(weights[i]);
             let fewest = extremes.iter().copied().min().unwrap_or(0);
-            let owner = ring[i];
+            let owner = ring.owner_index(hashes[i]).unwrap_or(0);
             // Keep hash affinity when the owner is among the workers with the fewest extremes
             // and stays under the cap; otherwise spread to the least-burdened worker. Either
             // way no worker gets a second extreme before every worker has one.
@@ -148,21 +150,32 @@ impl WeightedConsistentHash {
             extremes[target] += 1;
         }
 
+        // Smallest weight for which a full walk found no worker with room. Loads only grow,
+        // so no later partition at least this heavy can fit either, and its walk is skipped.
+        let mut no_room_from: Option<i128> = None;
         for &i in &normal {
             let w = i128::from(weights[i]);
-            let owner = ring[i];
-            let target = if fits(load[owner], w) {
-                owner
+            let hash = hashes[i];
+            let with_room = if no_room_from.is_some_and(|limit| w >= limit) {
+                None
             } else {
-                // Linear scan, O(workers) per spill. Even the worst benchmarked case (half of
-                // 10k partitions spilling over 1000 workers) costs only a few ms, while a heap
-                // would have to be updated on every placement, spilled or not.
-                (0..workers).min_by_key(|&j| (load[j], j)).unwrap_or(owner)
+                // The walk starts at the ring owner, so a partition whose owner has room stays
+                // there; otherwise it goes to the next worker clockwise that has room.
+                ring.clockwise_from(hash).find(|&j| fits(load[j], w))
             };
-            // Even the lightest worker may not fit; the partition must go somewhere anyway.
-            if !fits(load[target], w) {
-                overflow += 1;
-            }
+            let target = match with_room {
+                Some(j) => j,
+                None => {
+                    // Nobody has room; the partition must go somewhere anyway. Take the
+                    // lightest worker, the first clockwise among equally light ones.
+                    no_room_from = Some(no_room_from.map_or(w, |limit| limit.min(w)));
+                    overflow += 1;
+                    let lightest = load.iter().copied().min().unwrap_or(0);
+                    ring.clockwise_from(hash)
+                        .find(|&j| load[j] == lightest)
+                        .unwrap_or(0)
+                }
+            };
             owners[i] = target;
             load[target] += w;
         }
@@ -191,14 +204,18 @@ impl Strategy for WeightedConsistentHash {
         if ring.workers().is_empty() {
             return Err(StrategyError::NoWorkers);
         }
-        let ring_owner = ring_owners(&ring, partitions, cfg.seed);
         let weights: Vec<i64> = partitions.iter().map(|p| cfg.effective_weight(p)).collect();
         // Equal weights (including "no partitions"): caps and extremes would only add moves
         // without improving balance, so use the ring verbatim.
         if weights.windows(2).all(|pair| pair[0] == pair[1]) {
-            return Ok(collect_assignment(ring.workers(), partitions, &ring_owner));
+            let owners = ring_owners(&ring, partitions, cfg.seed);
+            return Ok(collect_assignment(ring.workers(), partitions, &owners));
         }
-        let owners = cfg.place(ring.workers().len(), partitions, &weights, &ring_owner);
+        let hashes: Vec<u64> = partitions
+            .iter()
+            .map(|p| p.placement_hash(cfg.seed))
+            .collect();
+        let owners = cfg.place(&ring, partitions, &weights, &hashes);
         Ok(collect_assignment(ring.workers(), partitions, &owners))
     }
 
