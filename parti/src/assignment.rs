@@ -80,7 +80,9 @@ impl AssignmentDoc {
 
     /// Same content, ignoring version, lifecycle and leader.
     pub fn same_content(&self, other: &Self) -> bool {
-        self.members == other.members && self.owners == other.owners && self.draining == other.draining
+        self.members == other.members
+            && self.owners == other.owners
+            && self.draining == other.draining
     }
 
     /// Number of partitions held or draining.
@@ -127,9 +129,9 @@ pub fn plan(
         }
     }
     for (to, partitions) in target {
-        if !next.members.contains_key(to) {
-            continue;
-        }
+        // A target worker that is not live still gets its entry (nobody processes it, as
+        // it is no member): a partition must never drop out of the document, or no later
+        // version would bring it back.
         for partition in partitions {
             let id = partition.id();
             // A drain in progress: still waiting unless the old owner confirmed or died.
@@ -200,28 +202,51 @@ mod tests {
     fn target(pairs: &[(&str, &[&str])]) -> AssignmentMap {
         pairs
             .iter()
-            .map(|(w, ps)| (w.to_string(), ps.iter().map(|p| Partition::new(*p, 1)).collect()))
+            .map(|(w, ps)| {
+                (
+                    w.to_string(),
+                    ps.iter().map(|p| Partition::new(*p, 1)).collect(),
+                )
+            })
             .collect()
     }
 
     #[test]
     fn cold_start_grants_directly() {
         let live = live(&[("a", 1, 0), ("b", 2, 0)]);
-        let doc = plan(&AssignmentDoc::default(), &live, &target(&[("a", &["p1"]), ("b", &["p2"])]), "cold_start", "a");
+        let doc = plan(
+            &AssignmentDoc::default(),
+            &live,
+            &target(&[("a", &["p1"]), ("b", &["p2"])]),
+            "cold_start",
+            "a",
+        );
         assert_eq!(doc.version, 1);
         assert!(doc.draining.is_empty());
         assert_eq!(doc.partitions_for("a", 1), vec![Partition::new("p1", 1)]);
-        assert!(doc.partitions_for("a", 99).is_empty(), "other incarnation gets nothing");
+        assert!(
+            doc.partitions_for("a", 99).is_empty(),
+            "other incarnation gets nothing"
+        );
     }
 
     #[test]
     fn move_from_live_worker_drains_then_grants() {
         let mut members = live(&[("a", 1, 1), ("b", 2, 1)]);
-        let v1 = plan(&AssignmentDoc::default(), &members, &target(&[("a", &["p1", "p2"]), ("b", &[])]), "x", "a");
+        let v1 = plan(
+            &AssignmentDoc::default(),
+            &members,
+            &target(&[("a", &["p1", "p2"]), ("b", &[])]),
+            "x",
+            "a",
+        );
         let goal = target(&[("a", &["p1"]), ("b", &["p2"])]);
         let v2 = plan(&v1, &members, &goal, "x", "a");
         assert_eq!(v2.draining.len(), 1, "p2 drains first");
-        assert!(v2.partitions_for("b", 2).is_empty(), "b must not start before a stops");
+        assert!(
+            v2.partitions_for("b", 2).is_empty(),
+            "b must not start before a stops"
+        );
         assert_eq!(v2.partitions_for("a", 1), vec![Partition::new("p1", 1)]);
         // a has not confirmed v2 yet: still draining.
         let v3 = plan(&v2, &members, &v2.intent(), "x", "a");
@@ -236,25 +261,74 @@ mod tests {
     #[test]
     fn dead_or_restarted_holder_is_granted_at_once() {
         let members = live(&[("a", 1, 1), ("b", 2, 1)]);
-        let v1 = plan(&AssignmentDoc::default(), &members, &target(&[("a", &["p1"]), ("b", &["p2"])]), "x", "a");
+        let v1 = plan(
+            &AssignmentDoc::default(),
+            &members,
+            &target(&[("a", &["p1"]), ("b", &["p2"])]),
+            "x",
+            "a",
+        );
         // b died.
         let only_a = live(&[("a", 1, 1)]);
-        let v2 = plan(&v1, &only_a, &target(&[("a", &["p1", "p2"])]), "emergency", "a");
+        let v2 = plan(
+            &v1,
+            &only_a,
+            &target(&[("a", &["p1", "p2"])]),
+            "emergency",
+            "a",
+        );
         assert!(v2.draining.is_empty());
         assert_eq!(v2.partitions_for("a", 1).len(), 2);
         // b restarted with a new incarnation: its old entry is void, and it gets p2 back.
         let restarted = live(&[("a", 1, 1), ("b", 3, 0)]);
-        let v2 = plan(&v1, &restarted, &target(&[("a", &["p1"]), ("b", &["p2"])]), "x", "a");
+        let v2 = plan(
+            &v1,
+            &restarted,
+            &target(&[("a", &["p1"]), ("b", &["p2"])]),
+            "x",
+            "a",
+        );
         assert!(v2.draining.is_empty());
         assert_eq!(v2.partitions_for("b", 3), vec![Partition::new("p2", 1)]);
         assert!(v2.partitions_for("b", 2).is_empty());
     }
 
     #[test]
+    fn partitions_of_a_missing_target_worker_stay_in_the_document() {
+        let members = live(&[("a", 1, 1), ("b", 2, 1)]);
+        let v1 = plan(
+            &AssignmentDoc::default(),
+            &members,
+            &target(&[("a", &["p1"]), ("b", &["p2"])]),
+            "x",
+            "a",
+        );
+        let only_a = live(&[("a", 1, 1)]);
+        let v2 = plan(&v1, &only_a, &v1.intent(), "handoff", "a");
+        assert_eq!(v2.partition_count(), 2, "p2 kept: {v2:?}");
+        assert!(
+            v2.partitions_for("b", 2).is_empty(),
+            "not processed by a non-member"
+        );
+    }
+
+    #[test]
     fn drain_source_dying_releases_the_partition() {
         let members = live(&[("a", 1, 1), ("b", 2, 1)]);
-        let v1 = plan(&AssignmentDoc::default(), &members, &target(&[("a", &["p1"]), ("b", &[])]), "x", "a");
-        let v2 = plan(&v1, &members, &target(&[("a", &[]), ("b", &["p1"])]), "x", "a");
+        let v1 = plan(
+            &AssignmentDoc::default(),
+            &members,
+            &target(&[("a", &["p1"]), ("b", &[])]),
+            "x",
+            "a",
+        );
+        let v2 = plan(
+            &v1,
+            &members,
+            &target(&[("a", &[]), ("b", &["p1"])]),
+            "x",
+            "a",
+        );
         assert_eq!(v2.draining.len(), 1);
         let only_b = live(&[("b", 2, 2)]);
         let v3 = plan(&v2, &only_b, &target(&[("b", &["p1"])]), "x", "b");

@@ -295,7 +295,10 @@ mod tests {
             election_timeout: Duration::from_millis(1500),
             ..Config::default()
         };
-        assert_eq!(config.validate().expect_err("fraction").field, "election_timeout");
+        assert_eq!(
+            config.validate().expect_err("fraction").field,
+            "election_timeout"
+        );
 
         let config = Config {
             worker_id_min: 5,
@@ -308,18 +311,27 @@ mod tests {
             worker_id_prefix: "a.b".into(),
             ..Config::default()
         };
-        assert_eq!(config.validate().expect_err("dot").field, "worker_id_prefix");
+        assert_eq!(
+            config.validate().expect_err("dot").field,
+            "worker_id_prefix"
+        );
 
         let config = Config {
             cold_start_window: Duration::from_secs(1),
             ..Config::default()
         };
-        assert_eq!(config.validate().expect_err("windows").field, "cold_start_window");
+        assert_eq!(
+            config.validate().expect_err("windows").field,
+            "cold_start_window"
+        );
     }
 
     #[test]
     fn durations_parse_and_reject() {
-        assert_eq!(duration_serde::parse("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(
+            duration_serde::parse("500ms"),
+            Ok(Duration::from_millis(500))
+        );
         assert_eq!(duration_serde::parse("2m"), Ok(Duration::from_secs(120)));
         assert!(duration_serde::parse("5").is_err());
         assert!(duration_serde::parse("5d").is_err());

@@ -82,7 +82,13 @@ impl ConsumerConfig {
     pub fn durable(&self, partition: &Partition) -> String {
         let raw = format!("{}-{}", self.durable_prefix, partition.id());
         raw.chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect()
     }
 }
@@ -184,7 +190,10 @@ impl WorkerConsumer {
                 let consumer = message.subject.rsplit('.').next().unwrap_or_default();
                 if consumer.starts_with(&prefix) {
                     counter.exhausted_advisories.fetch_add(1, Ordering::Relaxed);
-                    warn!(consumer, "max deliveries reached: a message will not be delivered again");
+                    warn!(
+                        consumer,
+                        "max deliveries reached: a message will not be delivered again"
+                    );
                 }
             }
         });
@@ -368,7 +377,15 @@ async fn consume_partition(
                 }
                 continue;
             }
-            process(&config, &partition, handler.as_ref(), &fence, &stats, message).await;
+            process(
+                &config,
+                &partition,
+                handler.as_ref(),
+                &fence,
+                &stats,
+                message,
+            )
+            .await;
         }
         // An idle pull is also the moment to notice a durable deleted behind our back
         // (a pull on a missing consumer just times out): rebind, recreating it.

@@ -155,7 +155,10 @@ impl ControlBucket {
 
     /// The live value of `key`, or `None` when absent, deleted or expired.
     pub async fn get(&self, key: &str) -> Result<Option<Versioned>, ControlError> {
-        Ok(self.entry(key).await?.and_then(|(value, live)| live.then_some(value)))
+        Ok(self
+            .entry(key)
+            .await?
+            .and_then(|(value, live)| live.then_some(value)))
     }
 
     /// The latest entry of `key` and whether it is live (a put) — a tombstone's revision is
@@ -217,7 +220,12 @@ impl ControlBucket {
         self.publish(key, headers, value).await
     }
 
-    async fn publish(&self, key: &str, headers: HeaderMap, value: Bytes) -> Result<u64, ControlError> {
+    async fn publish(
+        &self,
+        key: &str,
+        headers: HeaderMap,
+        value: Bytes,
+    ) -> Result<u64, ControlError> {
         let ack = self
             .js
             .publish_with_headers(self.subject(key), headers, value)
@@ -313,7 +321,9 @@ mod tests {
 
     async fn bucket(server: &NatsServer) -> ControlBucket {
         let client = async_nats::connect(server.url()).await.expect("connect");
-        ControlBucket::open(client, "fence-test", 1).await.expect("bucket")
+        ControlBucket::open(client, "fence-test", 1)
+            .await
+            .expect("bucket")
     }
 
     /// The server, not the writer, rejects a deposed leader's write.
@@ -322,33 +332,65 @@ mod tests {
         let server = NatsServer::start();
         let bucket = bucket(&server).await;
         let old = bucket
-            .create(keys::LEADER, Bytes::from_static(b"{\"incarnation\":1}"), Some(Duration::from_secs(1)))
+            .create(
+                keys::LEADER,
+                Bytes::from_static(b"{\"incarnation\":1}"),
+                Some(Duration::from_secs(1)),
+            )
             .await
             .expect("old leader");
         bucket
-            .fenced_put(keys::ASSIGNMENT, Bytes::from_static(b"v1"), keys::LEADER, old)
+            .fenced_put(
+                keys::ASSIGNMENT,
+                Bytes::from_static(b"v1"),
+                keys::LEADER,
+                old,
+            )
             .await
             .expect("current leader writes");
         // The lease expires (server TTL) and someone else takes it.
         let new = loop {
             match bucket
-                .create(keys::LEADER, Bytes::from_static(b"{\"incarnation\":2}"), Some(Duration::from_secs(5)))
+                .create(
+                    keys::LEADER,
+                    Bytes::from_static(b"{\"incarnation\":2}"),
+                    Some(Duration::from_secs(5)),
+                )
                 .await
             {
                 Ok(revision) => break revision,
-                Err(ControlError::Exists { .. }) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(ControlError::Exists { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
                 Err(error) => panic!("{error}"),
             }
         };
         let stale = bucket
-            .fenced_put(keys::ASSIGNMENT, Bytes::from_static(b"stale"), keys::LEADER, old)
+            .fenced_put(
+                keys::ASSIGNMENT,
+                Bytes::from_static(b"stale"),
+                keys::LEADER,
+                old,
+            )
             .await;
-        assert!(matches!(stale, Err(ControlError::Conflict { .. })), "stale write accepted: {stale:?}");
+        assert!(
+            matches!(stale, Err(ControlError::Conflict { .. })),
+            "stale write accepted: {stale:?}"
+        );
         bucket
-            .fenced_put(keys::ASSIGNMENT, Bytes::from_static(b"v2"), keys::LEADER, new)
+            .fenced_put(
+                keys::ASSIGNMENT,
+                Bytes::from_static(b"v2"),
+                keys::LEADER,
+                new,
+            )
             .await
             .expect("new leader writes");
-        let stored = bucket.get(keys::ASSIGNMENT).await.expect("read").expect("value");
+        let stored = bucket
+            .get(keys::ASSIGNMENT)
+            .await
+            .expect("read")
+            .expect("value");
         assert_eq!(&stored.value[..], b"v2");
     }
 
@@ -358,17 +400,39 @@ mod tests {
     async fn create_and_update_are_compare_and_set() {
         let server = NatsServer::start();
         let bucket = bucket(&server).await;
-        let first = bucket.create("id.w-0", Bytes::from_static(b"a"), Some(Duration::from_secs(5))).await.expect("create");
+        let first = bucket
+            .create(
+                "id.w-0",
+                Bytes::from_static(b"a"),
+                Some(Duration::from_secs(5)),
+            )
+            .await
+            .expect("create");
         assert!(matches!(
-            bucket.create("id.w-0", Bytes::from_static(b"b"), None).await,
+            bucket
+                .create("id.w-0", Bytes::from_static(b"b"), None)
+                .await,
             Err(ControlError::Exists { .. })
         ));
-        let second = bucket.update("id.w-0", Bytes::from_static(b"a2"), first, Some(Duration::from_secs(5))).await.expect("renew");
+        let second = bucket
+            .update(
+                "id.w-0",
+                Bytes::from_static(b"a2"),
+                first,
+                Some(Duration::from_secs(5)),
+            )
+            .await
+            .expect("renew");
         assert!(matches!(
-            bucket.update("id.w-0", Bytes::from_static(b"x"), first, None).await,
+            bucket
+                .update("id.w-0", Bytes::from_static(b"x"), first, None)
+                .await,
             Err(ControlError::Conflict { .. })
         ));
         bucket.delete_if("id.w-0", second).await.expect("release");
-        bucket.create("id.w-0", Bytes::from_static(b"c"), None).await.expect("free again after delete");
+        bucket
+            .create("id.w-0", Bytes::from_static(b"c"), None)
+            .await
+            .expect("free again after delete");
     }
 }

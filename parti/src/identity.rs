@@ -61,7 +61,16 @@ pub(crate) async fn claim(
                 continue;
             };
             if held.token.as_deref() == Some(token.as_str()) {
-                match Lease::take_over(bucket, key.clone(), value.clone(), current.revision, ttl, incarnation).await {
+                match Lease::take_over(
+                    bucket,
+                    key.clone(),
+                    value.clone(),
+                    current.revision,
+                    ttl,
+                    incarnation,
+                )
+                .await
+                {
                     Ok(lease) => {
                         tracing::info!(%key, "reclaimed id by identity token");
                         return Ok(lease);

@@ -45,6 +45,9 @@ pub(crate) struct LeaderContext {
     pub state: watch::Sender<State>,
     pub is_leader: watch::Sender<bool>,
     pub refresh: Arc<tokio::sync::Notify>,
+    /// Set by a graceful stop; otherwise (a dropped manager, like a crash) the lease is
+    /// left to expire.
+    pub release_on_exit: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Run elections until `cancel`; while leader, run the calculator. Releases the lease on exit.
@@ -72,7 +75,11 @@ pub(crate) async fn run_election(context: LeaderContext, cancel: CancellationTok
                         let lease = Arc::new(Mutex::new(lease));
                         let term_cancel = cancel.child_token();
                         context.is_leader.send_replace(true);
-                        tokio::spawn(run_calculator(context.clone(), lease.clone(), term_cancel.clone()));
+                        tokio::spawn(run_calculator(
+                            context.clone(),
+                            lease.clone(),
+                            term_cancel.clone(),
+                        ));
                         term = Some((lease, term_cancel));
                     }
                     Err(ControlError::Exists { .. }) => {}
@@ -112,6 +119,12 @@ pub(crate) async fn run_election(context: LeaderContext, cancel: CancellationTok
     if let Some((lease, term_cancel)) = term {
         term_cancel.cancel();
         context.is_leader.send_replace(false);
+        if !context
+            .release_on_exit
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
         let lease = lease.lock().await;
         if let Err(error) = lease.release(&context.bucket).await {
             debug!(%error, "releasing leader lease failed; it will expire");
@@ -138,7 +151,11 @@ struct Calculator {
     last_publish: Option<Instant>,
 }
 
-async fn run_calculator(context: LeaderContext, lease: Arc<Mutex<Lease>>, cancel: CancellationToken) {
+async fn run_calculator(
+    context: LeaderContext,
+    lease: Arc<Mutex<Lease>>,
+    cancel: CancellationToken,
+) {
     let (members_tx, mut members_rx) = watch::channel(Members::new());
     tokio::spawn(membership::run(
         context.bucket.clone(),
@@ -223,17 +240,21 @@ impl Calculator {
     /// assignment; a takeover keeps the existing assignment and only reacts to changes.
     async fn start_term(&mut self, members: &Members) {
         if self.doc.version > 0 {
-            info!(version = self.doc.version, "leader adopted existing assignment");
+            info!(
+                version = self.doc.version,
+                "leader adopted existing assignment"
+            );
             return;
         }
         let workers = Self::workers(members);
         let partitions = self.context.source.list_partitions().len();
         let expected = (partitions / 10).max(1) as f64;
-        let window = if workers.len() as f64 / expected >= self.context.config.restart_detection_ratio {
-            self.context.config.cold_start_window
-        } else {
-            self.context.config.planned_scale_window
-        };
+        let window =
+            if workers.len() as f64 / expected >= self.context.config.restart_detection_ratio {
+                self.context.config.cold_start_window
+            } else {
+                self.context.config.planned_scale_window
+            };
         self.rebalance(members, "cold_start_immediate").await;
         self.pending = Some(Pending {
             lifecycle: "cold_start_final",
@@ -249,7 +270,11 @@ impl Calculator {
 
         // Leaves and confirmed deaths are urgent: no window, no cooldown.
         let leaving = members.values().any(|status| status.leaving)
-            && self.doc.members.keys().any(|w| members.get(w).is_some_and(|s| s.leaving));
+            && self
+                .doc
+                .members
+                .keys()
+                .any(|w| members.get(w).is_some_and(|s| s.leaving));
         let gone: Vec<String> = self.last_workers.difference(&workers).cloned().collect();
         self.missing_since.retain(|worker, _| gone.contains(worker));
         for worker in &gone {
@@ -262,7 +287,11 @@ impl Calculator {
         let gone_within_grace = !gone.is_empty() && !confirmed_dead && !leaving;
 
         if confirmed_dead || leaving {
-            let lifecycle = if leaving && !confirmed_dead { "planned_leave" } else { "emergency" };
+            let lifecycle = if leaving && !confirmed_dead {
+                "planned_leave"
+            } else {
+                "emergency"
+            };
             if lifecycle == "emergency" {
                 self.set_state(State::Emergency);
             }
@@ -281,7 +310,11 @@ impl Calculator {
             if let Some(last) = self.last_publish {
                 due = due.max(last + config.min_rebalance_interval);
             }
-            debug!(lifecycle, ?window, "membership grew; waiting for the window");
+            debug!(
+                lifecycle,
+                ?window,
+                "membership grew; waiting for the window"
+            );
             self.pending = Some(Pending { lifecycle, due });
             self.set_state(State::Scaling);
         }
@@ -314,7 +347,13 @@ impl Calculator {
                 return;
             }
         };
-        let next = plan(&self.doc, members, &target, lifecycle, &self.context.worker_id);
+        let next = plan(
+            &self.doc,
+            members,
+            &target,
+            lifecycle,
+            &self.context.worker_id,
+        );
         let moved = count_moved(&self.doc, &next);
         if self.publish(next).await {
             info!(
@@ -336,7 +375,22 @@ impl Calculator {
 
     /// Progress without a new target: finish drains, re-issue restarted members.
     async fn settle(&mut self, members: &Members) {
-        let next = plan(&self.doc, members, &self.doc.intent(), "handoff", &self.context.worker_id);
+        // Only move towards the current intent while everyone in it is alive; a missing
+        // worker is the membership logic's business (grace, then a full rebalance).
+        let intent = self.doc.intent();
+        if !intent
+            .keys()
+            .all(|worker| members.get(worker).is_some_and(|s| !s.leaving))
+        {
+            return;
+        }
+        let next = plan(
+            &self.doc,
+            members,
+            &intent,
+            "handoff",
+            &self.context.worker_id,
+        );
         if !next.same_content(&self.doc) {
             let granted = self.doc.draining.len().saturating_sub(next.draining.len());
             if self.publish(next).await {
@@ -396,7 +450,9 @@ fn count_moved(before: &AssignmentDoc, after: &AssignmentDoc) -> usize {
         doc.intent()
             .into_iter()
             .flat_map(|(worker, partitions)| {
-                partitions.into_iter().map(move |p| (p.id(), worker.clone()))
+                partitions
+                    .into_iter()
+                    .map(move |p| (p.id(), worker.clone()))
             })
             .collect()
     };

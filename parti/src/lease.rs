@@ -176,6 +176,8 @@ impl Fence {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FenceState> {
         // A panic while holding this lock cannot leave the plain-data state inconsistent.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -45,9 +45,7 @@ pub use consumer::{
 pub use control::ControlError;
 pub use identity::IdentityError;
 pub use lease::Fence;
-pub use manager::{
-    Assignment, AssignmentChange, AssignmentListener, Manager, StartError, State,
-};
+pub use manager::{Assignment, AssignmentChange, AssignmentListener, Manager, StartError, State};
 pub use partition::Partition;
 pub use source::{PartitionSource, StaticSource};
 pub use strategy::{

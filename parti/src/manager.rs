@@ -16,7 +16,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::assignment::{AssignmentDoc, MemberStatus};
 use crate::control::{ControlBucket, ControlError, decode, encode, keys};
@@ -125,7 +125,7 @@ struct Shared {
     leaving: std::sync::atomic::AtomicBool,
     /// Set by a graceful stop: release the leases on the way out. A dropped manager
     /// behaves like a crash and lets them expire.
-    release_on_exit: std::sync::atomic::AtomicBool,
+    release_on_exit: Arc<std::sync::atomic::AtomicBool>,
     heartbeat_now: Notify,
     listener: Option<Arc<dyn AssignmentListener>>,
     /// Serialises applying a version with stopping everything, so a version that arrives
@@ -170,9 +170,12 @@ impl Manager {
     ) -> Result<Self, StartError> {
         config.validate()?;
         let timeout = config.startup_timeout;
-        tokio::time::timeout(timeout, Self::start_inner(client, config, source, strategy, listener))
-            .await
-            .map_err(|_| StartError::Timeout(timeout))?
+        tokio::time::timeout(
+            timeout,
+            Self::start_inner(client, config, source, strategy, listener),
+        )
+        .await
+        .map_err(|_| StartError::Timeout(timeout))?
     }
 
     async fn start_inner(
@@ -203,11 +206,30 @@ impl Manager {
         });
         let heartbeat_key = keys::heartbeat(&worker_id);
         // We own the id, so a leftover heartbeat under it is a dead predecessor's: take it.
-        let heartbeat = match Lease::create(&bucket, heartbeat_key.clone(), heartbeat_value.clone(), config.heartbeat_ttl, incarnation).await {
+        let heartbeat = match Lease::create(
+            &bucket,
+            heartbeat_key.clone(),
+            heartbeat_value.clone(),
+            config.heartbeat_ttl,
+            incarnation,
+        )
+        .await
+        {
             Err(ControlError::Exists { .. }) => {
-                let current = bucket.get(&heartbeat_key).await.map_err(StartError::Heartbeat)?;
+                let current = bucket
+                    .get(&heartbeat_key)
+                    .await
+                    .map_err(StartError::Heartbeat)?;
                 let expected = current.map_or(0, |value| value.revision);
-                Lease::take_over(&bucket, heartbeat_key, heartbeat_value, expected, config.heartbeat_ttl, incarnation).await
+                Lease::take_over(
+                    &bucket,
+                    heartbeat_key,
+                    heartbeat_value,
+                    expected,
+                    config.heartbeat_ttl,
+                    incarnation,
+                )
+                .await
             }
             other => other,
         }
@@ -226,7 +248,7 @@ impl Manager {
             assignment: watch::channel(Assignment::default()).0,
             applied_version: AtomicU64::new(0),
             leaving: false.into(),
-            release_on_exit: false.into(),
+            release_on_exit: Arc::new(false.into()),
             heartbeat_now: Notify::new(),
             listener,
             apply_lock: tokio::sync::Mutex::new(()),
@@ -245,13 +267,26 @@ impl Manager {
             state: shared.state.clone(),
             is_leader: is_leader_tx,
             refresh: refresh.clone(),
+            release_on_exit: shared.release_on_exit.clone(),
         };
-        let lease_task = tokio::spawn(keep_leases(shared.clone(), id_lease, heartbeat, cancel.clone()));
+        let span = tracing::info_span!("parti", worker = %shared.worker_id);
+        let lease_task = tokio::spawn(
+            keep_leases(shared.clone(), id_lease, heartbeat, cancel.clone())
+                .instrument(span.clone()),
+        );
+        tokio::spawn(
+            log_state_changes(shared.state.subscribe(), cancel.clone()).instrument(span.clone()),
+        );
         shared.state.send_replace(State::WaitingAssignment);
         let tasks = vec![
-            tokio::spawn(leader::run_election(leader_context, election_cancel.clone())),
-            tokio::spawn(follow_assignment(shared.clone(), cancel.clone())),
-            tokio::spawn(watch_connection(shared.clone(), client, cancel.clone())),
+            tokio::spawn(
+                leader::run_election(leader_context, election_cancel.clone())
+                    .instrument(span.clone()),
+            ),
+            tokio::spawn(
+                follow_assignment(shared.clone(), cancel.clone()).instrument(span.clone()),
+            ),
+            tokio::spawn(watch_connection(shared.clone(), client, cancel.clone()).instrument(span)),
         ];
         Ok(Self {
             shared,
@@ -327,6 +362,7 @@ impl Manager {
         let shared = self.shared.clone();
         let deadline = Instant::now() + shared.config.shutdown_timeout;
         info!(worker = %shared.worker_id, "stopping");
+        shared.release_on_exit.store(true, Ordering::SeqCst);
         self.election_cancel.cancel();
         // Leadership goes first so another worker can take over while we drain.
         for task in self.tasks.drain(..1) {
@@ -342,7 +378,6 @@ impl Manager {
             let _ = tokio::time::timeout_at(deadline, wait_until_removed(&shared)).await;
         }
         shared.fence.revoke();
-        shared.release_on_exit.store(true, Ordering::SeqCst);
         self.cancel.cancel();
         for task in self.tasks.drain(..) {
             let _ = tokio::time::timeout_at(deadline, task).await;
@@ -375,11 +410,30 @@ async fn wait_until_removed(shared: &Shared) {
         }
         match shared.bucket.get(keys::ASSIGNMENT).await {
             Ok(Some(value)) => match decode::<AssignmentDoc>(keys::ASSIGNMENT, &value.value) {
-                Ok(doc) if doc.members.get(&shared.worker_id) != Some(&shared.incarnation) => return,
+                Ok(doc) if doc.members.get(&shared.worker_id) != Some(&shared.incarnation) => {
+                    return;
+                }
                 _ => {}
             },
             Ok(None) => return,
             Err(_) => {}
+        }
+    }
+}
+
+/// One event per state transition, in order (the Go library fired hooks from fresh
+/// goroutines, so observers could see transitions out of order).
+async fn log_state_changes(mut states: watch::Receiver<State>, cancel: CancellationToken) {
+    let mut previous = *states.borrow_and_update();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = states.changed() => if changed.is_err() { return },
+        }
+        let current = *states.borrow_and_update();
+        if current != previous {
+            info!(from = ?previous, to = ?current, "state changed");
+            previous = current;
         }
     }
 }
@@ -402,7 +456,12 @@ fn new_incarnation() -> u64 {
 
 /// Renew the heartbeat every interval (and at once after applying a version) and the id
 /// every third of its TTL. Losing either fences this worker for good.
-async fn keep_leases(shared: Arc<Shared>, mut id: Lease, mut heartbeat: Lease, cancel: CancellationToken) {
+async fn keep_leases(
+    shared: Arc<Shared>,
+    mut id: Lease,
+    mut heartbeat: Lease,
+    cancel: CancellationToken,
+) {
     let config = &shared.config;
     let id_every = config.worker_id_ttl / 3;
     let mut last_id_renewal = Instant::now();
@@ -488,7 +547,9 @@ async fn follow_assignment(shared: Arc<Shared>, cancel: CancellationToken) {
             () = cancel.cancelled() => break,
             changed = docs_rx.changed() => if changed.is_err() { break },
         }
-        let Some(doc) = docs_rx.borrow_and_update().clone() else { continue };
+        let Some(doc) = docs_rx.borrow_and_update().clone() else {
+            continue;
+        };
         if doc.version <= shared.applied_version.load(Ordering::SeqCst) {
             continue;
         }
@@ -510,7 +571,13 @@ async fn apply(shared: &Shared, doc: &AssignmentDoc) {
         .partitions_for(&shared.worker_id, shared.incarnation)
         .into_iter()
         .collect();
-    let before: BTreeSet<Partition> = shared.assignment.borrow().partitions.iter().cloned().collect();
+    let before: BTreeSet<Partition> = shared
+        .assignment
+        .borrow()
+        .partitions
+        .iter()
+        .cloned()
+        .collect();
     let added: Vec<Partition> = mine.difference(&before).cloned().collect();
     let removed: Vec<Partition> = before.difference(&mine).cloned().collect();
     if let Some(listener) = &shared.listener {
@@ -573,7 +640,12 @@ async fn read_assignments(
     let mut poll = tokio::time::interval(shared.config.heartbeat_interval);
     loop {
         if watch.is_none() {
-            watch = shared.bucket.store().watch_with_history(keys::ASSIGNMENT).await.ok();
+            watch = shared
+                .bucket
+                .store()
+                .watch_with_history(keys::ASSIGNMENT)
+                .await
+                .ok();
         }
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -602,7 +674,11 @@ async fn read_assignments(
 /// kept and processing continues only while the leases hold (the fence enforces that).
 /// On reconnect the lease task's next compare-and-set revalidates the id and heartbeat,
 /// and the assignment reader re-reads the current version.
-async fn watch_connection(shared: Arc<Shared>, client: async_nats::Client, cancel: CancellationToken) {
+async fn watch_connection(
+    shared: Arc<Shared>,
+    client: async_nats::Client,
+    cancel: CancellationToken,
+) {
     use async_nats::connection::State as Conn;
     let mut down_since: Option<Instant> = None;
     let mut before_degraded = State::Stable;
@@ -627,7 +703,11 @@ async fn watch_connection(shared: Arc<Shared>, client: async_nats::Client, cance
                 && !matches!(state, State::Degraded | State::Fenced | State::Shutdown)
             {
                 warn!(worker = %shared.worker_id, "disconnected from NATS; degraded");
-                before_degraded = if matches!(state, State::WaitingAssignment) { state } else { State::Stable };
+                before_degraded = if matches!(state, State::WaitingAssignment) {
+                    state
+                } else {
+                    State::Stable
+                };
                 shared.state.send_replace(State::Degraded);
             }
         }

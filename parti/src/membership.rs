@@ -23,7 +23,11 @@ pub(crate) async fn run(
     sender: watch::Sender<Members>,
     cancel: CancellationToken,
 ) {
-    let watch_task = tokio::spawn(watch_changes(bucket.clone(), sender.clone(), cancel.clone()));
+    let watch_task = tokio::spawn(watch_changes(
+        bucket.clone(),
+        sender.clone(),
+        cancel.clone(),
+    ));
     loop {
         match bucket.scan(keys::HEARTBEAT_PREFIX).await {
             Ok(entries) => {
@@ -51,7 +55,11 @@ pub(crate) async fn run(
     watch_task.abort();
 }
 
-async fn watch_changes(bucket: ControlBucket, sender: watch::Sender<Members>, cancel: CancellationToken) {
+async fn watch_changes(
+    bucket: ControlBucket,
+    sender: watch::Sender<Members>,
+    cancel: CancellationToken,
+) {
     let pattern = format!("{}>", keys::HEARTBEAT_PREFIX);
     while !cancel.is_cancelled() {
         let mut watch = match bucket.store().watch_with_history(&pattern).await {

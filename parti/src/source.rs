@@ -27,7 +27,11 @@ impl StaticSource {
 
     /// `count` single-key partitions named `0..count`, weight 1.
     pub fn numbered(count: usize) -> Self {
-        Self::new((0..count).map(|i| Partition::new(i.to_string(), 1)).collect())
+        Self::new(
+            (0..count)
+                .map(|i| Partition::new(i.to_string(), 1))
+                .collect(),
+        )
     }
 
     /// Replace the partition list; clones of this source see the change.

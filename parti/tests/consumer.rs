@@ -11,8 +11,8 @@ use async_nats::jetstream;
 use common::*;
 use futures::future::BoxFuture;
 use parti::{
-    Config, ConsistentHash, ConsumerConfig, Delivery, HandlerError, Manager, MessageHandler,
-    StaticSource, State, WorkerConsumer,
+    Config, ConsistentHash, ConsumerConfig, Delivery, HandlerError, Manager, MessageHandler, State,
+    StaticSource, WorkerConsumer,
 };
 use test_support::{NatsServer, eventually};
 
@@ -43,7 +43,11 @@ impl MessageHandler for Flaky {
     }
 }
 
-async fn setup(server: &NatsServer, consumer_config: ConsumerConfig, handler: Arc<Flaky>) -> (Manager, Arc<WorkerConsumer>, jetstream::Context) {
+async fn setup(
+    server: &NatsServer,
+    consumer_config: ConsumerConfig,
+    handler: Arc<Flaky>,
+) -> (Manager, Arc<WorkerConsumer>, jetstream::Context) {
     let client = connect(&server.url()).await;
     let js = jetstream::new(client.clone());
     js.create_stream(jetstream::stream::Config {
@@ -53,7 +57,9 @@ async fn setup(server: &NatsServer, consumer_config: ConsumerConfig, handler: Ar
     })
     .await
     .expect("stream");
-    let consumer = WorkerConsumer::new(client.clone(), consumer_config, handler).await.expect("consumer");
+    let consumer = WorkerConsumer::new(client.clone(), consumer_config, handler)
+        .await
+        .expect("consumer");
     let manager = Manager::start(
         client,
         Config::fast_for_tests(),
@@ -79,15 +85,31 @@ async fn handler_errors_are_retried_and_exhaustion_is_counted() {
     };
     let (manager, consumer, js) = setup(&server, config, handler.clone()).await;
     for body in ["a", "fail-1", "b"] {
-        js.publish("cons.0", body.into()).await.expect("publish").await.expect("ack");
+        js.publish("cons.0", body.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
     }
     let stats = consumer.stats();
-    eventually("the failing message exhausted and the advisory seen", LONG, || async {
-        stats.exhausted.load(Ordering::SeqCst) == 1 && stats.exhausted_advisories.load(Ordering::SeqCst) == 1
+    eventually(
+        "the failing message exhausted and the advisory seen",
+        LONG,
+        || async {
+            stats.exhausted.load(Ordering::SeqCst) == 1
+                && stats.exhausted_advisories.load(Ordering::SeqCst) == 1
+        },
+    )
+    .await;
+    assert_eq!(
+        stats.handler_errors.load(Ordering::SeqCst),
+        3,
+        "three deliveries of the failing message"
+    );
+    eventually("the good messages processed", LONG, || async {
+        handler.ok.lock().expect("ok").len() == 2
     })
     .await;
-    assert_eq!(stats.handler_errors.load(Ordering::SeqCst), 3, "three deliveries of the failing message");
-    eventually("the good messages processed", LONG, || async { handler.ok.lock().expect("ok").len() == 2 }).await;
     manager.stop().await;
 }
 
@@ -98,12 +120,26 @@ async fn externally_deleted_durable_is_recreated_and_delivery_resumes() {
     let handler = Arc::new(Flaky::default());
     let config = ConsumerConfig::new("CONS", "cons.{partition}");
     let (manager, _consumer, js) = setup(&server, config.clone(), handler.clone()).await;
-    js.publish("cons.1", "before".into()).await.expect("publish").await.expect("ack");
-    eventually("first message", LONG, || async { handler.ok.lock().expect("ok").len() == 1 }).await;
+    js.publish("cons.1", "before".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    eventually("first message", LONG, || async {
+        handler.ok.lock().expect("ok").len() == 1
+    })
+    .await;
     let stream = js.get_stream("CONS").await.expect("stream");
     let durable = config.durable(&parti::Partition::new("1", 1));
-    stream.delete_consumer(&durable).await.expect("delete durable");
-    js.publish("cons.1", "after".into()).await.expect("publish").await.expect("ack");
+    stream
+        .delete_consumer(&durable)
+        .await
+        .expect("delete durable");
+    js.publish("cons.1", "after".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
     eventually("delivery resumes on a recreated durable", LONG, || async {
         handler.ok.lock().expect("ok").iter().any(|b| b == "after")
     })
@@ -116,23 +152,46 @@ async fn one_partition_is_processed_serially_with_bounded_ack_pending() {
     init_tracing();
     let server = NatsServer::start();
     let handler = Arc::new(Flaky::default());
-    let config = ConsumerConfig { batch: 2, ..ConsumerConfig::new("CONS", "cons.{partition}") };
+    let config = ConsumerConfig {
+        batch: 2,
+        ..ConsumerConfig::new("CONS", "cons.{partition}")
+    };
     let (manager, consumer, js) = setup(&server, config.clone(), handler.clone()).await;
     for i in 0..10 {
-        js.publish("cons.0", format!("m{i}").into()).await.expect("publish").await.expect("ack");
+        js.publish("cons.0", format!("m{i}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
     }
-    eventually("all ten acked", LONG, || async { consumer.stats().acked.load(Ordering::SeqCst) == 10 }).await;
+    eventually("all ten acked", LONG, || async {
+        consumer.stats().acked.load(Ordering::SeqCst) == 10
+    })
+    .await;
     let mut durable = js
         .get_stream("CONS")
         .await
         .expect("stream")
-        .get_consumer::<jetstream::consumer::pull::Config>(&config.durable(&parti::Partition::new("0", 1)))
+        .get_consumer::<jetstream::consumer::pull::Config>(
+            &config.durable(&parti::Partition::new("0", 1)),
+        )
         .await
         .expect("durable");
     let info = durable.info().await.expect("info");
-    assert_eq!(info.config.max_ack_pending, 2, "ack pending bounded by the batch");
-    assert_eq!(handler.max_in_flight.load(Ordering::SeqCst), 1, "one handler at a time");
+    assert_eq!(
+        info.config.max_ack_pending, 2,
+        "ack pending bounded by the batch"
+    );
+    assert_eq!(
+        handler.max_in_flight.load(Ordering::SeqCst),
+        1,
+        "one handler at a time"
+    );
     let order: Vec<String> = handler.ok.lock().expect("ok").clone();
-    assert_eq!(order, (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>(), "in order");
+    assert_eq!(
+        order,
+        (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>(),
+        "in order"
+    );
     manager.stop().await;
 }

@@ -11,8 +11,8 @@ use async_nats::jetstream;
 use common::*;
 use futures::future::BoxFuture;
 use parti::{
-    Config, ConsistentHash, ConsumerConfig, Delivery, HandlerError, Manager, MessageHandler,
-    StaticSource, State, WorkerConsumer,
+    Config, ConsistentHash, ConsumerConfig, Delivery, HandlerError, Manager, MessageHandler, State,
+    StaticSource, WorkerConsumer,
 };
 use test_support::{NatsServer, eventually};
 
@@ -24,7 +24,10 @@ struct Collect {
 impl MessageHandler for Collect {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            self.seen.lock().expect("seen").push(String::from_utf8_lossy(&delivery.payload).into_owned());
+            self.seen
+                .lock()
+                .expect("seen")
+                .push(String::from_utf8_lossy(&delivery.payload).into_owned());
             Ok(())
         })
     }
@@ -68,12 +71,22 @@ async fn nats_restart_degrades_and_recovers_without_unowned_partitions() {
     let mut degraded_seen = Vec::new();
     for _ in 0..3 {
         let client = connect(&server.url()).await;
-        let consumer = WorkerConsumer::new(client.clone(), ConsumerConfig::new("DEG", "deg.{partition}"), collector.clone())
-            .await
-            .expect("consumer");
-        let manager = Manager::start(client, config.clone(), Arc::new(source.clone()), Arc::new(ConsistentHash::default()), Some(consumer))
-            .await
-            .expect("start");
+        let consumer = WorkerConsumer::new(
+            client.clone(),
+            ConsumerConfig::new("DEG", "deg.{partition}"),
+            collector.clone(),
+        )
+        .await
+        .expect("consumer");
+        let manager = Manager::start(
+            client,
+            config.clone(),
+            Arc::new(source.clone()),
+            Arc::new(ConsistentHash::default()),
+            Some(consumer),
+        )
+        .await
+        .expect("start");
         let mut states = manager.state_watch();
         degraded_seen.push(tokio::spawn(async move {
             states.wait_for(|s| *s == State::Degraded).await.is_ok()
@@ -86,7 +99,10 @@ async fn nats_restart_degrades_and_recovers_without_unowned_partitions() {
     })
     .await;
     publish_round(&js, 1, PARTITIONS).await;
-    eventually("round 1 processed", LONG, || async { collector.seen.lock().expect("seen").len() >= PARTITIONS }).await;
+    eventually("round 1 processed", LONG, || async {
+        collector.seen.lock().expect("seen").len() >= PARTITIONS
+    })
+    .await;
     let owners_before = owners(&refs);
 
     server.kill();
@@ -94,18 +110,31 @@ async fn nats_restart_degrades_and_recovers_without_unowned_partitions() {
         refs.iter().all(|m| m.state() == State::Degraded)
     })
     .await;
-    assert_eq!(owners(&refs), owners_before, "assignment kept while disconnected");
+    assert_eq!(
+        owners(&refs),
+        owners_before,
+        "assignment kept while disconnected"
+    );
     server.restart();
     eventually("every manager recovered", LONG, || async {
         refs.iter().all(|m| m.state() == State::Stable) && fully_assigned(&refs, &source)
     })
     .await;
     for seen in degraded_seen {
-        assert!(seen.await.expect("join"), "a manager never reported Degraded");
+        assert!(
+            seen.await.expect("join"),
+            "a manager never reported Degraded"
+        );
     }
     publish_round(&js, 2, PARTITIONS).await;
     eventually("round 2 processed after recovery", LONG, || async {
-        let seen: BTreeSet<String> = collector.seen.lock().expect("seen").iter().cloned().collect();
+        let seen: BTreeSet<String> = collector
+            .seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .cloned()
+            .collect();
         seen.len() == 2 * PARTITIONS
     })
     .await;

@@ -25,13 +25,28 @@ struct Pinned {
 }
 
 impl Strategy for Pinned {
-    fn assign(&self, workers: &[String], partitions: &[Partition]) -> Result<AssignmentMap, StrategyError> {
+    fn assign(
+        &self,
+        workers: &[String],
+        partitions: &[Partition],
+    ) -> Result<AssignmentMap, StrategyError> {
         let mut sorted = workers.to_vec();
         sorted.sort();
-        let chosen = sorted.get(self.index.load(Ordering::SeqCst) % sorted.len().max(1)).ok_or(StrategyError::NoWorkers)?;
+        let chosen = sorted
+            .get(self.index.load(Ordering::SeqCst) % sorted.len().max(1))
+            .ok_or(StrategyError::NoWorkers)?;
         Ok(sorted
             .iter()
-            .map(|w| (w.clone(), if w == chosen { partitions.to_vec() } else { Vec::new() }))
+            .map(|w| {
+                (
+                    w.clone(),
+                    if w == chosen {
+                        partitions.to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                )
+            })
             .collect())
     }
     fn name(&self) -> &'static str {
@@ -91,7 +106,11 @@ async fn backlog_survives_repeated_moves_without_gap_or_overlap() {
     const BACKLOG: u64 = 1000;
     const TOTAL: u64 = 3000;
     for seq in 1..=BACKLOG {
-        js.publish("handoff.p0", seq.to_string().into()).await.expect("publish").await.expect("ack");
+        js.publish("handoff.p0", seq.to_string().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
     }
 
     let source = StaticSource::new(vec![Partition::new("p0", 1)]);
@@ -115,10 +134,19 @@ async fn backlog_survives_repeated_moves_without_gap_or_overlap() {
         )
         .await
         .expect("consumer");
-        let config = Config { worker_id_max: 9, ..Config::fast_for_tests() };
-        let manager = Manager::start(client, config, Arc::new(source.clone()), strategy.clone(), Some(consumer))
-            .await
-            .expect("start");
+        let config = Config {
+            worker_id_max: 9,
+            ..Config::fast_for_tests()
+        };
+        let manager = Manager::start(
+            client,
+            config,
+            Arc::new(source.clone()),
+            strategy.clone(),
+            Some(consumer),
+        )
+        .await
+        .expect("start");
         *recorder.worker.lock().expect("worker") = manager.worker_id().to_string();
         managers.push(manager);
     }
@@ -128,7 +156,11 @@ async fn backlog_survives_repeated_moves_without_gap_or_overlap() {
         let js = js.clone();
         tokio::spawn(async move {
             for seq in BACKLOG + 1..=TOTAL {
-                js.publish("handoff.p0", seq.to_string().into()).await.expect("publish").await.expect("ack");
+                js.publish("handoff.p0", seq.to_string().into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("ack");
                 if seq % 50 == 0 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -151,32 +183,51 @@ async fn backlog_survives_repeated_moves_without_gap_or_overlap() {
             ids[round % ids.len()].clone()
         };
         // Wait until the new owner has processed something.
-        eventually(&format!("round {round}: {target} processes p0"), LONG, || async {
-            let log = log.lock().expect("log");
-            log.len() > processed_before && log.last().is_some_and(|p| p.worker == target)
-        })
+        eventually(
+            &format!("round {round}: {target} processes p0"),
+            LONG,
+            || async {
+                let log = log.lock().expect("log");
+                log.len() > processed_before && log.last().is_some_and(|p| p.worker == target)
+            },
+        )
         .await;
         owners_seen.insert(target);
         moves += 1;
     }
     publisher.await.expect("publisher");
-    eventually("every message processed", Duration::from_secs(60), || async {
-        let seen: BTreeSet<u64> = log.lock().expect("log").iter().map(|p| p.seq).collect();
-        seen.len() as u64 == TOTAL
-    })
+    eventually(
+        "every message processed",
+        Duration::from_secs(60),
+        || async {
+            let seen: BTreeSet<u64> = log.lock().expect("log").iter().map(|p| p.seq).collect();
+            seen.len() as u64 == TOTAL
+        },
+    )
     .await;
 
     let log = log.lock().expect("log").clone();
     let seen: BTreeSet<u64> = log.iter().map(|p| p.seq).collect();
     assert_eq!(seen, (1..=TOTAL).collect(), "no gap");
-    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two workers processed p0 at once");
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "two workers processed p0 at once"
+    );
     let mut highest = 0;
     for entry in log.iter().filter(|p| p.delivered == 1) {
-        assert!(entry.seq > highest, "order broken at seq {} after {highest}", entry.seq);
+        assert!(
+            entry.seq > highest,
+            "order broken at seq {} after {highest}",
+            entry.seq
+        );
         highest = entry.seq;
     }
     let duplicates = log.len() - seen.len();
-    eprintln!("moves: {moves}, owners: {owners_seen:?}, processed: {}, duplicates: {duplicates}", log.len());
+    eprintln!(
+        "moves: {moves}, owners: {owners_seen:?}, processed: {}, duplicates: {duplicates}",
+        log.len()
+    );
     assert_eq!(owners_seen.len(), 3, "the partition visited every worker");
     for manager in managers {
         manager.stop().await;

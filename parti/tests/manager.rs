@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use parti::{Config, StaticSource, State};
+use parti::{Config, State, StaticSource};
 use test_support::{NatsServer, eventually};
 
 #[tokio::test]
@@ -16,9 +16,15 @@ async fn managers_reach_stable_with_one_leader_and_full_coverage() {
         managers.push(start(&server.url(), Config::fast_for_tests(), &source).await);
     }
     let refs: Vec<&_> = managers.iter().collect();
-    eventually("all stable, one leader, every partition owned once", LONG, || async {
-        refs.iter().all(|m| m.state() == State::Stable) && leaders(&refs) == 1 && fully_assigned(&refs, &source)
-    })
+    eventually(
+        "all stable, one leader, every partition owned once",
+        LONG,
+        || async {
+            refs.iter().all(|m| m.state() == State::Stable)
+                && leaders(&refs) == 1
+                && fully_assigned(&refs, &source)
+        },
+    )
     .await;
     let mut ids: Vec<&str> = managers.iter().map(|m| m.worker_id()).collect();
     ids.sort();
@@ -34,7 +40,12 @@ use std::time::Duration;
 
 use parti::{Manager, Partition, PartitionSource, RoundRobin};
 
-async fn start_many(url: &str, count: usize, config: &Config, source: &StaticSource) -> Vec<Manager> {
+async fn start_many(
+    url: &str,
+    count: usize,
+    config: &Config,
+    source: &StaticSource,
+) -> Vec<Manager> {
     let starts = (0..count).map(|_| start(url, config.clone(), source));
     futures::future::join_all(starts).await
 }
@@ -81,14 +92,20 @@ async fn dead_holders_id_expires_and_token_reclaims_at_once() {
     init_tracing();
     let server = NatsServer::start();
     let source = StaticSource::numbered(4);
-    let with_token = Config { identity_token: Some("slot-7".into()), ..Config::fast_for_tests() };
+    let with_token = Config {
+        identity_token: Some("slot-7".into()),
+        ..Config::fast_for_tests()
+    };
     let first = start(&server.url(), with_token.clone(), &source).await;
     assert_eq!(first.worker_id(), "worker-0");
     drop(first); // a crash: nothing released
     let started = std::time::Instant::now();
     let again = start(&server.url(), with_token.clone(), &source).await;
     assert_eq!(again.worker_id(), "worker-0", "token reclaims the id");
-    assert!(started.elapsed() < Duration::from_secs(2), "without waiting for the TTL");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "without waiting for the TTL"
+    );
     let other = start(&server.url(), Config::fast_for_tests(), &source).await;
     assert_eq!(other.worker_id(), "worker-1", "a live id is never shared");
     drop(again);
@@ -109,16 +126,27 @@ async fn assignment_is_complete_balanced_and_stable() {
     let config = Config::fast_for_tests();
     let mut managers = Vec::new();
     for _ in 0..5 {
-        managers.push(start_with(&server.url(), config.clone(), &source, Arc::new(RoundRobin)).await);
+        managers
+            .push(start_with(&server.url(), config.clone(), &source, Arc::new(RoundRobin)).await);
     }
     stable(&managers, &source).await;
     for manager in &managers {
         let owned = manager.assignment().borrow().partitions.len();
-        assert!((10..=40).contains(&owned), "{} owns {owned} of 100 with 5 workers", manager.worker_id());
+        assert!(
+            (10..=40).contains(&owned),
+            "{} owns {owned} of 100 with 5 workers",
+            manager.worker_id()
+        );
     }
-    let before: Vec<u64> = managers.iter().map(|m| m.assignment().borrow().version).collect();
+    let before: Vec<u64> = managers
+        .iter()
+        .map(|m| m.assignment().borrow().version)
+        .collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after: Vec<u64> = managers.iter().map(|m| m.assignment().borrow().version).collect();
+    let after: Vec<u64> = managers
+        .iter()
+        .map(|m| m.assignment().borrow().version)
+        .collect();
     assert_eq!(before, after, "versions changed without a topology change");
     stop_all(managers).await;
 }
@@ -134,17 +162,28 @@ async fn planned_scale_up_moves_partitions_to_new_workers() {
     stable(&managers, &source).await;
     let before: BTreeMap<String, usize> = managers
         .iter()
-        .map(|m| (m.worker_id().to_string(), m.assignment().borrow().partitions.len()))
+        .map(|m| {
+            (
+                m.worker_id().to_string(),
+                m.assignment().borrow().partitions.len(),
+            )
+        })
         .collect();
     managers.extend(start_many(&server.url(), 2, &config, &source).await);
     stable(&managers, &source).await;
     eventually("new workers own partitions", LONG, || async {
-        managers.iter().all(|m| !m.assignment().borrow().partitions.is_empty())
+        managers
+            .iter()
+            .all(|m| !m.assignment().borrow().partitions.is_empty())
     })
     .await;
     let shrank = managers
         .iter()
-        .filter(|m| before.get(m.worker_id()).is_some_and(|n| m.assignment().borrow().partitions.len() < *n))
+        .filter(|m| {
+            before
+                .get(m.worker_id())
+                .is_some_and(|n| m.assignment().borrow().partitions.len() < *n)
+        })
         .count();
     assert!(shrank >= 1, "no existing worker gave anything up");
     stop_all(managers).await;
@@ -161,20 +200,37 @@ async fn crash_and_leader_loss_reassign_with_growing_versions() {
     let mut managers = start_many(&server.url(), 4, &config, &source).await;
     stable(&managers, &source).await;
     // Crash a follower (drop = no release; its leases expire).
-    let follower = managers.iter().position(|m| !m.is_leader()).expect("follower");
+    let follower = managers
+        .iter()
+        .position(|m| !m.is_leader())
+        .expect("follower");
     drop(managers.remove(follower));
     stable(&managers, &source).await;
-    let version_before = managers.iter().map(|m| m.assignment().borrow().version).max().unwrap_or(0);
+    let version_before = managers
+        .iter()
+        .map(|m| m.assignment().borrow().version)
+        .max()
+        .unwrap_or(0);
     // Stop the leader gracefully: someone else leads and versions keep growing.
-    let leader = managers.iter().position(Manager::is_leader).expect("leader");
+    let leader = managers
+        .iter()
+        .position(Manager::is_leader)
+        .expect("leader");
     let old_leader = managers.remove(leader);
     let old_id = old_leader.worker_id().to_string();
     old_leader.stop().await;
     stable(&managers, &source).await;
     let refs: Vec<&Manager> = managers.iter().collect();
-    assert!(refs.iter().find(|m| m.is_leader()).is_some_and(|m| m.worker_id() != old_id));
+    assert!(
+        refs.iter()
+            .find(|m| m.is_leader())
+            .is_some_and(|m| m.worker_id() != old_id)
+    );
     for manager in &managers {
-        assert!(manager.assignment().borrow().version > version_before, "version regressed");
+        assert!(
+            manager.assignment().borrow().version > version_before,
+            "version regressed"
+        );
     }
     stop_all(managers).await;
 }
@@ -212,7 +268,10 @@ async fn rapid_scaling_is_coalesced() {
     recorder.abort();
     let lifecycles = lifecycles.lock().expect("log").clone();
     let rebalances = lifecycles.iter().filter(|l| *l != "handoff").count();
-    assert!(rebalances <= 3, "too many rebalances for one burst: {lifecycles:?}");
+    assert!(
+        rebalances <= 3,
+        "too many rebalances for one burst: {lifecycles:?}"
+    );
     stop_all(managers).await;
 }
 
@@ -224,10 +283,14 @@ async fn thundering_herd_restart_keeps_ids_and_partitions() {
     let server = NatsServer::start();
     let source = StaticSource::numbered(50);
     let configs: Vec<Config> = (0..10)
-        .map(|i| Config { identity_token: Some(format!("slot-{i}")), ..Config::fast_for_tests() })
+        .map(|i| Config {
+            identity_token: Some(format!("slot-{i}")),
+            ..Config::fast_for_tests()
+        })
         .collect();
     let url = server.url();
-    let managers = futures::future::join_all(configs.iter().map(|c| start(&url, c.clone(), &source))).await;
+    let managers =
+        futures::future::join_all(configs.iter().map(|c| start(&url, c.clone(), &source))).await;
     stable(&managers, &source).await;
     let before: BTreeMap<String, String> = owners(&managers.iter().collect::<Vec<_>>())
         .into_iter()
@@ -235,13 +298,21 @@ async fn thundering_herd_restart_keeps_ids_and_partitions() {
         .collect();
     let slots_before: Vec<String> = managers.iter().map(|m| m.worker_id().to_string()).collect();
     drop(managers); // all crash at once
-    let managers = futures::future::join_all(configs.iter().map(|c| start(&url, c.clone(), &source))).await;
+    let managers =
+        futures::future::join_all(configs.iter().map(|c| start(&url, c.clone(), &source))).await;
     let slots_after: Vec<String> = managers.iter().map(|m| m.worker_id().to_string()).collect();
     assert_eq!(slots_before, slots_after, "each slot got its id back");
     stable(&managers, &source).await;
     let after = owners(&managers.iter().collect::<Vec<_>>());
-    let kept = before.iter().filter(|(p, o)| after.get(*p).is_some_and(|a| a[0] == **o)).count();
-    assert!(kept * 100 >= before.len() * 80, "only {kept}/{} partitions stayed", before.len());
+    let kept = before
+        .iter()
+        .filter(|(p, o)| after.get(*p).is_some_and(|a| a[0] == **o))
+        .count();
+    assert!(
+        kept * 100 >= before.len() * 80,
+        "only {kept}/{} partitions stayed",
+        before.len()
+    );
     stop_all(managers).await;
 }
 

@@ -52,16 +52,30 @@ impl MessageHandler for PrintProcessed {
 #[tokio::test]
 #[ignore = "child process entry, started by the other tests"]
 async fn child_worker() {
-    let Ok(url) = std::env::var("PARTI_CHILD_URL") else { return };
-    let config: Config = serde_json::from_str(&std::env::var("PARTI_CHILD_CONFIG").expect("config")).expect("config json");
+    let Ok(url) = std::env::var("PARTI_CHILD_URL") else {
+        return;
+    };
+    let config: Config =
+        serde_json::from_str(&std::env::var("PARTI_CHILD_CONFIG").expect("config"))
+            .expect("config json");
     let client = connect(&url).await;
-    let consumer = WorkerConsumer::new(client.clone(), ConsumerConfig::new(STREAM, "proc.{partition}"), Arc::new(PrintProcessed))
-        .await
-        .expect("consumer");
+    let consumer = WorkerConsumer::new(
+        client.clone(),
+        ConsumerConfig::new(STREAM, "proc.{partition}"),
+        Arc::new(PrintProcessed),
+    )
+    .await
+    .expect("consumer");
     let source = StaticSource::numbered(PARTITIONS);
-    let manager = Manager::start(client, config, Arc::new(source), Arc::new(ConsistentHash::default()), Some(consumer))
-        .await
-        .expect("start");
+    let manager = Manager::start(
+        client,
+        config,
+        Arc::new(source),
+        Arc::new(ConsistentHash::default()),
+        Some(consumer),
+    )
+    .await
+    .expect("start");
     let mut last = Value::Null;
     loop {
         let assignment = manager.assignment().borrow().clone();
@@ -93,9 +107,18 @@ struct Worker {
 impl Worker {
     fn spawn(url: &str, config: &Config) -> Self {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--exact", "child_worker", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_worker",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("PARTI_CHILD_URL", url)
-            .env("PARTI_CHILD_CONFIG", serde_json::to_string(config).expect("config"))
+            .env(
+                "PARTI_CHILD_CONFIG",
+                serde_json::to_string(config).expect("config"),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -107,9 +130,13 @@ impl Worker {
         let (s, p, l) = (status.clone(), processed.clone(), leader_history.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
+                let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
                 if let Some(seq) = value.get("processed").and_then(Value::as_str) {
-                    p.lock().expect("processed").push((seq.to_string(), Instant::now()));
+                    p.lock()
+                        .expect("processed")
+                        .push((seq.to_string(), Instant::now()));
                 } else if value.get("worker").is_some() {
                     let leader = value["leader"].as_bool().unwrap_or(false);
                     l.lock().expect("leaders").push((leader, Instant::now()));
@@ -117,7 +144,12 @@ impl Worker {
                 }
             }
         });
-        Self { child, status, processed, leader_history }
+        Self {
+            child,
+            status,
+            processed,
+            leader_history,
+        }
     }
 
     fn pid(&self) -> Pid {
@@ -133,7 +165,10 @@ impl Worker {
     }
 
     fn worker_id(&self) -> String {
-        self.status()["worker"].as_str().unwrap_or_default().to_string()
+        self.status()["worker"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     fn is_leader(&self) -> bool {
@@ -141,13 +176,20 @@ impl Worker {
     }
 
     fn state(&self) -> String {
-        self.status()["state"].as_str().unwrap_or_default().to_string()
+        self.status()["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     fn partitions(&self) -> Vec<String> {
         self.status()["partitions"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -199,21 +241,33 @@ async fn sigkilled_worker_partitions_get_a_live_owner_within_bound() {
     let server = NatsServer::start();
     setup_stream(&server.url()).await;
     let config = default_timings();
-    let workers: Vec<Worker> = (0..3).map(|_| Worker::spawn(&server.url(), &config)).collect();
+    let workers: Vec<Worker> = (0..3)
+        .map(|_| Worker::spawn(&server.url(), &config))
+        .collect();
     let refs: Vec<&Worker> = workers.iter().collect();
     eventually("three workers share all partitions", LONG, || async {
         covered_once(&refs) && refs.iter().all(|w| !w.partitions().is_empty())
     })
     .await;
     // Kill a follower that owns partitions, so the measurement is the worker-crash path.
-    let victim = workers.iter().position(|w| !w.is_leader()).expect("a follower");
+    let victim = workers
+        .iter()
+        .position(|w| !w.is_leader())
+        .expect("a follower");
     workers[victim].signal(Signal::SIGKILL);
     let killed_at = Instant::now();
-    let survivors: Vec<&Worker> = workers.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, w)| w).collect();
+    let survivors: Vec<&Worker> = workers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, w)| w)
+        .collect();
     let bound = config.heartbeat_ttl + config.emergency_grace_period + Duration::from_secs(2);
-    eventually("survivors own every partition", bound + Duration::from_secs(20), || async {
-        covered_once(&survivors)
-    })
+    eventually(
+        "survivors own every partition",
+        bound + Duration::from_secs(20),
+        || async { covered_once(&survivors) },
+    )
     .await;
     let took = killed_at.elapsed();
     eprintln!("SIGKILL → every partition owned by a live worker in {took:?} (bound {bound:?})");
@@ -226,7 +280,9 @@ async fn paused_leader_is_fenced_and_steps_down() {
     let server = NatsServer::start();
     setup_stream(&server.url()).await;
     let config = Config::fast_for_tests();
-    let workers: Vec<Worker> = (0..3).map(|_| Worker::spawn(&server.url(), &config)).collect();
+    let workers: Vec<Worker> = (0..3)
+        .map(|_| Worker::spawn(&server.url(), &config))
+        .collect();
     let refs: Vec<&Worker> = workers.iter().collect();
     eventually("stable with one leader", LONG, || async {
         covered_once(&refs) && refs.iter().filter(|w| w.is_leader()).count() == 1
@@ -236,7 +292,10 @@ async fn paused_leader_is_fenced_and_steps_down() {
     let old_id = workers[old].worker_id();
     // Watch every assignment version and who wrote it.
     let client = connect(&server.url()).await;
-    let kv = jetstream::new(client).get_key_value("parti").await.expect("bucket");
+    let kv = jetstream::new(client)
+        .get_key_value("parti")
+        .await
+        .expect("bucket");
     let writers = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
     let recorder = {
         let writers = writers.clone();
@@ -246,25 +305,42 @@ async fn paused_leader_is_fenced_and_steps_down() {
             while let Some(Ok(entry)) = watch.next().await {
                 let doc: Value = serde_json::from_slice(&entry.value).unwrap_or_default();
                 let leader = doc["leader"].as_str().unwrap_or_default().to_string();
-                writers.lock().expect("writers").push((doc["version"].as_u64().unwrap_or(0), leader));
+                writers
+                    .lock()
+                    .expect("writers")
+                    .push((doc["version"].as_u64().unwrap_or(0), leader));
             }
         })
     };
 
     workers[old].signal(Signal::SIGSTOP);
-    let others: Vec<&Worker> = workers.iter().enumerate().filter(|(i, _)| *i != old).map(|(_, w)| w).collect();
+    let others: Vec<&Worker> = workers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != old)
+        .map(|(_, w)| w)
+        .collect();
     eventually("a new leader among the others", LONG, || async {
         others.iter().any(|w| w.is_leader())
     })
     .await;
-    let new_id = others.iter().find(|w| w.is_leader()).expect("new leader").worker_id();
+    let new_id = others
+        .iter()
+        .find(|w| w.is_leader())
+        .expect("new leader")
+        .worker_id();
     // Past the old leader's heartbeat lease too, so the new leader takes its partitions.
-    eventually("the others own every partition", LONG, || async { covered_once(&others) }).await;
+    eventually("the others own every partition", LONG, || async {
+        covered_once(&others)
+    })
+    .await;
     let resumed_at = Instant::now();
     workers[old].signal(Signal::SIGCONT);
-    eventually("the old leader reports it is no longer leader", LONG, || async {
-        !workers[old].is_leader()
-    })
+    eventually(
+        "the old leader reports it is no longer leader",
+        LONG,
+        || async { !workers[old].is_leader() },
+    )
     .await;
     // Give the resumed process time to misbehave, if it would.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -272,7 +348,10 @@ async fn paused_leader_is_fenced_and_steps_down() {
     assert_eq!(acting_leaders, 1, "exactly one leader after the pause");
     let writers = writers.lock().expect("writers").clone();
     recorder.abort();
-    let first_new = writers.iter().position(|(_, w)| *w == new_id).expect("new leader published");
+    let first_new = writers
+        .iter()
+        .position(|(_, w)| *w == new_id)
+        .expect("new leader published");
     assert!(
         writers[first_new..].iter().all(|(_, w)| *w != old_id),
         "deposed leader {old_id} published after {new_id}: {writers:?}"
@@ -287,9 +366,15 @@ async fn paused_leader_is_fenced_and_steps_down() {
         .cloned()
         .collect();
     let state = workers[old].state();
-    assert!(state == "Fenced" || late.is_empty(), "resumed ex-leader processed {late:?} in state {state}");
+    assert!(
+        state == "Fenced" || late.is_empty(),
+        "resumed ex-leader processed {late:?} in state {state}"
+    );
     let history = workers[old].leader_history.lock().expect("history").clone();
-    assert!(history.iter().any(|(leader, _)| *leader), "it was leader before");
+    assert!(
+        history.iter().any(|(leader, _)| *leader),
+        "it was leader before"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,7 +383,9 @@ async fn worker_paused_past_its_id_ttl_stops_and_never_shares_its_id() {
     let server = NatsServer::start();
     let js = setup_stream(&server.url()).await;
     let config = Config::fast_for_tests();
-    let mut workers: Vec<Worker> = (0..3).map(|_| Worker::spawn(&server.url(), &config)).collect();
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|_| Worker::spawn(&server.url(), &config))
+        .collect();
     {
         let refs: Vec<&Worker> = workers.iter().collect();
         eventually("stable", LONG, || async {
@@ -306,23 +393,32 @@ async fn worker_paused_past_its_id_ttl_stops_and_never_shares_its_id() {
         })
         .await;
     }
-    let paused = workers.iter().position(|w| !w.is_leader()).expect("a follower");
+    let paused = workers
+        .iter()
+        .position(|w| !w.is_leader())
+        .expect("a follower");
     let paused_id = workers[paused].worker_id();
     workers[paused].signal(Signal::SIGSTOP);
     // Wait past the id TTL, then a new process must be able to take that id.
     tokio::time::sleep(config.worker_id_ttl + Duration::from_secs(1)).await;
     workers.push(Worker::spawn(&server.url(), &config));
     let newcomer = workers.len() - 1;
-    eventually("the newcomer claims the paused worker's id", LONG, || async {
-        workers[newcomer].worker_id() == paused_id
-    })
+    eventually(
+        "the newcomer claims the paused worker's id",
+        LONG,
+        || async { workers[newcomer].worker_id() == paused_id },
+    )
     .await;
     // Traffic on every partition while the paused one resumes.
     let resumed_at = Instant::now();
     workers[paused].signal(Signal::SIGCONT);
     for round in 0..5 {
         for p in 0..PARTITIONS {
-            js.publish(format!("proc.{p}"), format!("{round}-{p}").into()).await.expect("publish").await.expect("ack");
+            js.publish(format!("proc.{p}"), format!("{round}-{p}").into())
+                .await
+                .expect("publish")
+                .await
+                .expect("ack");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -337,12 +433,27 @@ async fn worker_paused_past_its_id_ttl_stops_and_never_shares_its_id() {
         .iter()
         .filter(|(_, at)| *at > resumed_at)
         .count();
-    assert_eq!(late, 0, "the paused worker processed {late} messages after resuming");
-    let live: Vec<&Worker> = workers.iter().enumerate().filter(|(i, _)| *i != paused).map(|(_, w)| w).collect();
+    assert_eq!(
+        late, 0,
+        "the paused worker processed {late} messages after resuming"
+    );
+    let live: Vec<&Worker> = workers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != paused)
+        .map(|(_, w)| w)
+        .collect();
     let ids: BTreeSet<String> = live.iter().map(|w| w.worker_id()).collect();
     assert_eq!(ids.len(), live.len(), "live workers have distinct ids");
-    eventually("all 60 messages processed by live workers", LONG, || async {
-        live.iter().map(|w| w.processed.lock().expect("processed").len()).sum::<usize>() >= 60
-    })
+    eventually(
+        "all 60 messages processed by live workers",
+        LONG,
+        || async {
+            live.iter()
+                .map(|w| w.processed.lock().expect("processed").len())
+                .sum::<usize>()
+                >= 60
+        },
+    )
     .await;
 }

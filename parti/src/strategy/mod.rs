@@ -3,7 +3,7 @@
 //! Layout:
 //! - `round_robin`: partition i → worker i mod n.
 //! - `consistent_hash`: xxh3 ring with virtual nodes.
-//! - `weighted`: ring placement with load caps and round-robin spreading of extreme partitions.
+//! - `weighted`: bounded-load ring placement; extreme partitions spread one per worker first.
 //! - `ring`: the hash ring shared by the two hashing strategies.
 
 use std::collections::BTreeMap;

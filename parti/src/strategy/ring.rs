@@ -5,6 +5,9 @@
 //! the start. Virtual nodes smooth out the share each worker gets, and because a worker's
 //! positions depend only on its own id, adding or removing a worker only moves the hashes
 //! that land on that worker's arcs.
+//!
+//! `HashRing::clockwise_from` lists the workers in ring order from a hash; the weighted
+//! strategy uses it to send partitions whose owner is full to the next worker with room.
 
 use std::collections::HashSet;
 
@@ -132,7 +135,8 @@ pub(crate) struct Clockwise<'a> {
     /// The first worker yielded. Most walks stop at it (the owner has room), so the bitset
     /// below is only allocated when the walk goes past the owner.
     first: Option<usize>,
-    /// Bitset of yielded worker indices, allocated on the second step.
+    /// Bitset of yielded worker indices other than `first`, allocated when the walk first
+    /// meets a different worker.
     seen: Vec<u64>,
 }
 
@@ -142,7 +146,12 @@ impl Iterator for Clockwise<'_> {
     fn next(&mut self) -> Option<usize> {
         let len = self.vnodes.len();
         while self.remaining > 0 && self.visited < len {
-            let (_, index) = self.vnodes[(self.start + self.visited) % len];
+            // `start <= len` and `visited < len`, so one subtraction wraps (no division).
+            let mut at = self.start + self.visited;
+            if at >= len {
+                at -= len;
+            }
+            let (_, index) = self.vnodes[at];
             self.visited += 1;
             match self.first {
                 None => self.first = Some(index),
@@ -264,6 +273,58 @@ mod tests {
         for h in (0..1000u64).map(|i| xxh3_64(&i.to_le_bytes())) {
             assert_eq!(a.owner(h), b.owner(h));
         }
+    }
+
+    /// Reference walk: scan the vnodes from the first at or after `hash`, wrapping, and keep
+    /// each worker's first appearance.
+    fn naive_clockwise(ring: &HashRing, hash: u64) -> Vec<usize> {
+        let start = ring
+            .vnodes
+            .iter()
+            .position(|&(p, _)| p >= hash)
+            .unwrap_or(0);
+        let mut seen = HashSet::new();
+        (0..ring.len())
+            .map(|k| ring.vnodes[(start + k) % ring.len()].1)
+            .filter(|&i| seen.insert(i))
+            .collect()
+    }
+
+    #[test]
+    fn clockwise_yields_every_worker_once_starting_with_the_owner() {
+        // 130 workers: more than two bitset words, so the word/bit split is exercised.
+        let names: Vec<String> = (0..130).map(|i| format!("w{i}")).collect();
+        for vnodes in [1, 3, 150] {
+            let ring = HashRing::new(&names, vnodes, 5);
+            let (first_pos, _) = ring.vnodes[0];
+            let (last_pos, _) = ring.vnodes[ring.len() - 1];
+            let probes = (0..200u64).map(|i| xxh3_64(&i.to_le_bytes())).chain([
+                0,
+                first_pos,
+                last_pos,
+                last_pos.saturating_add(1),
+                u64::MAX,
+            ]);
+            for hash in probes {
+                let walk: Vec<usize> = ring.clockwise_from(hash).collect();
+                assert_eq!(walk, naive_clockwise(&ring, hash), "hash {hash}");
+                assert_eq!(walk.len(), 130);
+                assert_eq!(walk.first().copied(), ring.owner_index(hash));
+            }
+        }
+    }
+
+    #[test]
+    fn clockwise_on_tiny_and_empty_rings() {
+        let one = HashRing::new(&ids(&["a"]), 4, 0);
+        assert_eq!(one.clockwise_from(7).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(HashRing::new(&[], 150, 0).clockwise_from(7).count(), 0);
+        assert_eq!(
+            HashRing::new(&ids(&["a", "b"]), 0, 0)
+                .clockwise_from(7)
+                .count(),
+            0
+        );
     }
 
     #[test]

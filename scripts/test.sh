@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's test command (and exactly what .ci/run runs): install what is needed, check
+# formatting and lints, then run every test against real nats-servers and real processes.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+./scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
