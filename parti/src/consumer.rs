@@ -53,6 +53,10 @@ pub struct ConsumerConfig {
     pub nak_backoff_max: Duration,
     /// The server deletes a durable unused this long.
     pub inactive_threshold: Duration,
+    /// Fault injection for parti-sim's self-test only: keep consuming a partition after it
+    /// was revoked, which breaks the handoff guarantee on purpose. Never set it otherwise.
+    #[doc(hidden)]
+    pub fault_keep_consuming_after_revoke: bool,
 }
 
 impl ConsumerConfig {
@@ -69,6 +73,7 @@ impl ConsumerConfig {
             nak_backoff: Duration::from_millis(100),
             nak_backoff_max: Duration::from_secs(5),
             inactive_threshold: Duration::from_secs(24 * 3600),
+            fault_keep_consuming_after_revoke: false,
         }
     }
 
@@ -227,6 +232,10 @@ impl WorkerConsumer {
                 .filter_map(|p| running.remove(p).map(|r| (p.clone(), r)))
                 .collect()
         };
+        if self.config.fault_keep_consuming_after_revoke {
+            warn!(count = stopping.len(), "fault injection: revoked partitions keep being consumed");
+            return;
+        }
         for (_, running) in &stopping {
             running.cancel.cancel();
         }

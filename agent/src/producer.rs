@@ -1,0 +1,165 @@
+//! Producer child: publishes sequenced messages on its static partition range.
+//!
+//! Per partition one publish is in flight at a time and a sequence number is consumed only
+//! after its PubAck: a failed publish is retried with the same `Nats-Msg-Id`, so the stream
+//! stores it once and sequences stay gap-free. On start each partition resumes after the
+//! last message of its subject in the stream, so a restarted producer continues the count.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use proto::v1::ProducerSpec;
+use tokio::time::Instant;
+
+use crate::message::{SimulationMessage, message_id, subject};
+use crate::report::{ChildReport, ReportClient, now_us};
+
+struct PartitionState {
+    partition: u32,
+    weight: i64,
+    next_seq: u64,
+    credit: f64,
+    in_flight: bool,
+}
+
+/// Global rate multiplier: a triangle wave between min and max over `ramp_interval`.
+fn multiplier(spec: &ProducerSpec, elapsed: Duration) -> f64 {
+    if !spec.rate_variation || spec.ramp_interval_ms == 0 {
+        return 1.0;
+    }
+    let period = spec.ramp_interval_ms as f64 / 1000.0;
+    let phase = (elapsed.as_secs_f64() / period) % 2.0;
+    let up = if phase <= 1.0 { phase } else { 2.0 - phase };
+    spec.min_multiplier + (spec.max_multiplier - spec.min_multiplier) * up
+}
+
+/// Where `partition`'s sequence resumes: after the last message of its subject, if any.
+async fn resume_seq(stream: &jetstream::stream::Stream, subject: &str) -> anyhow::Result<u64> {
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => {
+            let body: SimulationMessage = serde_json::from_slice(&message.payload)
+                .with_context(|| format!("last message on {subject} is not a simulation message"))?;
+            Ok(body.partition_sequence)
+        }
+        Err(error) if error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+        Err(error) => Err(error).with_context(|| format!("reading the last message of {subject}")),
+    }
+}
+
+/// Run until `stop` fires (SIGTERM), then let in-flight publishes finish.
+pub async fn run(
+    spec: ProducerSpec,
+    reports: ReportClient,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let client = async_nats::connect(&spec.nats_url).await.context("connecting to NATS")?;
+    let js = jetstream::new(client);
+    let stream = js.get_stream(&spec.stream).await.context("opening the stream")?;
+    let mut partitions = Vec::with_capacity(spec.partitions.len());
+    for (index, partition) in spec.partitions.iter().enumerate() {
+        let next_seq = resume_seq(&stream, &subject(&spec.subject_prefix, *partition)).await? + 1;
+        partitions.push(PartitionState {
+            partition: *partition,
+            weight: spec.weights.get(index).copied().unwrap_or(1).max(1),
+            next_seq,
+            credit: 0.0,
+            in_flight: false,
+        });
+    }
+    tracing::info!(producer = %spec.producer_id, partitions = partitions.len(), "producing");
+    let started = Instant::now();
+    let mut last_tick = started;
+    let mut producer_seq = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut acks = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled(), if acks.is_empty() => break,
+            _ = tick.tick(), if !stop.is_cancelled() => {
+                let now = Instant::now();
+                let dt = now.duration_since(last_tick).as_secs_f64();
+                last_tick = now;
+                let rate = spec.rate_per_partition * multiplier(&spec, now.duration_since(started));
+                for (index, state) in partitions.iter_mut().enumerate() {
+                    // Credit is capped so a stall is not followed by a burst.
+                    state.credit = (state.credit + rate * state.weight as f64 * dt).min(10.0);
+                    if state.credit < 1.0 || state.in_flight {
+                        continue;
+                    }
+                    state.in_flight = true;
+                    producer_seq += 1;
+                    let body = SimulationMessage {
+                        partition_id: state.partition,
+                        producer_id: spec.producer_id.clone(),
+                        partition_sequence: state.next_seq,
+                        producer_sequence: producer_seq,
+                        timestamp: now_us(),
+                        weight: state.weight,
+                    };
+                    let js = js.clone();
+                    let subject = subject(&spec.subject_prefix, state.partition);
+                    let id = message_id(state.partition, state.next_seq);
+                    acks.push(async move {
+                        let payload = serde_json::to_vec(&body).unwrap_or_default();
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert("Nats-Msg-Id", id.as_str());
+                        let result = match js.publish_with_headers(subject, headers, payload.into()).await {
+                            Ok(ack) => ack.await.map_err(anyhow::Error::from),
+                            Err(error) => Err(anyhow::Error::from(error)),
+                        };
+                        (index, body, result)
+                    });
+                }
+            }
+            Some((index, body, result)) = acks.next() => {
+                let state = &mut partitions[index];
+                state.in_flight = false;
+                match result {
+                    Ok(ack) => {
+                        state.next_seq += 1;
+                        state.credit -= 1.0;
+                        reports
+                            .send(ChildReport::Sent {
+                                partition: body.partition_id,
+                                seq: body.partition_sequence,
+                                producer_id: body.producer_id,
+                                published_us: body.timestamp,
+                                stream_seq: ack.sequence,
+                            })
+                            .await?;
+                    }
+                    Err(error) => {
+                        // Same sequence next tick; Nats-Msg-Id de-duplicates a stored retry.
+                        tracing::warn!(partition = body.partition_id, seq = body.partition_sequence, %error, "publish failed; retrying");
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(producer = %spec.producer_id, "stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiplier_ramps_between_bounds() {
+        let spec = ProducerSpec {
+            rate_variation: true,
+            min_multiplier: 0.5,
+            max_multiplier: 2.0,
+            ramp_interval_ms: 1000,
+            ..Default::default()
+        };
+        assert!((multiplier(&spec, Duration::ZERO) - 0.5).abs() < 1e-9);
+        assert!((multiplier(&spec, Duration::from_millis(1000)) - 2.0).abs() < 1e-9);
+        assert!((multiplier(&spec, Duration::from_millis(1500)) - 1.25).abs() < 1e-9);
+        assert!((multiplier(&ProducerSpec::default(), Duration::from_secs(3)) - 1.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,229 @@
+//! The child → agent report contract, and the client children use.
+//!
+//! A documented contract, not a Rust detail, so a worker written in any language can be put
+//! under test: connect to the Unix socket named by `$PARTI_SIM_REPORT_SOCKET`, send one
+//! JSON object per line, first `{"type":"hello","process":"<$PARTI_SIM_PROCESS>"}`, then
+//! reports (see [`ChildReport`]; field names as serialised here). Writes block when the agent
+//! is behind; never drop a report. A `processed` report must be written *before* the
+//! message is acknowledged, so a crash in between yields a redelivery, never a false loss.
+
+use std::path::Path;
+
+use proto::v1::{Malformed, Processed, Report, Sent, WorkerStatus, report};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+/// Environment variable holding the report socket path.
+pub const SOCKET_ENV: &str = "PARTI_SIM_REPORT_SOCKET";
+/// Environment variable holding the process slot name.
+pub const PROCESS_ENV: &str = "PARTI_SIM_PROCESS";
+/// Environment variable holding the spawn spec (JSON of `ProducerSpec` / `WorkerSpec`).
+pub const SPEC_ENV: &str = "PARTI_SIM_SPEC";
+
+/// One line a child writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChildReport {
+    /// First line: who is talking.
+    Hello {
+        /// The slot name from `$PARTI_SIM_PROCESS`.
+        process: String,
+    },
+    /// A message published and confirmed by the server (PubAck).
+    Sent {
+        /// Partition number.
+        partition: u32,
+        /// Partition sequence.
+        seq: u64,
+        /// Producer id.
+        producer_id: String,
+        /// Publish time, unix µs.
+        published_us: i64,
+        /// Stream sequence from the PubAck.
+        stream_seq: u64,
+    },
+    /// A message processed (reported before its ack).
+    Processed {
+        /// Partition number.
+        partition: u32,
+        /// Partition sequence.
+        seq: u64,
+        /// Stable worker id.
+        worker_id: String,
+        /// Process incarnation.
+        incarnation: u64,
+        /// JetStream delivery count.
+        delivered: u32,
+        /// Stream sequence.
+        stream_seq: u64,
+        /// Assignment version in force.
+        assignment_version: u64,
+        /// Publish time, unix µs (from the message).
+        published_us: i64,
+        /// When processing started, unix µs.
+        received_us: i64,
+        /// When processing finished, unix µs.
+        processed_us: i64,
+    },
+    /// A body on a partition subject that is not a simulation message.
+    Malformed {
+        /// Subject.
+        subject: String,
+        /// Stream sequence.
+        stream_seq: u64,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// Worker status, whenever it changes.
+    Status {
+        /// Stable worker id.
+        worker_id: String,
+        /// Process incarnation.
+        incarnation: u64,
+        /// Manager state.
+        state: String,
+        /// Holds the leader lease.
+        leader: bool,
+        /// Assignment version applied.
+        assignment_version: u64,
+        /// Partitions owned.
+        partitions: Vec<u32>,
+        /// When, unix µs.
+        at_us: i64,
+    },
+}
+
+impl ChildReport {
+    /// The wire form, attributed to `process`. `None` for `Hello`.
+    pub fn into_proto(self, process: &str) -> Option<Report> {
+        let body = match self {
+            Self::Hello { .. } => return None,
+            Self::Sent { partition, seq, producer_id, published_us, stream_seq } => {
+                report::Body::Sent(Sent { partition, seq, producer_id, published_us, stream_seq })
+            }
+            Self::Processed {
+                partition,
+                seq,
+                worker_id,
+                incarnation,
+                delivered,
+                stream_seq,
+                assignment_version,
+                published_us,
+                received_us,
+                processed_us,
+            } => report::Body::Processed(Processed {
+                partition,
+                seq,
+                worker_id,
+                incarnation,
+                delivered,
+                stream_seq,
+                assignment_version,
+                published_us,
+                received_us,
+                processed_us,
+                process: process.to_string(),
+            }),
+            Self::Malformed { subject, stream_seq, reason } => report::Body::Malformed(Malformed {
+                process: process.to_string(),
+                subject,
+                stream_seq,
+                reason,
+            }),
+            Self::Status {
+                worker_id,
+                incarnation,
+                state,
+                leader,
+                assignment_version,
+                partitions,
+                at_us,
+            } => report::Body::Status(WorkerStatus {
+                process: process.to_string(),
+                worker_id,
+                incarnation,
+                state,
+                leader,
+                assignment_version,
+                partitions,
+                at_us,
+            }),
+        };
+        Some(Report { body: Some(body) })
+    }
+}
+
+/// Unix time in microseconds.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// A child's connection to its agent. `send` waits when the agent is behind (lossless).
+#[derive(Debug, Clone)]
+pub struct ReportClient {
+    lines: mpsc::Sender<ChildReport>,
+}
+
+impl ReportClient {
+    /// Connect to `socket` and introduce ourselves as `process`.
+    pub async fn connect(socket: &Path, process: &str) -> std::io::Result<(Self, tokio::task::JoinHandle<std::io::Result<()>>)> {
+        let mut stream = UnixStream::connect(socket).await?;
+        let (lines, mut queue) = mpsc::channel::<ChildReport>(1024);
+        let hello = ChildReport::Hello { process: process.to_string() };
+        let writer = tokio::spawn(async move {
+            let mut buffer = serde_json::to_vec(&hello).map_err(std::io::Error::other)?;
+            buffer.push(b'\n');
+            stream.write_all(&buffer).await?;
+            while let Some(report) = queue.recv().await {
+                buffer.clear();
+                serde_json::to_writer(&mut buffer, &report).map_err(std::io::Error::other)?;
+                buffer.push(b'\n');
+                // Coalesce whatever is queued into one write.
+                while let Ok(next) = queue.try_recv() {
+                    serde_json::to_writer(&mut buffer, &next).map_err(std::io::Error::other)?;
+                    buffer.push(b'\n');
+                    if buffer.len() > 64 * 1024 {
+                        break;
+                    }
+                }
+                stream.write_all(&buffer).await?;
+            }
+            stream.flush().await?;
+            Ok(())
+        });
+        Ok((Self { lines }, writer))
+    }
+
+    /// Queue a report; waits while the queue is full.
+    pub async fn send(&self, report: ChildReport) -> Result<(), ReportClosed> {
+        self.lines.send(report).await.map_err(|_| ReportClosed)
+    }
+}
+
+/// The agent's socket is gone; the child should exit (its agent died).
+#[derive(Debug, thiserror::Error)]
+#[error("report socket closed")]
+pub struct ReportClosed;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_lines_are_stable() {
+        let line = r#"{"type":"sent","partition":3,"seq":17,"producer_id":"producer-0","published_us":5,"stream_seq":9}"#;
+        let parsed: ChildReport = serde_json::from_str(line).expect("parse");
+        assert_eq!(
+            parsed,
+            ChildReport::Sent { partition: 3, seq: 17, producer_id: "producer-0".into(), published_us: 5, stream_seq: 9 }
+        );
+        let report = parsed.into_proto("producer-0").expect("report");
+        assert!(matches!(report.body, Some(report::Body::Sent(Sent { seq: 17, .. }))));
+        assert!(ChildReport::Hello { process: "w".into() }.into_proto("w").is_none());
+    }
+}

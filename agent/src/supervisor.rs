@@ -1,0 +1,184 @@
+//! Forks producer and worker children from the agent's own binary and watches them.
+//!
+//! The agent runs only its own binary (hidden `child` subcommands), never a command it was
+//! sent. Each child's stdout and stderr go to `<log_dir>/<process>.log`; its reports come
+//! over the report socket. Children die with the agent: each sets a parent-death signal at
+//! start (see `child_guard`).
+
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use proto::v1::{ProcessExited, ProcessKind, ProcessStarted, Report, Spawn, report, spawn};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::report::{PROCESS_ENV, SOCKET_ENV, SPEC_ENV};
+
+/// Environment variable a child reads to verify its parent (see `child_guard`).
+pub const PARENT_ENV: &str = "PARTI_SIM_PARENT_PID";
+
+/// Why a command could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// The spawn message had no spec.
+    #[error("spawn of {0} has no spec")]
+    NoSpec(String),
+    /// The slot is already running.
+    #[error("{0} is already running")]
+    Running(String),
+    /// No such process.
+    #[error("no running process {0}")]
+    Unknown(String),
+    /// OS failure.
+    #[error("{action} {process}: {source}")]
+    Io {
+        /// What was attempted.
+        action: &'static str,
+        /// Which process.
+        process: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The signal could not be delivered.
+    #[error("signal {process}: {source}")]
+    Signal {
+        /// Which process.
+        process: String,
+        /// The error.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+#[derive(Debug)]
+struct Running {
+    pid: u32,
+}
+
+/// The children of this agent.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    binary: PathBuf,
+    log_dir: PathBuf,
+    socket: PathBuf,
+    running: Arc<Mutex<HashMap<String, Running>>>,
+    events: mpsc::Sender<Report>,
+}
+
+impl Supervisor {
+    /// Children are `binary child <kind>`; lifecycle events go to `events`.
+    pub fn new(binary: PathBuf, log_dir: PathBuf, socket: PathBuf, events: mpsc::Sender<Report>) -> Self {
+        Self { binary, log_dir, socket, running: Arc::default(), events }
+    }
+
+    /// Start the process a spawn command describes.
+    pub async fn spawn(&self, command: Spawn) -> Result<(), SupervisorError> {
+        let process = command.process.clone();
+        let (kind, mode, spec_json) = match command.spec {
+            Some(spawn::Spec::Producer(spec)) => (ProcessKind::Producer, "producer", serde_json::to_string(&spec)),
+            Some(spawn::Spec::Worker(spec)) => (ProcessKind::Worker, "worker", serde_json::to_string(&spec)),
+            None => return Err(SupervisorError::NoSpec(process)),
+        };
+        let spec_json = spec_json.map_err(|e| SupervisorError::Io { action: "encode spec", process: process.clone(), source: std::io::Error::other(e) })?;
+        let mut running = self.running.lock().await;
+        if running.contains_key(&process) {
+            return Err(SupervisorError::Running(process));
+        }
+        let io = |action: &'static str| {
+            let process = process.clone();
+            move |source| SupervisorError::Io { action, process, source }
+        };
+        std::fs::create_dir_all(&self.log_dir).map_err(io("create log dir"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join(format!("{process}.log")))
+            .map_err(io("open log"))?;
+        let stderr = log.try_clone().map_err(io("open log"))?;
+        let mut child = tokio::process::Command::new(&self.binary)
+            .args(["child", mode])
+            .env(SPEC_ENV, spec_json)
+            .env(PROCESS_ENV, &process)
+            .env(SOCKET_ENV, &self.socket)
+            .env(PARENT_ENV, std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io("spawn"))?;
+        let pid = child.id().unwrap_or_default();
+        running.insert(process.clone(), Running { pid });
+        drop(running);
+        tracing::info!(%process, pid, mode, "started");
+        let _ = self
+            .events
+            .send(Report { body: Some(report::Body::Started(ProcessStarted { process: process.clone(), kind: kind as i32, pid })) })
+            .await;
+        let supervisor = self.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            supervisor.running.lock().await.remove(&process);
+            let (code, signal) = match &status {
+                Ok(status) => (status.code(), status.signal()),
+                Err(_) => (None, None),
+            };
+            tracing::info!(%process, pid, ?code, ?signal, "exited");
+            let _ = supervisor
+                .events
+                .send(Report {
+                    body: Some(report::Body::Exited(ProcessExited { process, kind: kind as i32, pid, code, signal })),
+                })
+                .await;
+        });
+        Ok(())
+    }
+
+    /// Send `signal` to `process`.
+    pub async fn signal(&self, process: &str, signal: Signal) -> Result<(), SupervisorError> {
+        let pid = self
+            .running
+            .lock()
+            .await
+            .get(process)
+            .map(|r| r.pid)
+            .ok_or_else(|| SupervisorError::Unknown(process.to_string()))?;
+        let pid = i32::try_from(pid).map_err(|_| SupervisorError::Unknown(process.to_string()))?;
+        kill(Pid::from_raw(pid), signal).map_err(|source| SupervisorError::Signal { process: process.to_string(), source })
+    }
+
+    /// Names of the running processes.
+    pub async fn processes(&self) -> Vec<String> {
+        self.running.lock().await.keys().cloned().collect()
+    }
+
+    /// SIGTERM everything, wait up to `grace`, then SIGKILL what is left.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        for process in self.processes().await {
+            let _ = self.signal(&process, Signal::SIGTERM).await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.running.lock().await.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        for process in self.processes().await {
+            let _ = self.signal(&process, Signal::SIGKILL).await;
+        }
+    }
+}
+
+/// Called first thing in a child: die with the agent. The parent-death signal is set, then
+/// the parent checked, so an agent that died before the call is not missed.
+pub fn child_guard() {
+    let _ = nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL));
+    if let Ok(expected) = std::env::var(PARENT_ENV) {
+        if nix::unistd::getppid().as_raw().to_string() != expected {
+            std::process::exit(70);
+        }
+    }
+}

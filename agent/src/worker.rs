@@ -1,0 +1,204 @@
+//! Worker child: a `parti::Manager` with its consumption helper, processing simulation
+//! messages: parse, simulate work (uniform delay), report, then ack.
+//!
+//! The fault knobs (`WorkerFaults`) break this on purpose so the harness can prove it
+//! catches each defect; they are off unless the config turns them on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::future::BoxFuture;
+use parti::{
+    ConsistentHash, ConsumerConfig, Delivery, HandlerError, Manager, MessageHandler, Partition,
+    RoundRobin, StaticSource, Strategy, WeightedConsistentHash, WorkerConsumer,
+};
+use proto::v1::WorkerSpec;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+
+use crate::message::SimulationMessage;
+use crate::report::{ChildReport, ReportClient, now_us};
+
+/// The strategy a spec names.
+pub fn strategy(spec: &WorkerSpec) -> anyhow::Result<Arc<dyn Strategy>> {
+    let virtual_nodes = if spec.virtual_nodes == 0 { 150 } else { spec.virtual_nodes as usize };
+    Ok(match spec.strategy.as_str() {
+        "RoundRobin" => Arc::new(RoundRobin),
+        "ConsistentHash" => Arc::new(ConsistentHash::new(virtual_nodes, spec.hash_seed)),
+        "WeightedConsistentHash" | "" => Arc::new(WeightedConsistentHash {
+            virtual_nodes,
+            seed: spec.hash_seed,
+            overload_threshold: if spec.overload_threshold > 0.0 { spec.overload_threshold } else { 1.3 },
+            extreme_threshold: if spec.extreme_threshold > 0.0 { spec.extreme_threshold } else { 2.0 },
+            ..WeightedConsistentHash::default()
+        }),
+        other => anyhow::bail!("unknown strategy {other:?}"),
+    })
+}
+
+struct SimHandler {
+    reports: ReportClient,
+    spec: WorkerSpec,
+    worker_id: String,
+    incarnation: u64,
+    version: watch::Receiver<u64>,
+    rng: std::sync::Mutex<rand_chacha::ChaCha8Rng>,
+    handled: AtomicU64,
+}
+
+impl SimHandler {
+    fn delay(&self) -> Duration {
+        let (min, max) = (self.spec.processing_delay_min_us, self.spec.processing_delay_max_us.max(self.spec.processing_delay_min_us));
+        let micros = match self.rng.lock() {
+            Ok(mut rng) => rng.random_range(min..=max),
+            Err(_) => min,
+        };
+        Duration::from_micros(micros)
+    }
+}
+
+impl MessageHandler for SimHandler {
+    fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let received_us = now_us();
+            let message: SimulationMessage = match serde_json::from_slice(&delivery.payload) {
+                Ok(message) => message,
+                Err(error) => {
+                    // Garbage is reported and acknowledged: it must neither crash us nor loop.
+                    self.reports
+                        .send(ChildReport::Malformed {
+                            subject: delivery.subject.clone(),
+                            stream_seq: delivery.stream_sequence,
+                            reason: error.to_string(),
+                        })
+                        .await?;
+                    return Ok(());
+                }
+            };
+            let count = self.handled.fetch_add(1, Ordering::SeqCst) + 1;
+            let faults = self.spec.faults.clone().unwrap_or_default();
+            if faults.drop_and_ack_one_in > 0 && count % u64::from(faults.drop_and_ack_one_in) == 0 {
+                tracing::warn!(partition = message.partition_id, seq = message.partition_sequence, "fault: dropping an acked message");
+                return Ok(());
+            }
+            if faults.ack_then_crash_after > 0 && count == u64::from(faults.ack_then_crash_after) {
+                tracing::warn!(partition = message.partition_id, seq = message.partition_sequence, "fault: ack before processing, then crash");
+                tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    std::process::abort();
+                });
+                return Ok(());
+            }
+            tokio::time::sleep(self.delay()).await;
+            // The commit point: only report while this worker may still process.
+            if !delivery.fence.is_valid() && !faults.process_after_revoke {
+                return Err("fenced before commit".into());
+            }
+            let assignment_version = *self.version.borrow();
+            self.reports
+                .send(ChildReport::Processed {
+                    partition: message.partition_id,
+                    seq: message.partition_sequence,
+                    worker_id: self.worker_id.clone(),
+                    incarnation: self.incarnation,
+                    delivered: u32::try_from(delivery.delivered).unwrap_or(u32::MAX),
+                    stream_seq: delivery.stream_sequence,
+                    assignment_version,
+                    published_us: message.timestamp,
+                    received_us,
+                    processed_us: now_us(),
+                })
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+/// The handler needs the worker id, known only after the manager started: it is filled in
+/// through this slot before any partition is assigned.
+struct LateHandler(std::sync::OnceLock<Arc<SimHandler>>);
+
+impl MessageHandler for LateHandler {
+    fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), HandlerError>> {
+        match self.0.get() {
+            Some(handler) => handler.handle(delivery),
+            None => Box::pin(async { Err::<(), HandlerError>("worker not ready".into()) }),
+        }
+    }
+}
+
+/// Run until `stop` fires (SIGTERM: graceful leave), or until the manager is fenced.
+pub async fn run(spec: WorkerSpec, reports: ReportClient, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    let client = async_nats::connect(&spec.nats_url).await.context("connecting to NATS")?;
+    let mut config: parti::Config = if spec.parti_config_json.is_empty() {
+        parti::Config::default()
+    } else {
+        serde_json::from_str(&spec.parti_config_json).context("parti_config_json")?
+    };
+    if !spec.identity_token.is_empty() {
+        config.identity_token = Some(spec.identity_token.clone());
+    }
+    let partitions: Vec<Partition> = (0..spec.partition_count)
+        .map(|p| Partition::new(p.to_string(), spec.weights.get(p as usize).copied().unwrap_or(1)))
+        .collect();
+    let faults = spec.faults.clone().unwrap_or_default();
+    let consumer_config = ConsumerConfig {
+        durable_prefix: "sim".into(),
+        ack_wait: Duration::from_secs(10),
+        fault_keep_consuming_after_revoke: faults.process_after_revoke,
+        ..ConsumerConfig::new(spec.stream.clone(), format!("{}.{{partition}}", spec.subject_prefix))
+    };
+    let late = Arc::new(LateHandler(std::sync::OnceLock::new()));
+    let consumer = WorkerConsumer::new(client.clone(), consumer_config, late.clone()).await?;
+    let manager = Manager::start(client, config, Arc::new(StaticSource::new(partitions)), strategy(&spec)?, Some(consumer))
+        .await
+        .context("starting the parti manager")?;
+    let (version_tx, version_rx) = watch::channel(0u64);
+    let handler = Arc::new(SimHandler {
+        reports: reports.clone(),
+        worker_id: manager.worker_id().to_string(),
+        incarnation: manager.incarnation(),
+        version: version_rx,
+        rng: std::sync::Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed ^ manager.incarnation())),
+        handled: AtomicU64::new(0),
+        spec: spec.clone(),
+    });
+    let _ = late.0.set(handler);
+    tracing::info!(worker = manager.worker_id(), "worker started");
+    let mut assignment = manager.assignment();
+    let mut states = manager.state_watch();
+    let mut leadership = manager.leadership();
+    let status = |manager: &Manager| {
+        let current = manager.assignment().borrow().clone();
+        ChildReport::Status {
+            worker_id: manager.worker_id().to_string(),
+            incarnation: manager.incarnation(),
+            state: format!("{:?}", manager.state()),
+            leader: manager.is_leader(),
+            assignment_version: current.version,
+            partitions: current.partitions.iter().filter_map(|p| p.id().parse().ok()).collect(),
+            at_us: now_us(),
+        }
+    };
+    reports.send(status(&manager)).await?;
+    let fenced = loop {
+        tokio::select! {
+            () = stop.cancelled() => break false,
+            changed = assignment.changed() => if changed.is_err() { break false },
+            changed = states.changed() => if changed.is_err() { break false },
+            changed = leadership.changed() => if changed.is_err() { break false },
+        }
+        version_tx.send_replace(manager.assignment().borrow().version);
+        reports.send(status(&manager)).await?;
+        if manager.state() == parti::State::Fenced {
+            break true;
+        }
+    };
+    manager.stop().await;
+    if fenced {
+        anyhow::bail!("lease lost: fenced (the agent restarts the slot)");
+    }
+    Ok(())
+}
