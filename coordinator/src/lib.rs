@@ -4,8 +4,48 @@
 //! Layout:
 //! - [`config`]: the YAML run configuration (the plan's schema), defaults and validation.
 //! - [`tracker`]: per-partition message accounting and the verdict's evidence.
+//! - [`agents`]: connected agents and the `Agent` gRPC service (lossless report intake).
+//! - [`run`]: the run engine (placement, phases, stall detection, verdict).
+//! - [`placement`]: which process runs where, with which spec.
+//! - [`stream`]: the JetStream stream of a run.
+//! - [`report`]: the final report (text, JSON, JUnit).
+//! - [`control`]: the `Control` gRPC service for simctl.
+//! - [`managed`]: child processes simctl manages (nats-server, coordinator, agent).
 
 #![forbid(unsafe_code)]
 
+pub mod agents;
 pub mod config;
+pub mod control;
+pub mod managed;
+pub mod placement;
+pub mod report;
+pub mod run;
+pub mod stream;
 pub mod tracker;
+
+use std::future::Future;
+
+use proto::v1::agent_server::AgentServer;
+use proto::v1::control_server::ControlServer;
+use tokio::net::TcpListener;
+
+/// Options of a coordinator daemon.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Use this NATS URL instead of the config's (simctl run's managed server).
+    pub nats_url: Option<String>,
+}
+
+/// Serve the Agent and Control services on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, options: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+    // Bounded: a slow tracker slows the agents' streams instead of buffering without limit.
+    let (ingest, ingest_rx) = tokio::sync::mpsc::channel(64);
+    let registry = agents::AgentRegistry::new(ingest);
+    let engine = run::spawn_engine(registry.clone(), ingest_rx, options.nats_url);
+    tonic::transport::Server::builder()
+        .add_service(AgentServer::new(agents::AgentService::new(registry.clone())).max_decoding_message_size(64 << 20))
+        .add_service(ControlServer::new(control::ControlService::new(engine, registry)))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,360 @@
+//! `simctl`: run a simulation on this machine, or drive a coordinator.
+//!
+//! Exit codes: 0 PASS, 1 FAIL, 2 bad input, 3 infrastructure error.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use coordinator::config::Config;
+use coordinator::managed;
+use proto::v1::control_client::ControlClient;
+use proto::v1::{AgentsRequest, ReportRequest, RunReport, RunStatus, StartRequest, StatusRequest, StopRequest, Verdict, WatchRequest};
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(name = "simctl", version, about = "parti-sim: chaos and simulation harness for NATS JetStream partitioned consumers")]
+struct Cli {
+    /// Coordinator endpoint (for every command but `run` and `config`).
+    #[arg(long, global = true, default_value = "http://127.0.0.1:7400")]
+    coordinator: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a whole simulation on this machine: a managed nats-server, a coordinator and one
+    /// agent, all as processes; live progress; the verdict as exit code.
+    Run {
+        /// Run configuration (YAML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Override simulation.duration (e.g. 90s, 5m).
+        #[arg(long)]
+        duration: Option<String>,
+        /// Seed for weights and placement (default: the config's, else random).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write the JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write a JUnit XML report here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Directory for logs (default: runs/<timestamp>).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+    },
+    /// Start a run on a running coordinator.
+    Start {
+        /// Run configuration (YAML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Override simulation.duration (e.g. 90s, 5m).
+        #[arg(long)]
+        duration: Option<String>,
+        /// Seed for weights and placement.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Show the current run's status once.
+    Status,
+    /// Follow the current run's progress until it finishes.
+    Watch,
+    /// Stop the current run early (it drains and gives a verdict).
+    Stop,
+    /// Print the last finished run's report; the exit code is its verdict.
+    Report {
+        /// Write the JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write a JUnit XML report here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
+    /// List the agents the coordinator knows.
+    Agents,
+    /// Check or print configurations.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file (exit 2 and the field path if it is invalid).
+    Validate {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Print the effective configuration, defaults filled in.
+    Dump {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// An error with its exit code.
+struct Exit(u8, anyhow::Error);
+
+fn bad_input(error: impl Into<anyhow::Error>) -> Exit {
+    Exit(2, error.into())
+}
+
+fn infrastructure(error: impl Into<anyhow::Error>) -> Exit {
+    Exit(3, error.into())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the runtime: {error}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(Exit(code, error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<u8, Exit> {
+    match cli.command {
+        Command::Config { command: ConfigCommand::Validate { file } } => {
+            let config = load(&file)?;
+            println!("{}: valid ({} partitions, {} producers, {} workers, {})", file.display(), config.partitions.count, config.producers.count, config.workers.count, coordinator::config::format_duration(config.simulation.duration));
+            Ok(0)
+        }
+        Command::Config { command: ConfigCommand::Dump { file } } => {
+            print!("{}", load(&file)?.effective_yaml());
+            Ok(0)
+        }
+        Command::Run { config, duration, seed, json, junit, run_dir } => run_all_in_one(&config, duration, seed, json, junit, run_dir).await,
+        Command::Start { config, duration, seed } => {
+            let (text, _) = read_config(&config)?;
+            let mut client = connect(&cli.coordinator).await?;
+            let run_id = start(&mut client, text, duration.as_deref(), seed).await?;
+            println!("started {run_id}");
+            Ok(0)
+        }
+        Command::Status => {
+            let mut client = connect(&cli.coordinator).await?;
+            let status = client.status(StatusRequest {}).await.map_err(infrastructure)?.into_inner();
+            println!("{}", status_line(&status));
+            Ok(0)
+        }
+        Command::Watch => {
+            let mut client = connect(&cli.coordinator).await?;
+            watch(&mut client).await?;
+            Ok(0)
+        }
+        Command::Stop => {
+            let mut client = connect(&cli.coordinator).await?;
+            client.stop(StopRequest {}).await.map_err(infrastructure)?;
+            println!("stopping: the run drains and gives its verdict");
+            Ok(0)
+        }
+        Command::Report { json, junit } => {
+            let mut client = connect(&cli.coordinator).await?;
+            let report = client.report(ReportRequest {}).await.map_err(infrastructure)?.into_inner();
+            finish(&report, json.as_deref(), junit.as_deref())
+        }
+        Command::Agents => {
+            let mut client = connect(&cli.coordinator).await?;
+            let agents = client.agents(AgentsRequest {}).await.map_err(infrastructure)?.into_inner();
+            for agent in agents.agents {
+                println!(
+                    "{:<16} {:<20} {:<12} {} processes",
+                    agent.agent_id,
+                    agent.hostname,
+                    if agent.connected { "connected" } else { "disconnected" },
+                    agent.processes
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn read_config(path: &Path) -> Result<(String, Config), Exit> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display())).map_err(bad_input)?;
+    let config = Config::from_yaml_str(&text).map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", path.display())))?;
+    Ok((text, config))
+}
+
+fn load(path: &Path) -> Result<Config, Exit> {
+    read_config(path).map(|(_, config)| config)
+}
+
+fn parse_duration(text: Option<&str>) -> Result<u64, Exit> {
+    match text {
+        None => Ok(0),
+        Some(text) => coordinator::config::parse_duration(text)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .map_err(|e| bad_input(anyhow::anyhow!("--duration {text:?}: {e}"))),
+    }
+}
+
+async fn connect(endpoint: &str) -> Result<ControlClient<Channel>, Exit> {
+    ControlClient::connect(endpoint.to_string())
+        .await
+        .with_context(|| format!("connecting to the coordinator at {endpoint}"))
+        .map_err(infrastructure)
+}
+
+async fn start(client: &mut ControlClient<Channel>, config_yaml: String, duration: Option<&str>, seed: Option<u64>) -> Result<String, Exit> {
+    let request = StartRequest { config_yaml, duration_ms: parse_duration(duration)?, seed };
+    match client.start(request).await {
+        Ok(response) => Ok(response.into_inner().run_id),
+        Err(status) if status.code() == tonic::Code::InvalidArgument => Err(bad_input(anyhow::anyhow!("{}", status.message()))),
+        Err(status) => Err(infrastructure(anyhow::anyhow!("starting the run: {}", status.message()))),
+    }
+}
+
+fn status_line(status: &RunStatus) -> String {
+    format!(
+        "{} {} {:>4}s/{}s  sent {}  received {}  in-flight {}  lost {}  dup {}  workers {}  leader {}",
+        status.run_id,
+        status.phase,
+        status.elapsed_ms / 1000,
+        status.duration_ms / 1000,
+        status.sent,
+        status.received,
+        status.in_flight,
+        status.lost,
+        status.duplicates,
+        status.workers,
+        if status.leader.is_empty() { "-" } else { &status.leader }
+    )
+}
+
+/// Follow progress: a bar on a terminal, a plain line every 5 s otherwise.
+async fn watch(client: &mut ControlClient<Channel>) -> Result<(), Exit> {
+    let mut stream = client.watch(WatchRequest {}).await.map_err(infrastructure)?.into_inner();
+    let tty = std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let bar = indicatif::ProgressBar::new(1);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len}s {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut last_line = std::time::Instant::now() - Duration::from_secs(10);
+    while let Some(status) = stream.message().await.map_err(infrastructure)? {
+        match &bar {
+            Some(bar) => {
+                bar.set_length(status.duration_ms / 1000);
+                bar.set_position((status.elapsed_ms / 1000).min(status.duration_ms / 1000));
+                bar.set_message(format!(
+                    "{} sent {} recv {} in-flight {} lost {} dup {} workers {} leader {}",
+                    status.phase, status.sent, status.received, status.in_flight, status.lost, status.duplicates, status.workers,
+                    if status.leader.is_empty() { "-" } else { &status.leader }
+                ));
+            }
+            None => {
+                if last_line.elapsed() >= Duration::from_secs(5) || status.phase == "finished" {
+                    eprintln!("{}", status_line(&status));
+                    last_line = std::time::Instant::now();
+                }
+            }
+        }
+        if status.phase == "finished" {
+            break;
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    Ok(())
+}
+
+fn finish(report: &RunReport, json: Option<&Path>, junit: Option<&Path>) -> Result<u8, Exit> {
+    print!("{}", report.text);
+    if let Some(path) = json {
+        std::fs::write(path, &report.json).with_context(|| format!("writing {}", path.display())).map_err(infrastructure)?;
+    }
+    if let Some(path) = junit {
+        std::fs::write(path, &report.junit).with_context(|| format!("writing {}", path.display())).map_err(infrastructure)?;
+    }
+    Ok(if report.infrastructure {
+        3
+    } else if report.verdict == Verdict::Pass as i32 {
+        0
+    } else {
+        1
+    })
+}
+
+async fn run_all_in_one(
+    config_path: &Path,
+    duration: Option<String>,
+    seed: Option<u64>,
+    json: Option<PathBuf>,
+    junit: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+) -> Result<u8, Exit> {
+    // Everything about the input is checked before anything starts.
+    let (text, config) = read_config(config_path)?;
+    parse_duration(duration.as_deref())?;
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let dir = run_dir.unwrap_or_else(|| PathBuf::from(format!("runs/{stamp}")));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display())).map_err(infrastructure)?;
+    let (mut nats, nats_url) = if config.nats.mode == "external" {
+        (None, config.nats.url.clone())
+    } else {
+        let (process, url) = managed::start_nats(&dir).map_err(infrastructure)?;
+        (Some(process), url)
+    };
+    let (mut coordinator, endpoint) = managed::start_coordinator(&dir, &nats_url).map_err(infrastructure)?;
+    let mut agent = managed::start_agent(&dir, &endpoint, "local").map_err(infrastructure)?;
+    eprintln!("parti-sim: nats {nats_url}, coordinator {endpoint}, logs in {}", dir.display());
+    let result = async {
+        let mut client = connect(&endpoint).await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let agents = client.agents(AgentsRequest {}).await.map_err(infrastructure)?.into_inner();
+            if agents.agents.iter().any(|a| a.connected) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(infrastructure(anyhow::anyhow!("the local agent did not connect within 30s")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let run_id = start(&mut client, text, duration.as_deref(), seed).await?;
+        eprintln!("parti-sim: {run_id} started");
+        {
+            let mut stopper = client.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("parti-sim: interrupted; draining for a verdict");
+                    let _ = stopper.stop(StopRequest {}).await;
+                }
+            });
+        }
+        watch(&mut client).await?;
+        let report = client.report(ReportRequest {}).await.map_err(infrastructure)?.into_inner();
+        finish(&report, json.as_deref(), junit.as_deref())
+    }
+    .await;
+    agent.stop(Duration::from_secs(15));
+    coordinator.stop(Duration::from_secs(5));
+    if let Some(nats) = nats.as_mut() {
+        nats.stop(Duration::from_secs(5));
+    }
+    result
+}

@@ -1,0 +1,86 @@
+//! Which process runs where, with which spec: deterministic for a seed.
+//!
+//! Producers and workers are spread round-robin over the agents sorted by id, so the same
+//! seed and the same agents give the same placement.
+
+use proto::v1::{ProducerSpec, WorkerFaults, WorkerSpec};
+
+use crate::config::Config;
+
+/// (agent, process slot, spec) for every process of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// Producers.
+    pub producers: Vec<(String, String, ProducerSpec)>,
+    /// Workers.
+    pub workers: Vec<(String, String, WorkerSpec)>,
+}
+
+/// Place `config`'s producers and workers on `agents` (sorted, non-empty).
+pub fn place(config: &Config, seed: u64, agents: &[String], nats_url: &str) -> Placement {
+    let weights = config.partition_weights(seed);
+    let mut placement = Placement::default();
+    for (index, partitions) in config.producer_partitions().into_iter().enumerate() {
+        let agent = agents[index % agents.len()].clone();
+        let variation = &config.producers.rate_variation;
+        let spec = ProducerSpec {
+            producer_id: format!("producer-{index}"),
+            nats_url: nats_url.to_string(),
+            stream: config.nats.stream.clone(),
+            subject_prefix: config.nats.subject_prefix.clone(),
+            weights: partitions.iter().map(|p| weights.get(*p as usize).copied().unwrap_or(1)).collect(),
+            partitions,
+            rate_per_partition: config.partitions.message_rate_per_partition,
+            rate_variation: variation.enabled,
+            min_multiplier: variation.min_multiplier,
+            max_multiplier: variation.max_multiplier,
+            ramp_interval_ms: u64::try_from(variation.ramp_interval.as_millis()).unwrap_or(u64::MAX),
+        };
+        placement.producers.push((agent, format!("producer-{index}"), spec));
+    }
+    let workers = &config.workers;
+    let strategy = &workers.strategy_config;
+    let faults = &workers.faults;
+    for index in 0..workers.count {
+        let agent = agents[index as usize % agents.len()].clone();
+        let process = format!("worker-{index}");
+        let spec = WorkerSpec {
+            nats_url: nats_url.to_string(),
+            stream: config.nats.stream.clone(),
+            subject_prefix: config.nats.subject_prefix.clone(),
+            partition_count: config.partitions.count,
+            weights: weights.clone(),
+            strategy: workers.assignment_strategy.to_string(),
+            virtual_nodes: strategy.virtual_nodes,
+            overload_threshold: strategy.overload_threshold,
+            extreme_threshold: strategy.extreme_threshold,
+            hash_seed: strategy.hash_seed,
+            processing_delay_min_us: u64::try_from(workers.processing_delay.min.as_micros()).unwrap_or(u64::MAX),
+            processing_delay_max_us: u64::try_from(workers.processing_delay.max.as_micros()).unwrap_or(u64::MAX),
+            identity_token: process.clone(),
+            parti_config_json: parti_config_json(config),
+            faults: Some(WorkerFaults {
+                drop_and_ack_one_in: faults.drop_and_ack_one_in,
+                process_after_revoke: faults.process_after_revoke,
+                ack_then_crash_after: faults.ack_then_crash_after,
+            }),
+            seed: seed ^ u64::from(index),
+        };
+        placement.workers.push((agent, process, spec));
+    }
+    placement
+}
+
+/// The parti configuration workers run with: parti's defaults (leases, heartbeats, grace),
+/// with the join windows shortened so that a run of a few minutes settles in seconds rather
+/// than after parti's 30 s cold-start window.
+fn parti_config_json(config: &Config) -> String {
+    let parti = parti::Config {
+        cold_start_window: std::time::Duration::from_secs(5),
+        planned_scale_window: std::time::Duration::from_secs(3),
+        min_rebalance_interval: std::time::Duration::from_secs(2),
+        worker_id_max: config.workers.count.saturating_mul(4).max(100),
+        ..parti::Config::default()
+    };
+    serde_json::to_string(&parti).unwrap_or_default()
+}

@@ -1,0 +1,132 @@
+//! The final report: human text, JSON, and JUnit XML for CI systems.
+
+use proto::v1::{RunReport, Verdict};
+use serde::Serialize;
+
+use crate::tracker::TrackerSnapshot;
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every check passed.
+    Pass,
+    /// A check failed (loss, concurrent processing, stall, ...).
+    Fail,
+    /// The harness itself could not run the test (agents or producers lost).
+    Infrastructure,
+}
+
+/// Everything the report shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Run id.
+    pub run_id: String,
+    /// Verdict.
+    pub outcome: Outcome,
+    /// One line per failed check.
+    pub reasons: Vec<String>,
+    /// How the run ended (drained, drain timeout, stall, ...).
+    pub end: String,
+    /// Wall time of the run.
+    pub elapsed_s: f64,
+    /// Configured duration.
+    pub duration_s: f64,
+    /// Partitions.
+    pub partitions: u32,
+    /// Producer processes.
+    pub producers: usize,
+    /// Worker processes.
+    pub workers: usize,
+    /// The tracker's evidence.
+    pub tracker: TrackerSnapshot,
+    /// Names behind the tracker's worker references.
+    pub worker_names: Vec<String>,
+    /// Process events.
+    pub events: Vec<String>,
+}
+
+impl RunSummary {
+    /// Human-readable report.
+    pub fn text(&self) -> String {
+        use std::fmt::Write;
+        let t = &self.tracker;
+        let mut out = String::new();
+        let verdict = match self.outcome {
+            Outcome::Pass => "PASS",
+            Outcome::Fail => "FAIL",
+            Outcome::Infrastructure => "ERROR (infrastructure)",
+        };
+        let _ = writeln!(out, "run {}: {verdict}", self.run_id);
+        let _ = writeln!(
+            out,
+            "  {:.0}s of {:.0}s, ended: {}; {} partitions, {} producers, {} workers",
+            self.elapsed_s, self.duration_s, self.end, self.partitions, self.producers, self.workers
+        );
+        let _ = writeln!(out, "  sent {}  received {}  in flight {}  lost {}", t.sent, t.received, t.in_flight, t.lost);
+        let _ = writeln!(
+            out,
+            "  duplicates: {} redelivered, {} concurrent; ownership overlaps {}; order violations {}; malformed {}",
+            t.duplicates_redelivery, t.duplicates_concurrent, t.ownership_overlaps, t.order_violations, t.malformed
+        );
+        let _ = writeln!(
+            out,
+            "  latency publish→processed: p50 {} µs, p99 {} µs, max {} µs",
+            t.latency.p50_us, t.latency.p99_us, t.latency.max_us
+        );
+        for reason in &self.reasons {
+            let _ = writeln!(out, "  FAIL: {reason}");
+        }
+        let unexpected: Vec<&String> = self.events.iter().filter(|e| e.starts_with("UNEXPECTED")).collect();
+        for event in unexpected.iter().take(10) {
+            let _ = writeln!(out, "  {event}");
+        }
+        out
+    }
+
+    /// JUnit XML: one test case per check.
+    pub fn junit(&self) -> String {
+        let checks = [
+            ("no_loss", self.reasons.iter().filter(|r| r.contains("lost") || r.contains("loss")).cloned().collect::<Vec<_>>()),
+            ("no_concurrent_processing", self.reasons.iter().filter(|r| r.contains("concurrent") || r.contains("overlap")).cloned().collect()),
+            ("no_stall", self.reasons.iter().filter(|r| r.starts_with("stall")).cloned().collect()),
+            ("infrastructure", if self.outcome == Outcome::Infrastructure { self.reasons.clone() } else { Vec::new() }),
+            ("verdict", if self.outcome == Outcome::Pass { Vec::new() } else { self.reasons.clone() }),
+        ];
+        let failures = checks.iter().filter(|(_, f)| !f.is_empty()).count();
+        let mut xml = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"parti-sim\" tests=\"{}\" failures=\"{failures}\" time=\"{:.3}\">\n",
+            checks.len(),
+            self.elapsed_s
+        );
+        for (name, failures) in &checks {
+            xml.push_str(&format!("  <testcase classname=\"{}\" name=\"{name}\">", escape(&self.run_id)));
+            if !failures.is_empty() {
+                xml.push_str(&format!("<failure message=\"{}\"/>", escape(&failures.join("; "))));
+            }
+            xml.push_str("</testcase>\n");
+        }
+        xml.push_str("</testsuite>\n");
+        xml
+    }
+
+    /// The wire report.
+    pub fn to_report(&self) -> RunReport {
+        let verdict = match self.outcome {
+            Outcome::Pass => Verdict::Pass,
+            _ => Verdict::Fail,
+        };
+        RunReport {
+            verdict: verdict as i32,
+            reasons: self.reasons.clone(),
+            text: self.text(),
+            json: serde_json::to_string_pretty(self).unwrap_or_default(),
+            junit: self.junit(),
+            infrastructure: self.outcome == Outcome::Infrastructure,
+        }
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}

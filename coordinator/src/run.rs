@@ -1,0 +1,397 @@
+//! The run engine: one actor owning the current run — placement, tracking, phases, verdict.
+//!
+//! Phases: `starting` (stream ready, processes spawned) → `running` (until the duration) →
+//! `draining` (producers stopped with SIGTERM; wait until everything sent was received, or
+//! the drain timeout) → `finished` (verdict). A run whose messages stop flowing fails with
+//! a stall instead of waiting forever; a run that loses all its agents fails as an
+//! infrastructure error.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use proto::v1::{
+    ProcessKind, RunReport, RunStatus, Signal, SignalProcess, Spawn, Verdict, coordinator_message,
+    report, spawn,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::agents::{AgentRegistry, IngestBatch};
+use crate::config::Config;
+use crate::placement::{self, Placement};
+use crate::report::{Outcome, RunSummary};
+use crate::tracker::{Processed, Sent, Tracker, WorkerRef};
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid (exit code 2).
+    #[error("{0}")]
+    Config(String),
+    /// A run is already in progress.
+    #[error("a run is already in progress ({0})")]
+    Busy(String),
+    /// No agent is connected, or NATS is unusable (exit code 3).
+    #[error("{0}")]
+    Infrastructure(String),
+}
+
+/// Commands to the engine.
+#[derive(Debug)]
+pub enum Command {
+    /// Start a run.
+    Start {
+        /// Parsed, validated configuration (duration and seed already applied).
+        config: Box<Config>,
+        /// Seed for weights and placement.
+        seed: u64,
+        /// Reply with the run id.
+        reply: oneshot::Sender<Result<String, StartError>>,
+    },
+    /// Stop early: go to the drain phase now.
+    Stop,
+}
+
+/// Handles to a running engine.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    /// Commands.
+    pub commands: mpsc::Sender<Command>,
+    /// Live status.
+    pub status: watch::Receiver<RunStatus>,
+    /// The final report, once there is one.
+    pub report: watch::Receiver<Option<RunReport>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Draining { since: Instant },
+    Finished,
+}
+
+#[derive(Debug, Default, Clone)]
+struct WorkerView {
+    worker_id: String,
+    leader: bool,
+    state: String,
+    alive: bool,
+}
+
+struct ActiveRun {
+    id: String,
+    config: Config,
+    placement: Placement,
+    started: Instant,
+    duration: Duration,
+    phase: Phase,
+    tracker: Tracker,
+    worker_refs: HashMap<(String, u64), WorkerRef>,
+    worker_names: Vec<String>,
+    workers: BTreeMap<String, WorkerView>,
+    producers_alive: BTreeMap<String, bool>,
+    progress: (u64, Instant),
+    extra_failures: Vec<String>,
+    infrastructure: Vec<String>,
+    events: Vec<String>,
+}
+
+/// Start the engine task.
+pub fn spawn_engine(registry: AgentRegistry, ingest: mpsc::Receiver<IngestBatch>, nats_url: Option<String>) -> EngineHandle {
+    let (commands, command_rx) = mpsc::channel(16);
+    let (status_tx, status) = watch::channel(RunStatus { phase: "idle".into(), ..Default::default() });
+    let (report_tx, report) = watch::channel(None);
+    let engine = Engine { registry, nats_url, run: None, status_tx, report_tx };
+    tokio::spawn(engine.run(command_rx, ingest));
+    EngineHandle { commands, status, report }
+}
+
+struct Engine {
+    registry: AgentRegistry,
+    nats_url: Option<String>,
+    run: Option<ActiveRun>,
+    status_tx: watch::Sender<RunStatus>,
+    report_tx: watch::Sender<Option<RunReport>>,
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+impl Engine {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut ingest: mpsc::Receiver<IngestBatch>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Start { config, seed, reply }) => {
+                        let result = self.start(*config, seed).await;
+                        let _ = reply.send(result);
+                    }
+                    Some(Command::Stop) => self.begin_drain("stopped by request").await,
+                    None => return,
+                },
+                batch = ingest.recv() => match batch {
+                    Some(batch) => self.ingest(batch).await,
+                    None => return,
+                },
+                _ = tick.tick() => self.tick().await,
+            }
+        }
+    }
+
+    async fn start(&mut self, config: Config, seed: u64) -> Result<String, StartError> {
+        if let Some(run) = &self.run {
+            if run.phase != Phase::Finished {
+                return Err(StartError::Busy(run.id.clone()));
+            }
+        }
+        let agents = self.registry.connected().await;
+        if agents.is_empty() {
+            return Err(StartError::Infrastructure("no agent is connected".into()));
+        }
+        let nats_url = self.nats_url.clone().unwrap_or_else(|| config.nats.url.clone());
+        crate::stream::prepare(&nats_url, &config)
+            .await
+            .map_err(|e| StartError::Infrastructure(format!("preparing JetStream at {nats_url}: {e:#}")))?;
+        let placement = placement::place(&config, seed, &agents, &nats_url);
+        let id = format!("run-{}-{seed:x}", now_us() / 1_000_000);
+        info!(run = %id, agents = agents.len(), producers = placement.producers.len(), workers = placement.workers.len(), "starting run");
+        for (agent, process, spec) in &placement.workers {
+            let spawn = Spawn { process: process.clone(), spec: Some(spawn::Spec::Worker(spec.clone())) };
+            if !self.registry.send(agent, coordinator_message::Body::Spawn(spawn)).await {
+                return Err(StartError::Infrastructure(format!("agent {agent} went away")));
+            }
+        }
+        for (agent, process, spec) in &placement.producers {
+            let spawn = Spawn { process: process.clone(), spec: Some(spawn::Spec::Producer(spec.clone())) };
+            if !self.registry.send(agent, coordinator_message::Body::Spawn(spawn)).await {
+                return Err(StartError::Infrastructure(format!("agent {agent} went away")));
+            }
+        }
+        let now = Instant::now();
+        self.report_tx.send_replace(None);
+        self.run = Some(ActiveRun {
+            id: id.clone(),
+            duration: config.simulation.duration,
+            tracker: Tracker::new(config.coordinator.validation_window),
+            producers_alive: placement.producers.iter().map(|(_, p, _)| (p.clone(), true)).collect(),
+            config,
+            placement,
+            started: now,
+            phase: Phase::Running,
+            worker_refs: HashMap::new(),
+            worker_names: Vec::new(),
+            workers: BTreeMap::new(),
+            progress: (0, now),
+            extra_failures: Vec::new(),
+            infrastructure: Vec::new(),
+            events: Vec::new(),
+        });
+        Ok(id)
+    }
+
+    async fn ingest(&mut self, batch: IngestBatch) {
+        let Some(run) = self.run.as_mut() else { return };
+        if run.phase == Phase::Finished {
+            return;
+        }
+        for report in batch.reports {
+            let Some(body) = report.body else { continue };
+            match body {
+                report::Body::Sent(sent) => run.tracker.record_sent(Sent { partition: sent.partition, seq: sent.seq, at_us: sent.published_us }),
+                report::Body::Processed(processed) => {
+                    let key = (processed.process.clone(), processed.incarnation);
+                    let next = WorkerRef(u32::try_from(run.worker_names.len()).unwrap_or(u32::MAX));
+                    let worker = *run.worker_refs.entry(key).or_insert_with(|| {
+                        run.worker_names.push(format!("{}/{}", processed.worker_id, processed.process));
+                        next
+                    });
+                    run.tracker.record_processed(Processed {
+                        partition: processed.partition,
+                        seq: processed.seq,
+                        worker,
+                        delivered: processed.delivered,
+                        published_us: processed.published_us,
+                        received_us: processed.received_us,
+                        processed_us: processed.processed_us,
+                    });
+                }
+                report::Body::Malformed(malformed) => {
+                    warn!(process = %malformed.process, subject = %malformed.subject, "malformed message");
+                    run.tracker.record_malformed();
+                }
+                report::Body::Status(status) => {
+                    let view = run.workers.entry(status.process.clone()).or_default();
+                    view.worker_id = status.worker_id;
+                    view.leader = status.leader;
+                    view.state = status.state;
+                    view.alive = true;
+                }
+                report::Body::Started(started) => {
+                    self.registry.count_process(&batch.agent, 1).await;
+                    run.events.push(format!("{} started (pid {})", started.process, started.pid));
+                }
+                report::Body::Exited(exited) => {
+                    self.registry.count_process(&batch.agent, -1).await;
+                    let how = match (exited.code, exited.signal) {
+                        (Some(code), _) => format!("exit code {code}"),
+                        (_, Some(signal)) => format!("signal {signal}"),
+                        _ => "unknown status".into(),
+                    };
+                    let expected = matches!(run.phase, Phase::Draining { .. } | Phase::Finished) && exited.code == Some(0);
+                    let line = format!("{} (pid {}) exited: {how}", exited.process, exited.pid);
+                    if expected {
+                        run.events.push(line);
+                    } else {
+                        warn!(run = %run.id, "{line}");
+                        run.events.push(format!("UNEXPECTED: {line}"));
+                    }
+                    if exited.kind == ProcessKind::Producer as i32 {
+                        run.producers_alive.insert(exited.process.clone(), false);
+                        if !matches!(run.phase, Phase::Draining { .. }) {
+                            run.infrastructure.push(format!("producer {} died: {how}", exited.process));
+                        }
+                    } else if let Some(view) = run.workers.get_mut(&exited.process) {
+                        view.alive = false;
+                        view.leader = false;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn begin_drain(&mut self, why: &str) {
+        let Some(run) = self.run.as_mut() else { return };
+        if run.phase != Phase::Running {
+            return;
+        }
+        info!(run = %run.id, why, "draining: stopping producers");
+        run.events.push(format!("drain: {why}"));
+        run.phase = Phase::Draining { since: Instant::now() };
+        for (agent, process, _) in &run.placement.producers {
+            let signal = SignalProcess { process: process.clone(), signal: Signal::Term as i32 };
+            self.registry.send(agent, coordinator_message::Body::Signal(signal)).await;
+        }
+    }
+
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        let agents = self.registry.connected().await;
+        let Some(run) = self.run.as_mut() else { return };
+        if run.phase == Phase::Finished {
+            return;
+        }
+        run.tracker.expire(now_us());
+        let snapshot = run.tracker.snapshot(now_us());
+        let marker = run.tracker.progress_marker();
+        if marker != run.progress.0 {
+            run.progress = (marker, now);
+        }
+        let stalled_for = now.duration_since(run.progress.1);
+        let stall_timeout = run.config.coordinator.stall_timeout;
+        let mut end_reason = None;
+        if agents.is_empty() {
+            run.infrastructure.push("every agent disconnected".into());
+            end_reason = Some("agents lost");
+        } else if stalled_for >= stall_timeout && (snapshot.in_flight > 0 || matches!(run.phase, Phase::Running)) {
+            let failure = format!(
+                "stall: no new message processed for {:?} ({} in flight, {} sent, {} received)",
+                stalled_for, snapshot.in_flight, snapshot.sent, snapshot.received
+            );
+            warn!(run = %run.id, "{failure}");
+            run.extra_failures.push(failure);
+            end_reason = Some("stall");
+        }
+        match run.phase {
+            Phase::Running if end_reason.is_none() && now.duration_since(run.started) >= run.duration => {
+                self.begin_drain("duration reached").await;
+            }
+            Phase::Draining { since } if end_reason.is_none() => {
+                let producers_done = run.producers_alive.values().all(|alive| !alive);
+                let caught_up = producers_done && snapshot.in_flight == 0 && snapshot.missing == 0;
+                if caught_up || now.duration_since(since) >= run.config.coordinator.drain_timeout {
+                    end_reason = Some(if caught_up { "drained" } else { "drain timeout" });
+                }
+            }
+            _ => {}
+        }
+        self.publish_status();
+        if let Some(reason) = end_reason {
+            self.finish(reason).await;
+        }
+    }
+
+    fn publish_status(&self) {
+        let Some(run) = &self.run else { return };
+        let snapshot = run.tracker.snapshot(now_us());
+        let phase = match run.phase {
+            Phase::Running => "running",
+            Phase::Draining { .. } => "draining",
+            Phase::Finished => "finished",
+        };
+        let alive: Vec<&WorkerView> = run.workers.values().filter(|w| w.alive).collect();
+        self.status_tx.send_replace(RunStatus {
+            run_id: run.id.clone(),
+            phase: phase.into(),
+            elapsed_ms: u64::try_from(run.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            duration_ms: u64::try_from(run.duration.as_millis()).unwrap_or(u64::MAX),
+            sent: snapshot.sent,
+            received: snapshot.received,
+            in_flight: snapshot.in_flight,
+            lost: snapshot.lost,
+            duplicates: snapshot.duplicates_redelivery + snapshot.duplicates_concurrent,
+            workers: u32::try_from(alive.len()).unwrap_or(u32::MAX),
+            leader: alive.iter().find(|w| w.leader).map(|w| w.worker_id.clone()).unwrap_or_default(),
+            verdict: Verdict::Unspecified as i32,
+        });
+    }
+
+    async fn finish(&mut self, reason: &str) {
+        let agents = self.registry.connected().await;
+        let Some(run) = self.run.as_mut() else { return };
+        run.tracker.finish(now_us());
+        run.phase = Phase::Finished;
+        for agent in &agents {
+            self.registry.send(agent, coordinator_message::Body::Shutdown(proto::v1::Shutdown {})).await;
+        }
+        let snapshot = run.tracker.snapshot(now_us());
+        let mut reasons: Vec<String> = run
+            .tracker
+            .failures(run.config.coordinator.strict_duplicates)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        reasons.extend(run.extra_failures.iter().cloned());
+        let outcome = if !run.infrastructure.is_empty() {
+            reasons.extend(run.infrastructure.iter().cloned());
+            Outcome::Infrastructure
+        } else if reasons.is_empty() {
+            Outcome::Pass
+        } else {
+            Outcome::Fail
+        };
+        let summary = RunSummary {
+            run_id: run.id.clone(),
+            outcome,
+            reasons,
+            end: reason.to_string(),
+            elapsed_s: run.started.elapsed().as_secs_f64(),
+            duration_s: run.duration.as_secs_f64(),
+            partitions: run.config.partitions.count,
+            producers: run.placement.producers.len(),
+            workers: run.placement.workers.len(),
+            tracker: snapshot,
+            worker_names: run.worker_names.clone(),
+            events: run.events.clone(),
+        };
+        info!(run = %run.id, outcome = ?summary.outcome, "run finished");
+        let report = summary.to_report();
+        self.publish_status();
+        self.status_tx.send_modify(|status| status.verdict = report.verdict);
+        self.report_tx.send_replace(Some(report));
+    }
+}
