@@ -67,9 +67,12 @@ impl Control for ControlService {
     async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let mut receiver = self.engine.status.clone();
         let stream = async_stream(move |sender| async move {
+            let mut first = true;
             loop {
                 let status = receiver.borrow_and_update().clone();
-                let finished = status.phase == "finished" || status.phase == "idle";
+                // Idle only ends the stream when there was no run to watch to begin with.
+                let finished = status.phase == "finished" || (first && status.phase == "idle");
+                first = false;
                 if sender.send(Ok(status)).await.is_err() || finished {
                     return;
                 }

@@ -21,7 +21,7 @@ use crate::agents::{AgentRegistry, IngestBatch};
 use crate::config::Config;
 use crate::placement::{self, Placement};
 use crate::report::{Outcome, RunSummary};
-use crate::tracker::{Processed, Sent, Tracker, WorkerRef};
+use crate::tracker::{Processed, Sent, Tracker, TrackerConfig, Verdict as _, WorkerRef};
 
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +121,18 @@ fn now_us() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
+impl ActiveRun {
+    /// The tracker's compact reference for a worker process incarnation.
+    fn worker_ref(&mut self, process: &str, incarnation: u64, worker_id: &str) -> WorkerRef {
+        let next = WorkerRef(u32::try_from(self.worker_names.len()).unwrap_or(u32::MAX));
+        let names = &mut self.worker_names;
+        *self.worker_refs.entry((process.to_string(), incarnation)).or_insert_with(|| {
+            names.push(if worker_id.is_empty() { process.to_string() } else { format!("{worker_id}/{process}") });
+            next
+        })
+    }
+}
+
 impl Engine {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut ingest: mpsc::Receiver<IngestBatch>) {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -177,7 +189,13 @@ impl Engine {
         self.run = Some(ActiveRun {
             id: id.clone(),
             duration: config.simulation.duration,
-            tracker: Tracker::new(config.coordinator.validation_window),
+            tracker: Tracker::new(
+                TrackerConfig {
+                    validation_window_us: i64::try_from(config.coordinator.validation_window.as_micros()).unwrap_or(i64::MAX),
+                    ..TrackerConfig::default()
+                },
+                config.partitions.count,
+            ),
             producers_alive: placement.producers.iter().map(|(_, p, _)| (p.clone(), true)).collect(),
             config,
             placement,
@@ -191,6 +209,8 @@ impl Engine {
             infrastructure: Vec::new(),
             events: Vec::new(),
         });
+        // Visible before Start returns, so a watcher never sees the previous phase.
+        self.publish_status();
         Ok(id)
     }
 
@@ -202,15 +222,14 @@ impl Engine {
         for report in batch.reports {
             let Some(body) = report.body else { continue };
             match body {
-                report::Body::Sent(sent) => run.tracker.record_sent(Sent { partition: sent.partition, seq: sent.seq, at_us: sent.published_us }),
+                report::Body::Sent(sent) => {
+                    if let Err(error) = run.tracker.sent(Sent { partition: sent.partition, seq: sent.seq, at_us: sent.published_us }) {
+                        warn!(%error, "invalid sent report");
+                    }
+                }
                 report::Body::Processed(processed) => {
-                    let key = (processed.process.clone(), processed.incarnation);
-                    let next = WorkerRef(u32::try_from(run.worker_names.len()).unwrap_or(u32::MAX));
-                    let worker = *run.worker_refs.entry(key).or_insert_with(|| {
-                        run.worker_names.push(format!("{}/{}", processed.worker_id, processed.process));
-                        next
-                    });
-                    run.tracker.record_processed(Processed {
+                    let worker = run.worker_ref(&processed.process, processed.incarnation, &processed.worker_id);
+                    let observed = run.tracker.processed(Processed {
                         partition: processed.partition,
                         seq: processed.seq,
                         worker,
@@ -219,10 +238,14 @@ impl Engine {
                         received_us: processed.received_us,
                         processed_us: processed.processed_us,
                     });
+                    if let Err(error) = observed {
+                        warn!(%error, "invalid processed report");
+                    }
                 }
                 report::Body::Malformed(malformed) => {
                     warn!(process = %malformed.process, subject = %malformed.subject, "malformed message");
-                    run.tracker.record_malformed();
+                    let worker = run.worker_ref(&malformed.process, 0, "");
+                    run.tracker.malformed(worker);
                 }
                 report::Body::Status(status) => {
                     let view = run.workers.entry(status.process.clone()).or_default();
@@ -287,7 +310,7 @@ impl Engine {
         }
         run.tracker.expire(now_us());
         let snapshot = run.tracker.snapshot(now_us());
-        let marker = run.tracker.progress_marker();
+        let marker = run.tracker.progress_marker().0;
         if marker != run.progress.0 {
             run.progress = (marker, now);
         }

@@ -313,7 +313,7 @@ async fn run_all_in_one(
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let dir = run_dir.unwrap_or_else(|| PathBuf::from(format!("runs/{stamp}")));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display())).map_err(infrastructure)?;
-    let (mut nats, nats_url) = if config.nats.mode == "external" {
+    let (mut nats, nats_url) = if config.nats.mode == coordinator::config::NatsMode::External {
         (None, config.nats.url.clone())
     } else {
         let (process, url) = managed::start_nats(&dir).map_err(infrastructure)?;

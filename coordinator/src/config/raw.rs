@@ -1,0 +1,96 @@
+//! Sections as written in the YAML, for the fields whose default depends on another field of
+//! the same section. They deserialize into these shapes (with `Option` for "absent") and
+//! convert into the public structs, which then hold plain values that the rest of the
+//! system can use without asking "was this set?".
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::duration::{human, human_opt};
+use super::schema::{CoordinatorConfig, JetStreamConfig, NatsConfig, NatsMode};
+
+/// `coordinator` as written: `drain_timeout` may be absent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawCoordinator {
+    #[serde(with = "human")]
+    validation_window: Duration,
+    strict_duplicates: bool,
+    #[serde(with = "human")]
+    rebalance_timeout: Duration,
+    #[serde(with = "human")]
+    stall_timeout: Duration,
+    #[serde(with = "human_opt")]
+    drain_timeout: Option<Duration>,
+}
+
+impl Default for RawCoordinator {
+    fn default() -> Self {
+        let defaults = CoordinatorConfig::default();
+        Self {
+            validation_window: defaults.validation_window,
+            strict_duplicates: defaults.strict_duplicates,
+            rebalance_timeout: defaults.rebalance_timeout,
+            stall_timeout: defaults.stall_timeout,
+            drain_timeout: None,
+        }
+    }
+}
+
+impl From<RawCoordinator> for CoordinatorConfig {
+    fn from(raw: RawCoordinator) -> Self {
+        Self {
+            drain_timeout: raw
+                .drain_timeout
+                .unwrap_or_else(|| CoordinatorConfig::default_drain(raw.validation_window)),
+            validation_window: raw.validation_window,
+            strict_duplicates: raw.strict_duplicates,
+            rebalance_timeout: raw.rebalance_timeout,
+            stall_timeout: raw.stall_timeout,
+        }
+    }
+}
+
+/// `nats` as written: `url` may be absent, which is fine when embedded but an error when
+/// external.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawNats {
+    mode: NatsMode,
+    url: Option<String>,
+    stream: String,
+    subject_prefix: String,
+    jetstream: JetStreamConfig,
+}
+
+impl Default for RawNats {
+    fn default() -> Self {
+        let defaults = NatsConfig::default();
+        Self {
+            mode: defaults.mode,
+            url: None,
+            stream: defaults.stream,
+            subject_prefix: defaults.subject_prefix,
+            jetstream: defaults.jetstream,
+        }
+    }
+}
+
+impl From<RawNats> for NatsConfig {
+    fn from(raw: RawNats) -> Self {
+        // An external server has no sensible default address: leave it empty so validation
+        // reports `nats.url` as required instead of silently trying localhost.
+        let url = raw.url.unwrap_or_else(|| match raw.mode {
+            NatsMode::Embedded => NatsConfig::DEFAULT_URL.to_owned(),
+            NatsMode::External => String::new(),
+        });
+        Self {
+            mode: raw.mode,
+            url,
+            stream: raw.stream,
+            subject_prefix: raw.subject_prefix,
+            jetstream: raw.jetstream,
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! Per-partition accounting: the resolved watermark, the sliding window above it, the sparse
+//! exceptions below it, and the recent activity spans of the workers processing it.
+//!
+//! Layout of one partition's sequence space:
+//!
+//! ```text
+//!   1 ..= watermark                  watermark+1 ..= known_max
+//!   resolved: processed, or          window: one Slot per seq (known-at time + flags);
+//!   listed in `exceptions`           the front slot is always unprocessed
+//! ```
+//!
+//! A seq leaves the window once it is processed and everything below it is resolved, or
+//! when it is written off (lost after the validation window, excused by a partition
+//! removal). Only the unusual cases are remembered below the watermark, so memory follows
+//! the number of in-flight and missing messages, not the length of the run.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::types::WorkerRef;
+
+/// Exception flags of a seq below the watermark. A seq that is both sent and processed is
+/// the normal case and has no entry.
+pub(super) const SENT: u8 = 1;
+/// The seq was processed at least once.
+pub(super) const PROCESSED: u8 = 2;
+/// The seq was written off as lost (validation window expired, or the run finished).
+pub(super) const LOST: u8 = 4;
+/// The seq was missing when its partition was removed: not counted as loss.
+pub(super) const EXCUSED: u8 = 8;
+
+/// How many workers' activity spans a partition remembers. More than one owner at a time is
+/// already a violation; four leaves room for a few chaotic handoffs in a row.
+const SPANS: usize = 4;
+
+/// Timestamps are stored shifted left by two bits; clamping keeps the shift lossless.
+const T_MAX: i64 = i64::MAX >> 2;
+const T_MIN: i64 = i64::MIN >> 2;
+
+/// One window entry packed into 8 bytes: known-at time (µs) in the high bits, `SENT` and
+/// `PROCESSED` in the low two. Small slots keep a stalled partition's backlog cheap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot(i64);
+
+impl Slot {
+    fn new(known_at: i64) -> Self {
+        Self(known_at.clamp(T_MIN, T_MAX) << 2)
+    }
+    fn known_at(self) -> i64 {
+        self.0 >> 2
+    }
+    fn flags(self) -> u8 {
+        // Masked to two bits, so the cast cannot truncate anything meaningful.
+        (self.0 & 3) as u8
+    }
+    fn set(&mut self, flag: u8) {
+        self.0 |= i64::from(flag);
+    }
+}
+
+/// The latest stretch of time during which one worker was processing this partition.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    worker: WorkerRef,
+    start: i64,
+    end: i64,
+    /// Tracker-wide report counter at the last update: least recently used is evicted.
+    touched: u64,
+}
+
+/// What marking a seq as sent did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SentOutcome {
+    /// First Sent for this seq.
+    New {
+        /// It had already been processed.
+        received: bool,
+        /// It had already been written off (lost or excused).
+        written_off: bool,
+    },
+    /// A Sent for this seq had been seen before.
+    Duplicate,
+}
+
+/// How a written-off seq came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recovered {
+    /// It had been declared lost.
+    Late,
+    /// Its partition had been removed while it was missing.
+    Excused,
+}
+
+/// What marking a seq as processed did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ProcessedOutcome {
+    /// First processing of this seq.
+    First {
+        /// Its Sent had already arrived.
+        sent: bool,
+        /// It had been written off before.
+        recovered: Option<Recovered>,
+    },
+    /// It had been processed before.
+    Duplicate,
+}
+
+/// Seqs moved from the window to the exceptions as lost or excused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct WriteOff {
+    /// How many seqs were written off.
+    pub count: u64,
+    /// How many of them had been confirmed sent.
+    pub sent: u64,
+}
+
+/// All state of one partition.
+#[derive(Debug, Default)]
+pub(super) struct PartitionState {
+    /// Removed by a partition change: missing seqs are excused, never lost.
+    pub removed: bool,
+    /// Every seq ≤ watermark is processed or has an entry in `exceptions`.
+    watermark: u64,
+    /// Seqs `watermark+1 ..= watermark+len`, i.e. up to the highest seq known to exist.
+    window: VecDeque<Slot>,
+    /// Processed slots in `window` (all behind its unprocessed front).
+    processed_in_window: u64,
+    /// Unusual seqs below the watermark: lost, excused, or processed without a Sent yet.
+    exceptions: BTreeMap<u64, u8>,
+    /// Entries in `exceptions` flagged `LOST`; lets sampling skip clean partitions.
+    pub lost: u64,
+    /// Highest seq processed so far; order violations are measured against it.
+    processed_max: u64,
+    spans: [Option<Span>; SPANS],
+}
+
+impl PartitionState {
+    /// The highest seq known to exist on this partition.
+    pub fn known_max(&self) -> u64 {
+        self.watermark + self.window.len() as u64
+    }
+
+    /// Seqs known to exist, not processed, and not written off.
+    pub fn missing(&self) -> u64 {
+        self.window.len() as u64 - self.processed_in_window
+    }
+
+    /// When the oldest missing seq became known; the window's front is always missing.
+    pub fn oldest_missing_known_at(&self) -> Option<i64> {
+        self.window.front().map(|s| s.known_at())
+    }
+
+    /// Current window length; tests use it to prove memory stays bounded.
+    #[cfg(test)]
+    pub fn window_len(&self) -> usize {
+        self.window.len()
+    }
+
+    /// Current window capacity; tests use it to prove drained backlogs give memory back.
+    #[cfg(test)]
+    pub fn window_capacity(&self) -> usize {
+        self.window.capacity()
+    }
+
+    /// Highest seq processed so far.
+    pub fn processed_max(&self) -> u64 {
+        self.processed_max
+    }
+
+    /// Records that every seq up to `seq` exists, as of `at_us`.
+    ///
+    /// The new slots take a known-at time no earlier than the window's last one, so known-at
+    /// times never decrease along the window and `write_off` only looks at a prefix.
+    pub fn learn(&mut self, seq: u64, at_us: i64) {
+        let known = self.known_max();
+        if seq <= known {
+            return;
+        }
+        let at = self
+            .window
+            .back()
+            .map_or(at_us, |s| s.known_at().max(at_us));
+        let add = usize::try_from(seq - known).unwrap_or(usize::MAX);
+        self.window.extend(std::iter::repeat_n(Slot::new(at), add));
+    }
+
+    /// Marks `seq` as confirmed sent. Call [`Self::learn`] first.
+    pub fn mark_sent(&mut self, seq: u64) -> SentOutcome {
+        if seq > self.watermark {
+            let Some(slot) = self.slot_mut(seq) else {
+                return SentOutcome::Duplicate;
+            };
+            if slot.flags() & SENT != 0 {
+                return SentOutcome::Duplicate;
+            }
+            slot.set(SENT);
+            return SentOutcome::New {
+                received: slot.flags() & PROCESSED != 0,
+                written_off: false,
+            };
+        }
+        let Some(flags) = self.exceptions.get_mut(&seq) else {
+            // Below the watermark without an entry: already sent and processed.
+            return SentOutcome::Duplicate;
+        };
+        if *flags & SENT != 0 {
+            return SentOutcome::Duplicate;
+        }
+        if *flags & PROCESSED != 0 {
+            self.exceptions.remove(&seq);
+            return SentOutcome::New {
+                received: true,
+                written_off: false,
+            };
+        }
+        *flags |= SENT;
+        SentOutcome::New {
+            received: false,
+            written_off: true,
+        }
+    }
+
+    /// Marks `seq` as processed. Call [`Self::learn`] first.
+    pub fn mark_processed(&mut self, seq: u64) -> ProcessedOutcome {
+        if seq > self.watermark {
+            let Some(slot) = self.slot_mut(seq) else {
+                return ProcessedOutcome::Duplicate;
+            };
+            let flags = slot.flags();
+            if flags & PROCESSED != 0 {
+                return ProcessedOutcome::Duplicate;
+            }
+            slot.set(PROCESSED);
+            self.processed_in_window += 1;
+            self.processed_max = self.processed_max.max(seq);
+            if seq == self.watermark + 1 {
+                self.advance();
+            }
+            return ProcessedOutcome::First {
+                sent: flags & SENT != 0,
+                recovered: None,
+            };
+        }
+        let Some(flags) = self.exceptions.get_mut(&seq) else {
+            return ProcessedOutcome::Duplicate;
+        };
+        if *flags & PROCESSED != 0 {
+            return ProcessedOutcome::Duplicate;
+        }
+        let recovered = if *flags & LOST != 0 {
+            self.lost -= 1;
+            Recovered::Late
+        } else {
+            Recovered::Excused
+        };
+        let sent = *flags & SENT != 0;
+        if sent {
+            self.exceptions.remove(&seq);
+        } else {
+            *flags = PROCESSED;
+        }
+        self.processed_max = self.processed_max.max(seq);
+        ProcessedOutcome::First {
+            sent,
+            recovered: Some(recovered),
+        }
+    }
+
+    /// Writes off the missing seqs that became known at or before `deadline` (all of them
+    /// when `None`), flagging them `how` (`LOST` or `EXCUSED`), and slides the window on.
+    pub fn write_off(&mut self, deadline: Option<i64>, how: u8) -> WriteOff {
+        let mut done = WriteOff::default();
+        while let Some(&slot) = self.window.front() {
+            if deadline.is_some_and(|d| slot.known_at() > d) {
+                break;
+            }
+            self.window.pop_front();
+            self.watermark += 1;
+            let flags = slot.flags();
+            if flags & PROCESSED != 0 {
+                self.processed_in_window -= 1;
+                if flags & SENT == 0 {
+                    self.exceptions.insert(self.watermark, PROCESSED);
+                }
+                continue;
+            }
+            self.exceptions.insert(self.watermark, how | (flags & SENT));
+            done.count += 1;
+            done.sent += u64::from(flags & SENT);
+            if how == LOST {
+                self.lost += 1;
+            }
+        }
+        self.advance();
+        self.compact();
+        done
+    }
+
+    /// Seqs currently written off as lost, lowest first.
+    pub fn lost_seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.exceptions
+            .iter()
+            .filter(|(_, f)| **f & LOST != 0)
+            .map(|(s, _)| *s)
+    }
+
+    /// Records `worker`'s processing interval and returns another worker whose recent
+    /// activity on this partition overlaps it by more than `tolerance` µs.
+    ///
+    /// Each worker keeps one span; an interval within `gap` µs of it extends it, so a busy
+    /// owner looks continuously busy and a second worker active meanwhile is caught even
+    /// when its reports arrive in a different order or batch.
+    pub fn observe(
+        &mut self,
+        worker: WorkerRef,
+        start: i64,
+        end: i64,
+        tick: u64,
+        gap: i64,
+        tolerance: i64,
+    ) -> Option<WorkerRef> {
+        let (start, end) = if start <= end {
+            (start, end)
+        } else {
+            (end, start)
+        };
+        let mut overlap = None;
+        let mut own = None;
+        let mut victim = 0;
+        let mut oldest = u64::MAX;
+        for (i, entry) in self.spans.iter().enumerate() {
+            match entry {
+                None => {
+                    if oldest != 0 {
+                        victim = i;
+                        oldest = 0;
+                    }
+                }
+                Some(s) if s.worker == worker => own = Some(i),
+                Some(s) => {
+                    if overlap.is_none()
+                        && s.end.min(end).saturating_sub(s.start.max(start)) > tolerance
+                    {
+                        overlap = Some(s.worker);
+                    }
+                    if s.touched < oldest {
+                        oldest = s.touched;
+                        victim = i;
+                    }
+                }
+            }
+        }
+        match own.and_then(|i| self.spans[i].as_mut()) {
+            Some(s) => {
+                if start <= s.end.saturating_add(gap) && end >= s.start.saturating_sub(gap) {
+                    s.start = s.start.min(start);
+                    s.end = s.end.max(end);
+                    s.touched = tick;
+                } else if end > s.end {
+                    // A new stretch of work after a pause: the old span must not be
+                    // stretched across time this worker may not have owned the partition.
+                    *s = Span {
+                        worker,
+                        start,
+                        end,
+                        touched: tick,
+                    };
+                }
+                // An older, disjoint interval arriving late is checked but not kept.
+            }
+            None => {
+                self.spans[victim] = Some(Span {
+                    worker,
+                    start,
+                    end,
+                    touched: tick,
+                });
+            }
+        }
+        overlap
+    }
+
+    fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
+        let idx = usize::try_from(seq - self.watermark - 1).ok()?;
+        self.window.get_mut(idx)
+    }
+
+    /// Slides the watermark over the processed prefix of the window.
+    fn advance(&mut self) {
+        while let Some(&slot) = self.window.front() {
+            let flags = slot.flags();
+            if flags & PROCESSED == 0 {
+                break;
+            }
+            self.window.pop_front();
+            self.watermark += 1;
+            self.processed_in_window -= 1;
+            if flags & SENT == 0 {
+                // Processed before its Sent arrived: remember it so that the Sent, when it
+                // comes, is counted as a new distinct sent message rather than a duplicate.
+                self.exceptions.insert(self.watermark, PROCESSED);
+            }
+        }
+    }
+
+    /// Gives back memory after a backlog drained; a VecDeque never shrinks on its own.
+    fn compact(&mut self) {
+        let cap = self.window.capacity();
+        if cap > 1024 && self.window.len() < cap / 4 {
+            self.window.shrink_to((self.window.len() * 2).max(64));
+        }
+    }
+}
