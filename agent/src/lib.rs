@@ -37,7 +37,9 @@ pub async fn run_child(mode: ChildMode) -> anyhow::Result<()> {
     supervisor::child_guard();
     let spec = std::env::var(report::SPEC_ENV).context("PARTI_SIM_SPEC is not set")?;
     let process = std::env::var(report::PROCESS_ENV).context("PARTI_SIM_PROCESS is not set")?;
-    let socket = PathBuf::from(std::env::var(report::SOCKET_ENV).context("PARTI_SIM_REPORT_SOCKET is not set")?);
+    let socket = PathBuf::from(
+        std::env::var(report::SOCKET_ENV).context("PARTI_SIM_REPORT_SOCKET is not set")?,
+    );
     let (reports, writer) = report::ReportClient::connect(&socket, &process)
         .await
         .with_context(|| format!("connecting to the report socket {}", socket.display()))?;
@@ -51,8 +53,22 @@ pub async fn run_child(mode: ChildMode) -> anyhow::Result<()> {
         });
     }
     let result = match mode {
-        ChildMode::Producer => producer::run(serde_json::from_str(&spec).context("producer spec")?, reports, stop).await,
-        ChildMode::Worker => worker::run(serde_json::from_str(&spec).context("worker spec")?, reports, stop).await,
+        ChildMode::Producer => {
+            producer::run(
+                serde_json::from_str(&spec).context("producer spec")?,
+                reports,
+                stop,
+            )
+            .await
+        }
+        ChildMode::Worker => {
+            worker::run(
+                serde_json::from_str(&spec).context("worker spec")?,
+                reports,
+                stop,
+            )
+            .await
+        }
     };
     // Every report queued so far reaches the agent before we exit.
     let _ = writer.await;

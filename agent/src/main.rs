@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "agent", version, about = "parti-sim agent: runs producers and workers on this host for a coordinator")]
+#[command(
+    name = "agent",
+    version,
+    about = "parti-sim agent: runs producers and workers on this host for a coordinator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,7 +42,8 @@ enum Command {
 fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,async_nats=warn".into()),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -56,10 +61,17 @@ async fn main() -> anyhow::Result<()> {
             };
             agent::run_child(mode).await
         }
-        Command::Run { coordinator, id, dir } => {
+        Command::Run {
+            coordinator,
+            id,
+            dir,
+        } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let agent_id = id.unwrap_or_else(|| {
-                nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "agent".into())
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_else(|| "agent".into())
             });
             let options = agent::session::AgentOptions {
                 coordinator,
@@ -72,7 +84,9 @@ async fn main() -> anyhow::Result<()> {
             {
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    let mut term = match tokio::signal::unix::signal(
+                        tokio::signal::unix::SignalKind::terminate(),
+                    ) {
                         Ok(term) => term,
                         Err(_) => return,
                     };

@@ -40,11 +40,17 @@ fn multiplier(spec: &ProducerSpec, elapsed: Duration) -> f64 {
 async fn resume_seq(stream: &jetstream::stream::Stream, subject: &str) -> anyhow::Result<u64> {
     match stream.get_last_raw_message_by_subject(subject).await {
         Ok(message) => {
-            let body: SimulationMessage = serde_json::from_slice(&message.payload)
-                .with_context(|| format!("last message on {subject} is not a simulation message"))?;
+            let body: SimulationMessage =
+                serde_json::from_slice(&message.payload).with_context(|| {
+                    format!("last message on {subject} is not a simulation message")
+                })?;
             Ok(body.partition_sequence)
         }
-        Err(error) if error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+        Err(error)
+            if error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+        {
+            Ok(0)
+        }
         Err(error) => Err(error).with_context(|| format!("reading the last message of {subject}")),
     }
 }
@@ -55,9 +61,14 @@ pub async fn run(
     reports: ReportClient,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = async_nats::connect(&spec.nats_url).await.context("connecting to NATS")?;
+    let client = async_nats::connect(&spec.nats_url)
+        .await
+        .context("connecting to NATS")?;
     let js = jetstream::new(client);
-    let stream = js.get_stream(&spec.stream).await.context("opening the stream")?;
+    let stream = js
+        .get_stream(&spec.stream)
+        .await
+        .context("opening the stream")?;
     let mut partitions = Vec::with_capacity(spec.partitions.len());
     for (index, partition) in spec.partitions.iter().enumerate() {
         let next_seq = resume_seq(&stream, &subject(&spec.subject_prefix, *partition)).await? + 1;

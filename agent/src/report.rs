@@ -100,9 +100,19 @@ impl ChildReport {
     pub fn into_proto(self, process: &str) -> Option<Report> {
         let body = match self {
             Self::Hello { .. } => return None,
-            Self::Sent { partition, seq, producer_id, published_us, stream_seq } => {
-                report::Body::Sent(Sent { partition, seq, producer_id, published_us, stream_seq })
-            }
+            Self::Sent {
+                partition,
+                seq,
+                producer_id,
+                published_us,
+                stream_seq,
+            } => report::Body::Sent(Sent {
+                partition,
+                seq,
+                producer_id,
+                published_us,
+                stream_seq,
+            }),
             Self::Processed {
                 partition,
                 seq,
@@ -127,7 +137,11 @@ impl ChildReport {
                 processed_us,
                 process: process.to_string(),
             }),
-            Self::Malformed { subject, stream_seq, reason } => report::Body::Malformed(Malformed {
+            Self::Malformed {
+                subject,
+                stream_seq,
+                reason,
+            } => report::Body::Malformed(Malformed {
                 process: process.to_string(),
                 subject,
                 stream_seq,
@@ -171,10 +185,15 @@ pub struct ReportClient {
 
 impl ReportClient {
     /// Connect to `socket` and introduce ourselves as `process`.
-    pub async fn connect(socket: &Path, process: &str) -> std::io::Result<(Self, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    pub async fn connect(
+        socket: &Path,
+        process: &str,
+    ) -> std::io::Result<(Self, tokio::task::JoinHandle<std::io::Result<()>>)> {
         let mut stream = UnixStream::connect(socket).await?;
         let (lines, mut queue) = mpsc::channel::<ChildReport>(1024);
-        let hello = ChildReport::Hello { process: process.to_string() };
+        let hello = ChildReport::Hello {
+            process: process.to_string(),
+        };
         let writer = tokio::spawn(async move {
             let mut buffer = serde_json::to_vec(&hello).map_err(std::io::Error::other)?;
             buffer.push(b'\n');
@@ -220,10 +239,25 @@ mod tests {
         let parsed: ChildReport = serde_json::from_str(line).expect("parse");
         assert_eq!(
             parsed,
-            ChildReport::Sent { partition: 3, seq: 17, producer_id: "producer-0".into(), published_us: 5, stream_seq: 9 }
+            ChildReport::Sent {
+                partition: 3,
+                seq: 17,
+                producer_id: "producer-0".into(),
+                published_us: 5,
+                stream_seq: 9
+            }
         );
         let report = parsed.into_proto("producer-0").expect("report");
-        assert!(matches!(report.body, Some(report::Body::Sent(Sent { seq: 17, .. }))));
-        assert!(ChildReport::Hello { process: "w".into() }.into_proto("w").is_none());
+        assert!(matches!(
+            report.body,
+            Some(report::Body::Sent(Sent { seq: 17, .. }))
+        ));
+        assert!(
+            ChildReport::Hello {
+                process: "w".into()
+            }
+            .into_proto("w")
+            .is_none()
+        );
     }
 }

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal as NixSignal;
 use proto::v1::agent_client::AgentClient;
-use proto::v1::{AgentMessage, Hello, Report, ReportBatch, Signal, agent_message, coordinator_message};
+use proto::v1::{
+    AgentMessage, Hello, Report, ReportBatch, Signal, agent_message, coordinator_message,
+};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
@@ -62,10 +64,18 @@ pub enum AgentError {
 /// (reconnecting with backoff), execute its commands.
 pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(), AgentError> {
     let _ = std::fs::remove_file(&options.socket);
-    let listener = UnixListener::bind(&options.socket).map_err(|source| AgentError::Socket { path: options.socket.clone(), source })?;
+    let listener = UnixListener::bind(&options.socket).map_err(|source| AgentError::Socket {
+        path: options.socket.clone(),
+        source,
+    })?;
     let (reports_tx, mut reports_rx) = mpsc::channel::<Report>(8192);
     tokio::spawn(serve_socket(listener, reports_tx.clone()));
-    let supervisor = Supervisor::new(options.binary.clone(), options.log_dir.clone(), options.socket.clone(), reports_tx);
+    let supervisor = Supervisor::new(
+        options.binary.clone(),
+        options.log_dir.clone(),
+        options.socket.clone(),
+        reports_tx,
+    );
 
     let mut unacked: VecDeque<ReportBatch> = VecDeque::new();
     let mut acked: u64 = 0;
@@ -91,9 +101,17 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
             pid: std::process::id(),
             acked_batch: acked,
         };
-        let _ = outbound.send(AgentMessage { body: Some(agent_message::Body::Hello(hello)) }).await;
+        let _ = outbound
+            .send(AgentMessage {
+                body: Some(agent_message::Body::Hello(hello)),
+            })
+            .await;
         for batch in &unacked {
-            let _ = outbound.send(AgentMessage { body: Some(agent_message::Body::Batch(batch.clone())) }).await;
+            let _ = outbound
+                .send(AgentMessage {
+                    body: Some(agent_message::Body::Batch(batch.clone())),
+                })
+                .await;
         }
         let mut inbound = match client.session(tokio_stream_of(outbound_rx)).await {
             Ok(response) => response.into_inner(),
@@ -136,10 +154,19 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
                 }
             }
             if !pending.is_empty() {
-                let batch = ReportBatch { number: next_number, reports: std::mem::take(&mut pending) };
+                let batch = ReportBatch {
+                    number: next_number,
+                    reports: std::mem::take(&mut pending),
+                };
                 next_number += 1;
                 unacked.push_back(batch.clone());
-                if outbound.send(AgentMessage { body: Some(agent_message::Body::Batch(batch)) }).await.is_err() {
+                if outbound
+                    .send(AgentMessage {
+                        body: Some(agent_message::Body::Batch(batch)),
+                    })
+                    .await
+                    .is_err()
+                {
                     continue 'sessions;
                 }
             }
@@ -194,7 +221,9 @@ async fn handle_command(
 /// Read JSON lines from each child connection into `reports` (waiting when it is full).
 async fn serve_socket(listener: UnixListener, reports: mpsc::Sender<Report>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let reports = reports.clone();
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stream).lines();
@@ -216,10 +245,17 @@ async fn serve_socket(listener: UnixListener, reports: mpsc::Sender<Report>) {
     }
 }
 
-fn tokio_stream_of(receiver: mpsc::Receiver<AgentMessage>) -> impl futures::Stream<Item = AgentMessage> {
-    futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|m| (m, receiver)) })
+fn tokio_stream_of(
+    receiver: mpsc::Receiver<AgentMessage>,
+) -> impl futures::Stream<Item = AgentMessage> {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|m| (m, receiver))
+    })
 }
 
 fn hostname() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
 }

@@ -72,26 +72,51 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Children are `binary child <kind>`; lifecycle events go to `events`.
-    pub fn new(binary: PathBuf, log_dir: PathBuf, socket: PathBuf, events: mpsc::Sender<Report>) -> Self {
-        Self { binary, log_dir, socket, running: Arc::default(), events }
+    pub fn new(
+        binary: PathBuf,
+        log_dir: PathBuf,
+        socket: PathBuf,
+        events: mpsc::Sender<Report>,
+    ) -> Self {
+        Self {
+            binary,
+            log_dir,
+            socket,
+            running: Arc::default(),
+            events,
+        }
     }
 
     /// Start the process a spawn command describes.
     pub async fn spawn(&self, command: Spawn) -> Result<(), SupervisorError> {
         let process = command.process.clone();
         let (kind, mode, spec_json) = match command.spec {
-            Some(spawn::Spec::Producer(spec)) => (ProcessKind::Producer, "producer", serde_json::to_string(&spec)),
-            Some(spawn::Spec::Worker(spec)) => (ProcessKind::Worker, "worker", serde_json::to_string(&spec)),
+            Some(spawn::Spec::Producer(spec)) => (
+                ProcessKind::Producer,
+                "producer",
+                serde_json::to_string(&spec),
+            ),
+            Some(spawn::Spec::Worker(spec)) => {
+                (ProcessKind::Worker, "worker", serde_json::to_string(&spec))
+            }
             None => return Err(SupervisorError::NoSpec(process)),
         };
-        let spec_json = spec_json.map_err(|e| SupervisorError::Io { action: "encode spec", process: process.clone(), source: std::io::Error::other(e) })?;
+        let spec_json = spec_json.map_err(|e| SupervisorError::Io {
+            action: "encode spec",
+            process: process.clone(),
+            source: std::io::Error::other(e),
+        })?;
         let mut running = self.running.lock().await;
         if running.contains_key(&process) {
             return Err(SupervisorError::Running(process));
         }
         let io = |action: &'static str| {
             let process = process.clone();
-            move |source| SupervisorError::Io { action, process, source }
+            move |source| SupervisorError::Io {
+                action,
+                process,
+                source,
+            }
         };
         std::fs::create_dir_all(&self.log_dir).map_err(io("create log dir"))?;
         let log = std::fs::OpenOptions::new()
@@ -118,7 +143,13 @@ impl Supervisor {
         tracing::info!(%process, pid, mode, "started");
         let _ = self
             .events
-            .send(Report { body: Some(report::Body::Started(ProcessStarted { process: process.clone(), kind: kind as i32, pid })) })
+            .send(Report {
+                body: Some(report::Body::Started(ProcessStarted {
+                    process: process.clone(),
+                    kind: kind as i32,
+                    pid,
+                })),
+            })
             .await;
         let supervisor = self.clone();
         tokio::spawn(async move {
@@ -132,7 +163,13 @@ impl Supervisor {
             let _ = supervisor
                 .events
                 .send(Report {
-                    body: Some(report::Body::Exited(ProcessExited { process, kind: kind as i32, pid, code, signal })),
+                    body: Some(report::Body::Exited(ProcessExited {
+                        process,
+                        kind: kind as i32,
+                        pid,
+                        code,
+                        signal,
+                    })),
                 })
                 .await;
         });
@@ -149,7 +186,10 @@ impl Supervisor {
             .map(|r| r.pid)
             .ok_or_else(|| SupervisorError::Unknown(process.to_string()))?;
         let pid = i32::try_from(pid).map_err(|_| SupervisorError::Unknown(process.to_string()))?;
-        kill(Pid::from_raw(pid), signal).map_err(|source| SupervisorError::Signal { process: process.to_string(), source })
+        kill(Pid::from_raw(pid), signal).map_err(|source| SupervisorError::Signal {
+            process: process.to_string(),
+            source,
+        })
     }
 
     /// Names of the running processes.

@@ -23,15 +23,27 @@ use crate::report::{ChildReport, ReportClient, now_us};
 
 /// The strategy a spec names.
 pub fn strategy(spec: &WorkerSpec) -> anyhow::Result<Arc<dyn Strategy>> {
-    let virtual_nodes = if spec.virtual_nodes == 0 { 150 } else { spec.virtual_nodes as usize };
+    let virtual_nodes = if spec.virtual_nodes == 0 {
+        150
+    } else {
+        spec.virtual_nodes as usize
+    };
     Ok(match spec.strategy.as_str() {
         "RoundRobin" => Arc::new(RoundRobin),
         "ConsistentHash" => Arc::new(ConsistentHash::new(virtual_nodes, spec.hash_seed)),
         "WeightedConsistentHash" | "" => Arc::new(WeightedConsistentHash {
             virtual_nodes,
             seed: spec.hash_seed,
-            overload_threshold: if spec.overload_threshold > 0.0 { spec.overload_threshold } else { 1.3 },
-            extreme_threshold: if spec.extreme_threshold > 0.0 { spec.extreme_threshold } else { 2.0 },
+            overload_threshold: if spec.overload_threshold > 0.0 {
+                spec.overload_threshold
+            } else {
+                1.3
+            },
+            extreme_threshold: if spec.extreme_threshold > 0.0 {
+                spec.extreme_threshold
+            } else {
+                2.0
+            },
             ..WeightedConsistentHash::default()
         }),
         other => anyhow::bail!("unknown strategy {other:?}"),
@@ -50,7 +62,12 @@ struct SimHandler {
 
 impl SimHandler {
     fn delay(&self) -> Duration {
-        let (min, max) = (self.spec.processing_delay_min_us, self.spec.processing_delay_max_us.max(self.spec.processing_delay_min_us));
+        let (min, max) = (
+            self.spec.processing_delay_min_us,
+            self.spec
+                .processing_delay_max_us
+                .max(self.spec.processing_delay_min_us),
+        );
         let micros = match self.rng.lock() {
             Ok(mut rng) => rng.random_range(min..=max),
             Err(_) => min,
@@ -78,13 +95,22 @@ impl MessageHandler for SimHandler {
                 }
             };
             let count = self.handled.fetch_add(1, Ordering::SeqCst) + 1;
-            let faults = self.spec.faults.clone().unwrap_or_default();
-            if faults.drop_and_ack_one_in > 0 && count % u64::from(faults.drop_and_ack_one_in) == 0 {
-                tracing::warn!(partition = message.partition_id, seq = message.partition_sequence, "fault: dropping an acked message");
+            let faults = self.spec.faults.unwrap_or_default();
+            if faults.drop_and_ack_one_in > 0 && count % u64::from(faults.drop_and_ack_one_in) == 0
+            {
+                tracing::warn!(
+                    partition = message.partition_id,
+                    seq = message.partition_sequence,
+                    "fault: dropping an acked message"
+                );
                 return Ok(());
             }
             if faults.ack_then_crash_after > 0 && count == u64::from(faults.ack_then_crash_after) {
-                tracing::warn!(partition = message.partition_id, seq = message.partition_sequence, "fault: ack before processing, then crash");
+                tracing::warn!(
+                    partition = message.partition_id,
+                    seq = message.partition_sequence,
+                    "fault: ack before processing, then crash"
+                );
                 tokio::spawn(async {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     std::process::abort();
@@ -130,8 +156,14 @@ impl MessageHandler for LateHandler {
 }
 
 /// Run until `stop` fires (SIGTERM: graceful leave), or until the manager is fenced.
-pub async fn run(spec: WorkerSpec, reports: ReportClient, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
-    let client = async_nats::connect(&spec.nats_url).await.context("connecting to NATS")?;
+pub async fn run(
+    spec: WorkerSpec,
+    reports: ReportClient,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let client = async_nats::connect(&spec.nats_url)
+        .await
+        .context("connecting to NATS")?;
     let mut config: parti::Config = if spec.parti_config_json.is_empty() {
         parti::Config::default()
     } else {
@@ -141,27 +173,43 @@ pub async fn run(spec: WorkerSpec, reports: ReportClient, stop: tokio_util::sync
         config.identity_token = Some(spec.identity_token.clone());
     }
     let partitions: Vec<Partition> = (0..spec.partition_count)
-        .map(|p| Partition::new(p.to_string(), spec.weights.get(p as usize).copied().unwrap_or(1)))
+        .map(|p| {
+            Partition::new(
+                p.to_string(),
+                spec.weights.get(p as usize).copied().unwrap_or(1),
+            )
+        })
         .collect();
-    let faults = spec.faults.clone().unwrap_or_default();
+    let faults = spec.faults.unwrap_or_default();
     let consumer_config = ConsumerConfig {
         durable_prefix: "sim".into(),
         ack_wait: Duration::from_secs(10),
         fault_keep_consuming_after_revoke: faults.process_after_revoke,
-        ..ConsumerConfig::new(spec.stream.clone(), format!("{}.{{partition}}", spec.subject_prefix))
+        ..ConsumerConfig::new(
+            spec.stream.clone(),
+            format!("{}.{{partition}}", spec.subject_prefix),
+        )
     };
     let late = Arc::new(LateHandler(std::sync::OnceLock::new()));
     let consumer = WorkerConsumer::new(client.clone(), consumer_config, late.clone()).await?;
-    let manager = Manager::start(client, config, Arc::new(StaticSource::new(partitions)), strategy(&spec)?, Some(consumer))
-        .await
-        .context("starting the parti manager")?;
+    let manager = Manager::start(
+        client,
+        config,
+        Arc::new(StaticSource::new(partitions)),
+        strategy(&spec)?,
+        Some(consumer),
+    )
+    .await
+    .context("starting the parti manager")?;
     let (version_tx, version_rx) = watch::channel(0u64);
     let handler = Arc::new(SimHandler {
         reports: reports.clone(),
         worker_id: manager.worker_id().to_string(),
         incarnation: manager.incarnation(),
         version: version_rx,
-        rng: std::sync::Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed ^ manager.incarnation())),
+        rng: std::sync::Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(
+            spec.seed ^ manager.incarnation(),
+        )),
         handled: AtomicU64::new(0),
         spec: spec.clone(),
     });
@@ -178,7 +226,11 @@ pub async fn run(spec: WorkerSpec, reports: ReportClient, stop: tokio_util::sync
             state: format!("{:?}", manager.state()),
             leader: manager.is_leader(),
             assignment_version: current.version,
-            partitions: current.partitions.iter().filter_map(|p| p.id().parse().ok()).collect(),
+            partitions: current
+                .partitions
+                .iter()
+                .filter_map(|p| p.id().parse().ok())
+                .collect(),
             at_us: now_us(),
         }
     };

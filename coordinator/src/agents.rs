@@ -48,7 +48,10 @@ pub struct AgentRegistry {
 impl AgentRegistry {
     /// A registry forwarding reports into `ingest`.
     pub fn new(ingest: mpsc::Sender<IngestBatch>) -> Self {
-        Self { agents: Arc::default(), ingest }
+        Self {
+            agents: Arc::default(),
+            ingest,
+        }
     }
 
     /// Ids of the connected agents, sorted.
@@ -79,9 +82,17 @@ impl AgentRegistry {
 
     /// Send a command to `agent`. `false` if it is not connected.
     pub async fn send(&self, agent: &str, body: coordinator_message::Body) -> bool {
-        let sender = self.agents.lock().await.get(agent).and_then(|a| a.commands.clone());
+        let sender = self
+            .agents
+            .lock()
+            .await
+            .get(agent)
+            .and_then(|a| a.commands.clone());
         match sender {
-            Some(sender) => sender.send(CoordinatorMessage { body: Some(body) }).await.is_ok(),
+            Some(sender) => sender
+                .send(CoordinatorMessage { body: Some(body) })
+                .await
+                .is_ok(),
             None => false,
         }
     }
@@ -93,9 +104,15 @@ impl AgentRegistry {
         }
     }
 
-    async fn run_session(self, mut inbound: Streaming<AgentMessage>, commands: mpsc::Sender<CoordinatorMessage>) {
+    async fn run_session(
+        self,
+        mut inbound: Streaming<AgentMessage>,
+        commands: mpsc::Sender<CoordinatorMessage>,
+    ) {
         let hello = match inbound.message().await {
-            Ok(Some(AgentMessage { body: Some(agent_message::Body::Hello(hello)) })) => hello,
+            Ok(Some(AgentMessage {
+                body: Some(agent_message::Body::Hello(hello)),
+            })) => hello,
             _ => {
                 warn!("agent session without hello dropped");
                 return;
@@ -123,18 +140,39 @@ impl AgentRegistry {
                     break;
                 }
             };
-            let Some(agent_message::Body::Batch(batch)) = message.body else { continue };
-            let applied = self.agents.lock().await.get(&agent).map_or(0, |a| a.applied);
+            let Some(agent_message::Body::Batch(batch)) = message.body else {
+                continue;
+            };
+            let applied = self
+                .agents
+                .lock()
+                .await
+                .get(&agent)
+                .map_or(0, |a| a.applied);
             if batch.number > applied {
-                if self.ingest.send(IngestBatch { agent: agent.clone(), reports: batch.reports }).await.is_err() {
+                if self
+                    .ingest
+                    .send(IngestBatch {
+                        agent: agent.clone(),
+                        reports: batch.reports,
+                    })
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 if let Some(entry) = self.agents.lock().await.get_mut(&agent) {
                     entry.applied = batch.number;
                 }
             }
-            let ack = coordinator_message::Body::Ack(BatchAck { up_to: batch.number.max(applied) });
-            if commands.send(CoordinatorMessage { body: Some(ack) }).await.is_err() {
+            let ack = coordinator_message::Body::Ack(BatchAck {
+                up_to: batch.number.max(applied),
+            });
+            if commands
+                .send(CoordinatorMessage { body: Some(ack) })
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -164,9 +202,16 @@ type CommandStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status
 impl Agent for AgentService {
     type SessionStream = CommandStream;
 
-    async fn session(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         let (commands, receiver) = mpsc::channel::<CoordinatorMessage>(1024);
-        tokio::spawn(self.registry.clone().run_session(request.into_inner(), commands));
+        tokio::spawn(
+            self.registry
+                .clone()
+                .run_session(request.into_inner(), commands),
+        );
         let stream = futures::stream::unfold(receiver, |mut receiver| async move {
             receiver.recv().await.map(|message| (Ok(message), receiver))
         });

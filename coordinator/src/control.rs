@@ -34,26 +34,41 @@ type StatusStream = Pin<Box<dyn Stream<Item = Result<RunStatus, Status>> + Send>
 
 #[tonic::async_trait]
 impl Control for ControlService {
-    async fn start(&self, request: Request<StartRequest>) -> Result<Response<StartResponse>, Status> {
+    async fn start(
+        &self,
+        request: Request<StartRequest>,
+    ) -> Result<Response<StartResponse>, Status> {
         let request = request.into_inner();
-        let mut config = Config::from_yaml_str(&request.config_yaml).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut config = Config::from_yaml_str(&request.config_yaml)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if request.duration_ms > 0 {
             config.simulation.duration = Duration::from_millis(request.duration_ms);
         }
         let seed = request.seed.or(config.simulation.seed).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
         });
         config.simulation.seed = Some(seed);
         let (reply, answer) = oneshot::channel();
         self.engine
             .commands
-            .send(Command::Start { config: Box::new(config), seed, reply })
+            .send(Command::Start {
+                config: Box::new(config),
+                seed,
+                reply,
+            })
             .await
             .map_err(|_| Status::unavailable("engine stopped"))?;
-        match answer.await.map_err(|_| Status::unavailable("engine stopped"))? {
+        match answer
+            .await
+            .map_err(|_| Status::unavailable("engine stopped"))?
+        {
             Ok(run_id) => Ok(Response::new(StartResponse { run_id })),
             Err(StartError::Config(message)) => Err(Status::invalid_argument(message)),
-            Err(StartError::Busy(message)) => Err(Status::failed_precondition(format!("a run is already in progress ({message})"))),
+            Err(StartError::Busy(message)) => Err(Status::failed_precondition(format!(
+                "a run is already in progress ({message})"
+            ))),
             Err(StartError::Infrastructure(message)) => Err(Status::unavailable(message)),
         }
     }
@@ -85,7 +100,11 @@ impl Control for ControlService {
     }
 
     async fn stop(&self, _: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
-        self.engine.commands.send(Command::Stop).await.map_err(|_| Status::unavailable("engine stopped"))?;
+        self.engine
+            .commands
+            .send(Command::Stop)
+            .await
+            .map_err(|_| Status::unavailable("engine stopped"))?;
         Ok(Response::new(StopResponse {}))
     }
 
@@ -99,7 +118,9 @@ impl Control for ControlService {
     }
 
     async fn agents(&self, _: Request<AgentsRequest>) -> Result<Response<AgentsResponse>, Status> {
-        Ok(Response::new(AgentsResponse { agents: self.registry.describe().await }))
+        Ok(Response::new(AgentsResponse {
+            agents: self.registry.describe().await,
+        }))
     }
 }
 

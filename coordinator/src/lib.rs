@@ -10,6 +10,7 @@
 //! - [`stream`]: the JetStream stream of a run.
 //! - [`report`]: the final report (text, JSON, JUnit).
 //! - [`control`]: the `Control` gRPC service for simctl.
+//! - [`ownership`]: processing without ownership (statuses vs processed reports).
 //! - [`managed`]: child processes simctl manages (nats-server, coordinator, agent).
 
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod agents;
 pub mod config;
 pub mod control;
 pub mod managed;
+pub mod ownership;
 pub mod placement;
 pub mod report;
 pub mod run;
@@ -38,14 +40,26 @@ pub struct ServeOptions {
 }
 
 /// Serve the Agent and Control services on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, options: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+pub async fn serve(
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     // Bounded: a slow tracker slows the agents' streams instead of buffering without limit.
     let (ingest, ingest_rx) = tokio::sync::mpsc::channel(64);
     let registry = agents::AgentRegistry::new(ingest);
     let engine = run::spawn_engine(registry.clone(), ingest_rx, options.nats_url);
     tonic::transport::Server::builder()
-        .add_service(AgentServer::new(agents::AgentService::new(registry.clone())).max_decoding_message_size(64 << 20))
-        .add_service(ControlServer::new(control::ControlService::new(engine, registry)))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .add_service(
+            AgentServer::new(agents::AgentService::new(registry.clone()))
+                .max_decoding_message_size(64 << 20),
+        )
+        .add_service(ControlServer::new(control::ControlService::new(
+            engine, registry,
+        )))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
         .await
 }

@@ -20,7 +20,10 @@ impl ManagedProcess {
     /// Stop it: SIGTERM, wait up to `grace`, then SIGKILL.
     pub fn stop(&mut self, grace: Duration) {
         if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         let deadline = std::time::Instant::now() + grace;
         while std::time::Instant::now() < deadline {
@@ -51,9 +54,15 @@ impl Drop for ManagedProcess {
 /// A binary built next to the running one (`target/<profile>/<name>`).
 pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the running binary")?;
-    let path = exe.parent().map(|dir| dir.join(name)).context("binary has no directory")?;
+    let path = exe
+        .parent()
+        .map(|dir| dir.join(name))
+        .context("binary has no directory")?;
     if !path.exists() {
-        bail!("{} not found: build the workspace first (cargo build --release --workspace)", path.display());
+        bail!(
+            "{} not found: build the workspace first (cargo build --release --workspace)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -88,14 +97,18 @@ fn start_and_wait<T: Send + 'static>(
     from_stderr: bool,
     ready: fn(&str) -> Option<T>,
 ) -> anyhow::Result<(ManagedProcess, T)> {
-    let mut log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let other = log_file.try_clone()?;
     if from_stderr {
         command.stderr(Stdio::piped()).stdout(other);
     } else {
         command.stdout(Stdio::piped()).stderr(other);
     }
-    let mut child = command.stdin(Stdio::null()).spawn().with_context(|| format!("starting {name}"))?;
+    let mut child = command
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
     let pipe: Box<dyn std::io::Read + Send> = if from_stderr {
         Box::new(child.stderr.take().context("stderr")?)
     } else {
@@ -114,12 +127,18 @@ fn start_and_wait<T: Send + 'static>(
             }
         }
     });
-    let mut process = ManagedProcess { name: name.to_string(), child };
+    let mut process = ManagedProcess {
+        name: name.to_string(),
+        child,
+    };
     match receiver.recv_timeout(Duration::from_secs(30)) {
         Ok(value) => Ok((process, value)),
         Err(_) => {
             process.stop(Duration::from_secs(1));
-            bail!("{name} did not become ready within 30s (log: {})", log.display())
+            bail!(
+                "{name} did not become ready within 30s (log: {})",
+                log.display()
+            )
         }
     }
 }
@@ -129,10 +148,24 @@ pub fn start_nats(dir: &Path) -> anyhow::Result<(ManagedProcess, String)> {
     let store = dir.join("nats-store");
     std::fs::create_dir_all(&store)?;
     let mut command = Command::new(nats_server_binary()?);
-    command.args(["-js", "-a", "127.0.0.1", "-p", "-1", "--store_dir"]).arg(&store);
-    let (process, port) = start_and_wait("nats-server", command, &dir.join("nats-server.log"), true, |line| {
-        line.split("Listening for client connections on ").nth(1)?.trim().rsplit(':').next()?.parse::<u16>().ok()
-    })?;
+    command
+        .args(["-js", "-a", "127.0.0.1", "-p", "-1", "--store_dir"])
+        .arg(&store);
+    let (process, port) = start_and_wait(
+        "nats-server",
+        command,
+        &dir.join("nats-server.log"),
+        true,
+        |line| {
+            line.split("Listening for client connections on ")
+                .nth(1)?
+                .trim()
+                .rsplit(':')
+                .next()?
+                .parse::<u16>()
+                .ok()
+        },
+    )?;
     Ok((process, format!("nats://127.0.0.1:{port}")))
 }
 
@@ -140,9 +173,16 @@ pub fn start_nats(dir: &Path) -> anyhow::Result<(ManagedProcess, String)> {
 pub fn start_coordinator(dir: &Path, nats_url: &str) -> anyhow::Result<(ManagedProcess, String)> {
     let mut command = Command::new(sibling_binary("coordinator")?);
     command.args(["--listen", "127.0.0.1:0", "--nats-url", nats_url]);
-    let (process, address) = start_and_wait("coordinator", command, &dir.join("coordinator.log"), false, |line| {
-        line.strip_prefix("listening on ").map(|a| a.trim().to_string())
-    })?;
+    let (process, address) = start_and_wait(
+        "coordinator",
+        command,
+        &dir.join("coordinator.log"),
+        false,
+        |line| {
+            line.strip_prefix("listening on ")
+                .map(|a| a.trim().to_string())
+        },
+    )?;
     Ok((process, format!("http://{address}")))
 }
 
@@ -157,5 +197,8 @@ pub fn start_agent(dir: &Path, coordinator: &str, id: &str) -> anyhow::Result<Ma
         .stderr(log)
         .spawn()
         .context("starting the agent")?;
-    Ok(ManagedProcess { name: id.to_string(), child })
+    Ok(ManagedProcess {
+        name: id.to_string(),
+        child,
+    })
 }

@@ -28,15 +28,21 @@ pub fn place(config: &Config, seed: u64, agents: &[String], nats_url: &str) -> P
             nats_url: nats_url.to_string(),
             stream: config.nats.stream.clone(),
             subject_prefix: config.nats.subject_prefix.clone(),
-            weights: partitions.iter().map(|p| weights.get(*p as usize).copied().unwrap_or(1)).collect(),
+            weights: partitions
+                .iter()
+                .map(|p| weights.get(*p as usize).copied().unwrap_or(1))
+                .collect(),
             partitions,
             rate_per_partition: config.partitions.message_rate_per_partition,
             rate_variation: variation.enabled,
             min_multiplier: variation.min_multiplier,
             max_multiplier: variation.max_multiplier,
-            ramp_interval_ms: u64::try_from(variation.ramp_interval.as_millis()).unwrap_or(u64::MAX),
+            ramp_interval_ms: u64::try_from(variation.ramp_interval.as_millis())
+                .unwrap_or(u64::MAX),
         };
-        placement.producers.push((agent, format!("producer-{index}"), spec));
+        placement
+            .producers
+            .push((agent, format!("producer-{index}"), spec));
     }
     let workers = &config.workers;
     let strategy = &workers.strategy_config;
@@ -55,8 +61,10 @@ pub fn place(config: &Config, seed: u64, agents: &[String], nats_url: &str) -> P
             overload_threshold: strategy.overload_threshold,
             extreme_threshold: strategy.extreme_threshold,
             hash_seed: strategy.hash_seed,
-            processing_delay_min_us: u64::try_from(workers.processing_delay.min.as_micros()).unwrap_or(u64::MAX),
-            processing_delay_max_us: u64::try_from(workers.processing_delay.max.as_micros()).unwrap_or(u64::MAX),
+            processing_delay_min_us: u64::try_from(workers.processing_delay.min.as_micros())
+                .unwrap_or(u64::MAX),
+            processing_delay_max_us: u64::try_from(workers.processing_delay.max.as_micros())
+                .unwrap_or(u64::MAX),
             identity_token: process.clone(),
             parti_config_json: parti_config_json(config),
             faults: Some(WorkerFaults {

@@ -61,13 +61,26 @@ impl RunSummary {
         let _ = writeln!(
             out,
             "  {:.0}s of {:.0}s, ended: {}; {} partitions, {} producers, {} workers",
-            self.elapsed_s, self.duration_s, self.end, self.partitions, self.producers, self.workers
+            self.elapsed_s,
+            self.duration_s,
+            self.end,
+            self.partitions,
+            self.producers,
+            self.workers
         );
-        let _ = writeln!(out, "  sent {}  received {}  in flight {}  lost {}", t.sent, t.received, t.in_flight, t.lost);
+        let _ = writeln!(
+            out,
+            "  sent {}  received {}  in flight {}  lost {}",
+            t.sent, t.received, t.in_flight, t.lost
+        );
         let _ = writeln!(
             out,
             "  duplicates: {} redelivered, {} concurrent; ownership overlaps {}; order violations {}; malformed {}",
-            t.duplicates_redelivery, t.duplicates_concurrent, t.ownership_overlaps, t.order_violations, t.malformed
+            t.duplicates_redelivery,
+            t.duplicates_concurrent,
+            t.ownership_overlaps,
+            t.order_violations,
+            t.malformed
         );
         let _ = writeln!(
             out,
@@ -77,7 +90,11 @@ impl RunSummary {
         for reason in &self.reasons {
             let _ = writeln!(out, "  FAIL: {reason}");
         }
-        let unexpected: Vec<&String> = self.events.iter().filter(|e| e.starts_with("UNEXPECTED")).collect();
+        let unexpected: Vec<&String> = self
+            .events
+            .iter()
+            .filter(|e| e.starts_with("UNEXPECTED"))
+            .collect();
         for event in unexpected.iter().take(10) {
             let _ = writeln!(out, "  {event}");
         }
@@ -87,11 +104,46 @@ impl RunSummary {
     /// JUnit XML: one test case per check.
     pub fn junit(&self) -> String {
         let checks = [
-            ("no_loss", self.reasons.iter().filter(|r| r.contains("lost") || r.contains("loss")).cloned().collect::<Vec<_>>()),
-            ("no_concurrent_processing", self.reasons.iter().filter(|r| r.contains("concurrent") || r.contains("overlap")).cloned().collect()),
-            ("no_stall", self.reasons.iter().filter(|r| r.starts_with("stall")).cloned().collect()),
-            ("infrastructure", if self.outcome == Outcome::Infrastructure { self.reasons.clone() } else { Vec::new() }),
-            ("verdict", if self.outcome == Outcome::Pass { Vec::new() } else { self.reasons.clone() }),
+            (
+                "no_loss",
+                self.reasons
+                    .iter()
+                    .filter(|r| r.contains("lost") || r.contains("loss"))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "no_concurrent_processing",
+                self.reasons
+                    .iter()
+                    .filter(|r| r.contains("concurrent") || r.contains("overlap"))
+                    .cloned()
+                    .collect(),
+            ),
+            (
+                "no_stall",
+                self.reasons
+                    .iter()
+                    .filter(|r| r.starts_with("stall"))
+                    .cloned()
+                    .collect(),
+            ),
+            (
+                "infrastructure",
+                if self.outcome == Outcome::Infrastructure {
+                    self.reasons.clone()
+                } else {
+                    Vec::new()
+                },
+            ),
+            (
+                "verdict",
+                if self.outcome == Outcome::Pass {
+                    Vec::new()
+                } else {
+                    self.reasons.clone()
+                },
+            ),
         ];
         let failures = checks.iter().filter(|(_, f)| !f.is_empty()).count();
         let mut xml = format!(
@@ -100,9 +152,15 @@ impl RunSummary {
             self.elapsed_s
         );
         for (name, failures) in &checks {
-            xml.push_str(&format!("  <testcase classname=\"{}\" name=\"{name}\">", escape(&self.run_id)));
+            xml.push_str(&format!(
+                "  <testcase classname=\"{}\" name=\"{name}\">",
+                escape(&self.run_id)
+            ));
             if !failures.is_empty() {
-                xml.push_str(&format!("<failure message=\"{}\"/>", escape(&failures.join("; "))));
+                xml.push_str(&format!(
+                    "<failure message=\"{}\"/>",
+                    escape(&failures.join("; "))
+                ));
             }
             xml.push_str("</testcase>\n");
         }
@@ -128,5 +186,8 @@ impl RunSummary {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

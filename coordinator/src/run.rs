@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::agents::{AgentRegistry, IngestBatch};
 use crate::config::Config;
+use crate::ownership::OwnershipCheck;
 use crate::placement::{self, Placement};
 use crate::report::{Outcome, RunSummary};
 use crate::tracker::{Processed, Sent, Tracker, TrackerConfig, Verdict as _, WorkerRef};
@@ -95,16 +96,43 @@ struct ActiveRun {
     extra_failures: Vec<String>,
     infrastructure: Vec<String>,
     events: Vec<String>,
+    ownership: OwnershipCheck,
+    /// Workers of the second wave and when they start.
+    second_wave: Option<(Instant, Vec<PlacedWorker>)>,
 }
 
+/// (agent, process slot, spec) of one worker.
+type PlacedWorker = (String, String, proto::v1::WorkerSpec);
+
+/// Delay of the second wave of workers: past parti's cold-start window (5 s in the
+/// simulator's parti config), so their join is a planned scale that moves partitions.
+const SECOND_WAVE_AFTER: Duration = Duration::from_secs(8);
+
 /// Start the engine task.
-pub fn spawn_engine(registry: AgentRegistry, ingest: mpsc::Receiver<IngestBatch>, nats_url: Option<String>) -> EngineHandle {
+pub fn spawn_engine(
+    registry: AgentRegistry,
+    ingest: mpsc::Receiver<IngestBatch>,
+    nats_url: Option<String>,
+) -> EngineHandle {
     let (commands, command_rx) = mpsc::channel(16);
-    let (status_tx, status) = watch::channel(RunStatus { phase: "idle".into(), ..Default::default() });
+    let (status_tx, status) = watch::channel(RunStatus {
+        phase: "idle".into(),
+        ..Default::default()
+    });
     let (report_tx, report) = watch::channel(None);
-    let engine = Engine { registry, nats_url, run: None, status_tx, report_tx };
+    let engine = Engine {
+        registry,
+        nats_url,
+        run: None,
+        status_tx,
+        report_tx,
+    };
     tokio::spawn(engine.run(command_rx, ingest));
-    EngineHandle { commands, status, report }
+    EngineHandle {
+        commands,
+        status,
+        report,
+    }
 }
 
 struct Engine {
@@ -126,15 +154,26 @@ impl ActiveRun {
     fn worker_ref(&mut self, process: &str, incarnation: u64, worker_id: &str) -> WorkerRef {
         let next = WorkerRef(u32::try_from(self.worker_names.len()).unwrap_or(u32::MAX));
         let names = &mut self.worker_names;
-        *self.worker_refs.entry((process.to_string(), incarnation)).or_insert_with(|| {
-            names.push(if worker_id.is_empty() { process.to_string() } else { format!("{worker_id}/{process}") });
-            next
-        })
+        *self
+            .worker_refs
+            .entry((process.to_string(), incarnation))
+            .or_insert_with(|| {
+                names.push(if worker_id.is_empty() {
+                    process.to_string()
+                } else {
+                    format!("{worker_id}/{process}")
+                });
+                next
+            })
     }
 }
 
 impl Engine {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut ingest: mpsc::Receiver<IngestBatch>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut ingest: mpsc::Receiver<IngestBatch>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
@@ -165,38 +204,72 @@ impl Engine {
         if agents.is_empty() {
             return Err(StartError::Infrastructure("no agent is connected".into()));
         }
-        let nats_url = self.nats_url.clone().unwrap_or_else(|| config.nats.url.clone());
+        let nats_url = self
+            .nats_url
+            .clone()
+            .unwrap_or_else(|| config.nats.url.clone());
         crate::stream::prepare(&nats_url, &config)
             .await
-            .map_err(|e| StartError::Infrastructure(format!("preparing JetStream at {nats_url}: {e:#}")))?;
+            .map_err(|e| {
+                StartError::Infrastructure(format!("preparing JetStream at {nats_url}: {e:#}"))
+            })?;
         let placement = placement::place(&config, seed, &agents, &nats_url);
         let id = format!("run-{}-{seed:x}", now_us() / 1_000_000);
         info!(run = %id, agents = agents.len(), producers = placement.producers.len(), workers = placement.workers.len(), "starting run");
-        for (agent, process, spec) in &placement.workers {
-            let spawn = Spawn { process: process.clone(), spec: Some(spawn::Spec::Worker(spec.clone())) };
-            if !self.registry.send(agent, coordinator_message::Body::Spawn(spawn)).await {
-                return Err(StartError::Infrastructure(format!("agent {agent} went away")));
+        // Workers join in two waves, so every run moves partitions at least once and
+        // exercises the handoff (a run where nothing ever moves proves little).
+        let first_wave = placement.workers.len().div_ceil(2);
+        for (agent, process, spec) in &placement.workers[..first_wave] {
+            let spawn = Spawn {
+                process: process.clone(),
+                spec: Some(spawn::Spec::Worker(spec.clone())),
+            };
+            if !self
+                .registry
+                .send(agent, coordinator_message::Body::Spawn(spawn))
+                .await
+            {
+                return Err(StartError::Infrastructure(format!(
+                    "agent {agent} went away"
+                )));
             }
         }
         for (agent, process, spec) in &placement.producers {
-            let spawn = Spawn { process: process.clone(), spec: Some(spawn::Spec::Producer(spec.clone())) };
-            if !self.registry.send(agent, coordinator_message::Body::Spawn(spawn)).await {
-                return Err(StartError::Infrastructure(format!("agent {agent} went away")));
+            let spawn = Spawn {
+                process: process.clone(),
+                spec: Some(spawn::Spec::Producer(spec.clone())),
+            };
+            if !self
+                .registry
+                .send(agent, coordinator_message::Body::Spawn(spawn))
+                .await
+            {
+                return Err(StartError::Infrastructure(format!(
+                    "agent {agent} went away"
+                )));
             }
         }
         let now = Instant::now();
+        let second_wave = placement.workers[first_wave..].to_vec();
         self.report_tx.send_replace(None);
         self.run = Some(ActiveRun {
             id: id.clone(),
             duration: config.simulation.duration,
             tracker: Tracker::new(
                 TrackerConfig {
-                    validation_window_us: i64::try_from(config.coordinator.validation_window.as_micros()).unwrap_or(i64::MAX),
+                    validation_window_us: i64::try_from(
+                        config.coordinator.validation_window.as_micros(),
+                    )
+                    .unwrap_or(i64::MAX),
                     ..TrackerConfig::default()
                 },
                 config.partitions.count,
             ),
-            producers_alive: placement.producers.iter().map(|(_, p, _)| (p.clone(), true)).collect(),
+            producers_alive: placement
+                .producers
+                .iter()
+                .map(|(_, p, _)| (p.clone(), true))
+                .collect(),
             config,
             placement,
             started: now,
@@ -208,6 +281,8 @@ impl Engine {
             extra_failures: Vec::new(),
             infrastructure: Vec::new(),
             events: Vec::new(),
+            second_wave: Some((now + SECOND_WAVE_AFTER, second_wave)),
+            ownership: OwnershipCheck::default(),
         });
         // Visible before Start returns, so a watcher never sees the previous phase.
         self.publish_status();
@@ -223,12 +298,26 @@ impl Engine {
             let Some(body) = report.body else { continue };
             match body {
                 report::Body::Sent(sent) => {
-                    if let Err(error) = run.tracker.sent(Sent { partition: sent.partition, seq: sent.seq, at_us: sent.published_us }) {
+                    if let Err(error) = run.tracker.sent(Sent {
+                        partition: sent.partition,
+                        seq: sent.seq,
+                        at_us: sent.published_us,
+                    }) {
                         warn!(%error, "invalid sent report");
                     }
                 }
                 report::Body::Processed(processed) => {
-                    let worker = run.worker_ref(&processed.process, processed.incarnation, &processed.worker_id);
+                    let worker = run.worker_ref(
+                        &processed.process,
+                        processed.incarnation,
+                        &processed.worker_id,
+                    );
+                    run.ownership.processed(
+                        &processed.process,
+                        processed.incarnation,
+                        processed.assignment_version,
+                        processed.partition,
+                    );
                     let observed = run.tracker.processed(Processed {
                         partition: processed.partition,
                         seq: processed.seq,
@@ -248,6 +337,13 @@ impl Engine {
                     run.tracker.malformed(worker);
                 }
                 report::Body::Status(status) => {
+                    run.ownership.status(
+                        &status.process,
+                        status.incarnation,
+                        &status.worker_id,
+                        status.assignment_version,
+                        &status.partitions,
+                    );
                     let view = run.workers.entry(status.process.clone()).or_default();
                     view.worker_id = status.worker_id;
                     view.leader = status.leader;
@@ -256,7 +352,8 @@ impl Engine {
                 }
                 report::Body::Started(started) => {
                     self.registry.count_process(&batch.agent, 1).await;
-                    run.events.push(format!("{} started (pid {})", started.process, started.pid));
+                    run.events
+                        .push(format!("{} started (pid {})", started.process, started.pid));
                 }
                 report::Body::Exited(exited) => {
                     self.registry.count_process(&batch.agent, -1).await;
@@ -265,7 +362,8 @@ impl Engine {
                         (_, Some(signal)) => format!("signal {signal}"),
                         _ => "unknown status".into(),
                     };
-                    let expected = matches!(run.phase, Phase::Draining { .. } | Phase::Finished) && exited.code == Some(0);
+                    let expected = matches!(run.phase, Phase::Draining { .. } | Phase::Finished)
+                        && exited.code == Some(0);
                     let line = format!("{} (pid {}) exited: {how}", exited.process, exited.pid);
                     if expected {
                         run.events.push(line);
@@ -276,7 +374,8 @@ impl Engine {
                     if exited.kind == ProcessKind::Producer as i32 {
                         run.producers_alive.insert(exited.process.clone(), false);
                         if !matches!(run.phase, Phase::Draining { .. }) {
-                            run.infrastructure.push(format!("producer {} died: {how}", exited.process));
+                            run.infrastructure
+                                .push(format!("producer {} died: {how}", exited.process));
                         }
                     } else if let Some(view) = run.workers.get_mut(&exited.process) {
                         view.alive = false;
@@ -294,10 +393,17 @@ impl Engine {
         }
         info!(run = %run.id, why, "draining: stopping producers");
         run.events.push(format!("drain: {why}"));
-        run.phase = Phase::Draining { since: Instant::now() };
+        run.phase = Phase::Draining {
+            since: Instant::now(),
+        };
         for (agent, process, _) in &run.placement.producers {
-            let signal = SignalProcess { process: process.clone(), signal: Signal::Term as i32 };
-            self.registry.send(agent, coordinator_message::Body::Signal(signal)).await;
+            let signal = SignalProcess {
+                process: process.clone(),
+                signal: Signal::Term as i32,
+            };
+            self.registry
+                .send(agent, coordinator_message::Body::Signal(signal))
+                .await;
         }
     }
 
@@ -307,6 +413,23 @@ impl Engine {
         let Some(run) = self.run.as_mut() else { return };
         if run.phase == Phase::Finished {
             return;
+        }
+        if run.second_wave.as_ref().is_some_and(|(at, _)| now >= *at) {
+            if let Some((_, workers)) = run.second_wave.take() {
+                if !workers.is_empty() {
+                    run.events
+                        .push(format!("second wave: {} workers join", workers.len()));
+                }
+                for (agent, process, spec) in workers {
+                    let spawn = Spawn {
+                        process,
+                        spec: Some(spawn::Spec::Worker(spec)),
+                    };
+                    self.registry
+                        .send(&agent, coordinator_message::Body::Spawn(spawn))
+                        .await;
+                }
+            }
         }
         run.tracker.expire(now_us());
         let snapshot = run.tracker.snapshot(now_us());
@@ -320,7 +443,9 @@ impl Engine {
         if agents.is_empty() {
             run.infrastructure.push("every agent disconnected".into());
             end_reason = Some("agents lost");
-        } else if stalled_for >= stall_timeout && (snapshot.in_flight > 0 || matches!(run.phase, Phase::Running)) {
+        } else if stalled_for >= stall_timeout
+            && (snapshot.in_flight > 0 || matches!(run.phase, Phase::Running))
+        {
             let failure = format!(
                 "stall: no new message processed for {:?} ({} in flight, {} sent, {} received)",
                 stalled_for, snapshot.in_flight, snapshot.sent, snapshot.received
@@ -330,14 +455,20 @@ impl Engine {
             end_reason = Some("stall");
         }
         match run.phase {
-            Phase::Running if end_reason.is_none() && now.duration_since(run.started) >= run.duration => {
+            Phase::Running
+                if end_reason.is_none() && now.duration_since(run.started) >= run.duration =>
+            {
                 self.begin_drain("duration reached").await;
             }
             Phase::Draining { since } if end_reason.is_none() => {
                 let producers_done = run.producers_alive.values().all(|alive| !alive);
                 let caught_up = producers_done && snapshot.in_flight == 0 && snapshot.missing == 0;
                 if caught_up || now.duration_since(since) >= run.config.coordinator.drain_timeout {
-                    end_reason = Some(if caught_up { "drained" } else { "drain timeout" });
+                    end_reason = Some(if caught_up {
+                        "drained"
+                    } else {
+                        "drain timeout"
+                    });
                 }
             }
             _ => {}
@@ -368,7 +499,11 @@ impl Engine {
             lost: snapshot.lost,
             duplicates: snapshot.duplicates_redelivery + snapshot.duplicates_concurrent,
             workers: u32::try_from(alive.len()).unwrap_or(u32::MAX),
-            leader: alive.iter().find(|w| w.leader).map(|w| w.worker_id.clone()).unwrap_or_default(),
+            leader: alive
+                .iter()
+                .find(|w| w.leader)
+                .map(|w| w.worker_id.clone())
+                .unwrap_or_default(),
             verdict: Verdict::Unspecified as i32,
         });
     }
@@ -379,7 +514,12 @@ impl Engine {
         run.tracker.finish(now_us());
         run.phase = Phase::Finished;
         for agent in &agents {
-            self.registry.send(agent, coordinator_message::Body::Shutdown(proto::v1::Shutdown {})).await;
+            self.registry
+                .send(
+                    agent,
+                    coordinator_message::Body::Shutdown(proto::v1::Shutdown {}),
+                )
+                .await;
         }
         let snapshot = run.tracker.snapshot(now_us());
         let mut reasons: Vec<String> = run
@@ -389,6 +529,13 @@ impl Engine {
             .map(ToString::to_string)
             .collect();
         reasons.extend(run.extra_failures.iter().cloned());
+        let violations = run.ownership.violations();
+        if let Some(first) = violations.first() {
+            reasons.push(format!(
+                "ownership violation: {} processing(s) without owning the partition, e.g. {first}",
+                violations.len()
+            ));
+        }
         let outcome = if !run.infrastructure.is_empty() {
             reasons.extend(run.infrastructure.iter().cloned());
             Outcome::Infrastructure
@@ -414,7 +561,8 @@ impl Engine {
         info!(run = %run.id, outcome = ?summary.outcome, "run finished");
         let report = summary.to_report();
         self.publish_status();
-        self.status_tx.send_modify(|status| status.verdict = report.verdict);
+        self.status_tx
+            .send_modify(|status| status.verdict = report.verdict);
         self.report_tx.send_replace(Some(report));
     }
 }

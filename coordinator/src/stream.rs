@@ -26,7 +26,9 @@ pub async fn prepare(url: &str, config: &Config) -> anyhow::Result<()> {
         subjects: vec![format!("{}.>", config.nats.subject_prefix)],
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
-        max_consumers: i32::try_from(config.partitions.count).unwrap_or(i32::MAX).saturating_add(100),
+        max_consumers: i32::try_from(config.partitions.count)
+            .unwrap_or(i32::MAX)
+            .saturating_add(100),
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     })

@@ -233,7 +233,10 @@ impl WorkerConsumer {
                 .collect()
         };
         if self.config.fault_keep_consuming_after_revoke {
-            warn!(count = stopping.len(), "fault injection: revoked partitions keep being consumed");
+            warn!(
+                count = stopping.len(),
+                "fault injection: revoked partitions keep being consumed"
+            );
             return;
         }
         for (_, running) in &stopping {

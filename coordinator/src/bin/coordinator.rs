@@ -17,23 +17,36 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn,h2=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,async_nats=warn,h2=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .try_init();
     let cli = Cli::parse();
-    let listener = tokio::net::TcpListener::bind(&cli.listen).await.with_context(|| format!("binding {}", cli.listen))?;
+    let listener = tokio::net::TcpListener::bind(&cli.listen)
+        .await
+        .with_context(|| format!("binding {}", cli.listen))?;
     // The first stdout line tells a parent (simctl run) where we are.
     println!("listening on {}", listener.local_addr()?);
     let shutdown = async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    coordinator::serve(listener, coordinator::ServeOptions { nats_url: cli.nats_url }, shutdown).await?;
+    coordinator::serve(
+        listener,
+        coordinator::ServeOptions {
+            nats_url: cli.nats_url,
+        },
+        shutdown,
+    )
+    .await?;
     Ok(())
 }

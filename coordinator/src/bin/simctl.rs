@@ -12,11 +12,18 @@ use clap::{Parser, Subcommand};
 use coordinator::config::Config;
 use coordinator::managed;
 use proto::v1::control_client::ControlClient;
-use proto::v1::{AgentsRequest, ReportRequest, RunReport, RunStatus, StartRequest, StatusRequest, StopRequest, Verdict, WatchRequest};
+use proto::v1::{
+    AgentsRequest, ReportRequest, RunReport, RunStatus, StartRequest, StatusRequest, StopRequest,
+    Verdict, WatchRequest,
+};
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
-#[command(name = "simctl", version, about = "parti-sim: chaos and simulation harness for NATS JetStream partitioned consumers")]
+#[command(
+    name = "simctl",
+    version,
+    about = "parti-sim: chaos and simulation harness for NATS JetStream partitioned consumers"
+)]
 struct Cli {
     /// Coordinator endpoint (for every command but `run` and `config`).
     #[arg(long, global = true, default_value = "http://127.0.0.1:7400")]
@@ -113,7 +120,9 @@ fn infrastructure(error: impl Into<anyhow::Error>) -> Exit {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .try_init();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -134,17 +143,39 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> Result<u8, Exit> {
     match cli.command {
-        Command::Config { command: ConfigCommand::Validate { file } } => {
+        Command::Config {
+            command: ConfigCommand::Validate { file },
+        } => {
             let config = load(&file)?;
-            println!("{}: valid ({} partitions, {} producers, {} workers, {})", file.display(), config.partitions.count, config.producers.count, config.workers.count, coordinator::config::format_duration(config.simulation.duration));
+            println!(
+                "{}: valid ({} partitions, {} producers, {} workers, {})",
+                file.display(),
+                config.partitions.count,
+                config.producers.count,
+                config.workers.count,
+                coordinator::config::format_duration(config.simulation.duration)
+            );
             Ok(0)
         }
-        Command::Config { command: ConfigCommand::Dump { file } } => {
+        Command::Config {
+            command: ConfigCommand::Dump { file },
+        } => {
             print!("{}", load(&file)?.effective_yaml());
             Ok(0)
         }
-        Command::Run { config, duration, seed, json, junit, run_dir } => run_all_in_one(&config, duration, seed, json, junit, run_dir).await,
-        Command::Start { config, duration, seed } => {
+        Command::Run {
+            config,
+            duration,
+            seed,
+            json,
+            junit,
+            run_dir,
+        } => run_all_in_one(&config, duration, seed, json, junit, run_dir).await,
+        Command::Start {
+            config,
+            duration,
+            seed,
+        } => {
             let (text, _) = read_config(&config)?;
             let mut client = connect(&cli.coordinator).await?;
             let run_id = start(&mut client, text, duration.as_deref(), seed).await?;
@@ -153,7 +184,11 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
         }
         Command::Status => {
             let mut client = connect(&cli.coordinator).await?;
-            let status = client.status(StatusRequest {}).await.map_err(infrastructure)?.into_inner();
+            let status = client
+                .status(StatusRequest {})
+                .await
+                .map_err(infrastructure)?
+                .into_inner();
             println!("{}", status_line(&status));
             Ok(0)
         }
@@ -170,18 +205,30 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
         }
         Command::Report { json, junit } => {
             let mut client = connect(&cli.coordinator).await?;
-            let report = client.report(ReportRequest {}).await.map_err(infrastructure)?.into_inner();
+            let report = client
+                .report(ReportRequest {})
+                .await
+                .map_err(infrastructure)?
+                .into_inner();
             finish(&report, json.as_deref(), junit.as_deref())
         }
         Command::Agents => {
             let mut client = connect(&cli.coordinator).await?;
-            let agents = client.agents(AgentsRequest {}).await.map_err(infrastructure)?.into_inner();
+            let agents = client
+                .agents(AgentsRequest {})
+                .await
+                .map_err(infrastructure)?
+                .into_inner();
             for agent in agents.agents {
                 println!(
                     "{:<16} {:<20} {:<12} {} processes",
                     agent.agent_id,
                     agent.hostname,
-                    if agent.connected { "connected" } else { "disconnected" },
+                    if agent.connected {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    },
                     agent.processes
                 );
             }
@@ -191,8 +238,11 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
 }
 
 fn read_config(path: &Path) -> Result<(String, Config), Exit> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display())).map_err(bad_input)?;
-    let config = Config::from_yaml_str(&text).map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))
+        .map_err(bad_input)?;
+    let config = Config::from_yaml_str(&text)
+        .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", path.display())))?;
     Ok((text, config))
 }
 
@@ -216,12 +266,26 @@ async fn connect(endpoint: &str) -> Result<ControlClient<Channel>, Exit> {
         .map_err(infrastructure)
 }
 
-async fn start(client: &mut ControlClient<Channel>, config_yaml: String, duration: Option<&str>, seed: Option<u64>) -> Result<String, Exit> {
-    let request = StartRequest { config_yaml, duration_ms: parse_duration(duration)?, seed };
+async fn start(
+    client: &mut ControlClient<Channel>,
+    config_yaml: String,
+    duration: Option<&str>,
+    seed: Option<u64>,
+) -> Result<String, Exit> {
+    let request = StartRequest {
+        config_yaml,
+        duration_ms: parse_duration(duration)?,
+        seed,
+    };
     match client.start(request).await {
         Ok(response) => Ok(response.into_inner().run_id),
-        Err(status) if status.code() == tonic::Code::InvalidArgument => Err(bad_input(anyhow::anyhow!("{}", status.message()))),
-        Err(status) => Err(infrastructure(anyhow::anyhow!("starting the run: {}", status.message()))),
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            Err(bad_input(anyhow::anyhow!("{}", status.message())))
+        }
+        Err(status) => Err(infrastructure(anyhow::anyhow!(
+            "starting the run: {}",
+            status.message()
+        ))),
     }
 }
 
@@ -238,18 +302,27 @@ fn status_line(status: &RunStatus) -> String {
         status.lost,
         status.duplicates,
         status.workers,
-        if status.leader.is_empty() { "-" } else { &status.leader }
+        if status.leader.is_empty() {
+            "-"
+        } else {
+            &status.leader
+        }
     )
 }
 
 /// Follow progress: a bar on a terminal, a plain line every 5 s otherwise.
 async fn watch(client: &mut ControlClient<Channel>) -> Result<(), Exit> {
-    let mut stream = client.watch(WatchRequest {}).await.map_err(infrastructure)?.into_inner();
+    let mut stream = client
+        .watch(WatchRequest {})
+        .await
+        .map_err(infrastructure)?
+        .into_inner();
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let bar = indicatif::ProgressBar::new(1);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len}s {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len}s {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar
     });
@@ -261,8 +334,18 @@ async fn watch(client: &mut ControlClient<Channel>) -> Result<(), Exit> {
                 bar.set_position((status.elapsed_ms / 1000).min(status.duration_ms / 1000));
                 bar.set_message(format!(
                     "{} sent {} recv {} in-flight {} lost {} dup {} workers {} leader {}",
-                    status.phase, status.sent, status.received, status.in_flight, status.lost, status.duplicates, status.workers,
-                    if status.leader.is_empty() { "-" } else { &status.leader }
+                    status.phase,
+                    status.sent,
+                    status.received,
+                    status.in_flight,
+                    status.lost,
+                    status.duplicates,
+                    status.workers,
+                    if status.leader.is_empty() {
+                        "-"
+                    } else {
+                        &status.leader
+                    }
                 ));
             }
             None => {
@@ -285,10 +368,14 @@ async fn watch(client: &mut ControlClient<Channel>) -> Result<(), Exit> {
 fn finish(report: &RunReport, json: Option<&Path>, junit: Option<&Path>) -> Result<u8, Exit> {
     print!("{}", report.text);
     if let Some(path) = json {
-        std::fs::write(path, &report.json).with_context(|| format!("writing {}", path.display())).map_err(infrastructure)?;
+        std::fs::write(path, &report.json)
+            .with_context(|| format!("writing {}", path.display()))
+            .map_err(infrastructure)?;
     }
     if let Some(path) = junit {
-        std::fs::write(path, &report.junit).with_context(|| format!("writing {}", path.display())).map_err(infrastructure)?;
+        std::fs::write(path, &report.junit)
+            .with_context(|| format!("writing {}", path.display()))
+            .map_err(infrastructure)?;
     }
     Ok(if report.infrastructure {
         3
@@ -310,28 +397,42 @@ async fn run_all_in_one(
     // Everything about the input is checked before anything starts.
     let (text, config) = read_config(config_path)?;
     parse_duration(duration.as_deref())?;
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let dir = run_dir.unwrap_or_else(|| PathBuf::from(format!("runs/{stamp}")));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display())).map_err(infrastructure)?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating {}", dir.display()))
+        .map_err(infrastructure)?;
     let (mut nats, nats_url) = if config.nats.mode == coordinator::config::NatsMode::External {
         (None, config.nats.url.clone())
     } else {
         let (process, url) = managed::start_nats(&dir).map_err(infrastructure)?;
         (Some(process), url)
     };
-    let (mut coordinator, endpoint) = managed::start_coordinator(&dir, &nats_url).map_err(infrastructure)?;
+    let (mut coordinator, endpoint) =
+        managed::start_coordinator(&dir, &nats_url).map_err(infrastructure)?;
     let mut agent = managed::start_agent(&dir, &endpoint, "local").map_err(infrastructure)?;
-    eprintln!("parti-sim: nats {nats_url}, coordinator {endpoint}, logs in {}", dir.display());
+    eprintln!(
+        "parti-sim: nats {nats_url}, coordinator {endpoint}, logs in {}",
+        dir.display()
+    );
     let result = async {
         let mut client = connect(&endpoint).await?;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let agents = client.agents(AgentsRequest {}).await.map_err(infrastructure)?.into_inner();
+            let agents = client
+                .agents(AgentsRequest {})
+                .await
+                .map_err(infrastructure)?
+                .into_inner();
             if agents.agents.iter().any(|a| a.connected) {
                 break;
             }
             if std::time::Instant::now() > deadline {
-                return Err(infrastructure(anyhow::anyhow!("the local agent did not connect within 30s")));
+                return Err(infrastructure(anyhow::anyhow!(
+                    "the local agent did not connect within 30s"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -347,7 +448,11 @@ async fn run_all_in_one(
             });
         }
         watch(&mut client).await?;
-        let report = client.report(ReportRequest {}).await.map_err(infrastructure)?.into_inner();
+        let report = client
+            .report(ReportRequest {})
+            .await
+            .map_err(infrastructure)?
+            .into_inner();
         finish(&report, json.as_deref(), junit.as_deref())
     }
     .await;
