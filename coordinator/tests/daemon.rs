@@ -1,0 +1,223 @@
+//! The lab-cluster way: coordinator and agent as separate daemons, driven by simctl
+//! start / status / watch / stop / report / agents. Garbage published on a partition subject
+//! is counted as malformed and does not change the verdict.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use test_support::NatsServer;
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_simctl")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} missing: run the workspace tests (cargo test --workspace)",
+        path.display()
+    );
+    path
+}
+
+fn simctl(endpoint: &str, args: &[&str]) -> Output {
+    Command::new(bin("simctl"))
+        .arg("--coordinator")
+        .arg(endpoint)
+        .args(args)
+        .output()
+        .expect("simctl")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn start_daemons(nats: &NatsServer, dir: &std::path::Path) -> (Daemon, Daemon, String) {
+    let mut coordinator = Command::new(bin("coordinator"))
+        .args(["--listen", "127.0.0.1:0", "--nats-url", &nats.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("coordinator");
+    let stdout = coordinator.stdout.take().expect("stdout");
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("listening line");
+    let address = first
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("address line")
+        .to_string();
+    let endpoint = format!("http://{address}");
+    let agent = Command::new(bin("agent"))
+        .args(["run", "--coordinator", &endpoint, "--id", "lab-1", "--dir"])
+        .arg(dir.join("agent"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let agents = simctl(&endpoint, &["agents"]);
+        if text(&agents).contains("lab-1") && text(&agents).contains(" connected") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent never connected: {}",
+            text(&agents)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (Daemon(coordinator), Daemon(agent), endpoint)
+}
+
+#[test]
+fn separate_daemons_run_watch_stop_and_report() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_coordinator, _agent, endpoint) = start_daemons(&nats, dir.path());
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/quick.yaml");
+    let config = config.to_str().expect("utf8 path");
+
+    let started = simctl(
+        &endpoint,
+        &[
+            "start",
+            "--config",
+            config,
+            "--duration",
+            "20s",
+            "--seed",
+            "3",
+        ],
+    );
+    assert!(started.status.success(), "start: {}", text(&started));
+    assert!(text(&started).contains("started run-"));
+    let busy = simctl(&endpoint, &["start", "--config", config]);
+    assert_eq!(
+        busy.status.code(),
+        Some(3),
+        "a second run is refused: {}",
+        text(&busy)
+    );
+    let status = simctl(&endpoint, &["status"]);
+    assert!(
+        text(&status).contains("running"),
+        "status: {}",
+        text(&status)
+    );
+
+    // Garbage on a partition subject while the run is going.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        for body in ["not json", "{\"partition_id\": \"x\"}", ""] {
+            js.publish("simulation.partition.3", body.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("ack");
+        }
+    });
+
+    let watched = simctl(&endpoint, &["watch"]);
+    assert!(watched.status.success(), "watch: {}", text(&watched));
+    assert!(
+        text(&watched).contains("finished"),
+        "watch ends with the run: {}",
+        text(&watched)
+    );
+    let json_path = dir.path().join("report.json");
+    let report = simctl(
+        &endpoint,
+        &["report", "--json", json_path.to_str().expect("utf8")],
+    );
+    assert_eq!(
+        report.status.code(),
+        Some(0),
+        "PASS expected: {}",
+        text(&report)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("json")).expect("parse");
+    assert_eq!(
+        json["tracker"]["malformed"].as_u64(),
+        Some(3),
+        "garbage counted: {json}"
+    );
+
+    // A second run, stopped early: it drains and still gives a verdict.
+    let started = simctl(
+        &endpoint,
+        &["start", "--config", config, "--duration", "5m"],
+    );
+    assert!(started.status.success(), "start: {}", text(&started));
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(simctl(&endpoint, &["stop"]).status.success());
+    let watched = simctl(&endpoint, &["watch"]);
+    assert!(watched.status.success());
+    let report = simctl(&endpoint, &["report"]);
+    assert_eq!(
+        report.status.code(),
+        Some(0),
+        "PASS after stop: {}",
+        text(&report)
+    );
+    assert!(
+        text(&report).contains("ended: drained"),
+        "{}",
+        text(&report)
+    );
+}
+
+#[test]
+fn losing_the_only_agent_is_an_infrastructure_error_not_a_hang() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_coordinator, agent, endpoint) = start_daemons(&nats, dir.path());
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/quick.yaml");
+    let started = simctl(
+        &endpoint,
+        &[
+            "start",
+            "--config",
+            config.to_str().expect("utf8"),
+            "--duration",
+            "2m",
+        ],
+    );
+    assert!(started.status.success(), "start: {}", text(&started));
+    std::thread::sleep(Duration::from_secs(3));
+    drop(agent); // SIGKILL: its children die with it
+    let began = Instant::now();
+    let watched = simctl(&endpoint, &["watch"]);
+    assert!(watched.status.success());
+    assert!(
+        began.elapsed() < Duration::from_secs(60),
+        "the run ended promptly"
+    );
+    let report = simctl(&endpoint, &["report"]);
+    assert_eq!(
+        report.status.code(),
+        Some(3),
+        "infrastructure error: {}",
+        text(&report)
+    );
+    assert!(text(&report).contains("agent"), "{}", text(&report));
+}
