@@ -37,6 +37,8 @@ use tokio::net::TcpListener;
 pub struct ServeOptions {
     /// Use this NATS URL instead of the config's (simctl run's managed server).
     pub nats_url: Option<String>,
+    /// Test aid: pause this long before applying each report batch (a slow coordinator).
+    pub ingest_delay: std::time::Duration,
 }
 
 /// Serve the Agent and Control services on `listener` until `shutdown` completes.
@@ -48,7 +50,12 @@ pub async fn serve(
     // Bounded: a slow tracker slows the agents' streams instead of buffering without limit.
     let (ingest, ingest_rx) = tokio::sync::mpsc::channel(64);
     let registry = agents::AgentRegistry::new(ingest);
-    let engine = run::spawn_engine(registry.clone(), ingest_rx, options.nats_url);
+    let engine = run::spawn_engine(
+        registry.clone(),
+        ingest_rx,
+        options.nats_url,
+        options.ingest_delay,
+    );
     tonic::transport::Server::builder()
         .add_service(
             AgentServer::new(agents::AgentService::new(registry.clone()))

@@ -113,6 +113,7 @@ pub fn spawn_engine(
     registry: AgentRegistry,
     ingest: mpsc::Receiver<IngestBatch>,
     nats_url: Option<String>,
+    ingest_delay: Duration,
 ) -> EngineHandle {
     let (commands, command_rx) = mpsc::channel(16);
     let (status_tx, status) = watch::channel(RunStatus {
@@ -123,6 +124,7 @@ pub fn spawn_engine(
     let engine = Engine {
         registry,
         nats_url,
+        ingest_delay,
         run: None,
         status_tx,
         report_tx,
@@ -138,6 +140,7 @@ pub fn spawn_engine(
 struct Engine {
     registry: AgentRegistry,
     nats_url: Option<String>,
+    ingest_delay: Duration,
     run: Option<ActiveRun>,
     status_tx: watch::Sender<RunStatus>,
     report_tx: watch::Sender<Option<RunReport>>,
@@ -290,6 +293,9 @@ impl Engine {
     }
 
     async fn ingest(&mut self, batch: IngestBatch) {
+        if !self.ingest_delay.is_zero() {
+            tokio::time::sleep(self.ingest_delay).await;
+        }
         let Some(run) = self.run.as_mut() else { return };
         if run.phase == Phase::Finished {
             return;

@@ -46,8 +46,17 @@ fn text(output: &Output) -> String {
 }
 
 fn start_daemons(nats: &NatsServer, dir: &std::path::Path) -> (Daemon, Daemon, String) {
+    start_daemons_with(nats, dir, &[])
+}
+
+fn start_daemons_with(
+    nats: &NatsServer,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (Daemon, Daemon, String) {
     let mut coordinator = Command::new(bin("coordinator"))
         .args(["--listen", "127.0.0.1:0", "--nats-url", &nats.url()])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -220,4 +229,66 @@ fn losing_the_only_agent_is_an_infrastructure_error_not_a_hang() {
         text(&report)
     );
     assert!(text(&report).contains("agent"), "{}", text(&report));
+}
+
+/// A coordinator that takes 250 ms per report batch, many workers: the agent's batches wait
+/// (and grow), children block on their report socket, and still no report is lost.
+#[test]
+fn reports_are_lossless_under_a_slow_coordinator_with_many_workers() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_coordinator, _agent, endpoint) =
+        start_daemons_with(&nats, dir.path(), &["--ingest-delay-ms", "250"]);
+    let config = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/quick.yaml"),
+    )
+    .expect("quick.yaml")
+    .replacen("count: 16", "count: 48", 1)
+    .replacen(
+        "partitions_per_producer: 8",
+        "partitions_per_producer: 24",
+        1,
+    )
+    .replacen(
+        "message_rate_per_partition: 5",
+        "message_rate_per_partition: 10",
+        1,
+    )
+    .replacen("workers:\n  count: 3", "workers:\n  count: 12", 1)
+    .replacen("validation_window: 15s", "validation_window: 90s", 1);
+    assert!(
+        config.contains("count: 12") && config.contains("count: 48"),
+        "quick.yaml layout changed: update this test"
+    );
+    let path = dir.path().join("many.yaml");
+    std::fs::write(&path, config).expect("write");
+    let json_path = dir.path().join("report.json");
+    let started = simctl(
+        &endpoint,
+        &[
+            "start",
+            "--config",
+            path.to_str().expect("utf8"),
+            "--duration",
+            "20s",
+        ],
+    );
+    assert!(started.status.success(), "start: {}", text(&started));
+    assert!(simctl(&endpoint, &["watch"]).status.success());
+    let report = simctl(
+        &endpoint,
+        &["report", "--json", json_path.to_str().expect("utf8")],
+    );
+    assert_eq!(
+        report.status.code(),
+        Some(0),
+        "PASS expected: {}",
+        text(&report)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("json")).expect("parse");
+    let sent = json["tracker"]["sent"].as_u64().unwrap_or(0);
+    assert!(sent > 2000, "enough traffic to need back-pressure: {sent}");
+    assert_eq!(json["tracker"]["received"].as_u64(), Some(sent));
+    assert_eq!(json["tracker"]["lost"].as_u64(), Some(0));
 }

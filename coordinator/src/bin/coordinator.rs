@@ -12,6 +12,9 @@ struct Cli {
     /// NATS URL to use instead of the run config's (set by `simctl run`).
     #[arg(long)]
     nats_url: Option<String>,
+    /// Test aid: milliseconds to pause before applying each report batch.
+    #[arg(long, hide = true, default_value_t = 0)]
+    ingest_delay_ms: u64,
 }
 
 #[tokio::main]
@@ -44,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         listener,
         coordinator::ServeOptions {
             nats_url: cli.nats_url,
+            ingest_delay: std::time::Duration::from_millis(cli.ingest_delay_ms),
         },
         shutdown,
     )

@@ -1,0 +1,100 @@
+//! Snapshots of what users read: `simctl --help` (and its main subcommands) and the report
+//! text. `UPDATE_SNAPSHOTS=1 cargo test -p coordinator --test snapshots` rewrites them after
+//! an intended change; review the diff.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use coordinator::report::{Outcome, RunSummary};
+use coordinator::tracker::{Processed, Sent, Tracker, TrackerConfig, WorkerRef};
+
+fn check(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, actual).expect("write snapshot");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing snapshot {}", path.display()));
+    assert_eq!(
+        actual, expected,
+        "snapshot {name} differs (UPDATE_SNAPSHOTS=1 to accept)"
+    );
+}
+
+#[test]
+fn simctl_help_texts() {
+    for (name, args) in [
+        ("simctl-help.txt", vec!["--help"]),
+        ("simctl-run-help.txt", vec!["run", "--help"]),
+        ("simctl-report-help.txt", vec!["report", "--help"]),
+        ("simctl-config-help.txt", vec!["config", "--help"]),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_simctl"))
+            .args(&args)
+            .output()
+            .expect("simctl");
+        assert!(output.status.success());
+        check(name, &String::from_utf8_lossy(&output.stdout));
+    }
+}
+
+#[test]
+fn report_text_of_a_failed_run() {
+    let mut tracker = Tracker::new(
+        TrackerConfig {
+            validation_window_us: 1_000_000,
+            ..TrackerConfig::default()
+        },
+        2,
+    );
+    for seq in 1..=5 {
+        tracker
+            .sent(Sent {
+                partition: 0,
+                seq,
+                at_us: 1_000,
+            })
+            .expect("sent");
+        if seq != 3 {
+            let processed = Processed {
+                partition: 0,
+                seq,
+                worker: WorkerRef(0),
+                delivered: 1,
+                published_us: 1_000,
+                received_us: 1_000 + 500 * seq as i64,
+                processed_us: 1_200 + 500 * seq as i64,
+            };
+            tracker.processed(processed).expect("processed");
+        }
+    }
+    tracker.finish(10_000_000);
+    use coordinator::tracker::Verdict as _;
+    let summary = RunSummary {
+        run_id: "run-snapshot".into(),
+        outcome: Outcome::Fail,
+        reasons: tracker
+            .failures(false)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        end: "drained".into(),
+        elapsed_s: 61.0,
+        duration_s: 45.0,
+        partitions: 2,
+        producers: 1,
+        workers: 1,
+        tracker: tracker.snapshot(10_000_000),
+        worker_names: vec!["worker-0/worker-0".into()],
+        events: vec!["UNEXPECTED: worker-0 (pid 42) exited: signal 9".into()],
+    };
+    check("report-fail.txt", &summary.text());
+    let junit = summary.junit();
+    assert!(
+        junit.contains("<testcase classname=\"run-snapshot\" name=\"no_loss\"><failure"),
+        "{junit}"
+    );
+}
