@@ -55,6 +55,40 @@ async fn resume_seq(stream: &jetstream::stream::Stream, subject: &str) -> anyhow
     }
 }
 
+type PublishOutcome = (usize, SimulationMessage, anyhow::Result<async_nats::jetstream::publish::PublishAck>);
+
+/// Publish `state`'s next sequence; marks the partition in flight.
+fn publish(
+    js: &jetstream::Context,
+    spec: &ProducerSpec,
+    index: usize,
+    state: &mut PartitionState,
+    producer_seq: u64,
+) -> impl std::future::Future<Output = PublishOutcome> + use<> {
+    state.in_flight = true;
+    let body = SimulationMessage {
+        partition_id: state.partition,
+        producer_id: spec.producer_id.clone(),
+        partition_sequence: state.next_seq,
+        producer_sequence: producer_seq,
+        timestamp: now_us(),
+        weight: state.weight,
+    };
+    let js = js.clone();
+    let subject = subject(&spec.subject_prefix, state.partition);
+    let id = message_id(state.partition, state.next_seq);
+    async move {
+        let payload = serde_json::to_vec(&body).unwrap_or_default();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        let result = match js.publish_with_headers(subject, headers, payload.into()).await {
+            Ok(ack) => ack.await.map_err(anyhow::Error::from),
+            Err(error) => Err(anyhow::Error::from(error)),
+        };
+        (index, body, result)
+    }
+}
+
 /// Run until `stop` fires (SIGTERM), then let in-flight publishes finish.
 pub async fn run(
     spec: ProducerSpec,
@@ -96,34 +130,13 @@ pub async fn run(
                 last_tick = now;
                 let rate = spec.rate_per_partition * multiplier(&spec, now.duration_since(started));
                 for (index, state) in partitions.iter_mut().enumerate() {
-                    // Credit is capped so a stall is not followed by a burst.
-                    state.credit = (state.credit + rate * state.weight as f64 * dt).min(10.0);
+                    // Credit is capped so a long stall is not followed by a large burst.
+                    state.credit = (state.credit + rate * state.weight as f64 * dt).min(100.0);
                     if state.credit < 1.0 || state.in_flight {
                         continue;
                     }
-                    state.in_flight = true;
                     producer_seq += 1;
-                    let body = SimulationMessage {
-                        partition_id: state.partition,
-                        producer_id: spec.producer_id.clone(),
-                        partition_sequence: state.next_seq,
-                        producer_sequence: producer_seq,
-                        timestamp: now_us(),
-                        weight: state.weight,
-                    };
-                    let js = js.clone();
-                    let subject = subject(&spec.subject_prefix, state.partition);
-                    let id = message_id(state.partition, state.next_seq);
-                    acks.push(async move {
-                        let payload = serde_json::to_vec(&body).unwrap_or_default();
-                        let mut headers = async_nats::HeaderMap::new();
-                        headers.insert("Nats-Msg-Id", id.as_str());
-                        let result = match js.publish_with_headers(subject, headers, payload.into()).await {
-                            Ok(ack) => ack.await.map_err(anyhow::Error::from),
-                            Err(error) => Err(anyhow::Error::from(error)),
-                        };
-                        (index, body, result)
-                    });
+                    acks.push(publish(&js, &spec, index, state, producer_seq));
                 }
             }
             Some((index, body, result)) = acks.next() => {
@@ -133,6 +146,12 @@ pub async fn run(
                     Ok(ack) => {
                         state.next_seq += 1;
                         state.credit -= 1.0;
+                        // Credit left: go on at once instead of waiting for the next tick,
+                        // so a partition's rate is bounded by the PubAck round trip only.
+                        if state.credit >= 1.0 && !stop.is_cancelled() {
+                            producer_seq += 1;
+                            acks.push(publish(&js, &spec, index, state, producer_seq));
+                        }
                         reports
                             .send(ChildReport::Sent {
                                 partition: body.partition_id,

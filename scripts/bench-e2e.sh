@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# End-to-end throughput: the whole fleet (producers → JetStream → parti workers → reports →
+# tracker) against a raw async-nats baseline (publish with PubAck, pull with double ack, one
+# in flight per partition each way, same stream settings and message size), both measured
+# here in the same run. Not a test: results go to docs/PERFORMANCE.md by hand.
+#
+# Usage: scripts/bench-e2e.sh [seconds per run] [partitions]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+seconds="${1:-20}"
+partitions="${2:-16}"
+cargo build --release --workspace --examples --locked >/dev/null
+work="$(mktemp -d)"
+trap 'kill "${nats_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+# --- baseline ----------------------------------------------------------------------------
+.tools/bin/nats-server -js -a 127.0.0.1 -p -1 --store_dir "$work/store" >"$work/nats.log" 2>&1 &
+nats_pid=$!
+port=""
+for _ in $(seq 100); do
+  port=$(sed -n 's/.*Listening for client connections on 127.0.0.1:\([0-9]*\).*/\1/p' "$work/nats.log")
+  [ -n "$port" ] && break
+  sleep 0.1
+done
+[ -n "$port" ] || { echo "nats-server did not start" >&2; exit 3; }
+baseline=$(target/release/examples/raw_baseline "nats://127.0.0.1:$port" "$partitions" "$seconds" | sed -n 's/^baseline_msgs_per_sec=//p')
+kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true
+echo "baseline: $baseline msg/s ($partitions partitions, ${seconds}s)"
+
+# --- fleet at increasing offered rates -----------------------------------------------------
+best=0
+for per_partition in 100 200 400 800 1600; do
+  config="$work/fleet-$per_partition.yaml"
+  sed -e "s/count: 16/count: $partitions/" \
+      -e "s/partitions_per_producer: 8/partitions_per_producer: $(( (partitions + 1) / 2 ))/" \
+      -e "s/message_rate_per_partition: 5.*/message_rate_per_partition: $per_partition/" \
+      -e "s/distribution: exponential/distribution: uniform/" \
+      -e "s/min: 1ms/min: 0ms/" -e "s/max: 5ms/max: 0ms/" \
+      -e "s/validation_window: 15s/validation_window: 60s/" configs/quick.yaml >"$config"
+  if target/release/simctl run --config "$config" --duration "${seconds}s" --seed 1 \
+       --json "$work/fleet-$per_partition.json" --run-dir "$work/run-$per_partition" >"$work/fleet-$per_partition.out" 2>&1; then
+    verdict=PASS
+  else
+    verdict=FAIL
+  fi
+  received=$(python3 -c "import json,sys; print(json.load(open('$work/fleet-$per_partition.json'))['tracker']['received'])")
+  rate=$(( received / seconds ))
+  echo "fleet: offered $(( per_partition * partitions )) msg/s → $rate msg/s processed, $verdict"
+  if [ "$verdict" = PASS ] && [ "$rate" -gt "$best" ]; then best=$rate; fi
+done
+python3 -c "print(f'best fleet rate with zero loss: $best msg/s; ratio to baseline: {$best/$baseline:.2f}')"
