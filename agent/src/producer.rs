@@ -37,7 +37,10 @@ fn multiplier(spec: &ProducerSpec, elapsed: Duration) -> f64 {
 }
 
 /// Where `partition`'s sequence resumes: after the last message of its subject, if any.
-async fn resume_seq(stream: &jetstream::stream::Stream, subject: &str) -> anyhow::Result<u64> {
+pub(crate) async fn resume_seq(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+) -> anyhow::Result<u64> {
     match stream.get_last_raw_message_by_subject(subject).await {
         Ok(message) => {
             let body: SimulationMessage =
@@ -55,7 +58,11 @@ async fn resume_seq(stream: &jetstream::stream::Stream, subject: &str) -> anyhow
     }
 }
 
-type PublishOutcome = (usize, SimulationMessage, anyhow::Result<async_nats::jetstream::publish::PublishAck>);
+type PublishOutcome = (
+    usize,
+    SimulationMessage,
+    anyhow::Result<async_nats::jetstream::publish::PublishAck>,
+);
 
 /// Publish `state`'s next sequence; marks the partition in flight.
 fn publish(
@@ -81,7 +88,10 @@ fn publish(
         let payload = serde_json::to_vec(&body).unwrap_or_default();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", id.as_str());
-        let result = match js.publish_with_headers(subject, headers, payload.into()).await {
+        let result = match js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+        {
             Ok(ack) => ack.await.map_err(anyhow::Error::from),
             Err(error) => Err(anyhow::Error::from(error)),
         };
@@ -177,6 +187,48 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restarted producer continues each partition after the last stored message.
+    #[tokio::test]
+    async fn sequences_resume_from_the_stream() {
+        let server = test_support::NatsServer::start();
+        let js = jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+        let stream = js
+            .create_stream(jetstream::stream::Config {
+                name: "RESUME".into(),
+                subjects: vec!["resume.>".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        assert_eq!(resume_seq(&stream, "resume.1").await.expect("empty"), 0);
+        for seq in 1..=7 {
+            let body = SimulationMessage {
+                partition_id: 1,
+                producer_id: "producer-0".into(),
+                partition_sequence: seq,
+                producer_sequence: seq,
+                timestamp: 0,
+                weight: 1,
+            };
+            let payload = serde_json::to_vec(&body).expect("json");
+            js.publish("resume.1", payload.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("ack");
+        }
+        js.publish("resume.2", "garbage".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+        assert_eq!(resume_seq(&stream, "resume.1").await.expect("resume"), 7);
+        assert!(
+            resume_seq(&stream, "resume.2").await.is_err(),
+            "a foreign body is an error, not 0"
+        );
+    }
 
     #[test]
     fn multiplier_ramps_between_bounds() {

@@ -16,7 +16,10 @@ use futures::StreamExt;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).context("usage: raw_baseline <nats-url> <partitions> <seconds>")?.clone();
+    let url = args
+        .get(1)
+        .context("usage: raw_baseline <nats-url> <partitions> <seconds>")?
+        .clone();
     let partitions: u32 = args.get(2).map_or(Ok(16), |a| a.parse())?;
     let seconds: u64 = args.get(3).map_or(Ok(20), |a| a.parse())?;
     let client = async_nats::connect(&url).await?;
@@ -65,10 +68,18 @@ async fn main() -> anyhow::Result<()> {
         let consumed = consumed.clone();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                let mut batch = consumer.batch().max_messages(16).expires(Duration::from_millis(500)).messages().await?;
+                let mut batch = consumer
+                    .batch()
+                    .max_messages(16)
+                    .expires(Duration::from_millis(500))
+                    .messages()
+                    .await?;
                 while let Some(message) = batch.next().await {
                     let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
-                    message.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    message
+                        .double_ack()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
                     consumed.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -93,7 +93,7 @@ impl RunSummary {
         let unexpected: Vec<&String> = self
             .events
             .iter()
-            .filter(|e| e.starts_with("UNEXPECTED"))
+            .filter(|e| e.starts_with("UNEXPECTED") || e.starts_with("NOTE"))
             .collect();
         for event in unexpected.iter().take(10) {
             let _ = writeln!(out, "  {event}");

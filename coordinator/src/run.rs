@@ -254,6 +254,18 @@ impl Engine {
         }
         let now = Instant::now();
         let second_wave = placement.workers[first_wave..].to_vec();
+        let mut events = Vec::new();
+        if config.chaos.enabled {
+            // Said loudly: a run that was meant to inject faults and did not must not pass
+            // silently as if it had.
+            warn!(
+                "chaos is configured but fault injection is not implemented yet; no faults will be injected"
+            );
+            events.push(
+                "NOTE: chaos is configured but not implemented yet: no faults were injected"
+                    .to_string(),
+            );
+        }
         self.report_tx.send_replace(None);
         self.run = Some(ActiveRun {
             id: id.clone(),
@@ -283,7 +295,7 @@ impl Engine {
             progress: (0, now),
             extra_failures: Vec::new(),
             infrastructure: Vec::new(),
-            events: Vec::new(),
+            events,
             second_wave: Some((now + SECOND_WAVE_AFTER, second_wave)),
             ownership: OwnershipCheck::default(),
         });
