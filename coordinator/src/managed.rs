@@ -143,14 +143,25 @@ fn start_and_wait<T: Send + 'static>(
     }
 }
 
-/// Start a JetStream nats-server on a free loopback port, storing under `dir`.
-pub fn start_nats(dir: &Path) -> anyhow::Result<(ManagedProcess, String)> {
+/// Start a JetStream nats-server on a free loopback port, storing under `dir`, with the
+/// run config's `nats.jetstream` limits (the server has no command-line flags for them, so
+/// they go into a small config file).
+pub fn start_nats(
+    dir: &Path,
+    limits: &crate::config::JetStreamConfig,
+) -> anyhow::Result<(ManagedProcess, String)> {
     let store = dir.join("nats-store");
     std::fs::create_dir_all(&store)?;
+    let conf = dir.join("nats-server.conf");
+    let text = format!(
+        "listen: \"127.0.0.1:-1\"\njetstream {{\n  store_dir: {:?}\n  max_memory_store: {}\n  max_file_store: {}\n}}\n",
+        store.display().to_string(),
+        limits.max_memory.0,
+        limits.max_file_storage.0
+    );
+    std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
     let mut command = Command::new(nats_server_binary()?);
-    command
-        .args(["-js", "-a", "127.0.0.1", "-p", "-1", "--store_dir"])
-        .arg(&store);
+    command.arg("-c").arg(&conf);
     let (process, port) = start_and_wait(
         "nats-server",
         command,

@@ -407,7 +407,8 @@ async fn run_all_in_one(
     let (mut nats, nats_url) = if config.nats.mode == coordinator::config::NatsMode::External {
         (None, config.nats.url.clone())
     } else {
-        let (process, url) = managed::start_nats(&dir).map_err(infrastructure)?;
+        let (process, url) =
+            managed::start_nats(&dir, &config.nats.jetstream).map_err(infrastructure)?;
         (Some(process), url)
     };
     let (mut coordinator, endpoint) =
