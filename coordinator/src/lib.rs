@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`config`]: the YAML run configuration (the plan's schema), defaults and validation.
 //! - [`tracker`]: per-partition message accounting and the verdict's evidence.
+//! - [`chaos`]: the seeded fault schedule and fault records.
 //! - [`agents`]: connected agents and the `Agent` gRPC service (lossless report intake).
 //! - [`run`]: the run engine (placement, phases, stall detection, verdict).
 //! - [`placement`]: which process runs where, with which spec.
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agents;
+pub mod chaos;
 pub mod config;
 pub mod control;
 pub mod managed;

@@ -57,10 +57,14 @@ impl OwnershipCheck {
     ) {
         let key = (process.to_string(), incarnation);
         self.worker_ids.insert(key.clone(), worker_id.to_string());
+        // Union, not replace: a fenced worker reports the same version again with an empty
+        // list, and what it owned earlier in that version stays legitimately owned.
         self.owned
             .entry(key)
             .or_default()
-            .insert(version, partitions.iter().copied().collect());
+            .entry(version)
+            .or_default()
+            .extend(partitions.iter().copied());
     }
 
     /// A worker processed a message of `partition` while at `version`.
@@ -121,6 +125,15 @@ mod tests {
                 .to_string()
                 .contains("partition 2 under assignment v2")
         );
+    }
+
+    #[test]
+    fn a_fenced_worker_reporting_an_empty_list_keeps_what_it_owned() {
+        let mut check = OwnershipCheck::default();
+        check.status("w", 1, "worker-0", 4, &[11, 12]);
+        check.processed("w", 1, 4, 11);
+        check.status("w", 1, "worker-0", 4, &[]);
+        assert!(check.violations().is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use proto::v1::{RunReport, Verdict};
 use serde::Serialize;
 
+use crate::chaos::{FaultRecord, FaultStats};
 use crate::tracker::TrackerSnapshot;
 
 /// How a run ended.
@@ -44,6 +45,10 @@ pub struct RunSummary {
     pub worker_names: Vec<String>,
     /// Process events.
     pub events: Vec<String>,
+    /// Injected faults, in order.
+    pub faults: Vec<FaultRecord>,
+    /// Per fault type: count and rebalance times.
+    pub fault_stats: Vec<FaultStats>,
 }
 
 impl RunSummary {
@@ -87,6 +92,18 @@ impl RunSummary {
             "  latency publish→processed: p50 {} µs, p99 {} µs, max {} µs",
             t.latency.p50_us, t.latency.p99_us, t.latency.max_us
         );
+        for stats in &self.fault_stats {
+            let seconds =
+                |value: Option<f64>| value.map_or("-".to_string(), |s| format!("{s:.1}s"));
+            let _ = writeln!(
+                out,
+                "  fault {:<16} x{:<3} rebalance median {:>6}  max {:>6}",
+                stats.event,
+                stats.count,
+                seconds(stats.rebalance_median_s),
+                seconds(stats.rebalance_max_s)
+            );
+        }
         for reason in &self.reasons {
             let _ = writeln!(out, "  FAIL: {reason}");
         }

@@ -90,6 +90,8 @@ fn report_text_of_a_failed_run() {
         tracker: tracker.snapshot(10_000_000),
         worker_names: vec!["worker-0/worker-0".into()],
         events: vec!["UNEXPECTED: worker-0 (pid 42) exited: signal 9".into()],
+        faults: Vec::new(),
+        fault_stats: Vec::new(),
     };
     check("report-fail.txt", &summary.text());
     let junit = summary.junit();

@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+mod faults;
+
 use crate::agents::{AgentRegistry, IngestBatch};
 use crate::config::Config;
 use crate::ownership::OwnershipCheck;
@@ -78,6 +80,7 @@ struct WorkerView {
     leader: bool,
     state: String,
     alive: bool,
+    partitions: Vec<u32>,
 }
 
 struct ActiveRun {
@@ -97,6 +100,7 @@ struct ActiveRun {
     infrastructure: Vec<String>,
     events: Vec<String>,
     ownership: OwnershipCheck,
+    faults: faults::FaultState,
     /// Workers of the second wave and when they start.
     second_wave: Option<(Instant, Vec<PlacedWorker>)>,
 }
@@ -254,19 +258,8 @@ impl Engine {
         }
         let now = Instant::now();
         let second_wave = placement.workers[first_wave..].to_vec();
-        let mut events = Vec::new();
-        if config.chaos.enabled {
-            // Said loudly: a run that was meant to inject faults and did not must not pass
-            // silently as if it had.
-            warn!(
-                "chaos is configured but fault injection is not implemented yet; no faults will be injected"
-            );
-            events.push(
-                "NOTE: chaos is configured but not implemented yet: no faults were injected"
-                    .to_string(),
-            );
-        }
         self.report_tx.send_replace(None);
+        let faults = faults::FaultState::new(&config, seed, &placement, now);
         self.run = Some(ActiveRun {
             id: id.clone(),
             duration: config.simulation.duration,
@@ -295,9 +288,10 @@ impl Engine {
             progress: (0, now),
             extra_failures: Vec::new(),
             infrastructure: Vec::new(),
-            events,
+            events: Vec::new(),
             second_wave: Some((now + SECOND_WAVE_AFTER, second_wave)),
             ownership: OwnershipCheck::default(),
+            faults,
         });
         // Visible before Start returns, so a watcher never sees the previous phase.
         self.publish_status();
@@ -367,6 +361,7 @@ impl Engine {
                     view.leader = status.leader;
                     view.state = status.state;
                     view.alive = true;
+                    view.partitions = status.partitions;
                 }
                 report::Body::Started(started) => {
                     self.registry.count_process(&batch.agent, 1).await;
@@ -380,8 +375,10 @@ impl Engine {
                         (_, Some(signal)) => format!("signal {signal}"),
                         _ => "unknown status".into(),
                     };
-                    let expected = matches!(run.phase, Phase::Draining { .. } | Phase::Finished)
-                        && exited.code == Some(0);
+                    let caused_by_chaos = run.faults.expect_exit.remove(&exited.process);
+                    let expected = caused_by_chaos
+                        || (matches!(run.phase, Phase::Draining { .. } | Phase::Finished)
+                            && exited.code == Some(0));
                     let line = format!("{} (pid {}) exited: {how}", exited.process, exited.pid);
                     if expected {
                         run.events.push(line);
@@ -389,9 +386,14 @@ impl Engine {
                         warn!(run = %run.id, "{line}");
                         run.events.push(format!("UNEXPECTED: {line}"));
                     }
+                    run.faults.on_exit(
+                        &exited.process,
+                        run.phase == Phase::Running,
+                        Instant::now(),
+                    );
                     if exited.kind == ProcessKind::Producer as i32 {
                         run.producers_alive.insert(exited.process.clone(), false);
-                        if !matches!(run.phase, Phase::Draining { .. }) {
+                        if !matches!(run.phase, Phase::Draining { .. }) && !caused_by_chaos {
                             run.infrastructure
                                 .push(format!("producer {} died: {how}", exited.process));
                         }
@@ -410,6 +412,8 @@ impl Engine {
             return;
         }
         info!(run = %run.id, why, "draining: stopping producers");
+        self.heal_all().await;
+        let Some(run) = self.run.as_mut() else { return };
         run.events.push(format!("drain: {why}"));
         run.phase = Phase::Draining {
             since: Instant::now(),
@@ -426,6 +430,7 @@ impl Engine {
     }
 
     async fn tick(&mut self) {
+        self.fault_tick().await;
         let now = Instant::now();
         let agents = self.registry.connected().await;
         let Some(run) = self.run.as_mut() else { return };
@@ -575,6 +580,8 @@ impl Engine {
             tracker: snapshot,
             worker_names: run.worker_names.clone(),
             events: run.events.clone(),
+            fault_stats: crate::chaos::stats(&run.faults.records),
+            faults: run.faults.records.clone(),
         };
         info!(run = %run.id, outcome = ?summary.outcome, "run finished");
         let report = summary.to_report();
