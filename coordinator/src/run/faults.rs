@@ -71,6 +71,23 @@ impl FaultState {
         }
     }
 
+    /// The drain begins: producers waiting to be restarted stay down.
+    pub(super) fn cancel_producer_respawns(&mut self) {
+        let slots = &self.slots;
+        self.respawn.retain(|process, _| {
+            !matches!(
+                slots.get(process),
+                Some((
+                    _,
+                    Spawn {
+                        spec: Some(spawn::Spec::Producer(_)),
+                        ..
+                    }
+                ))
+            )
+        });
+    }
+
     /// A process exited: heal its slot later, unless it was retired or the run is ending.
     pub(super) fn on_exit(&mut self, process: &str, running: bool, now: Instant) {
         self.paused.remove(process);

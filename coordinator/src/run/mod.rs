@@ -367,6 +367,10 @@ impl Engine {
                     self.registry.count_process(&batch.agent, 1).await;
                     run.events
                         .push(format!("{} started (pid {})", started.process, started.pid));
+                    if started.kind == ProcessKind::Producer as i32 {
+                        // A respawned producer counts again until the drain stops it.
+                        run.producers_alive.insert(started.process.clone(), true);
+                    }
                 }
                 report::Body::Exited(exited) => {
                     self.registry.count_process(&batch.agent, -1).await;
@@ -412,6 +416,8 @@ impl Engine {
             return;
         }
         info!(run = %run.id, why, "draining: stopping producers");
+        // A producer crashed by chaos must not come back now: it would publish past the end.
+        run.faults.cancel_producer_respawns();
         self.heal_all().await;
         let Some(run) = self.run.as_mut() else { return };
         run.events.push(format!("drain: {why}"));
