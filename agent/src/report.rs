@@ -4,8 +4,9 @@
 //! under test: connect to the Unix socket named by `$PARTI_SIM_REPORT_SOCKET`, send one
 //! JSON object per line, first `{"type":"hello","process":"<$PARTI_SIM_PROCESS>"}`, then
 //! reports (see [`ChildReport`]; field names as serialised here). Writes block when the agent
-//! is behind; never drop a report. A `processed` report must be written *before* the
-//! message is acknowledged, so a crash in between yields a redelivery, never a false loss.
+//! is behind; never drop a report. A `processed` report must be *written to the socket*
+//! (not merely queued in the child's memory) before the message is acknowledged, so a crash
+//! in between yields a redelivery, never a false loss.
 
 use std::path::Path;
 
@@ -13,7 +14,7 @@ use proto::v1::{Malformed, Processed, Report, Sent, WorkerStatus, report};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Environment variable holding the report socket path.
 pub const SOCKET_ENV: &str = "PARTI_SIM_REPORT_SOCKET";
@@ -177,10 +178,18 @@ pub fn now_us() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
-/// A child's connection to its agent. `send` waits when the agent is behind (lossless).
+/// A report and the signal that it has been written to the socket.
+type Queued = (ChildReport, oneshot::Sender<()>);
+
+/// A child's connection to its agent.
+///
+/// `send` returns only once the report is written to the socket: from then on it survives
+/// the child's SIGKILL (it sits in the kernel's socket buffer until the agent reads it). A
+/// worker that acknowledged a message after a report still queued in its own memory would
+/// turn a crash into a false loss. Writes are coalesced across concurrent senders.
 #[derive(Debug, Clone)]
 pub struct ReportClient {
-    lines: mpsc::Sender<ChildReport>,
+    lines: mpsc::Sender<Queued>,
 }
 
 impl ReportClient {
@@ -190,7 +199,7 @@ impl ReportClient {
         process: &str,
     ) -> std::io::Result<(Self, tokio::task::JoinHandle<std::io::Result<()>>)> {
         let mut stream = UnixStream::connect(socket).await?;
-        let (lines, mut queue) = mpsc::channel::<ChildReport>(1024);
+        let (lines, mut queue) = mpsc::channel::<Queued>(1024);
         let hello = ChildReport::Hello {
             process: process.to_string(),
         };
@@ -198,19 +207,25 @@ impl ReportClient {
             let mut buffer = serde_json::to_vec(&hello).map_err(std::io::Error::other)?;
             buffer.push(b'\n');
             stream.write_all(&buffer).await?;
-            while let Some(report) = queue.recv().await {
+            let mut written = Vec::new();
+            while let Some((report, done)) = queue.recv().await {
                 buffer.clear();
                 serde_json::to_writer(&mut buffer, &report).map_err(std::io::Error::other)?;
                 buffer.push(b'\n');
+                written.push(done);
                 // Coalesce whatever is queued into one write.
-                while let Ok(next) = queue.try_recv() {
+                while buffer.len() < 64 * 1024 {
+                    let Ok((next, done)) = queue.try_recv() else {
+                        break;
+                    };
                     serde_json::to_writer(&mut buffer, &next).map_err(std::io::Error::other)?;
                     buffer.push(b'\n');
-                    if buffer.len() > 64 * 1024 {
-                        break;
-                    }
+                    written.push(done);
                 }
                 stream.write_all(&buffer).await?;
+                for done in written.drain(..) {
+                    let _ = done.send(());
+                }
             }
             stream.flush().await?;
             Ok(())
@@ -218,9 +233,15 @@ impl ReportClient {
         Ok((Self { lines }, writer))
     }
 
-    /// Queue a report; waits while the queue is full.
+    /// Send a report; returns once it is written to the socket (waits while the agent is
+    /// behind: nothing is dropped).
     pub async fn send(&self, report: ChildReport) -> Result<(), ReportClosed> {
-        self.lines.send(report).await.map_err(|_| ReportClosed)
+        let (done, written) = oneshot::channel();
+        self.lines
+            .send((report, done))
+            .await
+            .map_err(|_| ReportClosed)?;
+        written.await.map_err(|_| ReportClosed)
     }
 }
 
