@@ -24,6 +24,31 @@ struct Outcome {
     code: i32,
     stdout: String,
     json: serde_json::Value,
+    _dir: KeepOnFailure,
+}
+
+/// Keeps a run's directory (every process's log) when the test fails, and says where.
+struct KeepOnFailure(Option<tempfile::TempDir>);
+
+impl KeepOnFailure {
+    fn path(&self) -> &std::path::Path {
+        self.0
+            .as_ref()
+            .map_or(std::path::Path::new("."), |dir| dir.path())
+    }
+}
+
+impl Drop for KeepOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(dir) = self.0.take() {
+                eprintln!(
+                    "run directory kept for inspection: {}",
+                    dir.keep().display()
+                );
+            }
+        }
+    }
 }
 
 /// Run quick.yaml, with fault knobs inserted under `workers:` when given.
@@ -32,6 +57,7 @@ fn run_quick(name: &str, faults: Option<&str>, duration: &str) -> Outcome {
         .prefix(&format!("simctl-{name}-"))
         .tempdir()
         .expect("tempdir");
+    let dir = KeepOnFailure(Some(dir));
     let mut config =
         std::fs::read_to_string(workspace().join("configs/quick.yaml")).expect("quick.yaml");
     if let Some(faults) = faults {
@@ -61,6 +87,7 @@ fn run_quick(name: &str, faults: Option<&str>, duration: &str) -> Outcome {
         code: output.status.code().unwrap_or(-1),
         stdout,
         json,
+        _dir: dir,
     }
 }
 
@@ -149,6 +176,7 @@ fn chaos_run_with_process_faults_passes() {
         .prefix("simctl-chaos-")
         .tempdir()
         .expect("tempdir");
+    let dir = KeepOnFailure(Some(dir));
     let config = std::fs::read_to_string(workspace().join("configs/quick.yaml"))
         .expect("quick.yaml")
         .replacen(
