@@ -3,7 +3,7 @@
 //! Producers and workers are spread round-robin over the agents sorted by id, so the same
 //! seed and the same agents give the same placement.
 
-use proto::v1::{ProducerSpec, WorkerFaults, WorkerSpec};
+use proto::v1::{ProducerSpec, Spawn, WorkerFaults, WorkerSpec, spawn};
 
 use crate::config::Config;
 
@@ -14,6 +14,41 @@ pub struct Placement {
     pub producers: Vec<(String, String, ProducerSpec)>,
     /// Workers.
     pub workers: Vec<(String, String, WorkerSpec)>,
+}
+
+/// One process: the agent that runs it and the command that starts it.
+pub type PlacedSpawn = (String, Spawn);
+
+impl Placement {
+    /// The producers as spawn commands.
+    pub fn producer_spawns(&self) -> Vec<PlacedSpawn> {
+        let command = |(agent, process, spec): &(String, String, ProducerSpec)| {
+            let spec = Some(spawn::Spec::Producer(spec.clone()));
+            (
+                agent.clone(),
+                Spawn {
+                    process: process.clone(),
+                    spec,
+                },
+            )
+        };
+        self.producers.iter().map(command).collect()
+    }
+
+    /// The workers as spawn commands.
+    pub fn worker_spawns(&self) -> Vec<PlacedSpawn> {
+        let command = |(agent, process, spec): &(String, String, WorkerSpec)| {
+            let spec = Some(spawn::Spec::Worker(spec.clone()));
+            (
+                agent.clone(),
+                Spawn {
+                    process: process.clone(),
+                    spec,
+                },
+            )
+        };
+        self.workers.iter().map(command).collect()
+    }
 }
 
 /// Place `config`'s producers and workers on `agents` (sorted, non-empty).

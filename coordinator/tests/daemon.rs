@@ -95,8 +95,40 @@ fn start_daemons_with(
     (Daemon(coordinator), Daemon(agent), endpoint)
 }
 
+/// These tests each run a whole fleet; on two cores, running them side by side (the
+/// slow-coordinator one forks 12 workers) starves the others into timeouts. One at a time.
+fn one_fleet_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static FLEET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    FLEET
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Wait (deadline 60 s) until the current run has processed at least `count` messages.
+fn wait_until_received(endpoint: &str, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = text(&simctl(endpoint, &["status"]));
+        let received = status
+            .split("received ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if received >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run never processed {count} messages: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn separate_daemons_run_watch_stop_and_report() {
+    let _fleet = one_fleet_at_a_time();
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let (_coordinator, _agent, endpoint) = start_daemons(&nats, dir.path());
@@ -177,7 +209,7 @@ fn separate_daemons_run_watch_stop_and_report() {
         &["start", "--config", config, "--duration", "5m"],
     );
     assert!(started.status.success(), "start: {}", text(&started));
-    std::thread::sleep(Duration::from_secs(6));
+    wait_until_received(&endpoint, 200);
     assert!(simctl(&endpoint, &["stop"]).status.success());
     let watched = simctl(&endpoint, &["watch"]);
     assert!(watched.status.success());
@@ -197,6 +229,7 @@ fn separate_daemons_run_watch_stop_and_report() {
 
 #[test]
 fn losing_the_only_agent_is_an_infrastructure_error_not_a_hang() {
+    let _fleet = one_fleet_at_a_time();
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let (_coordinator, agent, endpoint) = start_daemons(&nats, dir.path());
@@ -212,7 +245,7 @@ fn losing_the_only_agent_is_an_infrastructure_error_not_a_hang() {
         ],
     );
     assert!(started.status.success(), "start: {}", text(&started));
-    std::thread::sleep(Duration::from_secs(3));
+    wait_until_received(&endpoint, 50);
     drop(agent); // SIGKILL: its children die with it
     let began = Instant::now();
     let watched = simctl(&endpoint, &["watch"]);
@@ -235,6 +268,7 @@ fn losing_the_only_agent_is_an_infrastructure_error_not_a_hang() {
 /// (and grow), children block on their report socket, and still no report is lost.
 #[test]
 fn reports_are_lossless_under_a_slow_coordinator_with_many_workers() {
+    let _fleet = one_fleet_at_a_time();
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let (_coordinator, _agent, endpoint) =

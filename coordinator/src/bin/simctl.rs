@@ -291,22 +291,30 @@ async fn start(
 
 fn status_line(status: &RunStatus) -> String {
     format!(
-        "{} {} {:>4}s/{}s  sent {}  received {}  in-flight {}  lost {}  dup {}  workers {}  leader {}",
+        "{} {} {:>4}s/{}s  {}",
         status.run_id,
         status.phase,
         status.elapsed_ms / 1000,
         status.duration_ms / 1000,
+        counters(status)
+    )
+}
+
+/// The counters shown by `status`, `watch` and the progress bar.
+fn counters(status: &RunStatus) -> String {
+    let leader = if status.leader.is_empty() {
+        "-"
+    } else {
+        &status.leader
+    };
+    format!(
+        "sent {}  received {}  in-flight {}  lost {}  dup {}  workers {}  leader {leader}",
         status.sent,
         status.received,
         status.in_flight,
         status.lost,
         status.duplicates,
-        status.workers,
-        if status.leader.is_empty() {
-            "-"
-        } else {
-            &status.leader
-        }
+        status.workers
     )
 }
 
@@ -332,21 +340,7 @@ async fn watch(client: &mut ControlClient<Channel>) -> Result<(), Exit> {
             Some(bar) => {
                 bar.set_length(status.duration_ms / 1000);
                 bar.set_position((status.elapsed_ms / 1000).min(status.duration_ms / 1000));
-                bar.set_message(format!(
-                    "{} sent {} recv {} in-flight {} lost {} dup {} workers {} leader {}",
-                    status.phase,
-                    status.sent,
-                    status.received,
-                    status.in_flight,
-                    status.lost,
-                    status.duplicates,
-                    status.workers,
-                    if status.leader.is_empty() {
-                        "-"
-                    } else {
-                        &status.leader
-                    }
-                ));
+                bar.set_message(format!("{} {}", status.phase, counters(&status)));
             }
             None => {
                 if last_line.elapsed() >= Duration::from_secs(5) || status.phase == "finished" {

@@ -38,21 +38,12 @@ pub(super) struct FaultState {
 
 impl FaultState {
     pub(super) fn new(config: &Config, seed: u64, placement: &Placement, now: Instant) -> Self {
-        let mut slots = BTreeMap::new();
-        for (agent, process, spec) in &placement.producers {
-            let spawn = Spawn {
-                process: process.clone(),
-                spec: Some(spawn::Spec::Producer(spec.clone())),
-            };
-            slots.insert(process.clone(), (agent.clone(), spawn));
-        }
-        for (agent, process, spec) in &placement.workers {
-            let spawn = Spawn {
-                process: process.clone(),
-                spec: Some(spawn::Spec::Worker(spec.clone())),
-            };
-            slots.insert(process.clone(), (agent.clone(), spawn));
-        }
+        let slots: BTreeMap<String, (String, Spawn)> = placement
+            .producer_spawns()
+            .into_iter()
+            .chain(placement.worker_spawns())
+            .map(|(agent, spawn)| (spawn.process.clone(), (agent, spawn)))
+            .collect();
         let mut agents: Vec<String> = slots.values().map(|(agent, _)| agent.clone()).collect();
         agents.sort();
         agents.dedup();
@@ -139,6 +130,11 @@ impl Engine {
                     .await
                 {
                     run.events.push(format!("{process} respawned"));
+                } else {
+                    warn!(run = %run.id, %process, %agent, "not respawned: agent went away");
+                    run.events.push(format!(
+                        "UNEXPECTED: {process} not respawned: agent {agent} went away"
+                    ));
                 }
             }
         }

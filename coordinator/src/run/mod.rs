@@ -10,8 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use proto::v1::{
-    ProcessKind, RunReport, RunStatus, Signal, SignalProcess, Spawn, Verdict, coordinator_message,
-    report, spawn,
+    ProcessKind, RunReport, RunStatus, Signal, SignalProcess, Verdict, coordinator_message, report,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -22,7 +21,7 @@ mod faults;
 use crate::agents::{AgentRegistry, IngestBatch};
 use crate::config::Config;
 use crate::ownership::OwnershipCheck;
-use crate::placement::{self, Placement};
+use crate::placement::{self, PlacedSpawn, Placement};
 use crate::report::{Outcome, RunSummary};
 use crate::tracker::{Processed, Sent, Tracker, TrackerConfig, Verdict as _, WorkerRef};
 
@@ -102,11 +101,8 @@ struct ActiveRun {
     ownership: OwnershipCheck,
     faults: faults::FaultState,
     /// Workers of the second wave and when they start.
-    second_wave: Option<(Instant, Vec<PlacedWorker>)>,
+    second_wave: Option<(Instant, Vec<PlacedSpawn>)>,
 }
-
-/// (agent, process slot, spec) of one worker.
-type PlacedWorker = (String, String, proto::v1::WorkerSpec);
 
 /// Delay of the second wave of workers: past parti's cold-start window (5 s in the
 /// simulator's parti config), so their join is a planned scale that moves partitions.
@@ -225,30 +221,12 @@ impl Engine {
         info!(run = %id, agents = agents.len(), producers = placement.producers.len(), workers = placement.workers.len(), "starting run");
         // Workers join in two waves, so every run moves partitions at least once and
         // exercises the handoff (a run where nothing ever moves proves little).
-        let first_wave = placement.workers.len().div_ceil(2);
-        for (agent, process, spec) in &placement.workers[..first_wave] {
-            let spawn = Spawn {
-                process: process.clone(),
-                spec: Some(spawn::Spec::Worker(spec.clone())),
-            };
+        let mut workers = placement.worker_spawns();
+        let second_wave = workers.split_off(workers.len().div_ceil(2));
+        for (agent, spawn) in workers.into_iter().chain(placement.producer_spawns()) {
             if !self
                 .registry
-                .send(agent, coordinator_message::Body::Spawn(spawn))
-                .await
-            {
-                return Err(StartError::Infrastructure(format!(
-                    "agent {agent} went away"
-                )));
-            }
-        }
-        for (agent, process, spec) in &placement.producers {
-            let spawn = Spawn {
-                process: process.clone(),
-                spec: Some(spawn::Spec::Producer(spec.clone())),
-            };
-            if !self
-                .registry
-                .send(agent, coordinator_message::Body::Spawn(spawn))
+                .send(&agent, coordinator_message::Body::Spawn(spawn))
                 .await
             {
                 return Err(StartError::Infrastructure(format!(
@@ -257,7 +235,6 @@ impl Engine {
             }
         }
         let now = Instant::now();
-        let second_wave = placement.workers[first_wave..].to_vec();
         self.report_tx.send_replace(None);
         let faults = faults::FaultState::new(&config, seed, &placement, now);
         self.run = Some(ActiveRun {
@@ -449,14 +426,14 @@ impl Engine {
                     run.events
                         .push(format!("second wave: {} workers join", workers.len()));
                 }
-                for (agent, process, spec) in workers {
-                    let spawn = Spawn {
-                        process,
-                        spec: Some(spawn::Spec::Worker(spec)),
-                    };
-                    self.registry
+                for (agent, spawn) in workers {
+                    if !self
+                        .registry
                         .send(&agent, coordinator_message::Body::Spawn(spawn))
-                        .await;
+                        .await
+                    {
+                        warn!(run = %run.id, %agent, "second-wave worker not started: agent went away");
+                    }
                 }
             }
         }
