@@ -7,4 +7,7 @@ cd "$root"
 ./scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Integration tests start other packages' binaries (the coordinator's tests fork `agent`), and
+# `cargo test` only builds the binaries of the package under test: build them all first.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked

@@ -22,7 +22,7 @@ fn bin(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_BIN_EXE_simctl")).with_file_name(name);
     assert!(
         path.exists(),
-        "{} missing: run the workspace tests (cargo test --workspace)",
+        "{} missing: build every binary first (cargo build --workspace --bins), as scripts/test.sh does",
         path.display()
     );
     path

@@ -14,7 +14,7 @@ fn simctl() -> PathBuf {
     let agent = simctl.with_file_name("agent");
     assert!(
         agent.exists(),
-        "{} missing: run the workspace tests (cargo test --workspace)",
+        "{} missing: build every binary first (cargo build --workspace --bins), as scripts/test.sh does",
         agent.display()
     );
     simctl
