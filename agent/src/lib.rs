@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`session`]: the daemon — report socket, coordinator session, command execution.
 //! - [`supervisor`]: forking and watching children.
+//! - [`netfault`]: iptables/tc network faults on this host, crash-safe.
 //! - [`report`]: the child → agent report contract (JSON lines over a Unix socket).
 //! - [`producer`], [`worker`]: what the children run.
 //! - [`message`]: the simulation message body.
@@ -11,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod message;
+pub mod netfault;
 pub mod producer;
 pub mod report;
 pub mod session;

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::netfault::{NetworkCommand, NetworkFaults};
 use crate::report::ChildReport;
 use crate::supervisor::Supervisor;
 
@@ -70,6 +71,13 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
     })?;
     let (reports_tx, mut reports_rx) = mpsc::channel::<Report>(8192);
     tokio::spawn(serve_socket(listener, reports_tx.clone()));
+    let network = NetworkFaults::new(
+        options.socket.with_file_name("network-fault-devices"),
+        reports_tx.clone(),
+    );
+    // Whatever a previous agent on this host left behind (it may have been SIGKILLed).
+    network.clean_up().await;
+    let network_commands = network.executor();
     let supervisor = Supervisor::new(
         options.binary.clone(),
         options.log_dir.clone(),
@@ -138,7 +146,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
                 message = inbound.message() => {
                     match message {
                         Ok(Some(message)) => {
-                            handle_command(&supervisor, message.body, &mut unacked, &mut acked).await;
+                            handle_command(&supervisor, &network_commands, message.body, &mut unacked, &mut acked).await;
                             continue;
                         }
                         Ok(None) | Err(_) => {
@@ -172,6 +180,8 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
             }
         }
     }
+    network.heal().await;
+    network.clean_up().await;
     supervisor.shutdown(Duration::from_secs(10)).await;
     let _ = std::fs::remove_file(&options.socket);
     Ok(())
@@ -179,6 +189,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
 
 async fn handle_command(
     supervisor: &Supervisor,
+    network: &mpsc::UnboundedSender<NetworkCommand>,
     body: Option<coordinator_message::Body>,
     unacked: &mut VecDeque<ReportBatch>,
     acked: &mut u64,
@@ -212,7 +223,15 @@ async fn handle_command(
         }
         Some(coordinator_message::Body::Shutdown(_)) => {
             info!("coordinator asked to stop every process");
+            let _ = network.send(NetworkCommand::Heal);
             supervisor.shutdown(Duration::from_secs(10)).await;
+        }
+        Some(coordinator_message::Body::NetworkFault(fault)) => {
+            // Applied in the background: the session keeps acknowledging meanwhile.
+            let _ = network.send(NetworkCommand::Apply(fault));
+        }
+        Some(coordinator_message::Body::HealNetwork(_)) => {
+            let _ = network.send(NetworkCommand::Heal);
         }
         None => {}
     }

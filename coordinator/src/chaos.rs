@@ -1,13 +1,19 @@
 //! The fault schedule: a seeded random event every U(interval), and the record of what each
 //! fault did (target, start, how long the system took to rebalance).
 //!
+//! Events are dealt like cards from a shuffled deck holding each of `chaos.events` once; an
+//! empty deck is reshuffled. Every configured fault therefore happens within each round of
+//! `events.len()` injections, so a short run covers them all, and over a long run they are
+//! still uniformly mixed.
+//!
 //! The same seed gives the same sequence of events and delays (targets depend on which
 //! processes are alive at that moment, which the schedule does not control).
-//! This first slice executes the process faults; network and partition faults are logged as
-//! not yet executed, never silently dropped.
+//! Faults not executed yet (partition changes, NATS server kills) are logged as skipped,
+//! never silently dropped.
 
 use std::time::Duration;
 
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -20,12 +26,26 @@ use crate::config::{ChaosConfig, ChaosEvent, Interval};
 pub const PAUSE_FOR: Duration = Duration::from_secs(8);
 /// Delay before a crashed process's slot is started again.
 pub const RESPAWN_AFTER: Duration = Duration::from_secs(3);
+/// Range of a `nats_disconnect`'s length, drawn per fault: shorter ones end before parti's
+/// heartbeat lease (6 s) runs out and test riding it out, longer ones force fencing.
+pub const DISCONNECT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(3), Duration::from_secs(14));
+/// How long a `network_degrade` lasts.
+pub const DEGRADE_FOR: Duration = Duration::from_secs(20);
+/// Packet loss of a `network_degrade` (both directions, NATS ports only).
+pub const DEGRADE_LOSS: f64 = 0.2;
+/// Bandwidth cap of a `network_degrade`, towards NATS.
+pub const DEGRADE_RATE_KBIT: u64 = 1024;
+/// Delay of a `network_degrade` where the kernel has netem.
+pub const DEGRADE_DELAY_MS: u64 = 50;
 
 /// The seeded schedule.
 #[derive(Debug)]
 pub struct ChaosPlan {
     rng: ChaCha8Rng,
     events: Vec<ChaosEvent>,
+    /// What is left of the current round, dealt from the back.
+    deck: Vec<ChaosEvent>,
     interval: Interval,
     next_at: Instant,
 }
@@ -42,6 +62,7 @@ impl ChaosPlan {
         Some(Self {
             rng,
             events: config.events.clone(),
+            deck: Vec::new(),
             interval,
             next_at,
         })
@@ -52,9 +73,22 @@ impl ChaosPlan {
         if now < self.next_at {
             return None;
         }
-        let event = self.events[self.rng.random_range(0..self.events.len())];
+        if self.deck.is_empty() {
+            self.deck.clone_from(&self.events);
+            self.deck.shuffle(&mut self.rng);
+        }
+        let event = self.deck.pop()?;
         self.next_at = now + self.interval.sample(&mut self.rng);
         Some(event)
+    }
+
+    /// A disconnect length in [`DISCONNECT_RANGE`], from the same seeded stream.
+    pub fn disconnect_duration(&mut self) -> Duration {
+        let (low, high) = DISCONNECT_RANGE;
+        Duration::from_millis(
+            self.rng
+                .random_range(low.as_millis() as u64..=high.as_millis() as u64),
+        )
     }
 
     /// A random index below `len` (target choice), from the same seeded stream.
@@ -76,9 +110,12 @@ pub struct FaultRecord {
     pub event: String,
     /// Its target process, if any.
     pub target: String,
-    /// What happened: `injected`, or why it was skipped.
+    /// What happened: `injected`, or why it was skipped or failed.
     pub outcome: String,
-    /// Seconds until every partition was owned by a live worker again.
+    /// What exactly was done (pause length, rules installed, what the kernel lacked).
+    pub detail: String,
+    /// Seconds until every partition was owned by a live worker and messages flowed again
+    /// (for network faults: counted from the moment the network healed).
     pub rebalance_s: Option<f64>,
 }
 
@@ -91,6 +128,8 @@ pub struct FaultStats {
     pub count: usize,
     /// Median rebalance time, seconds.
     pub rebalance_median_s: Option<f64>,
+    /// 99th percentile rebalance time, seconds (nearest rank).
+    pub rebalance_p99_s: Option<f64>,
     /// Longest rebalance time, seconds.
     pub rebalance_max_s: Option<f64>,
 }
@@ -113,6 +152,9 @@ pub fn stats(records: &[FaultRecord]) -> Vec<FaultStats> {
                 event: kind.to_string(),
                 count: of_kind.len(),
                 rebalance_median_s: times.get(times.len() / 2).copied(),
+                rebalance_p99_s: times
+                    .get((times.len() * 99).div_ceil(100).saturating_sub(1))
+                    .copied(),
                 rebalance_max_s: times.last().copied(),
             }
         })
@@ -151,6 +193,14 @@ mod tests {
             out
         };
         assert_eq!(schedule(5), schedule(5));
+        // Every round of three holds each event once.
+        let mut all = config.events.clone();
+        all.sort();
+        for round in schedule(5).chunks(3) {
+            let mut events: Vec<ChaosEvent> = round.iter().map(|(e, _)| *e).collect();
+            events.sort();
+            assert_eq!(events, all, "round {round:?}");
+        }
         assert_ne!(schedule(5), schedule(6));
         assert!(
             ChaosPlan::new(

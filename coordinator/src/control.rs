@@ -6,15 +6,15 @@ use std::time::Duration;
 use futures::Stream;
 use proto::v1::control_server::Control;
 use proto::v1::{
-    AgentsRequest, AgentsResponse, ReportRequest, RunReport, RunStatus, StartRequest,
-    StartResponse, StatusRequest, StopRequest, StopResponse, WatchRequest,
+    AgentsRequest, AgentsResponse, InjectRequest, InjectResponse, ReportRequest, RunReport,
+    RunStatus, StartRequest, StartResponse, StatusRequest, StopRequest, StopResponse, WatchRequest,
 };
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 use crate::agents::AgentRegistry;
-use crate::config::Config;
-use crate::run::{Command, EngineHandle, StartError};
+use crate::config::{ChaosEvent, Config};
+use crate::run::{Command, EngineHandle, InjectOptions, StartError};
 
 /// Serves simctl.
 #[derive(Debug, Clone)]
@@ -106,6 +106,42 @@ impl Control for ControlService {
             .await
             .map_err(|_| Status::unavailable("engine stopped"))?;
         Ok(Response::new(StopResponse {}))
+    }
+
+    async fn inject(
+        &self,
+        request: Request<InjectRequest>,
+    ) -> Result<Response<InjectResponse>, Status> {
+        let request = request.into_inner();
+        let event = ChaosEvent::ALL
+            .into_iter()
+            .find(|event| event.as_str() == request.event)
+            .ok_or_else(|| {
+                let names: Vec<&str> = ChaosEvent::ALL.iter().map(|e| e.as_str()).collect();
+                Status::invalid_argument(format!(
+                    "unknown chaos event {:?}; one of: {}",
+                    request.event,
+                    names.join(", ")
+                ))
+            })?;
+        let options = InjectOptions {
+            target: Some(request.target).filter(|t| !t.is_empty()),
+            duration: Some(Duration::from_millis(request.duration_ms)).filter(|d| !d.is_zero()),
+        };
+        let (reply, result) = oneshot::channel();
+        self.engine
+            .commands
+            .send(Command::Inject {
+                event,
+                options,
+                reply,
+            })
+            .await
+            .map_err(|_| Status::unavailable("engine stopped"))?;
+        let (target, outcome) = result
+            .await
+            .map_err(|_| Status::unavailable("engine stopped"))?;
+        Ok(Response::new(InjectResponse { outcome, target }))
     }
 
     async fn report(&self, _: Request<ReportRequest>) -> Result<Response<RunReport>, Status> {

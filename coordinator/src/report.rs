@@ -97,11 +97,34 @@ impl RunSummary {
                 |value: Option<f64>| value.map_or("-".to_string(), |s| format!("{s:.1}s"));
             let _ = writeln!(
                 out,
-                "  fault {:<16} x{:<3} rebalance median {:>6}  max {:>6}",
+                "  fault {:<18} x{:<3} recovery median {:>6}  p99 {:>6}  max {:>6}",
                 stats.event,
                 stats.count,
                 seconds(stats.rebalance_median_s),
+                seconds(stats.rebalance_p99_s),
                 seconds(stats.rebalance_max_s)
+            );
+        }
+        if !self.faults.is_empty() {
+            let _ = writeln!(out, "  events:");
+        }
+        for fault in &self.faults {
+            let recovery = fault
+                .rebalance_s
+                .map_or("-".to_string(), |s| format!("{s:.1}s"));
+            let _ = writeln!(
+                out,
+                "    {:>6.0}s {:<18} {:<12} {:<8} {}{}",
+                fault.at_s,
+                fault.event,
+                fault.target,
+                recovery,
+                fault.outcome,
+                if fault.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", fault.detail)
+                }
             );
         }
         for reason in &self.reasons {

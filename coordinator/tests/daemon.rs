@@ -19,13 +19,7 @@ impl Drop for Daemon {
 }
 
 fn bin(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_simctl")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} missing: build every binary first (cargo build --workspace --bins), as scripts/test.sh does",
-        path.display()
-    );
-    path
+    test_support::workspace_binary(name)
 }
 
 fn simctl(endpoint: &str, args: &[&str]) -> Output {
@@ -38,11 +32,7 @@ fn simctl(endpoint: &str, args: &[&str]) -> Output {
 }
 
 fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    test_support::output_text(output)
 }
 
 fn start_daemons(nats: &NatsServer, dir: &std::path::Path) -> (Daemon, Daemon, String) {

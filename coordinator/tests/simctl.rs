@@ -10,14 +10,9 @@ fn workspace() -> PathBuf {
 }
 
 fn simctl() -> PathBuf {
-    let simctl = PathBuf::from(env!("CARGO_BIN_EXE_simctl"));
-    let agent = simctl.with_file_name("agent");
-    assert!(
-        agent.exists(),
-        "{} missing: build every binary first (cargo build --workspace --bins), as scripts/test.sh does",
-        agent.display()
-    );
-    simctl
+    // `simctl run` starts the agent binary next to it.
+    test_support::workspace_binary("agent");
+    PathBuf::from(env!("CARGO_BIN_EXE_simctl"))
 }
 
 struct Outcome {

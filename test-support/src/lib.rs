@@ -4,15 +4,49 @@
 //! - [`NatsServer`]: a real `nats-server -js` on a free loopback port with a temporary store,
 //!   killed on drop; restartable on the same port and store (for outage tests).
 //! - [`eventually`]: wait for a condition with a deadline instead of sleeping and hoping.
+//! - [`lab`]: a hub and N hosts as network namespaces on a private bridge, so faults (iptables,
+//!   tc) hit one host at a time; torn down on drop.
 //!
-//! The binary is looked up in `$NATS_SERVER_BIN`, then `<workspace>/.tools/bin/nats-server`
+//! The nats-server binary is looked up in `$NATS_SERVER_BIN`, then `<workspace>/.tools/bin/nats-server`
 //! (where `scripts/setup.sh` installs the pinned version), then `$PATH`.
+
+pub mod lab;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// A binary of this workspace (`agent`, `coordinator`, `simctl`), next to the running test
+/// executable's directory (`target/<profile>/`); panics with the fix when it is absent.
+///
+/// `cargo test` builds only the binaries of the package under test, so tests that start
+/// another package's binary rely on `cargo build --workspace --bins` (scripts/test.sh).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("locating the test executable");
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} missing: build every binary first (cargo build --workspace --bins), as scripts/test.sh does",
+        path.display()
+    );
+    path
+}
+
+/// A finished command's stdout and stderr, as one text (for assertions and messages).
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
 
 /// A running nats-server with JetStream, owned by a test.
 #[derive(Debug)]

@@ -13,8 +13,8 @@ use coordinator::config::Config;
 use coordinator::managed;
 use proto::v1::control_client::ControlClient;
 use proto::v1::{
-    AgentsRequest, ReportRequest, RunReport, RunStatus, StartRequest, StatusRequest, StopRequest,
-    Verdict, WatchRequest,
+    AgentsRequest, InjectRequest, ReportRequest, RunReport, RunStatus, StartRequest, StatusRequest,
+    StopRequest, Verdict, WatchRequest,
 };
 use tonic::transport::Channel;
 
@@ -85,6 +85,18 @@ enum Command {
     },
     /// List the agents the coordinator knows.
     Agents,
+    /// Inject one fault into the current run now (exit 1 if it was not injected).
+    Chaos {
+        /// The fault, as in `chaos.events` (worker_crash, leader_pause, nats_disconnect, ...).
+        event: String,
+        /// A process slot (worker-3, producer-0) or, for network faults and scale_up, an
+        /// agent id; default: drawn at random.
+        #[arg(long)]
+        target: Option<String>,
+        /// How long pauses and network faults last (e.g. 10s); default: the fault's own.
+        #[arg(long)]
+        duration: Option<String>,
+    },
     /// Check or print configurations.
     Config {
         #[command(subcommand)]
@@ -211,6 +223,31 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
                 .map_err(infrastructure)?
                 .into_inner();
             finish(&report, json.as_deref(), junit.as_deref())
+        }
+        Command::Chaos {
+            event,
+            target,
+            duration,
+        } => {
+            let duration_ms = parse_duration(duration.as_deref())?;
+            let mut client = connect(&cli.coordinator).await?;
+            let response = client
+                .inject(InjectRequest {
+                    event: event.clone(),
+                    target: target.unwrap_or_default(),
+                    duration_ms,
+                })
+                .await
+                .map_err(|status| {
+                    if status.code() == tonic::Code::InvalidArgument {
+                        bad_input(anyhow::anyhow!("{}", status.message()))
+                    } else {
+                        infrastructure(status)
+                    }
+                })?
+                .into_inner();
+            println!("{event} {}: {}", response.target, response.outcome);
+            Ok(if response.outcome == "injected" { 0 } else { 1 })
         }
         Command::Agents => {
             let mut client = connect(&cli.coordinator).await?;

@@ -4,17 +4,30 @@
 //! `RESPAWN_AFTER` — with the same slot name, so a worker reclaims its stable id through its
 //! identity token — unless a scale-down retired it. Exits the chaos caused are expected and
 //! not reported as unexpected. After each fault that moves partitions, the time until every
-//! partition is owned by exactly one live, unpaused worker is the rebalance time; over
-//! `coordinator.rebalance_timeout` is a failure.
+//! partition is owned by exactly one live, unpaused worker and messages are being processed
+//! again is the rebalance time; over `coordinator.rebalance_timeout` is a failure.
+//!
+//! Network faults (`nats_disconnect`, `network_degrade`) target a host: its agent installs
+//! iptables/tc rules on the NATS ports and removes them itself when the time is up. Their
+//! recovery is measured from the moment the agent reports the network healed; while a host
+//! is impaired (and for [`HOST_FAULT_GRACE`] after), its processes exiting is expected —
+//! a worker that lost its leases is fenced and restarts, as designed.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
-use proto::v1::{Signal, SignalProcess, Spawn, coordinator_message, spawn};
+use proto::v1::{
+    HealNetwork, NetworkFault, NetworkFaultKind, NetworkFaultPhase, NetworkFaultReport, Signal,
+    SignalProcess, Spawn, coordinator_message, spawn,
+};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{ActiveRun, Engine, Phase};
-use crate::chaos::{ChaosPlan, FaultRecord, PAUSE_FOR, RESPAWN_AFTER};
+use crate::chaos::{
+    ChaosPlan, DEGRADE_DELAY_MS, DEGRADE_FOR, DEGRADE_LOSS, DEGRADE_RATE_KBIT, FaultRecord,
+    PAUSE_FOR, RESPAWN_AFTER,
+};
 use crate::config::{ChaosEvent, Config};
 use crate::placement::Placement;
 
@@ -32,12 +45,79 @@ pub(super) struct FaultState {
     next_worker: usize,
     /// What was injected.
     pub(super) records: Vec<FaultRecord>,
-    rebalancing: Option<(usize, Instant)>,
+    measuring: Option<Measure>,
     started: Instant,
+    /// `host:port` of every NATS server, for network faults.
+    nats_endpoints: Vec<String>,
+    /// Hosts (agents) under a network fault.
+    host_faults: BTreeMap<String, HostFault>,
+}
+
+/// How long after a network fault healed the exits of that host's processes still count as
+/// caused by it (a fenced worker notices, reports and exits within seconds).
+pub(super) const HOST_FAULT_GRACE: Duration = Duration::from_secs(20);
+
+/// The recovery being measured (one fault at a time).
+#[derive(Debug, Clone, Copy)]
+struct Measure {
+    /// Index into `records`.
+    index: usize,
+    /// Recovery is measured from here.
+    since: Instant,
+    /// Over this: a rebalance failure.
+    deadline: Instant,
+    /// A network fault still in place: recovery has not begun.
+    awaiting_heal: bool,
+    /// The tracker's received count at `since`: recovered means more were processed since.
+    received_at_since: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HostFault {
+    /// Index into `records` (also the fault id sent to the agent).
+    record: usize,
+    /// Exits on this host are expected until then; `None` while the fault is in place.
+    excused_until: Option<Instant>,
+}
+
+/// What `simctl chaos` may specify about one injection.
+#[derive(Debug, Clone, Default)]
+pub struct InjectOptions {
+    /// Process slot or agent id; `None`: random.
+    pub target: Option<String>,
+    /// Fault duration; `None`: the default.
+    pub duration: Option<Duration>,
+}
+
+/// `host:port` for each server in a comma-separated NATS URL list.
+pub(super) fn nats_endpoints(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            let rest = rest.trim_end_matches('/');
+            if rest
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+            {
+                rest.to_string()
+            } else {
+                format!("{rest}:4222")
+            }
+        })
+        .collect()
 }
 
 impl FaultState {
-    pub(super) fn new(config: &Config, seed: u64, placement: &Placement, now: Instant) -> Self {
+    pub(super) fn new(
+        config: &Config,
+        seed: u64,
+        placement: &Placement,
+        nats_url: &str,
+        now: Instant,
+    ) -> Self {
         let slots: BTreeMap<String, (String, Spawn)> = placement
             .producer_spawns()
             .into_iter()
@@ -57,9 +137,19 @@ impl FaultState {
             agents,
             next_worker: placement.workers.len(),
             records: Vec::new(),
-            rebalancing: None,
+            measuring: None,
             started: now,
+            nats_endpoints: nats_endpoints(nats_url),
+            host_faults: BTreeMap::new(),
         }
+    }
+
+    /// Whether `process` runs on a host whose network fault excuses its exit.
+    pub(super) fn host_faulted(&self, process: &str, now: Instant) -> bool {
+        self.slots
+            .get(process)
+            .and_then(|(agent, _)| self.host_faults.get(agent))
+            .is_some_and(|fault| fault.excused_until.is_none_or(|until| now <= until))
     }
 
     /// The drain begins: producers waiting to be restarted stay down.
@@ -149,22 +239,35 @@ impl Engine {
             run.faults.paused.remove(&process);
             Self::signal(&self.registry, run, &process, Signal::Cont).await;
         }
-        if let Some((index, since)) = run.faults.rebalancing {
-            if fully_owned(run) {
-                let took = now.duration_since(since).as_secs_f64();
-                run.faults.records[index].rebalance_s = Some(took);
-                run.faults.rebalancing = None;
-                info!(run = %run.id, event = %run.faults.records[index].event, took, "rebalanced");
-            } else if now.duration_since(since) > run.config.coordinator.rebalance_timeout {
-                let record = &run.faults.records[index];
+        run.faults
+            .host_faults
+            .retain(|_, fault| fault.excused_until.is_none_or(|until| now <= until));
+        if let Some(measure) = run.faults.measuring {
+            let received = run.tracker.progress_marker().0;
+            if !measure.awaiting_heal && fully_owned(run) && received > measure.received_at_since {
+                let took = now.duration_since(measure.since).as_secs_f64();
+                let record = &mut run.faults.records[measure.index];
+                record.rebalance_s = Some(took);
+                run.faults.measuring = None;
+                info!(run = %run.id, event = %record.event, took, "recovered");
+            } else if now > measure.deadline {
+                let record = &run.faults.records[measure.index];
+                let what = if measure.awaiting_heal {
+                    "the network fault was not healed by its agent"
+                } else {
+                    "partitions were not all owned by live workers and consuming"
+                };
                 run.extra_failures.push(format!(
-                    "rebalance: after {} on {} at {:.0}s, partitions were not all owned by live workers within {:?}",
-                    record.event, record.target, record.at_s, run.config.coordinator.rebalance_timeout
+                    "rebalance: after {} on {} at {:.0}s, {what} within {:?}",
+                    record.event,
+                    record.target,
+                    record.at_s,
+                    run.config.coordinator.rebalance_timeout
                 ));
-                run.faults.rebalancing = None;
+                run.faults.measuring = None;
             }
         }
-        if run.phase != Phase::Running || run.faults.rebalancing.is_some() {
+        if run.phase != Phase::Running || run.faults.measuring.is_some() {
             // One fault at a time: the next waits until the previous one has healed, so each
             // rebalance time belongs to one fault.
             return;
@@ -172,7 +275,54 @@ impl Engine {
         let Some(event) = run.faults.plan.as_mut().and_then(|plan| plan.due(now)) else {
             return;
         };
-        self.inject(event, now).await;
+        self.inject(event, now, InjectOptions::default()).await;
+    }
+
+    /// An agent reports what became of a network fault.
+    pub(super) fn on_network_report(&mut self, agent: &str, report: &NetworkFaultReport) {
+        let now = Instant::now();
+        let Some(run) = self.run.as_mut() else { return };
+        let Ok(index) = usize::try_from(report.id) else {
+            return;
+        };
+        let Some(record) = run.faults.records.get_mut(index) else {
+            return;
+        };
+        let phase = NetworkFaultPhase::try_from(report.phase).unwrap_or_default();
+        run.events.push(format!(
+            "network fault {} on {agent}: {}: {}",
+            record.event,
+            phase.as_str_name(),
+            report.detail
+        ));
+        let measuring_this = run.faults.measuring.filter(|m| m.index == index);
+        match phase {
+            NetworkFaultPhase::Applied => record.detail.clone_from(&report.detail),
+            NetworkFaultPhase::Failed => {
+                record.outcome = format!("failed: {}", report.detail);
+                run.faults.host_faults.remove(agent);
+                if measuring_this.is_some() {
+                    run.faults.measuring = None;
+                }
+            }
+            NetworkFaultPhase::Healed => {
+                if let Some(fault) = run.faults.host_faults.get_mut(agent) {
+                    if fault.record == index {
+                        fault.excused_until = Some(now + HOST_FAULT_GRACE);
+                    }
+                }
+                if let Some(mut measure) = measuring_this {
+                    if measure.awaiting_heal {
+                        measure.awaiting_heal = false;
+                        measure.since = now;
+                        measure.deadline = now + run.config.coordinator.rebalance_timeout;
+                        measure.received_at_since = run.tracker.progress_marker().0;
+                        run.faults.measuring = Some(measure);
+                    }
+                }
+            }
+            NetworkFaultPhase::Unspecified => {}
+        }
     }
 
     async fn signal(
@@ -193,174 +343,351 @@ impl Engine {
             .await
     }
 
-    async fn inject(&mut self, event: ChaosEvent, now: Instant) {
-        let Some(run) = self.run.as_mut() else { return };
-        let live: Vec<String> = run
-            .workers
-            .iter()
-            .filter(|(process, view)| {
-                view.alive
-                    && !run.faults.paused.contains_key(*process)
-                    && !run.faults.expect_exit.contains(*process)
-            })
-            .map(|(process, _)| process.clone())
-            .collect();
-        let leader = run
-            .workers
-            .iter()
-            .find(|(p, v)| v.alive && v.leader && live.contains(p))
-            .map(|(p, _)| p.clone());
-        let pick = |run: &mut ActiveRun, from: &[String]| -> Option<String> {
-            let plan = run.faults.plan.as_mut()?;
-            from.get(plan.pick(from.len())).cloned()
+    /// Inject `event` now; returns the target and the outcome (`injected` or why not).
+    pub(super) async fn inject(
+        &mut self,
+        event: ChaosEvent,
+        now: Instant,
+        options: InjectOptions,
+    ) -> (String, String) {
+        let Some(run) = self.run.as_mut() else {
+            return (String::new(), "skipped: no run".into());
         };
-        let (target, outcome, moves) = match event {
-            ChaosEvent::WorkerCrash
-            | ChaosEvent::WorkerRestart
-            | ChaosEvent::ScaleDown
-            | ChaosEvent::WorkerPause
-                if live.len() < 2 =>
-            {
-                (
-                    String::new(),
-                    "skipped: fewer than two live workers".to_string(),
-                    false,
-                )
-            }
-            ChaosEvent::WorkerCrash
-            | ChaosEvent::WorkerRestart
-            | ChaosEvent::ScaleDown
-            | ChaosEvent::WorkerPause => {
-                let target = pick(run, &live).unwrap_or_default();
-                let signal = match event {
-                    ChaosEvent::WorkerCrash => Signal::Kill,
-                    ChaosEvent::WorkerPause => Signal::Stop,
-                    _ => Signal::Term,
+        let planned = plan_fault(run, event, now, &options);
+        let (target, outcome, detail) = match planned {
+            Ok(planned) => {
+                let sent = match planned.action {
+                    Action::Signal(signal) => {
+                        Self::signal(&self.registry, run, &planned.target, signal).await
+                    }
+                    Action::Send(agent, body) => self.registry.send(&agent, *body).await,
                 };
-                if event == ChaosEvent::ScaleDown {
-                    run.faults.retired.insert(target.clone());
-                }
-                if event == ChaosEvent::WorkerPause {
-                    run.faults.paused.insert(target.clone(), now + PAUSE_FOR);
-                }
-                run.faults.expect_exit.insert(target.clone());
-                Self::signal(&self.registry, run, &target, signal).await;
-                (target, "injected".to_string(), true)
-            }
-            ChaosEvent::LeaderFailure | ChaosEvent::LeaderPause => match leader {
-                Some(target) if live.len() >= 2 => {
-                    let signal = if event == ChaosEvent::LeaderFailure {
-                        Signal::Kill
-                    } else {
-                        Signal::Stop
-                    };
-                    if event == ChaosEvent::LeaderPause {
-                        run.faults.paused.insert(target.clone(), now + PAUSE_FOR);
-                    }
-                    run.faults.expect_exit.insert(target.clone());
-                    Self::signal(&self.registry, run, &target, signal).await;
-                    (target, "injected".to_string(), true)
-                }
-                _ => (
-                    String::new(),
-                    "skipped: no leader among two or more live workers".to_string(),
-                    false,
-                ),
-            },
-            ChaosEvent::ProducerCrash => {
-                let producers: Vec<String> = run
-                    .producers_alive
-                    .iter()
-                    .filter(|(_, alive)| **alive)
-                    .map(|(p, _)| p.clone())
-                    .collect();
-                match pick(run, &producers) {
-                    Some(target) => {
-                        run.faults.expect_exit.insert(target.clone());
-                        Self::signal(&self.registry, run, &target, Signal::Kill).await;
-                        (target, "injected".to_string(), false)
-                    }
-                    None => (
-                        String::new(),
-                        "skipped: no live producer".to_string(),
-                        false,
-                    ),
-                }
-            }
-            ChaosEvent::ScaleUp => {
-                let template =
-                    run.faults
-                        .slots
-                        .iter()
-                        .find_map(|(_, (_, spawn))| match &spawn.spec {
-                            Some(spawn::Spec::Worker(spec)) => Some(spec.clone()),
-                            _ => None,
+                if sent {
+                    if let Some(awaiting_heal) = planned.measure {
+                        let timeout = run.config.coordinator.rebalance_timeout;
+                        run.faults.measuring = Some(Measure {
+                            index: run.faults.records.len(),
+                            since: now,
+                            deadline: now + planned.lasts + timeout,
+                            awaiting_heal,
+                            received_at_since: run.tracker.progress_marker().0,
                         });
-                match template {
-                    Some(mut spec) if !run.faults.agents.is_empty() => {
-                        let process = format!("worker-{}", run.faults.next_worker);
-                        let agent = run.faults.agents
-                            [run.faults.next_worker % run.faults.agents.len()]
-                        .clone();
-                        run.faults.next_worker += 1;
-                        spec.identity_token = process.clone();
-                        let spawn = Spawn {
-                            process: process.clone(),
-                            spec: Some(spawn::Spec::Worker(spec)),
-                        };
-                        run.faults
-                            .slots
-                            .insert(process.clone(), (agent.clone(), spawn.clone()));
-                        self.registry
-                            .send(&agent, coordinator_message::Body::Spawn(spawn))
-                            .await;
-                        (process, "injected".to_string(), true)
                     }
-                    _ => (
-                        String::new(),
-                        "skipped: no worker to copy".to_string(),
-                        false,
-                    ),
+                    (planned.target, "injected".to_string(), planned.detail)
+                } else {
+                    run.faults.expect_exit.remove(&planned.target);
+                    run.faults.host_faults.remove(&planned.target);
+                    (
+                        planned.target,
+                        "skipped: the target's agent went away".to_string(),
+                        planned.detail,
+                    )
                 }
             }
-            other => (
-                String::new(),
-                format!("skipped: {} is not implemented yet", other.as_str()),
-                false,
-            ),
+            Err(why) => (String::new(), why, String::new()),
         };
         let at_s = now.duration_since(run.faults.started).as_secs_f64();
         if outcome == "injected" {
-            info!(run = %run.id, event = event.as_str(), %target, "fault injected");
+            info!(run = %run.id, event = event.as_str(), %target, %detail, "fault injected");
         } else {
             warn!(run = %run.id, event = event.as_str(), %outcome, "fault not injected");
         }
         run.events.push(format!(
-            "chaos {:.0}s: {} {target}: {outcome}",
+            "chaos {:.0}s: {} {target}: {outcome}{}",
             at_s,
-            event.as_str()
+            event.as_str(),
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({detail})")
+            }
         ));
         run.faults.records.push(FaultRecord {
             at_s,
             event: event.as_str().to_string(),
-            target,
-            outcome,
+            target: target.clone(),
+            outcome: outcome.clone(),
+            detail,
             rebalance_s: None,
         });
-        if moves {
-            run.faults.rebalancing = Some((run.faults.records.len() - 1, now));
-        }
+        (target, outcome)
     }
 
-    /// Resume everything paused (the drain runs with every fault healed).
+    /// Heal everything (the drain runs with every fault healed): resume paused processes,
+    /// lift network faults.
     pub(super) async fn heal_all(&mut self) {
         let Some(run) = self.run.as_mut() else { return };
         let paused: Vec<String> = std::mem::take(&mut run.faults.paused).into_keys().collect();
         for process in paused {
             Self::signal(&self.registry, run, &process, Signal::Cont).await;
         }
-        if run.faults.rebalancing.take().is_some() {
-            warn!(run = %run.id, "run ended while a rebalance was still being measured");
+        let hosts: Vec<String> = run
+            .faults
+            .host_faults
+            .iter()
+            .filter(|(_, fault)| fault.excused_until.is_none())
+            .map(|(agent, _)| agent.clone())
+            .collect();
+        for agent in hosts {
+            self.registry
+                .send(
+                    &agent,
+                    coordinator_message::Body::HealNetwork(HealNetwork {}),
+                )
+                .await;
         }
+        if run.faults.measuring.take().is_some() {
+            warn!(run = %run.id, "run ended while a recovery was still being measured");
+        }
+    }
+}
+
+/// What an injection will do.
+struct Planned {
+    target: String,
+    action: Action,
+    detail: String,
+    /// Measure recovery: `Some(awaiting_heal)`; `None`: nothing to measure.
+    measure: Option<bool>,
+    /// How long the fault itself lasts (the deadline starts after it).
+    lasts: Duration,
+}
+
+enum Action {
+    /// Signal the target process.
+    Signal(Signal),
+    /// Send this to an agent.
+    Send(String, Box<coordinator_message::Body>),
+}
+
+/// Choose a target and decide what to do; records the expectations (exits, pauses,
+/// retirements, host faults) the injection creates.
+fn plan_fault(
+    run: &mut ActiveRun,
+    event: ChaosEvent,
+    now: Instant,
+    options: &InjectOptions,
+) -> Result<Planned, String> {
+    let live: Vec<String> = run
+        .workers
+        .iter()
+        .filter(|(process, view)| {
+            view.alive
+                && !run.faults.paused.contains_key(*process)
+                && !run.faults.expect_exit.contains(*process)
+        })
+        .map(|(process, _)| process.clone())
+        .collect();
+    let index = run.faults.records.len();
+    let process_fault = |target: String, signal: Signal, measure: Option<bool>| Planned {
+        target,
+        action: Action::Signal(signal),
+        detail: String::new(),
+        measure,
+        lasts: Duration::ZERO,
+    };
+    match event {
+        ChaosEvent::WorkerCrash
+        | ChaosEvent::WorkerRestart
+        | ChaosEvent::ScaleDown
+        | ChaosEvent::WorkerPause => {
+            if live.len() < 2 {
+                return Err("skipped: fewer than two live workers".into());
+            }
+            let target = choose(run, &live, options)?;
+            let signal = match event {
+                ChaosEvent::WorkerCrash => Signal::Kill,
+                ChaosEvent::WorkerPause => Signal::Stop,
+                _ => Signal::Term,
+            };
+            let mut planned = process_fault(target.clone(), signal, Some(false));
+            if event == ChaosEvent::ScaleDown {
+                run.faults.retired.insert(target.clone());
+            }
+            if event == ChaosEvent::WorkerPause {
+                let pause = options.duration.unwrap_or(PAUSE_FOR);
+                run.faults.paused.insert(target.clone(), now + pause);
+                planned.detail = format!("SIGSTOP for {pause:?}");
+                planned.lasts = pause;
+            }
+            run.faults.expect_exit.insert(target);
+            Ok(planned)
+        }
+        ChaosEvent::LeaderFailure | ChaosEvent::LeaderPause => {
+            let leader: Vec<String> = run
+                .workers
+                .iter()
+                .filter(|(p, v)| v.leader && live.contains(p))
+                .map(|(p, _)| p.clone())
+                .collect();
+            if live.len() < 2 || leader.is_empty() {
+                return Err("skipped: no leader among two or more live workers".into());
+            }
+            let target = choose(run, &leader, options)?;
+            let mut planned = if event == ChaosEvent::LeaderFailure {
+                process_fault(target.clone(), Signal::Kill, Some(false))
+            } else {
+                let pause = options.duration.unwrap_or(PAUSE_FOR);
+                run.faults.paused.insert(target.clone(), now + pause);
+                let mut planned = process_fault(target.clone(), Signal::Stop, Some(false));
+                planned.detail = format!("SIGSTOP for {pause:?}");
+                planned.lasts = pause;
+                planned
+            };
+            planned.detail = if planned.detail.is_empty() {
+                "the leader".into()
+            } else {
+                format!("the leader, {}", planned.detail)
+            };
+            run.faults.expect_exit.insert(target);
+            Ok(planned)
+        }
+        ChaosEvent::ProducerCrash => {
+            let producers: Vec<String> = run
+                .producers_alive
+                .iter()
+                .filter(|(_, alive)| **alive)
+                .map(|(p, _)| p.clone())
+                .collect();
+            if producers.is_empty() {
+                return Err("skipped: no live producer".into());
+            }
+            let target = choose(run, &producers, options)?;
+            run.faults.expect_exit.insert(target.clone());
+            Ok(process_fault(target, Signal::Kill, None))
+        }
+        ChaosEvent::ScaleUp => {
+            let template = run
+                .faults
+                .slots
+                .values()
+                .find_map(|(_, spawn)| match &spawn.spec {
+                    Some(spawn::Spec::Worker(spec)) => Some(spec.clone()),
+                    _ => None,
+                });
+            let (Some(mut spec), false) = (template, run.faults.agents.is_empty()) else {
+                return Err("skipped: no worker to copy".into());
+            };
+            let agent = match &options.target {
+                Some(agent) if run.faults.agents.contains(agent) => agent.clone(),
+                Some(other) => return Err(format!("skipped: no agent {other}")),
+                None => run.faults.agents[run.faults.next_worker % run.faults.agents.len()].clone(),
+            };
+            let process = format!("worker-{}", run.faults.next_worker);
+            run.faults.next_worker += 1;
+            spec.identity_token = process.clone();
+            let spawn = Spawn {
+                process: process.clone(),
+                spec: Some(spawn::Spec::Worker(spec)),
+            };
+            run.faults
+                .slots
+                .insert(process.clone(), (agent.clone(), spawn.clone()));
+            Ok(Planned {
+                target: process,
+                detail: format!("on {agent}"),
+                action: Action::Send(agent, Box::new(coordinator_message::Body::Spawn(spawn))),
+                measure: Some(false),
+                lasts: Duration::ZERO,
+            })
+        }
+        ChaosEvent::NatsDisconnect | ChaosEvent::NetworkDegrade => {
+            let free: Vec<String> = run
+                .faults
+                .agents
+                .iter()
+                .filter(|agent| !run.faults.host_faults.contains_key(*agent))
+                .cloned()
+                .collect();
+            if free.is_empty() {
+                return Err("skipped: every host is already impaired".into());
+            }
+            let target = choose(run, &free, options)?;
+            let (kind, lasts, loss, rate, delay) = if event == ChaosEvent::NatsDisconnect {
+                let lasts = options.duration.unwrap_or_else(|| {
+                    run.faults
+                        .plan
+                        .as_mut()
+                        .map_or(DISCONNECT_DEFAULT, ChaosPlan::disconnect_duration)
+                });
+                (NetworkFaultKind::Disconnect, lasts, 0.0, 0, 0)
+            } else {
+                (
+                    NetworkFaultKind::Degrade,
+                    options.duration.unwrap_or(DEGRADE_FOR),
+                    DEGRADE_LOSS,
+                    DEGRADE_RATE_KBIT,
+                    DEGRADE_DELAY_MS,
+                )
+            };
+            let fault = NetworkFault {
+                id: index as u64,
+                kind: kind as i32,
+                nats_endpoints: run.faults.nats_endpoints.clone(),
+                duration_ms: u64::try_from(lasts.as_millis()).unwrap_or(u64::MAX),
+                loss_probability: loss,
+                rate_kbit: rate,
+                delay_ms: delay,
+            };
+            run.faults.host_faults.insert(
+                target.clone(),
+                HostFault {
+                    record: index,
+                    excused_until: None,
+                },
+            );
+            Ok(Planned {
+                detail: format!("for {lasts:?}"),
+                action: Action::Send(
+                    target.clone(),
+                    Box::new(coordinator_message::Body::NetworkFault(fault)),
+                ),
+                target,
+                measure: Some(true),
+                lasts,
+            })
+        }
+        other => Err(format!(
+            "skipped: {} is not implemented yet",
+            other.as_str()
+        )),
+    }
+}
+
+/// A named target must be one of `from`; otherwise one is drawn from the seeded plan.
+fn choose(run: &mut ActiveRun, from: &[String], options: &InjectOptions) -> Result<String, String> {
+    match &options.target {
+        Some(target) if from.contains(target) => Ok(target.clone()),
+        Some(target) => Err(format!(
+            "skipped: target {target} is not one of [{}]",
+            from.join(", ")
+        )),
+        None => {
+            let index = run
+                .faults
+                .plan
+                .as_mut()
+                .map_or(0, |plan| plan.pick(from.len()));
+            from.get(index)
+                .cloned()
+                .ok_or_else(|| "skipped: no candidate".to_string())
+        }
+    }
+}
+
+/// Disconnect length when no plan draws one (`simctl chaos` without `--duration` and
+/// without a schedule).
+const DISCONNECT_DEFAULT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::nats_endpoints;
+
+    #[test]
+    fn endpoints_from_urls() {
+        assert_eq!(
+            nats_endpoints("nats://10.0.0.1:4222, tls://user:pw@nats.example:7422,localhost"),
+            vec!["10.0.0.1:4222", "nats.example:7422", "localhost:4222"]
+        );
     }
 }

@@ -18,8 +18,10 @@ use tracing::{info, warn};
 
 mod faults;
 
+pub use faults::InjectOptions;
+
 use crate::agents::{AgentRegistry, IngestBatch};
-use crate::config::Config;
+use crate::config::{ChaosEvent, Config};
 use crate::ownership::OwnershipCheck;
 use crate::placement::{self, PlacedSpawn, Placement};
 use crate::report::{Outcome, RunSummary};
@@ -53,6 +55,15 @@ pub enum Command {
     },
     /// Stop early: go to the drain phase now.
     Stop,
+    /// Inject one fault now (`simctl chaos`).
+    Inject {
+        /// The fault.
+        event: ChaosEvent,
+        /// Target and duration, when given.
+        options: InjectOptions,
+        /// Reply with (target, outcome).
+        reply: oneshot::Sender<(String, String)>,
+    },
 }
 
 /// Handles to a running engine.
@@ -186,6 +197,15 @@ impl Engine {
                         let _ = reply.send(result);
                     }
                     Some(Command::Stop) => self.begin_drain("stopped by request").await,
+                    Some(Command::Inject { event, options, reply }) => {
+                        let running = self.run.as_ref().is_some_and(|run| run.phase == Phase::Running);
+                        let result = if running {
+                            self.inject(event, Instant::now(), options).await
+                        } else {
+                            (String::new(), "skipped: no run is in its running phase".into())
+                        };
+                        let _ = reply.send(result);
+                    }
                     None => return,
                 },
                 batch = ingest.recv() => match batch {
@@ -236,7 +256,7 @@ impl Engine {
         }
         let now = Instant::now();
         self.report_tx.send_replace(None);
-        let faults = faults::FaultState::new(&config, seed, &placement, now);
+        let faults = faults::FaultState::new(&config, seed, &placement, &nats_url, now);
         self.run = Some(ActiveRun {
             id: id.clone(),
             duration: config.simulation.duration,
@@ -285,7 +305,13 @@ impl Engine {
         }
         for report in batch.reports {
             let Some(body) = report.body else { continue };
+            if let report::Body::Network(network) = &body {
+                self.on_network_report(&batch.agent, network);
+                continue;
+            }
+            let Some(run) = self.run.as_mut() else { return };
             match body {
+                report::Body::Network(_) => {}
                 report::Body::Sent(sent) => {
                     if let Err(error) = run.tracker.sent(Sent {
                         partition: sent.partition,
@@ -356,7 +382,8 @@ impl Engine {
                         (_, Some(signal)) => format!("signal {signal}"),
                         _ => "unknown status".into(),
                     };
-                    let caused_by_chaos = run.faults.expect_exit.remove(&exited.process);
+                    let caused_by_chaos = run.faults.expect_exit.remove(&exited.process)
+                        || run.faults.host_faulted(&exited.process, Instant::now());
                     let expected = caused_by_chaos
                         || (matches!(run.phase, Phase::Draining { .. } | Phase::Finished)
                             && exited.code == Some(0));

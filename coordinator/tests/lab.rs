@@ -1,0 +1,505 @@
+//! Chaos across hosts: a network-namespace lab (one hub namespace with nats-server and the
+//! coordinator, three agent hosts joined to it by veth pairs on a bridge inside the hub),
+//! a multi-minute run with every executable fault type, then checks that nothing is left
+//! behind: no iptables chain or qdisc in any namespace, no process.
+//!
+//! Everything runs inside namespaces the test creates (test_support::lab); no traffic
+//! leaves them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use test_support::lab::{Lab, LabProcess};
+
+fn bin(name: &str) -> PathBuf {
+    test_support::workspace_binary(name)
+}
+
+fn text(output: &Output) -> String {
+    test_support::output_text(output)
+}
+
+/// An agent daemon in host namespace `host`, logging to `<dir>/agent-<host>.log` (appended:
+/// a restarted agent keeps the earlier log).
+fn spawn_agent(lab: &Lab, dir: &Path, endpoint: &str, host: usize) -> LabProcess {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("agent-{host}.log")))
+        .expect("agent log");
+    lab.spawn(
+        lab.command(lab.host(host), bin("agent"))
+            .args(["run", "--coordinator", endpoint, "--id"])
+            .arg(format!("host-{host}"))
+            .arg("--dir")
+            .arg(dir.join(format!("host-{host}")))
+            .stdout(Stdio::null())
+            .stderr(log),
+    )
+    .expect("agent")
+}
+
+/// The running lab: namespaces, daemons, and where their logs go.
+struct Fleet {
+    lab: Lab,
+    endpoint: String,
+    dir: PathBuf,
+    nats: Option<LabProcess>,
+    coordinator: Option<LabProcess>,
+    agents: Vec<LabProcess>,
+}
+
+/// Each test runs a whole fleet; on two cores, two at once starve each other. One at a time.
+fn one_fleet_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static FLEET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    FLEET
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Fleet {
+    fn start(dir: &Path, hosts: usize) -> Self {
+        let lab = Lab::new(hosts).expect("creating the namespace lab");
+        let hub_ip = lab.hub_ip().to_string();
+        let log = |name: &str| std::fs::File::create(dir.join(name)).expect("log file");
+        let nats = lab
+            .spawn(
+                lab.command(lab.hub(), test_support::nats_server_binary())
+                    .args(["-js", "-a", "0.0.0.0", "-p", "4222", "-sd"])
+                    .arg(dir.join("nats-store"))
+                    .stdout(Stdio::null())
+                    .stderr(log("nats-server.log")),
+            )
+            .expect("nats-server");
+        let nats_url = format!("nats://{hub_ip}:4222");
+        let coordinator = lab
+            .spawn(
+                lab.command(lab.hub(), bin("coordinator"))
+                    .args([
+                        "--listen",
+                        &format!("{hub_ip}:7400"),
+                        "--nats-url",
+                        &nats_url,
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(log("coordinator.log")),
+            )
+            .expect("coordinator");
+        let endpoint = format!("http://{hub_ip}:7400");
+        let agents = (1..=hosts)
+            .map(|host| spawn_agent(&lab, dir, &endpoint, host))
+            .collect();
+        let fleet = Self {
+            lab,
+            endpoint,
+            dir: dir.to_path_buf(),
+            nats: Some(nats),
+            coordinator: Some(coordinator),
+            agents,
+        };
+        fleet.wait_for_agents(hosts);
+        fleet
+    }
+
+    fn simctl(&self, args: &[&str]) -> Output {
+        self.lab
+            .command(self.lab.hub(), bin("simctl"))
+            .arg("--coordinator")
+            .arg(&self.endpoint)
+            .args(args)
+            .output()
+            .expect("simctl")
+    }
+
+    fn wait_for_agents(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let agents = text(&self.simctl(&["agents"]));
+            if agents.matches(" connected").count() >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agents never connected: {agents}\nlogs in {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Poll `simctl report` until the run has a verdict (deadline `within`).
+    fn wait_for_report(&self, within: Duration, json: &Path) -> Output {
+        let deadline = Instant::now() + within;
+        loop {
+            let report = self.simctl(&["report", "--json", json.to_str().expect("utf8")]);
+            if !text(&report).contains("no finished run") {
+                return report;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no verdict within {within:?}; status: {}\nlogs in {}",
+                text(&self.simctl(&["status"])),
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// Stop the agents gracefully, then the daemons; what remains in the namespaces.
+    fn stop(&mut self) -> Vec<String> {
+        for agent in &mut self.agents {
+            let _ = agent.signal(nix::sys::signal::Signal::SIGTERM);
+        }
+        for agent in &mut self.agents {
+            assert!(
+                agent.wait_timeout(Duration::from_secs(30)).is_some(),
+                "an agent did not stop within 30 s of SIGTERM"
+            );
+        }
+        let mut leftovers = Vec::new();
+        for host in 1..=self.lab.hosts() {
+            let ns = self.lab.host(host);
+            let rules = self.lab.iptables_save(ns).expect("iptables-save");
+            if rules.contains("PARTI-SIM") {
+                leftovers.push(format!("{ns}: iptables chain left:\n{rules}"));
+            }
+            let qdiscs = self.lab.qdiscs(ns).expect("tc qdisc show");
+            if qdiscs.contains("prio") || qdiscs.contains("tbf") || qdiscs.contains("netem") {
+                leftovers.push(format!("{ns}: qdisc left:\n{qdiscs}"));
+            }
+            let pids = self.lab.pids(ns).expect("ip netns pids");
+            if !pids.is_empty() {
+                leftovers.push(format!("{ns}: processes left: {pids:?}"));
+            }
+        }
+        self.coordinator.take();
+        self.nats.take();
+        leftovers
+    }
+}
+
+const LAB_CONFIG: &str = r"
+simulation:
+  duration: 200s
+  mode: coordinator
+partitions:
+  count: 24
+  message_rate_per_partition: 4
+  distribution: exponential
+  weights:
+    exponential:
+      extreme_percent: 0.125
+      extreme_weight: 10
+      normal_weight: 1
+producers:
+  count: 3
+  partitions_per_producer: 8
+  rate_variation:
+    enabled: false
+workers:
+  count: 6
+  assignment_strategy: WeightedConsistentHash
+  processing_delay:
+    min: 1ms
+    max: 5ms
+coordinator:
+  validation_window: 40s
+chaos:
+  enabled: true
+  interval: 4-7s
+  events:
+    - worker_crash
+    - worker_restart
+    - scale_up
+    - scale_down
+    - leader_failure
+    - producer_crash
+    - worker_pause
+    - leader_pause
+    - nats_disconnect
+    - network_degrade
+nats:
+  mode: external
+  url: nats://127.0.0.1:4222
+metrics:
+  prometheus:
+    enabled: false
+checkpointing:
+  enabled: false
+";
+
+/// Whether this machine can build the lab (root, iproute2, namespaces).
+fn lab_possible() -> bool {
+    std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn chaos_across_three_hosts_passes_and_leaves_nothing_behind() {
+    assert!(
+        lab_possible(),
+        "the namespace lab needs root and iproute2 (scripts/setup.sh installs iproute2)"
+    );
+    let _one = one_fleet_at_a_time();
+    let dir = tempfile::Builder::new()
+        .prefix("parti-lab-")
+        .tempdir()
+        .expect("tempdir");
+    let config = dir.path().join("lab.yaml");
+    std::fs::write(&config, LAB_CONFIG).expect("config");
+    let mut fleet = Fleet::start(dir.path(), 3);
+    let started = fleet.simctl(&[
+        "start",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--seed",
+        "4",
+    ]);
+    assert_eq!(started.status.code(), Some(0), "{}", text(&started));
+
+    let json_path = dir.path().join("report.json");
+    let report = fleet.wait_for_report(Duration::from_secs(420), &json_path);
+    let report_text = text(&report);
+    let leftovers = fleet.stop();
+    if report.status.code() != Some(0) || !leftovers.is_empty() {
+        // Keep the logs of a failed run for whoever has to read them.
+        let _ = std::fs::write(dir.path().join("report.txt"), &report_text);
+        let path = dir.keep();
+        panic!(
+            "expected PASS and a clean lab.\nreport:\n{report_text}\nleftovers: {leftovers:#?}\nlogs kept in {}",
+            path.display()
+        );
+    }
+    // Shown with --nocapture: the per-fault recovery table is worth reading.
+    println!("{report_text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("report json"))
+            .expect("json");
+    let faults = json["faults"].as_array().expect("faults array");
+    let injected: Vec<&serde_json::Value> = faults
+        .iter()
+        .filter(|f| f["outcome"] == "injected")
+        .collect();
+    assert!(
+        injected.len() >= 12,
+        "only {} faults injected:\n{report_text}",
+        injected.len()
+    );
+    for event in [
+        "worker_crash",
+        "worker_restart",
+        "scale_up",
+        "scale_down",
+        "leader_failure",
+        "producer_crash",
+        "worker_pause",
+        "leader_pause",
+        "nats_disconnect",
+        "network_degrade",
+    ] {
+        assert!(
+            injected.iter().any(|f| f["event"] == event),
+            "{event} never injected:\n{report_text}"
+        );
+    }
+    // Network faults really were in place: the agent said what it installed.
+    assert!(
+        injected.iter().any(|f| f["event"] == "nats_disconnect"
+            && f["detail"].as_str().unwrap_or("").contains("DROP all tcp")),
+        "no disconnect rules reported:\n{report_text}"
+    );
+    fleet.lab_teardown();
+}
+
+impl Fleet {
+    fn lab_teardown(self) {
+        let Fleet { lab, agents, .. } = self;
+        drop(agents);
+        lab.teardown().expect("lab teardown");
+    }
+}
+
+/// A run without scheduled chaos, for faults injected by hand with `simctl chaos`.
+const MANUAL_CONFIG: &str = r"
+simulation:
+  duration: 150s
+  mode: coordinator
+partitions:
+  count: 8
+  message_rate_per_partition: 5
+producers:
+  count: 2
+  partitions_per_producer: 4
+workers:
+  count: 4
+  processing_delay:
+    min: 1ms
+    max: 3ms
+coordinator:
+  validation_window: 30s
+chaos:
+  enabled: false
+nats:
+  mode: external
+  url: nats://127.0.0.1:4222
+metrics:
+  prometheus:
+    enabled: false
+checkpointing:
+  enabled: false
+";
+
+/// Wait until `condition` holds (polling every 200 ms) or panic with `what`.
+fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn received(fleet: &Fleet) -> u64 {
+    text(&fleet.simctl(&["status"]))
+        .split("received ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn network_faults_are_per_host_time_limited_and_removed_after_an_agent_is_killed() {
+    let _one = one_fleet_at_a_time();
+    let dir = tempfile::Builder::new()
+        .prefix("parti-lab-")
+        .tempdir()
+        .expect("tempdir");
+    let config = dir.path().join("manual.yaml");
+    std::fs::write(&config, MANUAL_CONFIG).expect("config");
+    let mut fleet = Fleet::start(dir.path(), 2);
+    let started = fleet.simctl(&["start", "--config", config.to_str().expect("utf8")]);
+    assert_eq!(started.status.code(), Some(0), "{}", text(&started));
+    wait_for("messages flowing", Duration::from_secs(60), || {
+        received(&fleet) > 50
+    });
+
+    // Bad requests: an unknown event is bad input (2), an impossible target is "not
+    // injected" (1); neither touches anything.
+    let unknown = fleet.simctl(&["chaos", "network_meltdown"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
+    assert!(
+        text(&unknown).contains("nats_disconnect"),
+        "{}",
+        text(&unknown)
+    );
+    let nobody = fleet.simctl(&["chaos", "worker_crash", "--target", "worker-99"]);
+    assert_eq!(nobody.status.code(), Some(1), "{}", text(&nobody));
+
+    // A long disconnect on host 1 only.
+    let lab = &fleet.lab;
+    let chain_on = |host: usize| {
+        lab.iptables_save(lab.host(host))
+            .expect("iptables-save")
+            .contains(":PARTI-SIM")
+    };
+    let cut = fleet.simctl(&[
+        "chaos",
+        "nats_disconnect",
+        "--target",
+        "host-1",
+        "--duration",
+        "300s",
+    ]);
+    assert_eq!(cut.status.code(), Some(0), "{}", text(&cut));
+    wait_for("the DROP rules on host 1", Duration::from_secs(15), || {
+        chain_on(1)
+    });
+    assert!(!chain_on(2), "host 2 must not be touched");
+    let rules = lab.iptables_save(lab.host(1)).expect("iptables-save");
+    assert!(
+        rules.contains("--dport 4222") && rules.contains("--sport 4222") && rules.contains("DROP"),
+        "{rules}"
+    );
+
+    // SIGKILL the agent: its children die with it, the rules stay (nobody removed them)...
+    fleet.agents[0]
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .expect("kill agent 1");
+    assert!(
+        fleet.agents[0]
+            .wait_timeout(Duration::from_secs(10))
+            .is_some()
+    );
+    wait_for("no process left on host 1", Duration::from_secs(20), || {
+        fleet.lab.pids(fleet.lab.host(1)).expect("pids").is_empty()
+    });
+    assert!(chain_on(1), "the rules outlive a SIGKILLed agent");
+    // ...until an agent starts on that host again.
+    fleet.agents[0] = spawn_agent(&fleet.lab, &fleet.dir, &fleet.endpoint, 1);
+    wait_for(
+        "the restarted agent removing the chain",
+        Duration::from_secs(20),
+        || !chain_on(1),
+    );
+    fleet.wait_for_agents(2);
+
+    // A short degrade on host 2: loss rule and shaping appear, then the agent itself
+    // removes them when the time is up.
+    let degrade = fleet.simctl(&[
+        "chaos",
+        "network_degrade",
+        "--target",
+        "host-2",
+        "--duration",
+        "6s",
+    ]);
+    assert_eq!(degrade.status.code(), Some(0), "{}", text(&degrade));
+    let lab = &fleet.lab;
+    wait_for(
+        "loss rule and tbf on host 2",
+        Duration::from_secs(10),
+        || {
+            let rules = lab.iptables_save(lab.host(2)).expect("iptables-save");
+            let qdiscs = lab.qdiscs(lab.host(2)).expect("qdiscs");
+            rules.contains("statistic") && qdiscs.contains("tbf")
+        },
+    );
+    wait_for(
+        "host 2 healed by its agent",
+        Duration::from_secs(20),
+        || {
+            !lab.iptables_save(lab.host(2))
+                .expect("iptables-save")
+                .contains("PARTI-SIM")
+                && !lab.qdiscs(lab.host(2)).expect("qdiscs").contains("htb")
+        },
+    );
+
+    let stop = fleet.simctl(&["stop"]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    let json_path = dir.path().join("report.json");
+    let report = fleet.wait_for_report(Duration::from_secs(120), &json_path);
+    let report_text = text(&report);
+    let leftovers = fleet.stop();
+    assert!(leftovers.is_empty(), "{leftovers:#?}\n{report_text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("report json"))
+            .expect("json");
+    let events: Vec<&str> = json["faults"]
+        .as_array()
+        .expect("faults")
+        .iter()
+        .map(|f| f["event"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        events.contains(&"nats_disconnect") && events.contains(&"network_degrade"),
+        "{report_text}"
+    );
+    fleet.lab_teardown();
+}
