@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".sim.v1.ProducerSpec", serde)
         .type_attribute(".sim.v1.WorkerSpec", serde)
         .type_attribute(".sim.v1.WorkerFaults", serde)
+        .type_attribute(".sim.v1.PartitionMap", serde)
+        .type_attribute(".sim.v1.PartitionEntry", serde)
         .compile_protos(&["proto/sim/v1/sim.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/sim/v1/sim.proto");
     Ok(())

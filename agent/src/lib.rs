@@ -11,8 +11,10 @@
 
 #![forbid(unsafe_code)]
 
+mod gostyle;
 pub mod message;
 pub mod netfault;
+mod partition_map;
 pub mod producer;
 pub mod report;
 pub mod session;

@@ -4,6 +4,10 @@
 //! after its PubAck: a failed publish is retried with the same `Nats-Msg-Id`, so the stream
 //! stores it once and sequences stay gap-free. On start each partition resumes after the
 //! last message of its subject in the stream, so a restarted producer continues the count.
+//!
+//! The partitions published are those the run's partition map gives this producer
+//! ([`crate::partition_map`]), followed while running: a partition added mid-run starts at
+//! its stream's last sequence + 1, a removed one stops (its in-flight publish completes).
 
 use std::time::Duration;
 
@@ -11,10 +15,11 @@ use anyhow::Context;
 use async_nats::jetstream;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use proto::v1::ProducerSpec;
+use proto::v1::{PartitionMap, ProducerSpec};
 use tokio::time::Instant;
 
 use crate::message::{SimulationMessage, message_id, subject};
+use crate::partition_map;
 use crate::report::{ChildReport, ReportClient, now_us};
 
 struct PartitionState {
@@ -23,6 +28,47 @@ struct PartitionState {
     next_seq: u64,
     credit: f64,
     in_flight: bool,
+    /// In the partition map now; a removed partition's state stays (acks index into the
+    /// list) but publishes nothing.
+    active: bool,
+}
+
+/// `(partition, weight)` this producer publishes according to `map`.
+fn mine(map: &PartitionMap, producer_id: &str) -> Vec<(u32, i64)> {
+    map.partitions
+        .iter()
+        .filter(|entry| entry.producer == producer_id)
+        .map(|entry| (entry.id, entry.weight))
+        .collect()
+}
+
+/// Make `partitions` follow `wanted`: deactivate what left, add (resuming from the stream)
+/// or reactivate what came.
+async fn follow_map(
+    stream: &jetstream::stream::Stream,
+    spec: &ProducerSpec,
+    partitions: &mut Vec<PartitionState>,
+    wanted: &[(u32, i64)],
+) -> anyhow::Result<()> {
+    for state in partitions.iter_mut() {
+        state.active = wanted.iter().any(|(p, _)| *p == state.partition);
+    }
+    for (partition, weight) in wanted {
+        if partitions.iter().any(|s| s.partition == *partition) {
+            continue;
+        }
+        let next_seq = resume_seq(stream, &subject(&spec.subject_prefix, *partition)).await? + 1;
+        tracing::info!(partition, next_seq, "partition added");
+        partitions.push(PartitionState {
+            partition: *partition,
+            weight: (*weight).max(1),
+            next_seq,
+            credit: 0.0,
+            in_flight: false,
+            active: true,
+        });
+    }
+    Ok(())
 }
 
 /// Global rate multiplier: a triangle wave between min and max over `ramp_interval`.
@@ -113,17 +159,26 @@ pub async fn run(
         .get_stream(&spec.stream)
         .await
         .context("opening the stream")?;
-    let mut partitions = Vec::with_capacity(spec.partitions.len());
-    for (index, partition) in spec.partitions.iter().enumerate() {
-        let next_seq = resume_seq(&stream, &subject(&spec.subject_prefix, *partition)).await? + 1;
-        partitions.push(PartitionState {
-            partition: *partition,
-            weight: spec.weights.get(index).copied().unwrap_or(1).max(1),
-            next_seq,
-            credit: 0.0,
-            in_flight: false,
-        });
-    }
+    let map_store = partition_map::open(&js).await;
+    let initial = match &map_store {
+        Some(store) => partition_map::current(store).await,
+        None => None,
+    };
+    let wanted: Vec<(u32, i64)> = match &initial {
+        Some(map) => mine(map, &spec.producer_id),
+        None => spec
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(index, p)| (*p, spec.weights.get(index).copied().unwrap_or(1)))
+            .collect(),
+    };
+    let mut partitions = Vec::with_capacity(wanted.len());
+    follow_map(&stream, &spec, &mut partitions, &wanted).await?;
+    let mut map_updates = match map_store {
+        Some(store) => partition_map::follow(store),
+        None => tokio::sync::mpsc::channel(1).1,
+    };
     tracing::info!(producer = %spec.producer_id, partitions = partitions.len(), "producing");
     let started = Instant::now();
     let mut last_tick = started;
@@ -140,6 +195,9 @@ pub async fn run(
                 last_tick = now;
                 let rate = spec.rate_per_partition * multiplier(&spec, now.duration_since(started));
                 for (index, state) in partitions.iter_mut().enumerate() {
+                    if !state.active {
+                        continue;
+                    }
                     // Credit is capped so a long stall is not followed by a large burst.
                     state.credit = (state.credit + rate * state.weight as f64 * dt).min(100.0);
                     if state.credit < 1.0 || state.in_flight {
@@ -148,6 +206,10 @@ pub async fn run(
                     producer_seq += 1;
                     acks.push(publish(&js, &spec, index, state, producer_seq));
                 }
+            }
+            Some(map) = map_updates.recv(), if !stop.is_cancelled() => {
+                let wanted = mine(&map, &spec.producer_id);
+                follow_map(&stream, &spec, &mut partitions, &wanted).await?;
             }
             Some((index, body, result)) = acks.next() => {
                 let state = &mut partitions[index];
@@ -158,7 +220,7 @@ pub async fn run(
                         state.credit -= 1.0;
                         // Credit left: go on at once instead of waiting for the next tick,
                         // so a partition's rate is bounded by the PubAck round trip only.
-                        if state.credit >= 1.0 && !stop.is_cancelled() {
+                        if state.credit >= 1.0 && state.active && !stop.is_cancelled() {
                             producer_seq += 1;
                             acks.push(publish(&js, &spec, index, state, producer_seq));
                         }

@@ -50,7 +50,7 @@ pub fn strategy(spec: &WorkerSpec) -> anyhow::Result<Arc<dyn Strategy>> {
     })
 }
 
-struct SimHandler {
+pub(crate) struct SimHandler {
     reports: ReportClient,
     spec: WorkerSpec,
     worker_id: String,
@@ -76,17 +76,43 @@ impl SimHandler {
     }
 }
 
+/// What the handler needs of a delivered message, whichever consumer delivered it.
+pub(crate) struct Received<'a> {
+    pub subject: &'a str,
+    pub payload: &'a [u8],
+    pub stream_sequence: u64,
+    pub delivered: i64,
+}
+
 impl MessageHandler for SimHandler {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
+        let received = Received {
+            subject: &delivery.subject,
+            payload: &delivery.payload,
+            stream_sequence: delivery.stream_sequence,
+            delivered: delivery.delivered,
+        };
+        Box::pin(self.process(received, || delivery.fence.is_valid()))
+    }
+}
+
+impl SimHandler {
+    /// Parse, simulate the work, report; `may_commit` is asked right before the report (the
+    /// commit point).
+    pub(crate) async fn process(
+        &self,
+        delivery: Received<'_>,
+        may_commit: impl Fn() -> bool,
+    ) -> Result<(), HandlerError> {
+        {
             let received_us = now_us();
-            let message: SimulationMessage = match serde_json::from_slice(&delivery.payload) {
+            let message: SimulationMessage = match serde_json::from_slice(delivery.payload) {
                 Ok(message) => message,
                 Err(error) => {
                     // Garbage is reported and acknowledged: it must neither crash us nor loop.
                     self.reports
                         .send(ChildReport::Malformed {
-                            subject: delivery.subject.clone(),
+                            subject: delivery.subject.to_string(),
                             stream_seq: delivery.stream_sequence,
                             reason: error.to_string(),
                         })
@@ -119,7 +145,7 @@ impl MessageHandler for SimHandler {
             }
             tokio::time::sleep(self.delay()).await;
             // The commit point: only report while this worker may still process.
-            if !delivery.fence.is_valid() && !faults.process_after_revoke {
+            if !may_commit() && !faults.process_after_revoke {
                 return Err("fenced before commit".into());
             }
             let assignment_version = *self.version.borrow();
@@ -138,8 +164,16 @@ impl MessageHandler for SimHandler {
                 })
                 .await?;
             Ok(())
-        })
+        }
     }
+}
+
+/// Every partition of `map`, with its weight.
+fn universe(map: &proto::v1::PartitionMap) -> Vec<Partition> {
+    map.partitions
+        .iter()
+        .map(|entry| Partition::new(entry.id.to_string(), entry.weight.max(1)))
+        .collect()
 }
 
 /// The handler needs the worker id, known only after the manager started: it is filled in
@@ -172,14 +206,28 @@ pub async fn run(
     if !spec.identity_token.is_empty() {
         config.identity_token = Some(spec.identity_token.clone());
     }
-    let partitions: Vec<Partition> = (0..spec.partition_count)
-        .map(|p| {
-            Partition::new(
-                p.to_string(),
-                spec.weights.get(p as usize).copied().unwrap_or(1),
-            )
-        })
-        .collect();
+    // The partitions that exist: the run's partition map (followed below), else the spec's.
+    let map_store = crate::partition_map::open(&async_nats::jetstream::new(client.clone())).await;
+    let initial = match &map_store {
+        Some(store) => crate::partition_map::current(store).await,
+        None => None,
+    };
+    let partitions: Vec<Partition> = match &initial {
+        Some(map) => universe(map),
+        None => (0..spec.partition_count)
+            .map(|p| {
+                Partition::new(
+                    p.to_string(),
+                    spec.weights.get(p as usize).copied().unwrap_or(1),
+                )
+            })
+            .collect(),
+    };
+    let source = StaticSource::new(partitions);
+    let mut map_updates = match map_store {
+        Some(store) => crate::partition_map::follow(store),
+        None => tokio::sync::mpsc::channel(1).1,
+    };
     let faults = spec.faults.unwrap_or_default();
     let consumer_config = ConsumerConfig {
         durable_prefix: "sim".into(),
@@ -191,13 +239,18 @@ pub async fn run(
         )
     };
     let late = Arc::new(LateHandler(std::sync::OnceLock::new()));
-    let consumer = WorkerConsumer::new(client.clone(), consumer_config, late.clone()).await?;
+    // The Go-style fault consumes by itself (crate::gostyle), without parti's helper.
+    let consumer = if faults.go_style_handoff {
+        None
+    } else {
+        Some(WorkerConsumer::new(client.clone(), consumer_config, late.clone()).await?)
+    };
     let manager = Manager::start(
-        client,
+        client.clone(),
         config,
-        Arc::new(StaticSource::new(partitions)),
+        Arc::new(source.clone()),
         strategy(&spec)?,
-        Some(consumer),
+        consumer.map(|c| c as _),
     )
     .await
     .context("starting the parti manager")?;
@@ -213,6 +266,17 @@ pub async fn run(
         handled: AtomicU64::new(0),
         spec: spec.clone(),
     });
+    if faults.go_style_handoff {
+        tokio::spawn(crate::gostyle::consume(
+            client,
+            spec.stream.clone(),
+            spec.subject_prefix.clone(),
+            manager.worker_id().to_string(),
+            manager.assignment(),
+            handler.clone(),
+            stop.clone(),
+        ));
+    }
     let _ = late.0.set(handler);
     tracing::info!(worker = manager.worker_id(), "worker started");
     let mut assignment = manager.assignment();
@@ -241,6 +305,12 @@ pub async fn run(
             changed = assignment.changed() => if changed.is_err() { break false },
             changed = states.changed() => if changed.is_err() { break false },
             changed = leadership.changed() => if changed.is_err() { break false },
+            Some(map) = map_updates.recv() => {
+                // Only the leader's source counts; every worker keeps its own current.
+                source.update(universe(&map));
+                manager.refresh_partitions();
+                continue;
+            }
         }
         version_tx.send_replace(manager.assignment().borrow().version);
         reports.send(status(&manager)).await?;

@@ -114,6 +114,13 @@ pub struct FaultRecord {
     pub outcome: String,
     /// What exactly was done (pause length, rules installed, what the kernel lacked).
     pub detail: String,
+    /// Partitions that changed owner (parti's assignment document) until recovery.
+    pub moved: Option<u64>,
+    /// The fewest moves that fault could need (the partitions its target held; for a
+    /// join, a fair share), where that is defined.
+    pub ideal_moves: Option<u64>,
+    /// Duplicates processed from this fault's start to the next fault's (or the end).
+    pub duplicates: Option<u64>,
     /// Seconds until every partition was owned by a live worker and messages flowed again
     /// (for network faults: counted from the moment the network healed).
     pub rebalance_s: Option<f64>,
@@ -178,6 +185,7 @@ mod tests {
                 Duration::from_secs(1),
                 Duration::from_secs(3),
             )),
+            ..ChaosConfig::default()
         };
         let start = Instant::now();
         let schedule = |seed| {
@@ -196,7 +204,7 @@ mod tests {
         // Every round of three holds each event once.
         let mut all = config.events.clone();
         all.sort();
-        for round in schedule(5).chunks(3) {
+        for round in schedule(5).chunks_exact(3) {
             let mut events: Vec<ChaosEvent> = round.iter().map(|(e, _)| *e).collect();
             events.sort();
             assert_eq!(events, all, "round {round:?}");

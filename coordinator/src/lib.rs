@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agents;
+pub mod assignment_log;
 pub mod chaos;
 pub mod config;
 pub mod control;

@@ -3,7 +3,9 @@
 //! Producers and workers are spread round-robin over the agents sorted by id, so the same
 //! seed and the same agents give the same placement.
 
-use proto::v1::{ProducerSpec, Spawn, WorkerFaults, WorkerSpec, spawn};
+use proto::v1::{
+    PartitionEntry, PartitionMap, ProducerSpec, Spawn, WorkerFaults, WorkerSpec, spawn,
+};
 
 use crate::config::Config;
 
@@ -48,6 +50,33 @@ impl Placement {
             )
         };
         self.workers.iter().map(command).collect()
+    }
+}
+
+impl Placement {
+    /// The initial partition map: partitions `0..count` with their weights and producers
+    /// (a partition no producer publishes has producer "").
+    pub fn partition_map(&self, count: u32) -> PartitionMap {
+        let weights = self
+            .workers
+            .first()
+            .map(|(_, _, spec)| spec.weights.clone())
+            .unwrap_or_default();
+        PartitionMap {
+            version: 1,
+            partitions: (0..count)
+                .map(|id| PartitionEntry {
+                    id,
+                    weight: weights.get(id as usize).copied().unwrap_or(1),
+                    producer: self
+                        .producers
+                        .iter()
+                        .find(|(_, _, spec)| spec.partitions.contains(&id))
+                        .map(|(_, _, spec)| spec.producer_id.clone())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        }
     }
 }
 
@@ -106,6 +135,7 @@ pub fn place(config: &Config, seed: u64, agents: &[String], nats_url: &str) -> P
                 drop_and_ack_one_in: faults.drop_and_ack_one_in,
                 process_after_revoke: faults.process_after_revoke,
                 ack_then_crash_after: faults.ack_then_crash_after,
+                go_style_handoff: faults.go_style_handoff,
             }),
             seed: seed ^ u64::from(index),
         };

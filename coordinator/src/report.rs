@@ -49,6 +49,12 @@ pub struct RunSummary {
     pub faults: Vec<FaultRecord>,
     /// Per fault type: count and rebalance times.
     pub fault_stats: Vec<FaultStats>,
+    /// Assignment versions parti published (as watched in its KV bucket).
+    pub assignment_versions: u64,
+    /// Partition owner changes across those versions.
+    pub partition_moves: u64,
+    /// Leaders, in order of first appearance.
+    pub leaders: Vec<String>,
 }
 
 impl RunSummary {
@@ -105,20 +111,43 @@ impl RunSummary {
                 seconds(stats.rebalance_max_s)
             );
         }
+        let _ = writeln!(
+            out,
+            "  assignments: {} versions, {} partition moves, leaders {}",
+            self.assignment_versions,
+            self.partition_moves,
+            if self.leaders.is_empty() {
+                "-".to_string()
+            } else {
+                self.leaders.join(" → ")
+            }
+        );
         if !self.faults.is_empty() {
-            let _ = writeln!(out, "  events:");
+            let _ = writeln!(
+                out,
+                "  events:  at  {:<18} {:<12} {:<8} {:<10} {:<5} outcome",
+                "fault", "target", "recovery", "moved/ideal", "dups"
+            );
         }
         for fault in &self.faults {
             let recovery = fault
                 .rebalance_s
                 .map_or("-".to_string(), |s| format!("{s:.1}s"));
+            let moved = match (fault.moved, fault.ideal_moves) {
+                (Some(moved), Some(ideal)) => format!("{moved}/{ideal}"),
+                (Some(moved), None) => format!("{moved}/-"),
+                _ => "-".to_string(),
+            };
+            let dups = fault.duplicates.map_or("-".to_string(), |d| d.to_string());
             let _ = writeln!(
                 out,
-                "    {:>6.0}s {:<18} {:<12} {:<8} {}{}",
+                "    {:>6.0}s {:<18} {:<12} {:<8} {:<11} {:<5} {}{}",
                 fault.at_s,
                 fault.event,
                 fault.target,
                 recovery,
+                moved,
+                dups,
                 fault.outcome,
                 if fault.detail.is_empty() {
                     String::new()

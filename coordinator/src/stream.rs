@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, kv, stream};
+use proto::v1::PartitionMap;
 
 use crate::config::Config;
 
@@ -11,7 +12,10 @@ use crate::config::Config;
 /// stream: limits retention (a restarted producer resumes from the last message of its
 /// subject, which work-queue retention would have deleted), file storage, and room for one
 /// durable consumer per partition (the server's default cap is 1000, see NATS-NOTES).
-pub async fn prepare(url: &str, config: &Config) -> anyhow::Result<()> {
+///
+/// Also (re)creates the simulation's own KV bucket ([`proto::SIM_BUCKET`], holding the
+/// partition map) and returns it.
+pub async fn prepare(url: &str, config: &Config) -> anyhow::Result<kv::Store> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
@@ -21,6 +25,7 @@ pub async fn prepare(url: &str, config: &Config) -> anyhow::Result<()> {
     let name = config.nats.stream.clone();
     let _ = js.delete_stream(&name).await;
     let _ = js.delete_key_value("parti").await;
+    let _ = js.delete_key_value(proto::SIM_BUCKET).await;
     js.create_stream(stream::Config {
         name: name.clone(),
         subjects: vec![format!("{}.>", config.nats.subject_prefix)],
@@ -34,5 +39,22 @@ pub async fn prepare(url: &str, config: &Config) -> anyhow::Result<()> {
     })
     .await
     .with_context(|| format!("creating stream {name}"))?;
+    js.create_key_value(kv::Config {
+        bucket: proto::SIM_BUCKET.into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("creating KV bucket {}", proto::SIM_BUCKET))
+}
+
+/// Publish `map` as the run's partition map.
+pub async fn publish_partition_map(store: &kv::Store, map: &PartitionMap) -> anyhow::Result<()> {
+    let json = serde_json::to_vec(map).context("encoding the partition map")?;
+    store
+        .put(proto::PARTITIONS_KEY, json.into())
+        .await
+        .context("writing the partition map")?;
     Ok(())
 }

@@ -208,6 +208,8 @@ coordinator:
 chaos:
   enabled: true
   interval: 4-7s
+  warmup: 10s
+  cooldown: 10s
   events:
     - worker_crash
     - worker_restart
@@ -219,6 +221,7 @@ chaos:
     - leader_pause
     - nats_disconnect
     - network_degrade
+    - partition_changes
 nats:
   mode: external
   url: nats://127.0.0.1:4222
@@ -237,8 +240,32 @@ fn lab_possible() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-#[test]
-fn chaos_across_three_hosts_passes_and_leaves_nothing_behind() {
+/// A finished lab run.
+struct LabRun {
+    code: Option<i32>,
+    report: String,
+    json: serde_json::Value,
+    /// Kept (not deleted) when the caller's expectation failed.
+    dir: Option<tempfile::TempDir>,
+}
+
+impl LabRun {
+    /// Panic with the report, the leftovers and where the logs were kept.
+    fn fail(mut self, why: &str) -> ! {
+        let dir = self.dir.take().expect("run directory");
+        let _ = std::fs::write(dir.path().join("report.txt"), &self.report);
+        let path = dir.keep();
+        panic!(
+            "{why}\nreport:\n{}\nlogs kept in {}",
+            self.report,
+            path.display()
+        );
+    }
+}
+
+/// Run `config` on a fresh lab of `hosts` agent hosts (seed `seed`) until its verdict; the
+/// lab must be clean afterwards whatever the verdict.
+fn run_in_lab(config: &str, hosts: usize, seed: u64) -> LabRun {
     assert!(
         lab_possible(),
         "the namespace lab needs root and iproute2 (scripts/setup.sh installs iproute2)"
@@ -248,36 +275,49 @@ fn chaos_across_three_hosts_passes_and_leaves_nothing_behind() {
         .prefix("parti-lab-")
         .tempdir()
         .expect("tempdir");
-    let config = dir.path().join("lab.yaml");
-    std::fs::write(&config, LAB_CONFIG).expect("config");
-    let mut fleet = Fleet::start(dir.path(), 3);
+    let config_path = dir.path().join("run.yaml");
+    std::fs::write(&config_path, config).expect("config");
+    let mut fleet = Fleet::start(dir.path(), hosts);
     let started = fleet.simctl(&[
         "start",
         "--config",
-        config.to_str().expect("utf8"),
+        config_path.to_str().expect("utf8"),
         "--seed",
-        "4",
+        &seed.to_string(),
     ]);
     assert_eq!(started.status.code(), Some(0), "{}", text(&started));
-
     let json_path = dir.path().join("report.json");
-    let report = fleet.wait_for_report(Duration::from_secs(420), &json_path);
-    let report_text = text(&report);
+    let report = fleet.wait_for_report(Duration::from_secs(480), &json_path);
     let leftovers = fleet.stop();
-    if report.status.code() != Some(0) || !leftovers.is_empty() {
-        // Keep the logs of a failed run for whoever has to read them.
-        let _ = std::fs::write(dir.path().join("report.txt"), &report_text);
-        let path = dir.keep();
-        panic!(
-            "expected PASS and a clean lab.\nreport:\n{report_text}\nleftovers: {leftovers:#?}\nlogs kept in {}",
-            path.display()
-        );
+    let json = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let run = LabRun {
+        code: report.status.code(),
+        report: text(&report),
+        json,
+        dir: Some(dir),
+    };
+    fleet.lab_teardown();
+    if !leftovers.is_empty() {
+        run.fail(&format!(
+            "the lab was not clean after the run: {leftovers:#?}"
+        ));
     }
+    run
+}
+
+#[test]
+fn chaos_across_three_hosts_passes_and_leaves_nothing_behind() {
+    let run = run_in_lab(LAB_CONFIG, 3, 4);
+    if run.code != Some(0) {
+        run.fail("expected PASS");
+    }
+    let report_text = &run.report;
     // Shown with --nocapture: the per-fault recovery table is worth reading.
     println!("{report_text}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("report json"))
-            .expect("json");
+    let json = &run.json;
     let faults = json["faults"].as_array().expect("faults array");
     let injected: Vec<&serde_json::Value> = faults
         .iter()
@@ -299,19 +339,60 @@ fn chaos_across_three_hosts_passes_and_leaves_nothing_behind() {
         "leader_pause",
         "nats_disconnect",
         "network_degrade",
+        "partition_changes",
     ] {
         assert!(
             injected.iter().any(|f| f["event"] == event),
             "{event} never injected:\n{report_text}"
         );
     }
+    // Warm-up and cool-down were fault-free.
+    for fault in faults {
+        let at = fault["at_s"].as_f64().unwrap_or(0.0);
+        assert!(
+            (10.0..=190.0).contains(&at),
+            "fault at {at}s:\n{report_text}"
+        );
+    }
+    // parti's own record was watched: versions, moves, and more than one leader (the
+    // leader was killed and paused).
+    assert!(
+        json["assignment_versions"].as_u64().unwrap_or(0) > 5,
+        "{report_text}"
+    );
+    assert!(
+        json["partition_moves"].as_u64().unwrap_or(0) > 0,
+        "{report_text}"
+    );
+    assert!(
+        json["leaders"].as_array().map_or(0, Vec::len) >= 2,
+        "{report_text}"
+    );
+    // A restarted worker comes back with its stable id (the coordinator checks each one).
+    let restarts: Vec<&&serde_json::Value> = injected
+        .iter()
+        .filter(|f| f["event"] == "worker_restart")
+        .collect();
+    assert!(
+        restarts.iter().all(|f| f["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("kept stable id"))),
+        "{report_text}"
+    );
+    // Partition changes really changed the map.
+    assert!(
+        injected.iter().any(|f| f["event"] == "partition_changes"
+            && f["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("partition"))),
+        "{report_text}"
+    );
     // Network faults really were in place: the agent said what it installed.
     assert!(
         injected.iter().any(|f| f["event"] == "nats_disconnect"
             && f["detail"].as_str().unwrap_or("").contains("DROP all tcp")),
         "no disconnect rules reported:\n{report_text}"
     );
-    fleet.lab_teardown();
 }
 
 impl Fleet {
@@ -502,4 +583,62 @@ fn network_faults_are_per_host_time_limited_and_removed_after_an_agent_is_killed
         "{report_text}"
     );
     fleet.lab_teardown();
+}
+
+/// The lab chaos run, shortened to 75 s, with one deliberate defect in every worker.
+fn defective(knob: &str) -> String {
+    let config = LAB_CONFIG
+        .replacen("duration: 200s", "duration: 75s", 1)
+        .replacen(
+            "workers:\n  count: 6\n",
+            &format!("workers:\n  count: 6\n  faults:\n    {knob}\n"),
+            1,
+        );
+    assert!(
+        config.contains(knob) && config.contains("75s"),
+        "LAB_CONFIG layout changed"
+    );
+    config
+}
+
+/// The same chaos with a defect must FAIL, and for the reason the defect implies (not,
+/// say, a stall or an infrastructure error the chaos happened to cause).
+fn assert_fails_for(knob: &str, reason: &str, seed: u64) {
+    let run = run_in_lab(&defective(knob), 3, seed);
+    let reasons: Vec<String> = run.json["reasons"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|r| r.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if run.code != Some(1) || !reasons.iter().any(|r| r.contains(reason)) {
+        let code = run.code;
+        run.fail(&format!(
+            "{knob}: expected FAIL (exit 1) naming {reason:?}, got exit {code:?} with reasons {reasons:#?}"
+        ));
+    }
+}
+
+#[test]
+fn chaos_run_with_acked_but_dropped_messages_fails_with_loss() {
+    assert_fails_for("drop_and_ack_one_in: 50", "loss:", 11);
+}
+
+#[test]
+fn chaos_run_with_processing_after_revoke_fails_with_an_ownership_violation() {
+    assert_fails_for("process_after_revoke: true", "ownership violation", 12);
+}
+
+#[test]
+fn chaos_run_with_ack_before_processing_then_crash_fails_with_loss() {
+    assert_fails_for("ack_then_crash_after: 40", "loss:", 13);
+}
+
+/// The Go library's handoff (one durable per worker, filters rewritten on reassignment):
+/// partitions that move lose their backlog, and the chaos run proves it.
+#[test]
+fn chaos_run_with_go_style_handoff_fails_with_loss() {
+    assert_fails_for("go_style_handoff: true", "loss:", 14);
 }

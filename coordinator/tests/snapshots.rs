@@ -92,6 +92,9 @@ fn report_text_of_a_failed_run() {
         events: vec!["UNEXPECTED: worker-0 (pid 42) exited: signal 9".into()],
         faults: Vec::new(),
         fault_stats: Vec::new(),
+        assignment_versions: 3,
+        partition_moves: 1,
+        leaders: vec!["worker-0".into()],
     };
     check("report-fail.txt", &summary.text());
     let junit = summary.junit();

@@ -26,6 +26,11 @@ pub struct AssignmentDoc {
     pub lifecycle: String,
     /// The leader that wrote it.
     pub leader: String,
+    /// Revision of the leader key the write was fenced on (the server accepted the write
+    /// only while the leader key was at this revision). Non-decreasing from one version to
+    /// the next: a decrease would mean a deposed leader's write landed — two acting leaders.
+    #[serde(default)]
+    pub leader_revision: u64,
     /// Worker id → the incarnation this assignment is for. A restarted process (new
     /// incarnation) ignores its entry until the leader re-publishes it.
     pub members: BTreeMap<String, u64>,

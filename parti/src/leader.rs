@@ -403,7 +403,7 @@ impl Calculator {
     }
 
     /// Fenced write; `false` when it did not land (deposed, or NATS trouble: retried later).
-    async fn publish(&mut self, next: AssignmentDoc) -> bool {
+    async fn publish(&mut self, mut next: AssignmentDoc) -> bool {
         if next.same_content(&self.doc) {
             return true;
         }
@@ -416,6 +416,7 @@ impl Calculator {
                 }
                 lease.revision
             };
+            next.leader_revision = fence;
             match self
                 .context
                 .bucket

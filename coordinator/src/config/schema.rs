@@ -306,6 +306,10 @@ pub struct WorkerFaults {
     pub process_after_revoke: bool,
     /// Ack a message before processing it, then crash, after N messages; 0 = off.
     pub ack_then_crash_after: u32,
+    /// Consume the way the Go library does (one durable per worker whose filter subjects
+    /// are rewritten on reassignment, no fencing): loses the backlog of moved partitions.
+    /// Proves the harness catches that class of bug.
+    pub go_style_handoff: bool,
 }
 
 // === coordinator ===
@@ -369,6 +373,12 @@ pub struct ChaosConfig {
     pub events: Vec<ChaosEvent>,
     /// Time between events, e.g. `10-30m`; required when enabled.
     pub interval: Option<Interval>,
+    /// Extension: fault-free time at the start of the run (the system settles first).
+    #[serde(with = "human")]
+    pub warmup: Duration,
+    /// Extension: fault-free time before the drain (the system must run clean at the end).
+    #[serde(with = "human")]
+    pub cooldown: Duration,
 }
 
 /// A chaos event name (`chaos.events`). The plan's eight, then ours.

@@ -215,6 +215,18 @@ impl Config {
                 "required when chaos is enabled (e.g. 10-30m)".into()
             });
         }
+        p.check(
+            chaos.warmup + chaos.cooldown < self.simulation.duration || !chaos.enabled,
+            "chaos.warmup",
+            || {
+                format!(
+                    "warmup {} plus cooldown {} leave no time for faults in a {} run",
+                    format_duration(chaos.warmup),
+                    format_duration(chaos.cooldown),
+                    format_duration(self.simulation.duration)
+                )
+            },
+        );
         if let Some(interval) = chaos.interval {
             p.positive_duration("chaos.interval", interval.min);
             p.check(interval.min <= interval.max, "chaos.interval", || {

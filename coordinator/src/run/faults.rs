@@ -51,6 +51,13 @@ pub(super) struct FaultState {
     nats_endpoints: Vec<String>,
     /// Hosts (agents) under a network fault.
     host_faults: BTreeMap<String, HostFault>,
+    /// The id the next added partition gets.
+    next_partition: u32,
+    /// The tracker's duplicate count when the last fault was injected.
+    duplicates_at_last: Option<u64>,
+    /// Restarted workers awaiting their next incarnation: process → (record, stable id,
+    /// incarnation before the restart).
+    restarts: BTreeMap<String, (usize, String, u64)>,
 }
 
 /// How long after a network fault healed the exits of that host's processes still count as
@@ -70,6 +77,8 @@ struct Measure {
     awaiting_heal: bool,
     /// The tracker's received count at `since`: recovered means more were processed since.
     received_at_since: u64,
+    /// The assignment log's move count at injection.
+    moves_at_start: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +150,49 @@ impl FaultState {
             started: now,
             nats_endpoints: nats_endpoints(nats_url),
             host_faults: BTreeMap::new(),
+            next_partition: config.partitions.count,
+            duplicates_at_last: None,
+            restarts: BTreeMap::new(),
+        }
+    }
+
+    /// The previous fault's duplicates end here (`duplicates`: the tracker's count now).
+    pub(super) fn close_duplicates(&mut self, duplicates: u64) {
+        if let (Some(start), Some(last)) = (self.duplicates_at_last, self.records.last_mut()) {
+            last.duplicates = Some(duplicates.saturating_sub(start));
+        }
+    }
+
+    /// A restarted worker's slot reports again: its new incarnation must hold the same stable
+    /// id (the agent hands it the slot's identity token, parti gives the id back at once).
+    pub(super) fn check_restarted_identity(
+        &mut self,
+        process: &str,
+        worker_id: &str,
+        incarnation: u64,
+        failures: &mut Vec<String>,
+    ) {
+        let Some((record, old_id, old_incarnation)) = self.restarts.get(process).cloned() else {
+            return;
+        };
+        if incarnation == old_incarnation || worker_id.is_empty() {
+            return;
+        }
+        self.restarts.remove(process);
+        let note = if worker_id == old_id {
+            format!("kept stable id {worker_id}")
+        } else {
+            failures.push(format!(
+                "identity: {process} was restarted as {old_id} and came back as {worker_id}"
+            ));
+            format!("stable id changed: {old_id} → {worker_id}")
+        };
+        if let Some(record) = self.records.get_mut(record) {
+            record.detail = if record.detail.is_empty() {
+                note
+            } else {
+                format!("{}; {note}", record.detail)
+            };
         }
     }
 
@@ -179,21 +231,27 @@ impl FaultState {
     }
 }
 
-/// Every partition owned by exactly one live, unpaused worker.
+/// Every partition of the map owned by exactly one live, unpaused worker.
 fn fully_owned(run: &ActiveRun) -> bool {
-    let mut owners = vec![0u8; run.config.partitions.count as usize];
+    let mut owners: BTreeMap<u32, u8> = run
+        .partition_map
+        .partitions
+        .iter()
+        .map(|entry| (entry.id, 0))
+        .collect();
     for (process, view) in &run.workers {
         if !view.alive || run.faults.paused.contains_key(process) {
             continue;
         }
         for partition in &view.partitions {
-            match owners.get_mut(*partition as usize) {
+            match owners.get_mut(partition) {
                 Some(count) => *count = count.saturating_add(1),
+                // Owns a partition that no longer exists: not settled yet.
                 None => return false,
             }
         }
     }
-    owners.iter().all(|count| *count == 1)
+    owners.values().all(|count| *count == 1)
 }
 
 impl Engine {
@@ -248,6 +306,7 @@ impl Engine {
                 let took = now.duration_since(measure.since).as_secs_f64();
                 let record = &mut run.faults.records[measure.index];
                 record.rebalance_s = Some(took);
+                record.moved = Some(run.assignment_log.moves - measure.moves_at_start);
                 run.faults.measuring = None;
                 info!(run = %run.id, event = %record.event, took, "recovered");
             } else if now > measure.deadline {
@@ -270,6 +329,12 @@ impl Engine {
         if run.phase != Phase::Running || run.faults.measuring.is_some() {
             // One fault at a time: the next waits until the previous one has healed, so each
             // rebalance time belongs to one fault.
+            return;
+        }
+        let elapsed = now.duration_since(run.started);
+        let chaos = &run.config.chaos;
+        if elapsed < chaos.warmup || elapsed + chaos.cooldown >= run.duration {
+            // Warm-up and cool-down are fault-free.
             return;
         }
         let Some(event) = run.faults.plan.as_mut().and_then(|plan| plan.due(now)) else {
@@ -354,6 +419,7 @@ impl Engine {
             return (String::new(), "skipped: no run".into());
         };
         let planned = plan_fault(run, event, now, &options);
+        let ideal_moves = planned.as_ref().ok().and_then(|p| p.ideal_moves);
         let (target, outcome, detail) = match planned {
             Ok(planned) => {
                 let sent = match planned.action {
@@ -361,6 +427,17 @@ impl Engine {
                         Self::signal(&self.registry, run, &planned.target, signal).await
                     }
                     Action::Send(agent, body) => self.registry.send(&agent, *body).await,
+                    Action::PublishMap => {
+                        match crate::stream::publish_partition_map(&run.sim_kv, &run.partition_map)
+                            .await
+                        {
+                            Ok(()) => true,
+                            Err(error) => {
+                                warn!(run = %run.id, %error, "partition map not published");
+                                false
+                            }
+                        }
+                    }
                 };
                 if sent {
                     if let Some(awaiting_heal) = planned.measure {
@@ -371,6 +448,7 @@ impl Engine {
                             deadline: now + planned.lasts + timeout,
                             awaiting_heal,
                             received_at_since: run.tracker.progress_marker().0,
+                            moves_at_start: run.assignment_log.moves,
                         });
                     }
                     (planned.target, "injected".to_string(), planned.detail)
@@ -387,6 +465,8 @@ impl Engine {
             Err(why) => (String::new(), why, String::new()),
         };
         let at_s = now.duration_since(run.faults.started).as_secs_f64();
+        let duplicates = run.tracker.snapshot(super::now_us()).duplicates();
+        run.faults.close_duplicates(duplicates);
         if outcome == "injected" {
             info!(run = %run.id, event = event.as_str(), %target, %detail, "fault injected");
         } else {
@@ -409,7 +489,11 @@ impl Engine {
             outcome: outcome.clone(),
             detail,
             rebalance_s: None,
+            moved: None,
+            ideal_moves,
+            duplicates: None,
         });
+        run.faults.duplicates_at_last = Some(duplicates);
         (target, outcome)
     }
 
@@ -451,6 +535,8 @@ struct Planned {
     measure: Option<bool>,
     /// How long the fault itself lasts (the deadline starts after it).
     lasts: Duration,
+    /// See [`FaultRecord::ideal_moves`].
+    ideal_moves: Option<u64>,
 }
 
 enum Action {
@@ -458,6 +544,8 @@ enum Action {
     Signal(Signal),
     /// Send this to an agent.
     Send(String, Box<coordinator_message::Body>),
+    /// Publish the run's partition map (already updated in the run).
+    PublishMap,
 }
 
 /// Choose a target and decide what to do; records the expectations (exits, pauses,
@@ -479,7 +567,13 @@ fn plan_fault(
         .map(|(process, _)| process.clone())
         .collect();
     let index = run.faults.records.len();
+    let held: BTreeMap<String, u64> = run
+        .workers
+        .iter()
+        .map(|(process, view)| (process.clone(), view.partitions.len() as u64))
+        .collect();
     let process_fault = |target: String, signal: Signal, measure: Option<bool>| Planned {
+        ideal_moves: measure.and_then(|_| held.get(&target).copied()),
         target,
         action: Action::Signal(signal),
         detail: String::new(),
@@ -503,6 +597,14 @@ fn plan_fault(
             let mut planned = process_fault(target.clone(), signal, Some(false));
             if event == ChaosEvent::ScaleDown {
                 run.faults.retired.insert(target.clone());
+            }
+            if event == ChaosEvent::WorkerRestart {
+                if let Some(view) = run.workers.get(&target) {
+                    run.faults.restarts.insert(
+                        target.clone(),
+                        (index, view.worker_id.clone(), view.incarnation),
+                    );
+                }
             }
             if event == ChaosEvent::WorkerPause {
                 let pause = options.duration.unwrap_or(PAUSE_FOR);
@@ -583,7 +685,9 @@ fn plan_fault(
             run.faults
                 .slots
                 .insert(process.clone(), (agent.clone(), spawn.clone()));
+            let partitions = run.partition_map.partitions.len() as u64;
             Ok(Planned {
+                ideal_moves: Some(partitions / (live.len() as u64 + 1)),
                 target: process,
                 detail: format!("on {agent}"),
                 action: Action::Send(agent, Box::new(coordinator_message::Body::Spawn(spawn))),
@@ -637,6 +741,7 @@ fn plan_fault(
                 },
             );
             Ok(Planned {
+                ideal_moves: None,
                 detail: format!("for {lasts:?}"),
                 action: Action::Send(
                     target.clone(),
@@ -647,11 +752,81 @@ fn plan_fault(
                 lasts,
             })
         }
+        ChaosEvent::PartitionChanges => change_partitions(run),
         other => Err(format!(
             "skipped: {} is not implemented yet",
             other.as_str()
         )),
     }
+}
+
+/// Add one partition (a new id, weight 1, to the producer publishing the fewest) or remove
+/// one (never a producer's last), seeded. The tracker learns of it first: a removed
+/// partition's unprocessed messages are excused, not lost.
+fn change_partitions(run: &mut ActiveRun) -> Result<Planned, String> {
+    let coin = run.faults.plan.as_mut().map_or(0, |plan| plan.pick(2));
+    let mut per_producer: BTreeMap<String, Vec<u32>> = run
+        .placement
+        .producers
+        .iter()
+        .map(|(_, _, spec)| (spec.producer_id.clone(), Vec::new()))
+        .collect();
+    for entry in &run.partition_map.partitions {
+        if let Some(list) = per_producer.get_mut(&entry.producer) {
+            list.push(entry.id);
+        }
+    }
+    let removable: Vec<u32> = per_producer
+        .values()
+        .filter(|list| list.len() > 1)
+        .flatten()
+        .copied()
+        .collect();
+    let detail = if coin == 0 && !removable.is_empty() {
+        let index = run
+            .faults
+            .plan
+            .as_mut()
+            .map_or(0, |plan| plan.pick(removable.len()));
+        let partition = removable[index];
+        let excused = run
+            .tracker
+            .remove_partition(partition)
+            .map_err(|e| format!("skipped: tracker refused removing {partition}: {e}"))?;
+        run.partition_map.partitions.retain(|e| e.id != partition);
+        format!("removed partition {partition} ({excused} unprocessed message(s) excused)")
+    } else {
+        let Some(producer) = per_producer
+            .iter()
+            .min_by_key(|(_, list)| list.len())
+            .map(|(producer, _)| producer.clone())
+        else {
+            return Err("skipped: no producer".into());
+        };
+        // Never an id used before: a new partition starts with an empty subject.
+        let partition = run.faults.next_partition;
+        run.faults.next_partition += 1;
+        run.tracker
+            .add_partition(partition)
+            .map_err(|e| format!("skipped: tracker refused adding {partition}: {e}"))?;
+        run.partition_map
+            .partitions
+            .push(proto::v1::PartitionEntry {
+                id: partition,
+                weight: 1,
+                producer: producer.clone(),
+            });
+        format!("added partition {partition} (published by {producer})")
+    };
+    run.partition_map.version += 1;
+    Ok(Planned {
+        ideal_moves: None,
+        target: String::new(),
+        action: Action::PublishMap,
+        detail,
+        measure: Some(false),
+        lasts: Duration::ZERO,
+    })
 }
 
 /// A named target must be one of `from`; otherwise one is drawn from the seeded plan.

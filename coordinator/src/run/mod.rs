@@ -21,6 +21,7 @@ mod faults;
 pub use faults::InjectOptions;
 
 use crate::agents::{AgentRegistry, IngestBatch};
+use crate::assignment_log::AssignmentLog;
 use crate::config::{ChaosEvent, Config};
 use crate::ownership::OwnershipCheck;
 use crate::placement::{self, PlacedSpawn, Placement};
@@ -87,6 +88,7 @@ enum Phase {
 #[derive(Debug, Default, Clone)]
 struct WorkerView {
     worker_id: String,
+    incarnation: u64,
     leader: bool,
     state: String,
     alive: bool,
@@ -113,6 +115,13 @@ struct ActiveRun {
     faults: faults::FaultState,
     /// Workers of the second wave and when they start.
     second_wave: Option<(Instant, Vec<PlacedSpawn>)>,
+    /// The run's KV bucket (partition map).
+    sim_kv: async_nats::jetstream::kv::Store,
+    /// The partitions that exist now (partition_changes edits it).
+    partition_map: proto::v1::PartitionMap,
+    /// parti's assignment documents, as watched.
+    assignment_log: AssignmentLog,
+    assignments: mpsc::Receiver<serde_json::Value>,
 }
 
 /// Delay of the second wave of workers: past parti's cold-start window (5 s in the
@@ -155,6 +164,14 @@ struct Engine {
     run: Option<ActiveRun>,
     status_tx: watch::Sender<RunStatus>,
     report_tx: watch::Sender<Option<RunReport>>,
+}
+
+/// The next assignment document of the current run (pending while there is none).
+async fn next_assignment(run: &mut Option<ActiveRun>) -> Option<serde_json::Value> {
+    match run {
+        Some(run) => run.assignments.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn now_us() -> i64 {
@@ -212,6 +229,13 @@ impl Engine {
                     Some(batch) => self.ingest(batch).await,
                     None => return,
                 },
+                Some(doc) = next_assignment(&mut self.run) => {
+                    if let Some(run) = self.run.as_mut() {
+                        if run.phase != Phase::Finished {
+                            run.assignment_log.observe(&doc);
+                        }
+                    }
+                }
                 _ = tick.tick() => self.tick().await,
             }
         }
@@ -231,12 +255,16 @@ impl Engine {
             .nats_url
             .clone()
             .unwrap_or_else(|| config.nats.url.clone());
-        crate::stream::prepare(&nats_url, &config)
+        let sim_kv = crate::stream::prepare(&nats_url, &config)
             .await
             .map_err(|e| {
                 StartError::Infrastructure(format!("preparing JetStream at {nats_url}: {e:#}"))
             })?;
         let placement = placement::place(&config, seed, &agents, &nats_url);
+        let partition_map = placement.partition_map(config.partitions.count);
+        crate::stream::publish_partition_map(&sim_kv, &partition_map)
+            .await
+            .map_err(|e| StartError::Infrastructure(format!("{e:#}")))?;
         let id = format!("run-{}-{seed:x}", now_us() / 1_000_000);
         info!(run = %id, agents = agents.len(), producers = placement.producers.len(), workers = placement.workers.len(), "starting run");
         // Workers join in two waves, so every run moves partitions at least once and
@@ -289,6 +317,10 @@ impl Engine {
             second_wave: Some((now + SECOND_WAVE_AFTER, second_wave)),
             ownership: OwnershipCheck::default(),
             faults,
+            sim_kv,
+            partition_map,
+            assignment_log: AssignmentLog::default(),
+            assignments: crate::assignment_log::watch(nats_url.clone()),
         });
         // Visible before Start returns, so a watcher never sees the previous phase.
         self.publish_status();
@@ -359,8 +391,15 @@ impl Engine {
                         status.assignment_version,
                         &status.partitions,
                     );
+                    run.faults.check_restarted_identity(
+                        &status.process,
+                        &status.worker_id,
+                        status.incarnation,
+                        &mut run.extra_failures,
+                    );
                     let view = run.workers.entry(status.process.clone()).or_default();
                     view.worker_id = status.worker_id;
+                    view.incarnation = status.incarnation;
                     view.leader = status.leader;
                     view.state = status.state;
                     view.alive = true;
@@ -562,6 +601,15 @@ impl Engine {
             .map(ToString::to_string)
             .collect();
         reasons.extend(run.extra_failures.iter().cloned());
+        let duplicates = run.tracker.snapshot(now_us()).duplicates();
+        run.faults.close_duplicates(duplicates);
+        let log = &run.assignment_log;
+        if let Some(first) = log.violations.first() {
+            reasons.push(format!(
+                "assignment: {} violation(s) in parti's assignment history, e.g. {first}",
+                log.violations.len()
+            ));
+        }
         let violations = run.ownership.violations();
         if let Some(first) = violations.first() {
             reasons.push(format!(
@@ -592,6 +640,9 @@ impl Engine {
             events: run.events.clone(),
             fault_stats: crate::chaos::stats(&run.faults.records),
             faults: run.faults.records.clone(),
+            assignment_versions: run.assignment_log.versions,
+            partition_moves: run.assignment_log.moves,
+            leaders: run.assignment_log.leaders.clone(),
         };
         info!(run = %run.id, outcome = ?summary.outcome, "run finished");
         let report = summary.to_report();

@@ -154,6 +154,11 @@ pub struct TrackerSnapshot {
 }
 
 impl TrackerSnapshot {
+    /// Duplicates of either kind.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates_redelivery + self.duplicates_concurrent
+    }
+
     /// Sampled anomalies of one kind.
     pub fn samples(&self, kind: AnomalyKind) -> impl Iterator<Item = &Anomaly> {
         self.anomalies.iter().filter(move |a| a.kind == kind)
