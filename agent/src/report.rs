@@ -7,6 +7,11 @@
 //! is behind; never drop a report. A `processed` report must be *written to the socket*
 //! (not merely queued in the child's memory) before the message is acknowledged, so a crash
 //! in between yields a redelivery, never a false loss.
+//!
+//! Which partitions exist is not in the spec alone: `partition_changes` edits the run's
+//! partition map, JSON of `proto::v1::PartitionMap` in the NATS KV bucket `parti-sim` under
+//! the key `partitions`. A worker implementation should read it at start (falling back to
+//! `0..partition_count` of the spec when it is absent) and follow it.
 
 use std::path::Path;
 

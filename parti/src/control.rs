@@ -31,6 +31,14 @@ pub(crate) mod keys {
     pub const HEARTBEAT_PREFIX: &str = "hb.";
     /// Prefix of every id key.
     pub const ID_PREFIX: &str = "id.";
+    /// Identity token → the id it last held (no TTL): where a restarted process looks first
+    /// when its id was released (graceful stop) rather than left to expire.
+    pub fn token(token: &str) -> String {
+        format!(
+            "token.{:016x}",
+            xxhash_rust::xxh3::xxh3_64(token.as_bytes())
+        )
+    }
     /// The leader lease.
     pub const LEADER: &str = "leader";
     /// The one assignment document.

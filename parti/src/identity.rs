@@ -6,6 +6,12 @@
 //! revision — this is how a restarted worker gets its id back without waiting for the TTL.
 //! The token must only be reused once its previous holder is dead; the agent guarantees
 //! that by reaping the child before respawning its slot.
+//!
+//! A graceful stop deletes the id key, so there is no value to take over; for that case the
+//! token also remembers its last id (`token.<hash>`, no TTL) and a restarted process first
+//! tries to create that id again. Only if someone else took it meanwhile does it fall back
+//! to the lowest free id. (Found by the harness: a SIGTERM-restarted worker came back under
+//! the lower id a scale-down had just released.)
 
 use bytes::Bytes;
 
@@ -47,7 +53,28 @@ pub(crate) fn id_value(config: &Config, incarnation: u64) -> Bytes {
     })
 }
 
-/// Claim an id: ours by token if one exists, else the lowest free.
+/// Record which id this process's identity token now holds.
+async fn remember_token(
+    bucket: &ControlBucket,
+    config: &Config,
+    id: &str,
+) -> Result<(), ControlError> {
+    if let Some(token) = &config.identity_token {
+        let key = keys::token(token);
+        bucket
+            .store()
+            .put(key.as_str(), Bytes::from(id.to_string()))
+            .await
+            .map_err(|error| ControlError::Nats {
+                operation: "put",
+                key,
+                source: error.into(),
+            })?;
+    }
+    Ok(())
+}
+
+/// Claim an id: ours by token if one exists (held, or released), else the lowest free.
 pub(crate) async fn claim(
     bucket: &ControlBucket,
     config: &Config,
@@ -82,10 +109,26 @@ pub(crate) async fn claim(
             }
         }
     }
+    if let Some(token) = &config.identity_token {
+        if let Some(previous) = bucket.get(&keys::token(token)).await? {
+            let id = String::from_utf8_lossy(&previous.value).into_owned();
+            match Lease::create(bucket, keys::id(&id), value.clone(), ttl, incarnation).await {
+                Ok(lease) => {
+                    tracing::info!(%id, "reclaimed the released id of this identity token");
+                    return Ok(lease);
+                }
+                Err(ControlError::Exists { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
     for n in config.worker_id_min..=config.worker_id_max {
-        let key = keys::id(&format!("{}-{n}", config.worker_id_prefix));
-        match Lease::create(bucket, key, value.clone(), ttl, incarnation).await {
-            Ok(lease) => return Ok(lease),
+        let id = format!("{}-{n}", config.worker_id_prefix);
+        match Lease::create(bucket, keys::id(&id), value.clone(), ttl, incarnation).await {
+            Ok(lease) => {
+                remember_token(bucket, config, &id).await?;
+                return Ok(lease);
+            }
             Err(ControlError::Exists { .. }) => continue,
             Err(error) => return Err(error.into()),
         }

@@ -117,6 +117,42 @@ async fn dead_holders_id_expires_and_token_reclaims_at_once() {
     fresh.stop().await;
 }
 
+/// A graceful stop releases the id; the same identity token takes that id again even when a
+/// lower id was released meanwhile (the harness caught a restarted worker coming back under
+/// the lower id a scale-down had freed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_gets_its_released_id_back_not_the_lowest_free() {
+    init_tracing();
+    let server = NatsServer::start();
+    let source = StaticSource::numbered(4);
+    let slot = |name: &str| Config {
+        identity_token: Some(name.into()),
+        ..Config::fast_for_tests()
+    };
+    let zero = start(&server.url(), slot("slot-a"), &source).await;
+    let one = start(&server.url(), slot("slot-b"), &source).await;
+    assert_eq!(
+        (zero.worker_id(), one.worker_id()),
+        ("worker-0", "worker-1")
+    );
+    zero.stop().await; // scale-down: worker-0 released
+    one.stop().await; // restart, step 1: worker-1 released
+    let again = start(&server.url(), slot("slot-b"), &source).await;
+    assert_eq!(
+        again.worker_id(),
+        "worker-1",
+        "the token's own id, not worker-0"
+    );
+    let newcomer = start(&server.url(), Config::fast_for_tests(), &source).await;
+    assert_eq!(
+        newcomer.worker_id(),
+        "worker-0",
+        "the released lower id is still free"
+    );
+    again.stop().await;
+    newcomer.stop().await;
+}
+
 /// §7.4 / §7.5: every partition once, balanced; no change without a topology change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assignment_is_complete_balanced_and_stable() {

@@ -27,6 +27,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -70,6 +71,7 @@ impl Lab {
                 format!("a lab holds at most {MAX_HOSTS} hosts, asked for {hosts}"),
             ));
         }
+        reap_stale_labs();
         let prefix = format!(
             "ps{}n{}",
             std::process::id(),
@@ -407,6 +409,33 @@ fn describe(command: &Command) -> String {
         .map(|part| part.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Remove the labs of test processes that are gone (killed before their Drop could run):
+/// namespaces named `ps<pid>n<k>-...` whose `<pid>` no longer exists. Best effort.
+fn reap_stale_labs() {
+    let Ok(list) = ip(&["netns", "list"]) else {
+        return;
+    };
+    let stale: Vec<String> = list
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| {
+            name.strip_prefix("ps")
+                .and_then(|rest| rest.split_once('n'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .map(str::to_string)
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    let mut problems = Vec::new();
+    kill_all_in(&stale, &mut problems);
+    for ns in stale.iter().rev() {
+        let _ = ip(&["netns", "del", ns]);
+    }
 }
 
 fn namespace_exists(name: &str) -> io::Result<bool> {
