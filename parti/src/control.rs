@@ -31,8 +31,10 @@ pub(crate) mod keys {
     pub const HEARTBEAT_PREFIX: &str = "hb.";
     /// Prefix of every id key.
     pub const ID_PREFIX: &str = "id.";
-    /// Identity token → the id it last held (no TTL): where a restarted process looks first
-    /// when its id was released (graceful stop) rather than left to expire.
+    /// Identity token → the id it holds or just released (TTL `worker_id_ttl`): where a
+    /// restarted process looks first, and an id fresh claimers leave alone meanwhile.
+    pub const TOKEN_PREFIX: &str = "token.";
+    /// See [`TOKEN_PREFIX`].
     pub fn token(token: &str) -> String {
         format!(
             "token.{:016x}",
@@ -202,6 +204,18 @@ impl ControlBucket {
         if let Some(ttl) = ttl {
             headers.insert("Nats-TTL", ttl.as_secs().max(1).to_string());
         }
+        self.publish(key, headers, value).await
+    }
+
+    /// Write `value` unconditionally, expiring after `ttl`.
+    pub async fn put_with_ttl(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<u64, ControlError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-TTL", ttl.as_secs().max(1).to_string());
         self.publish(key, headers, value).await
     }
 

@@ -7,11 +7,14 @@
 //! The token must only be reused once its previous holder is dead; the agent guarantees
 //! that by reaping the child before respawning its slot.
 //!
-//! A graceful stop deletes the id key, so there is no value to take over; for that case the
-//! token also remembers its last id (`token.<hash>`, no TTL) and a restarted process first
-//! tries to create that id again. Only if someone else took it meanwhile does it fall back
-//! to the lowest free id. (Found by the harness: a SIGTERM-restarted worker came back under
-//! the lower id a scale-down had just released.)
+//! A graceful stop deletes the id key, so there is no value to take over. For that case the
+//! token also names its id in a reservation (`token.<hash>` → id, TTL `worker_id_ttl`),
+//! written when the id is claimed and again just before it is released: a restarted process
+//! first re-creates its reserved id, and fresh claimers skip ids reserved by other tokens.
+//! (Found by the harness twice: a SIGTERM-restarted worker came back under the lower id a
+//! scale-down had released, and, once that was fixed, lost its own released id to a worker
+//! starting at the same moment.) A fresh claimer that read the reservations just before
+//! the release wrote one can still take the id in a window of milliseconds; accepted.
 
 use bytes::Bytes;
 
@@ -53,8 +56,10 @@ pub(crate) fn id_value(config: &Config, incarnation: u64) -> Bytes {
     })
 }
 
-/// Record which id this process's identity token now holds.
-async fn remember_token(
+/// Reserve `id` for this process's identity token for `worker_id_ttl`: on claim, and just
+/// before a graceful release (so the restarted process finds it free and nobody else takes
+/// it meanwhile).
+pub(crate) async fn remember_token(
     bucket: &ControlBucket,
     config: &Config,
     id: &str,
@@ -62,14 +67,8 @@ async fn remember_token(
     if let Some(token) = &config.identity_token {
         let key = keys::token(token);
         bucket
-            .store()
-            .put(key.as_str(), Bytes::from(id.to_string()))
-            .await
-            .map_err(|error| ControlError::Nats {
-                operation: "put",
-                key,
-                source: error.into(),
-            })?;
+            .put_with_ttl(&key, Bytes::from(id.to_string()), config.worker_id_ttl)
+            .await?;
     }
     Ok(())
 }
@@ -100,6 +99,9 @@ pub(crate) async fn claim(
                 {
                     Ok(lease) => {
                         tracing::info!(%key, "reclaimed id by identity token");
+                        if let Some(id) = key.strip_prefix(keys::ID_PREFIX) {
+                            remember_token(bucket, config, id).await?;
+                        }
                         return Ok(lease);
                     }
                     // Someone else moved it meanwhile: fall back to the lowest free id.
@@ -115,6 +117,7 @@ pub(crate) async fn claim(
             match Lease::create(bucket, keys::id(&id), value.clone(), ttl, incarnation).await {
                 Ok(lease) => {
                     tracing::info!(%id, "reclaimed the released id of this identity token");
+                    remember_token(bucket, config, &id).await?;
                     return Ok(lease);
                 }
                 Err(ControlError::Exists { .. }) => {}
@@ -122,8 +125,20 @@ pub(crate) async fn claim(
             }
         }
     }
+    // Ids other tokens hold or have just released are left to them.
+    let mine = config.identity_token.as_deref().map(keys::token);
+    let reserved: Vec<String> = bucket
+        .scan(keys::TOKEN_PREFIX)
+        .await?
+        .into_iter()
+        .filter(|(key, _)| Some(key) != mine.as_ref())
+        .map(|(_, held)| String::from_utf8_lossy(&held.value).into_owned())
+        .collect();
     for n in config.worker_id_min..=config.worker_id_max {
         let id = format!("{}-{n}", config.worker_id_prefix);
+        if reserved.contains(&id) {
+            continue;
+        }
         match Lease::create(bucket, keys::id(&id), value.clone(), ttl, incarnation).await {
             Ok(lease) => {
                 remember_token(bucket, config, &id).await?;

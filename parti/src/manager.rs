@@ -508,7 +508,15 @@ async fn keep_leases(
     if !shared.release_on_exit.load(Ordering::SeqCst) {
         return;
     }
-    // Graceful stop: release both leases so the id is free at once.
+    // Graceful stop: release both leases so the id is free at once — for this process's
+    // identity token first (reserved before the delete, so no fresh claimer slips in).
+    if let Some(worker_id) = id.key.strip_prefix(crate::control::keys::ID_PREFIX) {
+        if let Err(error) =
+            crate::identity::remember_token(&shared.bucket, &shared.config, worker_id).await
+        {
+            debug!(%error, "reserving the id for the identity token failed");
+        }
+    }
     for lease in [&heartbeat, &id] {
         if let Err(error) = lease.release(&shared.bucket).await {
             debug!(%error, key = %lease.key, "release failed; the lease will expire");

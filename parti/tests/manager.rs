@@ -118,8 +118,9 @@ async fn dead_holders_id_expires_and_token_reclaims_at_once() {
 }
 
 /// A graceful stop releases the id; the same identity token takes that id again even when a
-/// lower id was released meanwhile (the harness caught a restarted worker coming back under
-/// the lower id a scale-down had freed).
+/// lower id was released meanwhile and a fresh worker starts in between (the harness caught
+/// both: a restarted worker coming back under the id a scale-down had freed, and one losing
+/// its own id to a second-wave worker starting at that moment).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_gets_its_released_id_back_not_the_lowest_free() {
     init_tracing();
@@ -137,20 +138,30 @@ async fn token_gets_its_released_id_back_not_the_lowest_free() {
     );
     zero.stop().await; // scale-down: worker-0 released
     one.stop().await; // restart, step 1: worker-1 released
+    // A worker starting at this moment must not take the ids just released for a restart.
+    let newcomer = start(&server.url(), Config::fast_for_tests(), &source).await;
+    assert_eq!(
+        newcomer.worker_id(),
+        "worker-2",
+        "released ids are reserved"
+    );
     let again = start(&server.url(), slot("slot-b"), &source).await;
     assert_eq!(
         again.worker_id(),
         "worker-1",
         "the token's own id, not worker-0"
     );
-    let newcomer = start(&server.url(), Config::fast_for_tests(), &source).await;
+    // The reservation of a slot that never returns ends with worker_id_ttl.
+    tokio::time::sleep(Config::fast_for_tests().worker_id_ttl + Duration::from_secs(2)).await;
+    let later = start(&server.url(), Config::fast_for_tests(), &source).await;
     assert_eq!(
-        newcomer.worker_id(),
+        later.worker_id(),
         "worker-0",
-        "the released lower id is still free"
+        "free again after the reservation expired"
     );
     again.stop().await;
     newcomer.stop().await;
+    later.stop().await;
 }
 
 /// §7.4 / §7.5: every partition once, balanced; no change without a topology change.
