@@ -315,8 +315,12 @@ fn chaos_across_three_hosts_passes_and_leaves_nothing_behind() {
         run.fail("expected PASS");
     }
     let report_text = &run.report;
-    // Shown with --nocapture: the per-fault recovery table is worth reading.
+    // Shown with --nocapture, and left in the temp dir: the recovery table is worth reading.
     println!("{report_text}");
+    let _ = std::fs::write(
+        std::env::temp_dir().join("parti-lab-last-report.txt"),
+        report_text,
+    );
     let json = &run.json;
     let faults = json["faults"].as_array().expect("faults array");
     let injected: Vec<&serde_json::Value> = faults

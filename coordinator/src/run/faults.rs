@@ -65,7 +65,7 @@ pub(super) struct FaultState {
 pub(super) const HOST_FAULT_GRACE: Duration = Duration::from_secs(20);
 
 /// The recovery being measured (one fault at a time).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Measure {
     /// Index into `records`.
     index: usize,
@@ -79,6 +79,40 @@ struct Measure {
     received_at_since: u64,
     /// The assignment log's move count at injection.
     moves_at_start: u64,
+    /// What must have happened to the target before recovery can count.
+    target_done: TargetDone,
+}
+
+/// The fault's own effect that recovery must wait for: a graceful leave or restart takes a
+/// second or two, during which the target still owns its partitions and "fully owned"
+/// would be true before anything moved.
+#[derive(Debug, Clone)]
+enum TargetDone {
+    /// Nothing to wait for (crashes and pauses: the target is down or paused at once).
+    Nothing,
+    /// The process has exited (scale_down).
+    Exited(String),
+    /// The process reported an incarnation other than this one (worker_restart).
+    Reincarnated(String, u64),
+    /// The process reported owning partitions (scale_up).
+    Owning(String),
+}
+
+impl TargetDone {
+    fn reached(&self, run: &ActiveRun) -> bool {
+        match self {
+            Self::Nothing => true,
+            Self::Exited(process) => run.workers.get(process).is_none_or(|view| !view.alive),
+            Self::Reincarnated(process, before) => run
+                .workers
+                .get(process)
+                .is_some_and(|view| view.alive && view.incarnation != *before),
+            Self::Owning(process) => run
+                .workers
+                .get(process)
+                .is_some_and(|view| view.alive && !view.partitions.is_empty()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -300,9 +334,13 @@ impl Engine {
         run.faults
             .host_faults
             .retain(|_, fault| fault.excused_until.is_none_or(|until| now <= until));
-        if let Some(measure) = run.faults.measuring {
+        if let Some(measure) = run.faults.measuring.clone() {
             let received = run.tracker.progress_marker().0;
-            if !measure.awaiting_heal && fully_owned(run) && received > measure.received_at_since {
+            if !measure.awaiting_heal
+                && measure.target_done.reached(run)
+                && fully_owned(run)
+                && received > measure.received_at_since
+            {
                 let took = now.duration_since(measure.since).as_secs_f64();
                 let record = &mut run.faults.records[measure.index];
                 record.rebalance_s = Some(took);
@@ -360,7 +398,7 @@ impl Engine {
             phase.as_str_name(),
             report.detail
         ));
-        let measuring_this = run.faults.measuring.filter(|m| m.index == index);
+        let measuring_this = run.faults.measuring.clone().filter(|m| m.index == index);
         match phase {
             NetworkFaultPhase::Applied => record.detail.clone_from(&report.detail),
             NetworkFaultPhase::Failed => {
@@ -449,6 +487,7 @@ impl Engine {
                             awaiting_heal,
                             received_at_since: run.tracker.progress_marker().0,
                             moves_at_start: run.assignment_log.moves,
+                            target_done: planned.target_done.clone(),
                         });
                     }
                     (planned.target, "injected".to_string(), planned.detail)
@@ -537,6 +576,8 @@ struct Planned {
     lasts: Duration,
     /// See [`FaultRecord::ideal_moves`].
     ideal_moves: Option<u64>,
+    /// See [`TargetDone`].
+    target_done: TargetDone,
 }
 
 enum Action {
@@ -574,6 +615,7 @@ fn plan_fault(
         .collect();
     let process_fault = |target: String, signal: Signal, measure: Option<bool>| Planned {
         ideal_moves: measure.and_then(|_| held.get(&target).copied()),
+        target_done: TargetDone::Nothing,
         target,
         action: Action::Signal(signal),
         detail: String::new(),
@@ -597,6 +639,7 @@ fn plan_fault(
             let mut planned = process_fault(target.clone(), signal, Some(false));
             if event == ChaosEvent::ScaleDown {
                 run.faults.retired.insert(target.clone());
+                planned.target_done = TargetDone::Exited(target.clone());
             }
             if event == ChaosEvent::WorkerRestart {
                 if let Some(view) = run.workers.get(&target) {
@@ -604,6 +647,8 @@ fn plan_fault(
                         target.clone(),
                         (index, view.worker_id.clone(), view.incarnation),
                     );
+                    planned.target_done =
+                        TargetDone::Reincarnated(target.clone(), view.incarnation);
                 }
             }
             if event == ChaosEvent::WorkerPause {
@@ -688,6 +733,7 @@ fn plan_fault(
             let partitions = run.partition_map.partitions.len() as u64;
             Ok(Planned {
                 ideal_moves: Some(partitions / (live.len() as u64 + 1)),
+                target_done: TargetDone::Owning(process.clone()),
                 target: process,
                 detail: format!("on {agent}"),
                 action: Action::Send(agent, Box::new(coordinator_message::Body::Spawn(spawn))),
@@ -742,6 +788,7 @@ fn plan_fault(
             );
             Ok(Planned {
                 ideal_moves: None,
+                target_done: TargetDone::Nothing,
                 detail: format!("for {lasts:?}"),
                 action: Action::Send(
                     target.clone(),
@@ -821,6 +868,7 @@ fn change_partitions(run: &mut ActiveRun) -> Result<Planned, String> {
     run.partition_map.version += 1;
     Ok(Planned {
         ideal_moves: None,
+        target_done: TargetDone::Nothing,
         target: String::new(),
         action: Action::PublishMap,
         detail,
