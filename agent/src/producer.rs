@@ -82,19 +82,26 @@ fn multiplier(spec: &ProducerSpec, elapsed: Duration) -> f64 {
     spec.min_multiplier + (spec.max_multiplier - spec.min_multiplier) * up
 }
 
-/// Where `partition`'s sequence resumes: after the last message of its subject, if any.
+/// Where `partition`'s sequence resumes: after the last simulation message of its subject,
+/// if any. Usually that is the subject's last message (one direct get); when the last message
+/// is something else (garbage someone published on the subject), the subject is read from the
+/// start and the highest sequence of a simulation message wins — a restarted producer must
+/// neither die on a foreign body nor restart its count.
 pub(crate) async fn resume_seq(
     stream: &jetstream::stream::Stream,
     subject: &str,
 ) -> anyhow::Result<u64> {
     match stream.get_last_raw_message_by_subject(subject).await {
-        Ok(message) => {
-            let body: SimulationMessage =
-                serde_json::from_slice(&message.payload).with_context(|| {
-                    format!("last message on {subject} is not a simulation message")
-                })?;
-            Ok(body.partition_sequence)
-        }
+        Ok(message) => match serde_json::from_slice::<SimulationMessage>(&message.payload) {
+            Ok(body) => Ok(body.partition_sequence),
+            Err(_) => {
+                tracing::warn!(
+                    subject,
+                    "last message is not a simulation message; scanning the subject"
+                );
+                scan_for_last_seq(stream, subject).await
+            }
+        },
         Err(error)
             if error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
         {
@@ -102,6 +109,37 @@ pub(crate) async fn resume_seq(
         }
         Err(error) => Err(error).with_context(|| format!("reading the last message of {subject}")),
     }
+}
+
+/// The highest simulation sequence on `subject`, reading it all with an ephemeral consumer.
+async fn scan_for_last_seq(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+) -> anyhow::Result<u64> {
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject.to_string(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("scanning {subject}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .with_context(|| format!("scanning {subject}"))?;
+    let mut highest = 0;
+    while let Some(message) = messages.next().await {
+        let message = message.with_context(|| format!("scanning {subject}"))?;
+        if let Ok(body) = serde_json::from_slice::<SimulationMessage>(&message.payload) {
+            highest = highest.max(body.partition_sequence);
+        }
+        let pending = message.info().map(|info| info.pending).unwrap_or(0);
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(highest)
 }
 
 type PublishOutcome = (
@@ -280,16 +318,19 @@ mod tests {
                 .await
                 .expect("ack");
         }
-        js.publish("resume.2", "garbage".into())
+        // Garbage at the tail of a subject: the last simulation message still counts.
+        js.publish("resume.1", "garbage".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+        js.publish("resume.2", "only garbage".into())
             .await
             .expect("publish")
             .await
             .expect("ack");
         assert_eq!(resume_seq(&stream, "resume.1").await.expect("resume"), 7);
-        assert!(
-            resume_seq(&stream, "resume.2").await.is_err(),
-            "a foreign body is an error, not 0"
-        );
+        assert_eq!(resume_seq(&stream, "resume.2").await.expect("resume"), 0);
     }
 
     #[test]
