@@ -8,6 +8,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".sim.v1.WorkerFaults", serde)
         .type_attribute(".sim.v1.PartitionMap", serde)
         .type_attribute(".sim.v1.PartitionEntry", serde)
+        // Spawn commands go into the coordinator's checkpoints.
+        .type_attribute(".sim.v1.Spawn", serde)
+        .type_attribute(
+            ".sim.v1.Spawn.spec",
+            "#[derive(serde::Serialize, serde::Deserialize)]",
+        )
         .compile_protos(&["proto/sim/v1/sim.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/sim/v1/sim.proto");
     Ok(())

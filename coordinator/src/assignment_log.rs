@@ -110,8 +110,9 @@ impl AssignmentLog {
 }
 
 /// Watch the assignment document at `url` (retrying until parti has created its bucket),
-/// sending every version, in order, until the receiver is dropped.
-pub fn watch(url: String) -> mpsc::Receiver<Value> {
+/// sending every version with its KV revision, in order, until the receiver is dropped (a
+/// resumed run skips revisions its checkpoint already saw).
+pub fn watch(url: String) -> mpsc::Receiver<(u64, Value)> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         let Ok(client) = async_nats::connect(&url).await else {
@@ -141,7 +142,7 @@ pub fn watch(url: String) -> mpsc::Receiver<Value> {
                 continue;
             }
             if let Ok(doc) = serde_json::from_slice::<Value>(&entry.value) {
-                if tx.send(doc).await.is_err() {
+                if tx.send((entry.revision, doc)).await.is_err() {
                     return;
                 }
             }

@@ -16,8 +16,7 @@ use std::time::Duration;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
-use tokio::time::Instant;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ChaosConfig, ChaosEvent, Interval};
 
@@ -39,25 +38,41 @@ pub const DEGRADE_RATE_KBIT: u64 = 1024;
 /// Delay of a `network_degrade` where the kernel has netem.
 pub const DEGRADE_DELAY_MS: u64 = 50;
 
-/// The seeded schedule.
-#[derive(Debug)]
+/// The seeded schedule. Times are run time: since the run started, on the run's clock
+/// (which keeps counting across a coordinator restart).
+#[derive(Debug, Clone)]
 pub struct ChaosPlan {
     rng: ChaCha8Rng,
     events: Vec<ChaosEvent>,
     /// What is left of the current round, dealt from the back.
     deck: Vec<ChaosEvent>,
     interval: Interval,
-    next_at: Instant,
+    next_at: Duration,
 }
+
+/// Where a [`ChaosPlan`] stands, for a checkpoint: with the seed and the config it rebuilds
+/// the same plan, so a resumed run continues the same schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChaosPlanState {
+    /// The random stream's position (ChaCha word position, as decimal text: it is a u128).
+    pub word_pos: String,
+    /// What is left of the current round.
+    pub deck: Vec<ChaosEvent>,
+    /// When the next event is due (run time, ms).
+    pub next_at_ms: u64,
+}
+
+/// Salt that separates the schedule's random stream from the placement's.
+const PLAN_SALT: u64 = 0xc4a0_5eed;
 
 impl ChaosPlan {
     /// A plan for `config`, or `None` when chaos is off or has nothing to do.
-    pub fn new(config: &ChaosConfig, seed: u64, start: Instant) -> Option<Self> {
+    pub fn new(config: &ChaosConfig, seed: u64, start: Duration) -> Option<Self> {
         let interval = config.interval?;
         if !config.enabled || config.events.is_empty() {
             return None;
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc4a0_5eed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ PLAN_SALT);
         let next_at = start + interval.sample(&mut rng);
         Some(Self {
             rng,
@@ -68,8 +83,43 @@ impl ChaosPlan {
         })
     }
 
-    /// The event due at `now`, if any; schedules the next one.
-    pub fn due(&mut self, now: Instant) -> Option<ChaosEvent> {
+    /// Where the plan stands (see [`ChaosPlanState`]).
+    pub fn state(&self) -> ChaosPlanState {
+        ChaosPlanState {
+            word_pos: self.rng.get_word_pos().to_string(),
+            deck: self.deck.clone(),
+            next_at_ms: u64::try_from(self.next_at.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The plan of `config` and `seed`, continued from `state`.
+    ///
+    /// # Errors
+    /// A state that does not belong to this config (an event not configured, an unreadable
+    /// stream position).
+    pub fn restore(
+        config: &ChaosConfig,
+        seed: u64,
+        state: &ChaosPlanState,
+    ) -> Result<Option<Self>, String> {
+        let Some(mut plan) = Self::new(config, seed, Duration::ZERO) else {
+            return Ok(None);
+        };
+        let word_pos: u128 = state
+            .word_pos
+            .parse()
+            .map_err(|_| format!("chaos plan: word_pos {:?} is not a number", state.word_pos))?;
+        if let Some(stranger) = state.deck.iter().find(|e| !config.events.contains(e)) {
+            return Err(format!("chaos plan: {stranger} is not in chaos.events"));
+        }
+        plan.rng.set_word_pos(word_pos);
+        plan.deck.clone_from(&state.deck);
+        plan.next_at = Duration::from_millis(state.next_at_ms);
+        Ok(Some(plan))
+    }
+
+    /// The event due at `now` (run time), if any; schedules the next one.
+    pub fn due(&mut self, now: Duration) -> Option<ChaosEvent> {
         if now < self.next_at {
             return None;
         }
@@ -102,7 +152,7 @@ impl ChaosPlan {
 }
 
 /// One injected fault, for the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FaultRecord {
     /// Seconds since the run started.
     pub at_s: f64,
@@ -127,7 +177,7 @@ pub struct FaultRecord {
 }
 
 /// Summary per fault type.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FaultStats {
     /// The fault type.
     pub event: String,
@@ -187,7 +237,7 @@ mod tests {
             )),
             ..ChaosConfig::default()
         };
-        let start = Instant::now();
+        let start = Duration::ZERO;
         let schedule = |seed| {
             let mut plan = ChaosPlan::new(&config, seed, start).expect("plan");
             let mut out = Vec::new();
@@ -195,7 +245,7 @@ mod tests {
             while out.len() < 20 {
                 now += Duration::from_millis(100);
                 if let Some(event) = plan.due(now) {
-                    out.push((event, now.duration_since(start).as_millis()));
+                    out.push((event, now.as_millis()));
                 }
             }
             out
@@ -221,5 +271,52 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    /// A plan saved mid-way and restored (a resumed coordinator) deals the same events at
+    /// the same times as the plan that was never interrupted.
+    #[test]
+    fn a_restored_plan_continues_the_same_schedule() {
+        let config = ChaosConfig {
+            enabled: true,
+            events: vec![
+                ChaosEvent::WorkerCrash,
+                ChaosEvent::ScaleUp,
+                ChaosEvent::LeaderPause,
+                ChaosEvent::PartitionChanges,
+            ],
+            interval: Some(Interval::new(
+                Duration::from_secs(2),
+                Duration::from_secs(9),
+            )),
+            ..ChaosConfig::default()
+        };
+        let step = Duration::from_millis(100);
+        let deal = |plan: &mut ChaosPlan, from: Duration, count: usize| {
+            let mut now = from;
+            let mut out = Vec::new();
+            while out.len() < count {
+                now += step;
+                if let Some(event) = plan.due(now) {
+                    out.push((event, now, plan.pick(7), plan.disconnect_duration()));
+                }
+            }
+            (out, now)
+        };
+        let mut original = ChaosPlan::new(&config, 77, Duration::ZERO).expect("plan");
+        let (_, cut) = deal(&mut original, Duration::ZERO, 6);
+        let state = original.state();
+        let json = serde_json::to_string(&state).expect("serialize");
+        let state: ChaosPlanState = serde_json::from_str(&json).expect("deserialize");
+        let mut restored = ChaosPlan::restore(&config, 77, &state)
+            .expect("restore")
+            .expect("plan");
+        assert_eq!(deal(&mut original, cut, 10), deal(&mut restored, cut, 10));
+        let foreign = ChaosPlanState {
+            deck: vec![ChaosEvent::NatsServerKill],
+            ..state
+        };
+        let error = ChaosPlan::restore(&config, 77, &foreign).expect_err("foreign deck");
+        assert!(error.contains("nats_server_kill"), "{error}");
     }
 }

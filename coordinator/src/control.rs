@@ -51,13 +51,24 @@ impl Control for ControlService {
         });
         config.simulation.seed = Some(seed);
         let (reply, answer) = oneshot::channel();
-        self.engine
-            .commands
-            .send(Command::Start {
+        let command = if request.resume {
+            // The file (and duration) name the run, seed aside: the run keeps the seed it
+            // drew, saved in its directory.
+            Command::Resume {
+                run_dir: (!request.run_dir.is_empty()).then(|| request.run_dir.clone().into()),
+                config: Some(Box::new(config)),
+                reply,
+            }
+        } else {
+            Command::Start {
                 config: Box::new(config),
                 seed,
                 reply,
-            })
+            }
+        };
+        self.engine
+            .commands
+            .send(command)
             .await
             .map_err(|_| Status::unavailable("engine stopped"))?;
         match answer

@@ -13,6 +13,7 @@
 //! - [`control`]: the `Control` gRPC service for simctl.
 //! - [`ownership`]: processing without ownership (statuses vs processed reports).
 //! - [`managed`]: child processes simctl manages (nats-server, coordinator, agent).
+//! - [`rundir`]: a run's directory: config, events, checkpoints, final state, reports.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod ownership;
 pub mod placement;
 pub mod report;
 pub mod run;
+pub mod rundir;
 pub mod stream;
 pub mod tracker;
 
@@ -42,6 +44,22 @@ pub struct ServeOptions {
     pub nats_url: Option<String>,
     /// Test aid: pause this long before applying each report batch (a slow coordinator).
     pub ingest_delay: std::time::Duration,
+    /// Where run directories go (default `runs`).
+    pub runs_dir: Option<std::path::PathBuf>,
+    /// Before serving, resume the newest unfinished run under `runs_dir` from its latest
+    /// checkpoint (a coordinator restarted after a crash).
+    pub resume: bool,
+}
+
+/// Why the daemon stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// `resume` was asked for and failed.
+    #[error("resuming: {0}")]
+    Resume(String),
+    /// The gRPC server failed.
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
 }
 
 /// Serve the Agent and Control services on `listener` until `shutdown` completes.
@@ -49,7 +67,7 @@ pub async fn serve(
     listener: TcpListener,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     // Bounded: a slow tracker slows the agents' streams instead of buffering without limit.
     let (ingest, ingest_rx) = tokio::sync::mpsc::channel(64);
     let registry = agents::AgentRegistry::new(ingest);
@@ -58,7 +76,30 @@ pub async fn serve(
         ingest_rx,
         options.nats_url,
         options.ingest_delay,
+        options
+            .runs_dir
+            .unwrap_or_else(|| std::path::PathBuf::from("runs")),
     );
+    if options.resume {
+        // Before any agent can connect: the registry must know what the checkpoint applied
+        // before the first resent batch arrives.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let command = run::Command::Resume {
+            run_dir: None,
+            config: None,
+            reply,
+        };
+        let sent = engine.commands.send(command).await;
+        let result = match sent {
+            Ok(()) => answer.await.map_err(|_| "engine stopped".to_string()),
+            Err(_) => Err("engine stopped".to_string()),
+        };
+        match result {
+            Ok(Ok(run_id)) => tracing::info!(run = %run_id, "resumed"),
+            Ok(Err(error)) => return Err(ServeError::Resume(error.to_string())),
+            Err(error) => return Err(ServeError::Resume(error)),
+        }
+    }
     tonic::transport::Server::builder()
         .add_service(
             AgentServer::new(agents::AgentService::new(registry.clone()))
@@ -71,5 +112,6 @@ pub async fn serve(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,
         )
-        .await
+        .await?;
+    Ok(())
 }

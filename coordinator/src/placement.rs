@@ -10,7 +10,7 @@ use proto::v1::{
 use crate::config::Config;
 
 /// (agent, process slot, spec) for every process of a run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Placement {
     /// Producers.
     pub producers: Vec<(String, String, ProducerSpec)>,
@@ -156,4 +156,33 @@ fn parti_config_json(config: &Config) -> String {
         ..parti::Config::default()
     };
     serde_json::to_string(&parti).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn realistic() -> Config {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/realistic.yaml");
+        let text = std::fs::read_to_string(path).expect("configs/realistic.yaml");
+        Config::from_yaml_str(&text).expect("valid config")
+    }
+
+    /// The same seed gives the same weights and the same placement (the run directory's
+    /// `seed` file is enough to reproduce a run's set-up); another seed gives other weights.
+    #[test]
+    fn same_seed_same_weights_and_placement() {
+        let config = realistic();
+        let agents = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let first = place(&config, 42, &agents, "nats://x:4222");
+        let again = place(&config, 42, &agents, "nats://x:4222");
+        assert_eq!(first, again);
+        assert_eq!(config.partition_weights(42), config.partition_weights(42));
+        assert_ne!(config.partition_weights(42), config.partition_weights(43));
+        assert_ne!(first, place(&config, 43, &agents, "nats://x:4222"));
+        assert_eq!(
+            first.partition_map(config.partitions.count),
+            again.partition_map(config.partitions.count)
+        );
+    }
 }

@@ -49,6 +49,19 @@ pub async fn prepare(url: &str, config: &Config) -> anyhow::Result<kv::Store> {
     .with_context(|| format!("creating KV bucket {}", proto::SIM_BUCKET))
 }
 
+/// The run's KV bucket as it is (a resumed run: nothing is deleted or created).
+pub async fn open_sim_kv(url: &str) -> anyhow::Result<kv::Store> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .context("connecting")?;
+    jetstream::new(client)
+        .get_key_value(proto::SIM_BUCKET)
+        .await
+        .with_context(|| format!("opening KV bucket {}", proto::SIM_BUCKET))
+}
+
 /// Publish `map` as the run's partition map.
 pub async fn publish_partition_map(store: &kv::Store, map: &PartitionMap) -> anyhow::Result<()> {
     let json = serde_json::to_vec(map).context("encoding the partition map")?;

@@ -12,6 +12,13 @@ struct Cli {
     /// NATS URL to use instead of the run config's (set by `simctl run`).
     #[arg(long)]
     nats_url: Option<String>,
+    /// Where run directories (config, events, checkpoints, reports) go.
+    #[arg(long, default_value = "runs")]
+    runs_dir: std::path::PathBuf,
+    /// Resume the newest unfinished run under --runs-dir from its latest checkpoint before
+    /// accepting agents (after a crash of the previous coordinator).
+    #[arg(long)]
+    resume: bool,
     /// Test aid: milliseconds to pause before applying each report batch.
     #[arg(long, hide = true, default_value_t = 0)]
     ingest_delay_ms: u64,
@@ -48,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
         coordinator::ServeOptions {
             nats_url: cli.nats_url,
             ingest_delay: std::time::Duration::from_millis(cli.ingest_delay_ms),
+            runs_dir: Some(cli.runs_dir),
+            resume: cli.resume,
         },
         shutdown,
     )

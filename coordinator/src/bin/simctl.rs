@@ -67,6 +67,13 @@ enum Command {
         /// Seed for weights and placement.
         #[arg(long)]
         seed: Option<u64>,
+        /// Resume instead: the newest unfinished run started with this config (and
+        /// duration), from its latest checkpoint — same run id, same schedule.
+        #[arg(long)]
+        resume: bool,
+        /// With --resume: this run directory (a path on the coordinator's host).
+        #[arg(long, requires = "resume")]
+        run_dir: Option<PathBuf>,
     },
     /// Show the current run's status once.
     Status,
@@ -76,6 +83,10 @@ enum Command {
     Stop,
     /// Print the last finished run's report; the exit code is its verdict.
     Report {
+        /// Judge this run directory offline instead (its final state, or its latest
+        /// checkpoint if it did not finish); no coordinator needed.
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
         /// Write the JSON report here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -187,10 +198,13 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             config,
             duration,
             seed,
+            resume,
+            run_dir,
         } => {
             let (text, _) = read_config(&config)?;
             let mut client = connect(&cli.coordinator).await?;
-            let run_id = start(&mut client, text, duration.as_deref(), seed).await?;
+            let resume = resume.then(|| run_dir.unwrap_or_default());
+            let run_id = start(&mut client, text, duration.as_deref(), seed, resume).await?;
             println!("started {run_id}");
             Ok(0)
         }
@@ -215,7 +229,19 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             println!("stopping: the run drains and gives its verdict");
             Ok(0)
         }
-        Command::Report { json, junit } => {
+        Command::Report {
+            run_dir: Some(run_dir),
+            json,
+            junit,
+        } => {
+            let report = offline_report(&run_dir)?;
+            finish(&report, json.as_deref(), junit.as_deref())
+        }
+        Command::Report {
+            run_dir: None,
+            json,
+            junit,
+        } => {
             let mut client = connect(&cli.coordinator).await?;
             let report = client
                 .report(ReportRequest {})
@@ -308,11 +334,16 @@ async fn start(
     config_yaml: String,
     duration: Option<&str>,
     seed: Option<u64>,
+    resume: Option<PathBuf>,
 ) -> Result<String, Exit> {
     let request = StartRequest {
         config_yaml,
         duration_ms: parse_duration(duration)?,
         seed,
+        resume: resume.is_some(),
+        run_dir: resume
+            .map(|dir| dir.to_string_lossy().into_owned())
+            .unwrap_or_default(),
     };
     match client.start(request).await {
         Ok(response) => Ok(response.into_inner().run_id),
@@ -396,6 +427,55 @@ async fn watch(client: &mut ControlClient<Channel>) -> Result<(), Exit> {
     Ok(())
 }
 
+/// Judge a run directory offline: its final state, or its latest checkpoint.
+fn offline_report(dir: &Path) -> Result<RunReport, Exit> {
+    use coordinator::rundir::RunDir;
+    use coordinator::run::{RunCheckpoint, summarize};
+    let config = load(&dir.join("config.yaml"))?;
+    let run = RunDir::open(dir, &config.checkpointing.path);
+    let (body, source) = match run.read_final() {
+        Ok(body) => (body, "final state".to_string()),
+        Err(final_error) => match run.latest_checkpoint() {
+            Ok((generation, body)) => (
+                body,
+                format!(
+                    "checkpoint {generation} (the run did not finish; messages in flight at that \
+                     point are not judged lost)"
+                ),
+            ),
+            Err(error) => {
+                return Err(bad_input(anyhow::anyhow!(
+                    "{}: no final state ({final_error}) and no checkpoint ({error})",
+                    dir.display()
+                )));
+            }
+        },
+    };
+    let state = RunCheckpoint::from_json(&body)
+        .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", dir.display())))?;
+    let summary = summarize(&state).map_err(|e| bad_input(anyhow::anyhow!("{e}")))?;
+    let report = summary.to_report();
+    eprintln!("parti-sim: judged {} from its {source}", dir.display());
+    // The verdict recorded when the run finished, for comparison.
+    if let Ok(text) = std::fs::read_to_string(dir.join("report.json")) {
+        let recorded = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["outcome"].as_str().map(str::to_string));
+        let now = serde_json::from_str::<serde_json::Value>(&report.json)
+            .ok()
+            .and_then(|v| v["outcome"].as_str().map(str::to_string));
+        match (recorded, now) {
+            (Some(recorded), Some(now)) if recorded == now => {
+                eprintln!("parti-sim: same verdict as recorded ({recorded})");
+            }
+            (recorded, now) => eprintln!(
+                "parti-sim: WARNING: recorded verdict {recorded:?}, re-judged {now:?}"
+            ),
+        }
+    }
+    Ok(report)
+}
+
 fn finish(report: &RunReport, json: Option<&Path>, junit: Option<&Path>) -> Result<u8, Exit> {
     print!("{}", report.text);
     if let Some(path) = json {
@@ -468,8 +548,8 @@ async fn run_all_in_one(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let run_id = start(&mut client, text, duration.as_deref(), seed).await?;
-        eprintln!("parti-sim: {run_id} started");
+        let run_id = start(&mut client, text, duration.as_deref(), seed, None).await?;
+        eprintln!("parti-sim: {run_id} started (run directory runs/{run_id})");
         {
             let mut stopper = client.clone();
             tokio::spawn(async move {

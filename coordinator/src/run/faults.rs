@@ -20,33 +20,36 @@ use proto::v1::{
     HealNetwork, NetworkFault, NetworkFaultKind, NetworkFaultPhase, NetworkFaultReport, Signal,
     SignalProcess, Spawn, coordinator_message, spawn,
 };
-use tokio::time::Instant;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{ActiveRun, Engine, Phase};
 use crate::chaos::{
-    ChaosPlan, DEGRADE_DELAY_MS, DEGRADE_FOR, DEGRADE_LOSS, DEGRADE_RATE_KBIT, FaultRecord,
+    ChaosPlan, ChaosPlanState, DEGRADE_DELAY_MS, DEGRADE_FOR, DEGRADE_LOSS, DEGRADE_RATE_KBIT, FaultRecord,
     PAUSE_FOR, RESPAWN_AFTER,
 };
 use crate::config::{ChaosEvent, Config};
 use crate::placement::Placement;
 
-/// Chaos and healing state of one run.
-#[derive(Debug)]
+/// Chaos and healing state of one run. Every time in it is run time (since the run
+/// started, on the run's clock), so the whole state goes into a checkpoint as it is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct FaultState {
+    /// Rebuilt from the config and seed on resume (see [`ChaosPlanState`]).
+    #[serde(skip)]
     plan: Option<ChaosPlan>,
+    plan_state: Option<ChaosPlanState>,
     /// Processes whose next exit the chaos caused.
     pub(super) expect_exit: HashSet<String>,
     retired: HashSet<String>,
-    paused: BTreeMap<String, Instant>,
-    respawn: BTreeMap<String, Instant>,
+    paused: BTreeMap<String, Duration>,
+    respawn: BTreeMap<String, Duration>,
     slots: BTreeMap<String, (String, Spawn)>,
     agents: Vec<String>,
     next_worker: usize,
     /// What was injected.
     pub(super) records: Vec<FaultRecord>,
     measuring: Option<Measure>,
-    started: Instant,
     /// `host:port` of every NATS server, for network faults.
     nats_endpoints: Vec<String>,
     /// Hosts (agents) under a network fault.
@@ -65,14 +68,14 @@ pub(super) struct FaultState {
 pub(super) const HOST_FAULT_GRACE: Duration = Duration::from_secs(20);
 
 /// The recovery being measured (one fault at a time).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Measure {
     /// Index into `records`.
     index: usize,
     /// Recovery is measured from here.
-    since: Instant,
+    since: Duration,
     /// Over this: a rebalance failure.
-    deadline: Instant,
+    deadline: Duration,
     /// A network fault still in place: recovery has not begun.
     awaiting_heal: bool,
     /// The tracker's received count at `since`: recovered means more were processed since.
@@ -86,7 +89,7 @@ struct Measure {
 /// The fault's own effect that recovery must wait for: a graceful leave or restart takes a
 /// second or two, during which the target still owns its partitions and "fully owned"
 /// would be true before anything moved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum TargetDone {
     /// Nothing to wait for (crashes and pauses: the target is down or paused at once).
     Nothing,
@@ -115,12 +118,12 @@ impl TargetDone {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct HostFault {
     /// Index into `records` (also the fault id sent to the agent).
     record: usize,
     /// Exits on this host are expected until then; `None` while the fault is in place.
-    excused_until: Option<Instant>,
+    excused_until: Option<Duration>,
 }
 
 /// What `simctl chaos` may specify about one injection.
@@ -159,7 +162,6 @@ impl FaultState {
         seed: u64,
         placement: &Placement,
         nats_url: &str,
-        now: Instant,
     ) -> Self {
         let slots: BTreeMap<String, (String, Spawn)> = placement
             .producer_spawns()
@@ -171,7 +173,8 @@ impl FaultState {
         agents.sort();
         agents.dedup();
         Self {
-            plan: ChaosPlan::new(&config.chaos, seed, now),
+            plan: ChaosPlan::new(&config.chaos, seed, Duration::ZERO),
+            plan_state: None,
             expect_exit: HashSet::new(),
             retired: HashSet::new(),
             paused: BTreeMap::new(),
@@ -181,12 +184,33 @@ impl FaultState {
             next_worker: placement.workers.len(),
             records: Vec::new(),
             measuring: None,
-            started: now,
             nats_endpoints: nats_endpoints(nats_url),
             host_faults: BTreeMap::new(),
             next_partition: config.partitions.count,
             duplicates_at_last: None,
             restarts: BTreeMap::new(),
+        }
+    }
+
+    /// Ready for a checkpoint: the plan's position is copied into the serialized state.
+    pub(super) fn prepare_checkpoint(&mut self) {
+        self.plan_state = self.plan.as_ref().map(ChaosPlan::state);
+    }
+
+    /// After loading from a checkpoint: rebuild the plan from `config` and `seed`.
+    pub(super) fn restore_plan(&mut self, config: &Config, seed: u64) -> Result<(), String> {
+        self.plan = match &self.plan_state {
+            Some(state) => ChaosPlan::restore(&config.chaos, seed, state)?,
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// A resumed run's coordinator was away for `downtime`: a recovery measured across it
+    /// gets its deadline moved by as much (nothing could be observed meanwhile).
+    pub(super) fn shift_deadlines(&mut self, downtime: Duration) {
+        if let Some(measure) = &mut self.measuring {
+            measure.deadline += downtime;
         }
     }
 
@@ -231,7 +255,7 @@ impl FaultState {
     }
 
     /// Whether `process` runs on a host whose network fault excuses its exit.
-    pub(super) fn host_faulted(&self, process: &str, now: Instant) -> bool {
+    pub(super) fn host_faulted(&self, process: &str, now: Duration) -> bool {
         self.slots
             .get(process)
             .and_then(|(agent, _)| self.host_faults.get(agent))
@@ -256,7 +280,7 @@ impl FaultState {
     }
 
     /// A process exited: heal its slot later, unless it was retired or the run is ending.
-    pub(super) fn on_exit(&mut self, process: &str, running: bool, now: Instant) {
+    pub(super) fn on_exit(&mut self, process: &str, running: bool, now: Duration) {
         self.paused.remove(process);
         if running && !self.retired.contains(process) && self.slots.contains_key(process) {
             self.respawn
@@ -291,8 +315,8 @@ fn fully_owned(run: &ActiveRun) -> bool {
 impl Engine {
     /// Heal, inject, and measure; called on every engine tick.
     pub(super) async fn fault_tick(&mut self) {
-        let now = Instant::now();
         let Some(run) = self.run.as_mut() else { return };
+        let now = run.clock.now();
         if run.phase == Phase::Finished {
             return;
         }
@@ -341,7 +365,7 @@ impl Engine {
                 && fully_owned(run)
                 && received > measure.received_at_since
             {
-                let took = now.duration_since(measure.since).as_secs_f64();
+                let took = now.saturating_sub(measure.since).as_secs_f64();
                 let record = &mut run.faults.records[measure.index];
                 record.rebalance_s = Some(took);
                 record.moved = Some(run.assignment_log.moves - measure.moves_at_start);
@@ -369,7 +393,7 @@ impl Engine {
             // rebalance time belongs to one fault.
             return;
         }
-        let elapsed = now.duration_since(run.started);
+        let elapsed = now;
         let chaos = &run.config.chaos;
         if elapsed < chaos.warmup || elapsed + chaos.cooldown >= run.duration {
             // Warm-up and cool-down are fault-free.
@@ -383,8 +407,8 @@ impl Engine {
 
     /// An agent reports what became of a network fault.
     pub(super) fn on_network_report(&mut self, agent: &str, report: &NetworkFaultReport) {
-        let now = Instant::now();
         let Some(run) = self.run.as_mut() else { return };
+        let now = run.clock.now();
         let Ok(index) = usize::try_from(report.id) else {
             return;
         };
@@ -447,65 +471,94 @@ impl Engine {
     }
 
     /// Inject `event` now; returns the target and the outcome (`injected` or why not).
+    ///
+    /// Written ahead: the fault is recorded (with its expectations: exits, pauses, the
+    /// recovery to measure) and checkpointed before the command goes out, so a coordinator
+    /// killed right after sending it resumes knowing what it did.
     pub(super) async fn inject(
         &mut self,
         event: ChaosEvent,
-        now: Instant,
+        now: Duration,
         options: InjectOptions,
     ) -> (String, String) {
         let Some(run) = self.run.as_mut() else {
             return (String::new(), "skipped: no run".into());
         };
-        let planned = plan_fault(run, event, now, &options);
-        let ideal_moves = planned.as_ref().ok().and_then(|p| p.ideal_moves);
-        let (target, outcome, detail) = match planned {
-            Ok(planned) => {
-                let sent = match planned.action {
-                    Action::Signal(signal) => {
-                        Self::signal(&self.registry, run, &planned.target, signal).await
-                    }
-                    Action::Send(agent, body) => self.registry.send(&agent, *body).await,
-                    Action::PublishMap => {
-                        match crate::stream::publish_partition_map(&run.sim_kv, &run.partition_map)
-                            .await
-                        {
-                            Ok(()) => true,
-                            Err(error) => {
-                                warn!(run = %run.id, %error, "partition map not published");
-                                false
-                            }
-                        }
-                    }
-                };
-                if sent {
-                    if let Some(awaiting_heal) = planned.measure {
-                        let timeout = run.config.coordinator.rebalance_timeout;
-                        run.faults.measuring = Some(Measure {
-                            index: run.faults.records.len(),
-                            since: now,
-                            deadline: now + planned.lasts + timeout,
-                            awaiting_heal,
-                            received_at_since: run.tracker.progress_marker().0,
-                            moves_at_start: run.assignment_log.moves,
-                            target_done: planned.target_done.clone(),
-                        });
-                    }
-                    (planned.target, "injected".to_string(), planned.detail)
-                } else {
-                    run.faults.expect_exit.remove(&planned.target);
-                    run.faults.host_faults.remove(&planned.target);
-                    (
-                        planned.target,
-                        "skipped: the target's agent went away".to_string(),
-                        planned.detail,
-                    )
-                }
-            }
-            Err(why) => (String::new(), why, String::new()),
-        };
-        let at_s = now.duration_since(run.faults.started).as_secs_f64();
         let duplicates = run.tracker.snapshot(super::now_us()).duplicates();
         run.faults.close_duplicates(duplicates);
+        run.faults.duplicates_at_last = Some(duplicates);
+        let index = run.faults.records.len();
+        let (planned, outcome) = match plan_fault(run, event, now, &options) {
+            Ok(planned) => {
+                if let Some(awaiting_heal) = planned.measure {
+                    let timeout = run.config.coordinator.rebalance_timeout;
+                    run.faults.measuring = Some(Measure {
+                        index,
+                        since: now,
+                        deadline: now + planned.lasts + timeout,
+                        awaiting_heal,
+                        received_at_since: run.tracker.progress_marker().0,
+                        moves_at_start: run.assignment_log.moves,
+                        target_done: planned.target_done.clone(),
+                    });
+                }
+                (Some(planned), "injected".to_string())
+            }
+            Err(why) => (None, why),
+        };
+        run.faults.records.push(FaultRecord {
+            at_s: now.as_secs_f64(),
+            event: event.as_str().to_string(),
+            target: planned.as_ref().map(|p| p.target.clone()).unwrap_or_default(),
+            outcome,
+            detail: planned.as_ref().map(|p| p.detail.clone()).unwrap_or_default(),
+            rebalance_s: None,
+            moved: None,
+            ideal_moves: planned.as_ref().and_then(|p| p.ideal_moves),
+            duplicates: None,
+        });
+        if let Some(planned) = planned {
+            self.write_checkpoint("fault").await;
+            let Some(run) = self.run.as_mut() else {
+                return (String::new(), "skipped: no run".into());
+            };
+            let sent = match planned.action {
+                Action::Signal(signal) => {
+                    Self::signal(&self.registry, run, &planned.target, signal).await
+                }
+                Action::Send(agent, body) => self.registry.send(&agent, *body).await,
+                Action::PublishMap => {
+                    match crate::stream::publish_partition_map(&run.sim_kv, &run.partition_map)
+                        .await
+                    {
+                        Ok(()) => true,
+                        Err(error) => {
+                            warn!(run = %run.id, %error, "partition map not published");
+                            false
+                        }
+                    }
+                }
+            };
+            if !sent {
+                run.faults.expect_exit.remove(&planned.target);
+                run.faults.host_faults.remove(&planned.target);
+                run.faults.paused.remove(&planned.target);
+                if run.faults.measuring.as_ref().is_some_and(|m| m.index == index) {
+                    run.faults.measuring = None;
+                }
+                run.faults.records[index].outcome =
+                    "skipped: the target's agent went away".to_string();
+            }
+        }
+        let Some(run) = self.run.as_mut() else {
+            return (String::new(), "skipped: no run".into());
+        };
+        let record = &run.faults.records[index];
+        let (target, outcome, detail) = (
+            record.target.clone(),
+            record.outcome.clone(),
+            record.detail.clone(),
+        );
         if outcome == "injected" {
             info!(run = %run.id, event = event.as_str(), %target, %detail, "fault injected");
         } else {
@@ -513,7 +566,7 @@ impl Engine {
         }
         run.events.push(format!(
             "chaos {:.0}s: {} {target}: {outcome}{}",
-            at_s,
+            now.as_secs_f64(),
             event.as_str(),
             if detail.is_empty() {
                 String::new()
@@ -521,18 +574,6 @@ impl Engine {
                 format!(" ({detail})")
             }
         ));
-        run.faults.records.push(FaultRecord {
-            at_s,
-            event: event.as_str().to_string(),
-            target: target.clone(),
-            outcome: outcome.clone(),
-            detail,
-            rebalance_s: None,
-            moved: None,
-            ideal_moves,
-            duplicates: None,
-        });
-        run.faults.duplicates_at_last = Some(duplicates);
         (target, outcome)
     }
 
@@ -594,7 +635,7 @@ enum Action {
 fn plan_fault(
     run: &mut ActiveRun,
     event: ChaosEvent,
-    now: Instant,
+    now: Duration,
     options: &InjectOptions,
 ) -> Result<Planned, String> {
     let live: Vec<String> = run

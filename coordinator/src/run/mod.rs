@@ -7,18 +7,25 @@
 //! infrastructure error.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use proto::v1::{
     ProcessKind, RunReport, RunStatus, Signal, SignalProcess, Verdict, coordinator_message, report,
 };
 use tokio::sync::{mpsc, oneshot, watch};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+mod checkpoint;
+mod clock;
 mod faults;
 
+pub use checkpoint::{RunCheckpoint, summarize};
 pub use faults::InjectOptions;
+
+use clock::RunClock;
 
 use crate::agents::{AgentRegistry, IngestBatch};
 use crate::assignment_log::AssignmentLog;
@@ -26,7 +33,8 @@ use crate::config::{ChaosEvent, Config};
 use crate::ownership::OwnershipCheck;
 use crate::placement::{self, PlacedSpawn, Placement};
 use crate::report::{Outcome, RunSummary};
-use crate::tracker::{Processed, Sent, Tracker, TrackerConfig, Verdict as _, WorkerRef};
+use crate::rundir::RunDir;
+use crate::tracker::{Processed, Sent, Tracker, TrackerConfig, WorkerRef};
 
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +62,16 @@ pub enum Command {
         /// Reply with the run id.
         reply: oneshot::Sender<Result<String, StartError>>,
     },
+    /// Resume a run from its latest checkpoint: the run directory, or the newest unfinished
+    /// run under the runs directory whose config equals this one.
+    Resume {
+        /// The run directory, if named.
+        run_dir: Option<PathBuf>,
+        /// The config the run must have been started with (when no directory is named).
+        config: Option<Box<Config>>,
+        /// Reply with the run id.
+        reply: oneshot::Sender<Result<String, StartError>>,
+    },
     /// Stop early: go to the drain phase now.
     Stop,
     /// Inject one fault now (`simctl chaos`).
@@ -78,15 +96,24 @@ pub struct EngineHandle {
     pub report: watch::Receiver<Option<RunReport>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+/// Where a run is. Times are run time (see [`RunClock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Producers publish, faults are injected.
     Running,
-    Draining { since: Instant },
+    /// Producers were stopped at `since`; waiting for everything sent to be received.
+    Draining {
+        /// When the drain began.
+        since: Duration,
+    },
+    /// The verdict is in.
     Finished,
 }
 
-#[derive(Debug, Default, Clone)]
-struct WorkerView {
+/// What a worker last reported about itself.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerView {
     worker_id: String,
     incarnation: u64,
     leader: bool,
@@ -97,9 +124,12 @@ struct WorkerView {
 
 struct ActiveRun {
     id: String,
+    seed: u64,
+    /// The NATS URL(s) the run uses (the config's, or the daemon's override).
+    nats_url: String,
     config: Config,
     placement: Placement,
-    started: Instant,
+    clock: RunClock,
     duration: Duration,
     phase: Phase,
     tracker: Tracker,
@@ -107,21 +137,54 @@ struct ActiveRun {
     worker_names: Vec<String>,
     workers: BTreeMap<String, WorkerView>,
     producers_alive: BTreeMap<String, bool>,
+    /// The tracker's progress marker and when it last moved (local: a resumed run's stall
+    /// clock restarts).
     progress: (u64, Instant),
     extra_failures: Vec<String>,
     infrastructure: Vec<String>,
     events: Vec<String>,
     ownership: OwnershipCheck,
     faults: faults::FaultState,
-    /// Workers of the second wave and when they start.
-    second_wave: Option<(Instant, Vec<PlacedSpawn>)>,
+    /// Workers of the second wave and when they start (run time).
+    second_wave: Option<(Duration, Vec<PlacedSpawn>)>,
     /// The run's KV bucket (partition map).
     sim_kv: async_nats::jetstream::kv::Store,
     /// The partitions that exist now (partition_changes edits it).
     partition_map: proto::v1::PartitionMap,
     /// parti's assignment documents, as watched.
     assignment_log: AssignmentLog,
-    assignments: mpsc::Receiver<serde_json::Value>,
+    assignments: mpsc::Receiver<(u64, serde_json::Value)>,
+    /// Where the run's files go.
+    dir: RunDir,
+    /// Per agent: (boot id, number) of the last report batch applied — a checkpoint's
+    /// position in each agent's stream.
+    applied: BTreeMap<String, (u64, u64)>,
+    /// Checkpoints written so far (the next file's generation is this + 1) and when the
+    /// last one was written.
+    checkpoints: (u64, Instant),
+    /// `events` already appended to `events.log`.
+    events_logged: usize,
+    /// After a resume: expiry of unprocessed messages waits until the checkpoint's agents
+    /// are back and have resent what the checkpoint did not cover (see `tick`).
+    resume_hold: Option<(Vec<String>, Instant)>,
+    /// Size and write time of checkpoints (for the report and the soak numbers).
+    checkpoint_stats: CheckpointStats,
+}
+
+/// Checkpoints written by this coordinator process for the run.
+#[derive(Debug, Default, Clone, Copy)]
+struct CheckpointStats {
+    count: u64,
+    last_bytes: usize,
+    slowest: Duration,
+}
+
+impl CheckpointStats {
+    fn record(&mut self, bytes: usize, took: Duration) {
+        self.count += 1;
+        self.last_bytes = bytes;
+        self.slowest = self.slowest.max(took);
+    }
 }
 
 /// Delay of the second wave of workers: past parti's cold-start window (5 s in the
@@ -134,6 +197,7 @@ pub fn spawn_engine(
     ingest: mpsc::Receiver<IngestBatch>,
     nats_url: Option<String>,
     ingest_delay: Duration,
+    runs_dir: PathBuf,
 ) -> EngineHandle {
     let (commands, command_rx) = mpsc::channel(16);
     let (status_tx, status) = watch::channel(RunStatus {
@@ -145,6 +209,7 @@ pub fn spawn_engine(
         registry,
         nats_url,
         ingest_delay,
+        runs_dir,
         run: None,
         status_tx,
         report_tx,
@@ -161,13 +226,15 @@ struct Engine {
     registry: AgentRegistry,
     nats_url: Option<String>,
     ingest_delay: Duration,
+    /// Run directories go here.
+    runs_dir: PathBuf,
     run: Option<ActiveRun>,
     status_tx: watch::Sender<RunStatus>,
     report_tx: watch::Sender<Option<RunReport>>,
 }
 
 /// The next assignment document of the current run (pending while there is none).
-async fn next_assignment(run: &mut Option<ActiveRun>) -> Option<serde_json::Value> {
+async fn next_assignment(run: &mut Option<ActiveRun>) -> Option<(u64, serde_json::Value)> {
     match run {
         Some(run) => run.assignments.recv().await,
         None => std::future::pending().await,
@@ -213,11 +280,16 @@ impl Engine {
                         let result = self.start(*config, seed).await;
                         let _ = reply.send(result);
                     }
+                    Some(Command::Resume { run_dir, config, reply }) => {
+                        let result = self.resume(run_dir, config.map(|c| *c)).await;
+                        let _ = reply.send(result);
+                    }
                     Some(Command::Stop) => self.begin_drain("stopped by request").await,
                     Some(Command::Inject { event, options, reply }) => {
                         let running = self.run.as_ref().is_some_and(|run| run.phase == Phase::Running);
+                        let now = self.run.as_ref().map(|run| run.clock.now()).unwrap_or_default();
                         let result = if running {
-                            self.inject(event, Instant::now(), options).await
+                            self.inject(event, now, options).await
                         } else {
                             (String::new(), "skipped: no run is in its running phase".into())
                         };
@@ -229,9 +301,13 @@ impl Engine {
                     Some(batch) => self.ingest(batch).await,
                     None => return,
                 },
-                Some(doc) = next_assignment(&mut self.run) => {
+                Some((revision, doc)) = next_assignment(&mut self.run) => {
                     if let Some(run) = self.run.as_mut() {
-                        if run.phase != Phase::Finished {
+                        // A resumed run's watch replays the document the checkpoint saw.
+                        if run.phase != Phase::Finished
+                            && revision > run.assignment_log.last_kv_revision
+                        {
+                            run.assignment_log.last_kv_revision = revision;
                             run.assignment_log.observe(&doc);
                         }
                     }
@@ -266,46 +342,34 @@ impl Engine {
             .await
             .map_err(|e| StartError::Infrastructure(format!("{e:#}")))?;
         let id = format!("run-{}-{seed:x}", now_us() / 1_000_000);
-        info!(run = %id, agents = agents.len(), producers = placement.producers.len(), workers = placement.workers.len(), "starting run");
+        let dir = RunDir::new(&self.runs_dir, &id, &config.checkpointing.path);
+        dir.create(&config.effective_yaml(), seed).map_err(|e| {
+            StartError::Infrastructure(format!("creating the run directory: {e}"))
+        })?;
+        info!(run = %id, dir = %dir.root().display(), agents = agents.len(), producers = placement.producers.len(), workers = placement.workers.len(), "starting run");
         // Workers join in two waves, so every run moves partitions at least once and
         // exercises the handoff (a run where nothing ever moves proves little).
-        let mut workers = placement.worker_spawns();
-        let second_wave = workers.split_off(workers.len().div_ceil(2));
-        for (agent, spawn) in workers.into_iter().chain(placement.producer_spawns()) {
-            if !self
-                .registry
-                .send(&agent, coordinator_message::Body::Spawn(spawn))
-                .await
-            {
-                return Err(StartError::Infrastructure(format!(
-                    "agent {agent} went away"
-                )));
-            }
-        }
+        let mut first_wave = placement.worker_spawns();
+        let second_wave = first_wave.split_off(first_wave.len().div_ceil(2));
         let now = Instant::now();
         self.report_tx.send_replace(None);
-        let faults = faults::FaultState::new(&config, seed, &placement, &nats_url, now);
+        let faults = faults::FaultState::new(&config, seed, &placement, &nats_url);
+        self.registry
+            .set_checkpointing(config.checkpointing.enabled)
+            .await;
         self.run = Some(ActiveRun {
             id: id.clone(),
+            seed,
             duration: config.simulation.duration,
-            tracker: Tracker::new(
-                TrackerConfig {
-                    validation_window_us: i64::try_from(
-                        config.coordinator.validation_window.as_micros(),
-                    )
-                    .unwrap_or(i64::MAX),
-                    ..TrackerConfig::default()
-                },
-                config.partitions.count,
-            ),
+            tracker: Tracker::new(tracker_config(&config), config.partitions.count),
             producers_alive: placement
                 .producers
                 .iter()
                 .map(|(_, p, _)| (p.clone(), true))
                 .collect(),
             config,
-            placement,
-            started: now,
+            placement: placement.clone(),
+            clock: RunClock::start(),
             phase: Phase::Running,
             worker_refs: HashMap::new(),
             worker_names: Vec::new(),
@@ -314,14 +378,36 @@ impl Engine {
             extra_failures: Vec::new(),
             infrastructure: Vec::new(),
             events: Vec::new(),
-            second_wave: Some((now + SECOND_WAVE_AFTER, second_wave)),
+            second_wave: Some((SECOND_WAVE_AFTER, second_wave)),
             ownership: OwnershipCheck::default(),
             faults,
             sim_kv,
             partition_map,
             assignment_log: AssignmentLog::default(),
             assignments: crate::assignment_log::watch(nats_url.clone()),
+            nats_url,
+            dir,
+            applied: BTreeMap::new(),
+            checkpoints: (0, now),
+            events_logged: 0,
+            resume_hold: None,
+            checkpoint_stats: CheckpointStats::default(),
         });
+        // Write-ahead: the run exists on disk before any process does, so a coordinator
+        // killed from here on can be resumed.
+        self.write_checkpoint("start").await;
+        for (agent, spawn) in first_wave.into_iter().chain(placement.producer_spawns()) {
+            if !self
+                .registry
+                .send(&agent, coordinator_message::Body::Spawn(spawn))
+                .await
+            {
+                self.run = None;
+                return Err(StartError::Infrastructure(format!(
+                    "agent {agent} went away"
+                )));
+            }
+        }
         // Visible before Start returns, so a watcher never sees the previous phase.
         self.publish_status();
         Ok(id)
@@ -335,6 +421,8 @@ impl Engine {
         if run.phase == Phase::Finished {
             return;
         }
+        run.applied
+            .insert(batch.agent.clone(), (batch.boot_id, batch.number));
         for report in batch.reports {
             let Some(body) = report.body else { continue };
             if let report::Body::Network(network) = &body {
@@ -421,8 +509,9 @@ impl Engine {
                         (_, Some(signal)) => format!("signal {signal}"),
                         _ => "unknown status".into(),
                     };
+                    let now = run.clock.now();
                     let caused_by_chaos = run.faults.expect_exit.remove(&exited.process)
-                        || run.faults.host_faulted(&exited.process, Instant::now());
+                        || run.faults.host_faulted(&exited.process, now);
                     let expected = caused_by_chaos
                         || (matches!(run.phase, Phase::Draining { .. } | Phase::Finished)
                             && exited.code == Some(0));
@@ -433,11 +522,8 @@ impl Engine {
                         warn!(run = %run.id, "{line}");
                         run.events.push(format!("UNEXPECTED: {line}"));
                     }
-                    run.faults.on_exit(
-                        &exited.process,
-                        run.phase == Phase::Running,
-                        Instant::now(),
-                    );
+                    run.faults
+                        .on_exit(&exited.process, run.phase == Phase::Running, now);
                     if exited.kind == ProcessKind::Producer as i32 {
                         run.producers_alive.insert(exited.process.clone(), false);
                         if !matches!(run.phase, Phase::Draining { .. }) && !caused_by_chaos {
@@ -465,8 +551,11 @@ impl Engine {
         let Some(run) = self.run.as_mut() else { return };
         run.events.push(format!("drain: {why}"));
         run.phase = Phase::Draining {
-            since: Instant::now(),
+            since: run.clock.now(),
         };
+        // Write-ahead: a coordinator resumed after this point knows producers were stopped.
+        self.write_checkpoint("drain").await;
+        let Some(run) = self.run.as_mut() else { return };
         for (agent, process, _) in &run.placement.producers {
             let signal = SignalProcess {
                 process: process.clone(),
@@ -486,8 +575,13 @@ impl Engine {
         if run.phase == Phase::Finished {
             return;
         }
-        if run.second_wave.as_ref().is_some_and(|(at, _)| now >= *at) {
-            if let Some((_, workers)) = run.second_wave.take() {
+        let run_time = run.clock.now();
+        if run.second_wave.as_ref().is_some_and(|(at, _)| run_time >= *at) {
+            // Write-ahead: the spawns are recorded as done before they are sent.
+            let workers = run.second_wave.take().map(|(_, w)| w).unwrap_or_default();
+            self.write_checkpoint("second wave").await;
+            let Some(run) = self.run.as_mut() else { return };
+            {
                 if !workers.is_empty() {
                     run.events
                         .push(format!("second wave: {} workers join", workers.len()));
@@ -503,7 +597,25 @@ impl Engine {
                 }
             }
         }
-        run.tracker.expire(now_us());
+        let Some(run) = self.run.as_mut() else { return };
+        // After a resume, messages the checkpoint saw unprocessed may have been processed
+        // while the coordinator was away; the agents resend those reports when they are
+        // back. Until then (bounded), nothing is declared lost.
+        if let Some((expected, since)) = &run.resume_hold {
+            let back = expected.iter().all(|agent| agents.contains(agent));
+            let waited = now.duration_since(*since);
+            if (back && waited >= RESUME_SETTLE) || waited >= RESUME_HOLD_MAX {
+                run.events.push(format!(
+                    "resume: {} agent(s) back after {:.1}s, loss detection on again",
+                    expected.iter().filter(|a| agents.contains(a)).count(),
+                    waited.as_secs_f64()
+                ));
+                run.resume_hold = None;
+            }
+        }
+        if run.resume_hold.is_none() {
+            run.tracker.expire(now_us());
+        }
         let snapshot = run.tracker.snapshot(now_us());
         let marker = run.tracker.progress_marker().0;
         if marker != run.progress.0 {
@@ -527,15 +639,13 @@ impl Engine {
             end_reason = Some("stall");
         }
         match run.phase {
-            Phase::Running
-                if end_reason.is_none() && now.duration_since(run.started) >= run.duration =>
-            {
+            Phase::Running if end_reason.is_none() && run_time >= run.duration => {
                 self.begin_drain("duration reached").await;
             }
             Phase::Draining { since } if end_reason.is_none() => {
                 let producers_done = run.producers_alive.values().all(|alive| !alive);
                 let caught_up = producers_done && snapshot.in_flight == 0 && snapshot.missing == 0;
-                if caught_up || now.duration_since(since) >= run.config.coordinator.drain_timeout {
+                if caught_up || run_time.saturating_sub(since) >= run.config.coordinator.drain_timeout {
                     end_reason = Some(if caught_up {
                         "drained"
                     } else {
@@ -548,6 +658,15 @@ impl Engine {
         self.publish_status();
         if let Some(reason) = end_reason {
             self.finish(reason).await;
+            return;
+        }
+        self.log_events();
+        let due = self.run.as_ref().is_some_and(|run| {
+            run.config.checkpointing.enabled
+                && now.duration_since(run.checkpoints.1) >= run.config.checkpointing.interval
+        });
+        if due {
+            self.write_checkpoint("interval").await;
         }
     }
 
@@ -563,7 +682,7 @@ impl Engine {
         self.status_tx.send_replace(RunStatus {
             run_id: run.id.clone(),
             phase: phase.into(),
-            elapsed_ms: u64::try_from(run.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            elapsed_ms: clock::millis(run.clock.now()),
             duration_ms: u64::try_from(run.duration.as_millis()).unwrap_or(u64::MAX),
             sent: snapshot.sent,
             received: snapshot.received,
@@ -585,6 +704,9 @@ impl Engine {
         let Some(run) = self.run.as_mut() else { return };
         run.tracker.finish(now_us());
         run.phase = Phase::Finished;
+        let duplicates = run.tracker.snapshot(now_us()).duplicates();
+        run.faults.close_duplicates(duplicates);
+        run.events.push(format!("finished: {reason}"));
         for agent in &agents {
             self.registry
                 .send(
@@ -593,62 +715,77 @@ impl Engine {
                 )
                 .await;
         }
-        let snapshot = run.tracker.snapshot(now_us());
-        let mut reasons: Vec<String> = run
-            .tracker
-            .failures(run.config.coordinator.strict_duplicates)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        reasons.extend(run.extra_failures.iter().cloned());
-        let duplicates = run.tracker.snapshot(now_us()).duplicates();
-        run.faults.close_duplicates(duplicates);
-        let log = &run.assignment_log;
-        if let Some(first) = log.violations.first() {
-            reasons.push(format!(
-                "assignment: {} violation(s) in parti's assignment history, e.g. {first}",
-                log.violations.len()
+        // The evidence as judged: `simctl report --run-dir` re-judges this very state.
+        let Some(run) = self.run.as_mut() else { return };
+        let stats = run.checkpoint_stats;
+        if stats.count > 0 {
+            run.events.push(format!(
+                "checkpoints: {} written, last {} bytes, slowest {} ms",
+                stats.count,
+                stats.last_bytes,
+                stats.slowest.as_millis()
             ));
         }
-        let violations = run.ownership.violations();
-        if let Some(first) = violations.first() {
-            reasons.push(format!(
-                "ownership violation: {} processing(s) without owning the partition, e.g. {first}",
-                violations.len()
-            ));
-        }
-        let outcome = if !run.infrastructure.is_empty() {
-            reasons.extend(run.infrastructure.iter().cloned());
-            Outcome::Infrastructure
-        } else if reasons.is_empty() {
-            Outcome::Pass
-        } else {
-            Outcome::Fail
-        };
-        let summary = RunSummary {
-            run_id: run.id.clone(),
-            outcome,
-            reasons,
-            end: reason.to_string(),
-            elapsed_s: run.started.elapsed().as_secs_f64(),
-            duration_s: run.duration.as_secs_f64(),
-            partitions: run.config.partitions.count,
-            producers: run.placement.producers.len(),
-            workers: run.placement.workers.len(),
-            tracker: snapshot,
-            worker_names: run.worker_names.clone(),
-            events: run.events.clone(),
-            fault_stats: crate::chaos::stats(&run.faults.records),
-            faults: run.faults.records.clone(),
-            assignment_versions: run.assignment_log.versions,
-            partition_moves: run.assignment_log.moves,
-            leaders: run.assignment_log.leaders.clone(),
-        };
+        let fallback = (run.tracker.snapshot(now_us()), run.id.clone());
+        let state = checkpoint::RunCheckpoint::capture(run, Some(reason));
+        let summary = summarize(&state).unwrap_or_else(|error| {
+            // Cannot happen short of a bug: the state was exported just now.
+            warn!(%error, "judging the exported state failed");
+            RunSummary {
+                run_id: fallback.1.clone(),
+                outcome: Outcome::Infrastructure,
+                reasons: vec![format!("internal: the run's state did not re-import: {error}")],
+                end: reason.to_string(),
+                elapsed_s: 0.0,
+                duration_s: 0.0,
+                partitions: 0,
+                producers: 0,
+                workers: 0,
+                tracker: fallback.0.clone(),
+                worker_names: Vec::new(),
+                events: Vec::new(),
+                faults: Vec::new(),
+                fault_stats: Vec::new(),
+                assignment_versions: 0,
+                partition_moves: 0,
+                leaders: Vec::new(),
+            }
+        });
         info!(run = %run.id, outcome = ?summary.outcome, "run finished");
         let report = summary.to_report();
+        let files = match serde_json::to_vec(&state) {
+            Ok(body) => run.dir.write_final(&body),
+            Err(error) => {
+                warn!(%error, "final state not serializable");
+                Ok(())
+            }
+        }
+        .and_then(|()| run.dir.write_file("report.txt", report.text.as_bytes()))
+        .and_then(|()| run.dir.write_file("report.junit.xml", report.junit.as_bytes()))
+        // Last: its presence marks the run finished (not resumable).
+        .and_then(|()| run.dir.write_file("report.json", report.json.as_bytes()));
+        if let Err(error) = files {
+            warn!(run = %run.id, %error, "run directory incomplete");
+        }
+        self.log_events();
         self.publish_status();
         self.status_tx
             .send_modify(|status| status.verdict = report.verdict);
         self.report_tx.send_replace(Some(report));
     }
 }
+
+/// The tracker's settings for `config`.
+fn tracker_config(config: &Config) -> TrackerConfig {
+    TrackerConfig {
+        validation_window_us: i64::try_from(config.coordinator.validation_window.as_micros())
+            .unwrap_or(i64::MAX),
+        ..TrackerConfig::default()
+    }
+}
+
+/// After a resume, loss detection waits at least this long once every agent is back (their
+/// resent batches arrive in the first moments of a session)…
+const RESUME_SETTLE: Duration = Duration::from_secs(5);
+/// …and never longer than this.
+const RESUME_HOLD_MAX: Duration = Duration::from_secs(60);
