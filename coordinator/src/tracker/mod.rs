@@ -35,6 +35,8 @@ pub mod types;
 pub mod verdict;
 
 #[cfg(test)]
+mod checkpoint_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
