@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -25,8 +26,8 @@ pub const PARTI_BUCKET: &str = "parti";
 /// See [`PARTI_BUCKET`].
 pub const ASSIGNMENT_KEY: &str = "assignment";
 
-/// What the assignment documents showed so far.
-#[derive(Debug, Default, Clone)]
+/// What the assignment documents showed so far. Serialisable as is, for checkpoints.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssignmentLog {
     last_version: u64,
     last_revision: u64,
@@ -41,6 +42,11 @@ pub struct AssignmentLog {
     pub leaders: Vec<String>,
     /// What broke the rules.
     pub violations: Vec<String>,
+    /// KV revision of the last document taken in, set by the caller: after a resume the
+    /// watch replays the current document, which must be skipped rather than read as a
+    /// version that did not increase (design §5.4). 0: none yet.
+    #[serde(default)]
+    pub last_kv_revision: u64,
 }
 
 fn partition_id(value: &Value) -> Option<u32> {

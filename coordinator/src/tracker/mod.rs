@@ -26,13 +26,16 @@
 //!   more about the fault than about delivery speed.
 //!
 //! Layout: [`types`] inputs and config, `partition` the per-partition window, [`snapshot`]
-//! the report, [`verdict`] the failures.
+//! the report, [`verdict`] the failures, [`checkpoint`] saving and restoring a tracker.
 
+pub mod checkpoint;
 mod partition;
 pub mod snapshot;
 pub mod types;
 pub mod verdict;
 
+#[cfg(test)]
+mod checkpoint_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -40,6 +43,7 @@ mod tests;
 
 use hdrhistogram::Histogram;
 
+pub use checkpoint::{CheckpointError, TrackerState};
 use partition::{EXCUSED, LOST, PartitionState, ProcessedOutcome, Recovered, SentOutcome};
 pub use snapshot::{Anomaly, AnomalyKind, LatencySummary, TrackerSnapshot, WorkerLoad};
 pub use types::{

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use super::checkpoint::{ExceptionRun, SavedPartition, SavedSpan, WindowRun};
 use super::types::WorkerRef;
 
 /// Exception flags of a seq below the watermark. A seq that is both sent and processed is
@@ -408,5 +409,266 @@ impl PartitionState {
         if cap > 1024 && self.window.len() < cap / 4 {
             self.window.shrink_to((self.window.len() * 2).max(64));
         }
+    }
+}
+
+// === impl PartitionState: checkpoint ===
+
+/// What a restored partition contributes to the tracker-wide counters; the importer sums
+/// these and compares them with the saved counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Tally {
+    /// Distinct seqs processed.
+    pub received: u64,
+    /// Distinct seqs confirmed sent.
+    pub sent: u64,
+    /// Distinct seqs both confirmed sent and processed.
+    pub sent_received: u64,
+    /// Confirmed sent and currently lost or excused.
+    pub sent_written_off: u64,
+    /// Currently lost.
+    pub lost: u64,
+    /// Currently excused.
+    pub excused: u64,
+    /// Window slots restored (for the memory budget).
+    pub slots: u64,
+    /// Exception entries restored (for the memory budget).
+    pub exceptions: u64,
+}
+
+/// Why a saved partition was refused: the field and what is wrong with it. The importer adds
+/// the partition id.
+pub(super) type Refusal = (&'static str, String);
+
+impl PartitionState {
+    /// The partition in its saved form: window and exceptions run-length encoded.
+    pub(super) fn export(&self) -> SavedPartition {
+        let mut window: Vec<WindowRun> = Vec::new();
+        let mut previous = (None::<Slot>, 0i64);
+        for &slot in &self.window {
+            match window.last_mut() {
+                Some(run) if previous.0 == Some(slot) => run.count += 1,
+                _ => {
+                    // Both values lie within T_MIN..=T_MAX, so the difference cannot overflow.
+                    window.push(WindowRun {
+                        count: 1,
+                        known_at_delta: slot.known_at() - previous.1,
+                        flags: slot.flags(),
+                    });
+                    previous = (Some(slot), slot.known_at());
+                }
+            }
+        }
+        let mut exceptions: Vec<ExceptionRun> = Vec::new();
+        for (&seq, &flags) in &self.exceptions {
+            match exceptions.last_mut() {
+                Some(run) if run.flags == flags && run.start + run.len == seq => run.len += 1,
+                _ => exceptions.push(ExceptionRun {
+                    start: seq,
+                    len: 1,
+                    flags,
+                }),
+            }
+        }
+        let mut spans: Vec<Option<SavedSpan>> = self
+            .spans
+            .iter()
+            .map(|s| {
+                s.map(|s| SavedSpan {
+                    worker: s.worker,
+                    start: s.start,
+                    end: s.end,
+                    touched: s.touched,
+                })
+            })
+            .collect();
+        while spans.last().is_some_and(Option::is_none) {
+            spans.pop();
+        }
+        SavedPartition {
+            removed: self.removed,
+            watermark: self.watermark,
+            processed_max: self.processed_max,
+            window,
+            exceptions,
+            spans,
+        }
+    }
+
+    /// Rebuilds a partition from its saved form, recomputing `processed_in_window` and
+    /// `lost`, and checking every invariant the live structure relies on. `tick` is the
+    /// tracker's report counter (no span can have been touched later); `slots_left` and
+    /// `exceptions_left` bound what a corrupt run length may make us allocate.
+    pub(super) fn import(
+        saved: &SavedPartition,
+        tick: u64,
+        slots_left: u64,
+        exceptions_left: u64,
+    ) -> Result<(Self, Tally), Refusal> {
+        let mut tally = Tally::default();
+        let mut part = Self {
+            removed: saved.removed,
+            watermark: saved.watermark,
+            processed_max: saved.processed_max,
+            ..Self::default()
+        };
+
+        // The window: known-at times never decrease, the front is unprocessed.
+        for (i, run) in saved.window.iter().enumerate() {
+            if run.count == 0 {
+                return Err(("window", format!("run {i} is empty")));
+            }
+            if i > 0 && run.known_at_delta < 0 {
+                return Err((
+                    "window",
+                    format!(
+                        "run {i} decreases known_at by {} µs (known_at never decreases along the window)",
+                        -i128::from(run.known_at_delta)
+                    ),
+                ));
+            }
+            if run.flags & !(SENT | PROCESSED) != 0 {
+                return Err(("window", format!("run {i} has invalid flags {}", run.flags)));
+            }
+            if i == 0 && run.flags & PROCESSED != 0 {
+                return Err((
+                    "window",
+                    "the first slot is processed (the window starts at the first unprocessed seq)"
+                        .into(),
+                ));
+            }
+            tally.slots = tally.slots.saturating_add(run.count);
+            if tally.slots > slots_left {
+                return Err((
+                    "window",
+                    format!("more slots than a checkpoint may restore ({slots_left} left)"),
+                ));
+            }
+        }
+        let mut known_at = 0i64;
+        for run in &saved.window {
+            known_at = known_at
+                .checked_add(run.known_at_delta)
+                .filter(|t| (T_MIN..=T_MAX).contains(t))
+                .ok_or_else(|| ("window", format!("known_at out of range after {known_at}")))?;
+            let count = usize::try_from(run.count)
+                .map_err(|_| ("window", format!("run of {} slots", run.count)))?;
+            let mut slot = Slot::new(known_at);
+            slot.set(run.flags);
+            part.window.extend(std::iter::repeat_n(slot, count));
+            if run.flags & PROCESSED != 0 {
+                part.processed_in_window += run.count;
+            }
+            if run.flags & SENT != 0 {
+                tally.sent += run.count;
+            }
+            if run.flags == SENT | PROCESSED {
+                tally.sent_received += run.count;
+            }
+        }
+        let known_max = saved
+            .watermark
+            .checked_add(tally.slots)
+            .ok_or_else(|| ("window", "watermark + window length overflows".to_string()))?;
+        if saved.processed_max > known_max {
+            return Err((
+                "processed_max",
+                format!(
+                    "{} is above the highest known seq {known_max}",
+                    saved.processed_max
+                ),
+            ));
+        }
+
+        // The exceptions: sorted, disjoint, at or below the watermark, valid flag sets.
+        let mut next_free = 1u64;
+        for (i, run) in saved.exceptions.iter().enumerate() {
+            let last = run
+                .start
+                .checked_add(run.len)
+                .and_then(|end| end.checked_sub(1))
+                .filter(|_| run.len > 0)
+                .ok_or_else(|| ("exceptions", format!("run {i} has length {}", run.len)))?;
+            if run.start < next_free {
+                return Err((
+                    "exceptions",
+                    format!(
+                        "run {i} starts at seq {}, not above the previous run",
+                        run.start
+                    ),
+                ));
+            }
+            if last > saved.watermark {
+                return Err((
+                    "exceptions",
+                    format!(
+                        "run {i} reaches seq {last}, above the watermark {}",
+                        saved.watermark
+                    ),
+                ));
+            }
+            let flags = run.flags;
+            let valid = flags == PROCESSED || flags & !SENT == LOST || flags & !SENT == EXCUSED;
+            if !valid {
+                return Err(("exceptions", format!("run {i} has invalid flags {flags}")));
+            }
+            tally.exceptions = tally.exceptions.saturating_add(run.len);
+            if tally.exceptions > exceptions_left {
+                return Err((
+                    "exceptions",
+                    format!("more entries than a checkpoint may restore ({exceptions_left} left)"),
+                ));
+            }
+            part.exceptions
+                .extend((run.start..=last).map(|seq| (seq, flags)));
+            next_free = last.saturating_add(1);
+            if flags & LOST != 0 {
+                tally.lost += run.len;
+            }
+            if flags & EXCUSED != 0 {
+                tally.excused += run.len;
+            }
+            if flags & (LOST | EXCUSED) != 0 && flags & SENT != 0 {
+                tally.sent_written_off += run.len;
+            }
+        }
+        part.lost = tally.lost;
+        // Below the watermark a seq without an entry is both sent and processed; the entries
+        // flagged SENT are exactly the sent-and-written-off ones.
+        let unsent_below = tally.exceptions - tally.sent_written_off;
+        let unprocessed_below = tally.lost + tally.excused;
+        tally.sent += saved.watermark - unsent_below;
+        tally.received = saved.watermark - unprocessed_below + part.processed_in_window;
+        tally.sent_received += saved.watermark - tally.exceptions;
+
+        // The spans: at most SPANS, one per worker, ordered intervals, touched in the past.
+        if saved.spans.len() > SPANS {
+            return Err((
+                "spans",
+                format!("{} spans, at most {SPANS} are kept", saved.spans.len()),
+            ));
+        }
+        for (i, saved_span) in saved.spans.iter().enumerate() {
+            let Some(s) = saved_span else { continue };
+            if s.start > s.end {
+                return Err(("spans", format!("span {i} ends before it starts")));
+            }
+            if s.touched > tick {
+                return Err((
+                    "spans",
+                    format!("span {i} was touched at {}, after tick {tick}", s.touched),
+                ));
+            }
+            if part.spans.iter().flatten().any(|o| o.worker == s.worker) {
+                return Err(("spans", format!("worker {} has two spans", s.worker)));
+            }
+            part.spans[i] = Some(Span {
+                worker: s.worker,
+                start: s.start,
+                end: s.end,
+                touched: s.touched,
+            });
+        }
+        Ok((part, tally))
     }
 }

@@ -2,12 +2,12 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::types::WorkerRef;
 
 /// The kinds of anomaly the tracker samples for the report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AnomalyKind {
     /// Known to exist, still unprocessed after the validation window (or at finish).
@@ -45,7 +45,7 @@ impl AnomalyKind {
 }
 
 /// One sampled anomaly: where it happened and who was involved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Anomaly {
     /// What went wrong.
     pub kind: AnomalyKind,
@@ -90,7 +90,7 @@ pub struct LatencySummary {
 }
 
 /// Work done by one worker incarnation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct WorkerLoad {
     /// The worker incarnation.
     pub worker: WorkerRef,

@@ -3,14 +3,16 @@
 //! Everything here is `Copy` and free of `String`s: reports arrive at millions per second
 //! and the tracker must not allocate per report.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// One worker process incarnation, as an index into the coordinator's table of names.
 ///
 /// A restarted worker gets a new `WorkerRef`, so a crashed incarnation and its successor are
 /// different workers for the duplicate and overlap checks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct WorkerRef(pub u32);
 
