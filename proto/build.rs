@@ -8,10 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".sim.v1.WorkerFaults", serde)
         .type_attribute(".sim.v1.PartitionMap", serde)
         .type_attribute(".sim.v1.PartitionEntry", serde)
-        // Spawn commands go into the coordinator's checkpoints.
-        .type_attribute(".sim.v1.Spawn", serde)
+        // Spawn commands go into the coordinator's checkpoints. The path also matches the
+        // nested oneof enum, where `serde(default)` is not allowed: derive only.
         .type_attribute(
-            ".sim.v1.Spawn.spec",
+            ".sim.v1.Spawn",
             "#[derive(serde::Serialize, serde::Deserialize)]",
         )
         .compile_protos(&["proto/sim/v1/sim.proto"], &["proto"])?;

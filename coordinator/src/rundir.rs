@@ -58,7 +58,7 @@ pub enum RunDirError {
     NoCheckpoint(PathBuf),
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RunDirError + '_ {
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RunDirError + 'a {
     move |source| RunDirError::Io {
         what,
         path: path.to_path_buf(),

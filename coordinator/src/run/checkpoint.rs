@@ -89,10 +89,9 @@ impl RunCheckpoint<'_> {
 }
 
 impl<'a> RunCheckpoint<'a> {
-    /// The state of `run` now; `end` for the final state.
-    pub(super) fn capture(run: &'a mut ActiveRun, end: Option<&str>) -> Self {
-        run.faults.prepare_checkpoint();
-        let run: &'a ActiveRun = run;
+    /// The state of `run` now; `end` for the final state. Call
+    /// `run.faults.prepare_checkpoint()` first.
+    pub(super) fn capture(run: &'a ActiveRun, end: Option<&str>) -> Self {
         let mut worker_refs: Vec<(String, u64, u32)> = run
             .worker_refs
             .iter()
@@ -207,6 +206,7 @@ impl Engine {
         }
         let generation = run.checkpoints.0 + 1;
         let started = std::time::Instant::now();
+        run.faults.prepare_checkpoint();
         let state = RunCheckpoint::capture(run, None);
         let body = match serde_json::to_vec(&state) {
             Ok(body) => body,

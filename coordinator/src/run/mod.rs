@@ -727,6 +727,8 @@ impl Engine {
             ));
         }
         let fallback = (run.tracker.snapshot(now_us()), run.id.clone());
+        run.faults.prepare_checkpoint();
+        let run: &ActiveRun = run;
         let state = checkpoint::RunCheckpoint::capture(run, Some(reason));
         let summary = summarize(&state).unwrap_or_else(|error| {
             // Cannot happen short of a bug: the state was exported just now.
