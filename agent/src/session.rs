@@ -61,6 +61,16 @@ pub enum AgentError {
     },
 }
 
+/// A random id for this agent process, never 0 (0 is what an agent without boot ids sends).
+fn new_boot_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
 /// Run until `shutdown`: serve the report socket, keep a session with the coordinator
 /// (reconnecting with backoff), execute its commands.
 pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(), AgentError> {
@@ -85,6 +95,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
         reports_tx,
     );
 
+    let boot_id = new_boot_id();
     let mut unacked: VecDeque<ReportBatch> = VecDeque::new();
     let mut acked: u64 = 0;
     let mut next_number: u64 = 1;
@@ -108,6 +119,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
             hostname: hostname(),
             pid: std::process::id(),
             acked_batch: acked,
+            boot_id,
         };
         let _ = outbound
             .send(AgentMessage {
@@ -196,8 +208,8 @@ async fn handle_command(
 ) {
     match body {
         Some(coordinator_message::Body::Ack(ack)) => {
-            *acked = (*acked).max(ack.up_to);
-            while unacked.front().is_some_and(|b| b.number <= ack.up_to) {
+            *acked = (*acked).max(ack.released_up_to);
+            while unacked.front().is_some_and(|b| b.number <= ack.released_up_to) {
                 unacked.pop_front();
             }
         }

@@ -165,8 +165,11 @@ impl AgentRegistry {
                     entry.applied = batch.number;
                 }
             }
+            // Not checkpointing: what is accepted is released at once.
+            let up_to = batch.number.max(applied);
             let ack = coordinator_message::Body::Ack(BatchAck {
-                up_to: batch.number.max(applied),
+                up_to,
+                released_up_to: up_to,
             });
             if commands
                 .send(CoordinatorMessage { body: Some(ack) })
