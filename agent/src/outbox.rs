@@ -8,7 +8,10 @@
 //! session only drains it.
 //!
 //! A batch is, in order of its life (see `BatchAck` in `proto/proto/sim/v1/sim.proto`):
-//! - *queued*: made, not yet sent on the current stream;
+//! - *queued*: made, not yet sent on the current stream; the newest one keeps growing (up to
+//!   the batch size) until some stream has seen it, so while the coordinator is behind or
+//!   away reports gather into few full batches instead of many small ones — a slow
+//!   coordinator pays per batch;
 //! - *sent*: on the current stream, not yet accepted — at most `window` of these, so a slow
 //!   coordinator still slows the agent;
 //! - *accepted* (`BatchAck.up_to`): the coordinator has it; not sent again on this stream,
@@ -67,12 +70,13 @@ pub struct OutboxState {
     bytes: usize,
     budget: usize,
     window: u64,
+    batch_size: usize,
 }
 
 impl OutboxState {
-    /// Empty, keeping at most `budget` encoded bytes before [`Self::over_budget`] and at
-    /// most `window` sent-but-not-accepted batches.
-    pub fn new(budget: usize, window: usize) -> Self {
+    /// Empty, keeping at most `budget` encoded bytes before [`Self::over_budget`], at most
+    /// `window` sent-but-not-accepted batches, and at most `batch_size` reports a batch.
+    pub fn new(budget: usize, window: usize, batch_size: usize) -> Self {
         Self {
             batches: VecDeque::new(),
             last_number: 0,
@@ -83,19 +87,47 @@ impl OutboxState {
             bytes: 0,
             budget,
             window: u64::try_from(window.max(1)).unwrap_or(u64::MAX),
+            batch_size: batch_size.max(1),
         }
     }
 
-    /// Queue `reports` as the next batch; its number.
-    pub fn push(&mut self, reports: Vec<Report>) -> u64 {
-        self.last_number += 1;
-        let batch = ReportBatch {
-            number: self.last_number,
-            reports,
-        };
-        let bytes = batch.encoded_len();
-        self.bytes += bytes;
-        self.batches.push_back(Stored { batch, bytes });
+    /// Queue `reports`, in order: into the newest batch while no stream has seen it and
+    /// it has room, else into new batches. Returns the newest batch number.
+    pub fn push(&mut self, mut reports: Vec<Report>) -> u64 {
+        while !reports.is_empty() {
+            let open = self.batches.back().is_some_and(|tail| {
+                tail.batch.number > self.highest_sent && tail.batch.reports.len() < self.batch_size
+            });
+            if !open {
+                self.last_number += 1;
+                let batch = ReportBatch {
+                    number: self.last_number,
+                    reports: Vec::new(),
+                };
+                let bytes = batch.encoded_len();
+                self.bytes += bytes;
+                self.batches.push_back(Stored { batch, bytes });
+            }
+            let Some(tail) = self.batches.back_mut() else {
+                break;
+            };
+            let room = self.batch_size - tail.batch.reports.len();
+            let rest = if reports.len() > room {
+                reports.split_off(room)
+            } else {
+                Vec::new()
+            };
+            // Repeated fields encode element by element, and a zero number is not encoded
+            // at all: this is exactly what the batch's encoding grows by.
+            let chunk = ReportBatch {
+                number: 0,
+                reports: std::mem::replace(&mut reports, rest),
+            };
+            let added = chunk.encoded_len();
+            tail.batch.reports.extend(chunk.reports);
+            tail.bytes += added;
+            self.bytes += added;
+        }
         self.last_number
     }
 
@@ -187,9 +219,9 @@ pub struct Outbox {
 
 impl Outbox {
     /// See [`OutboxState::new`].
-    pub fn new(budget: usize, window: usize) -> Self {
+    pub fn new(budget: usize, window: usize, batch_size: usize) -> Self {
         Self {
-            state: Mutex::new(OutboxState::new(budget, window)),
+            state: Mutex::new(OutboxState::new(budget, window, batch_size)),
             queued: Notify::new(),
             room: Notify::new(),
         }
@@ -201,7 +233,7 @@ impl Outbox {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queue a batch and wake the session.
+    /// Queue reports (see [`OutboxState::push`]) and wake the session.
     pub fn push(&self, reports: Vec<Report>) -> u64 {
         let number = self.lock().push(reports);
         self.queued.notify_one();
@@ -312,7 +344,7 @@ mod tests {
 
     #[test]
     fn accepted_batches_are_kept_and_resent_until_released() {
-        let mut state = OutboxState::new(usize::MAX, 16);
+        let mut state = OutboxState::new(usize::MAX, 16, 1);
         for seq in 1..=3 {
             state.push(vec![sent(seq)]);
         }
@@ -338,8 +370,42 @@ mod tests {
     }
 
     #[test]
+    fn unsent_batches_grow_to_the_batch_size_and_sent_ones_never_change() {
+        let mut state = OutboxState::new(usize::MAX, 8, 3);
+        state.push(vec![sent(1)]);
+        state.push(vec![sent(2), sent(3), sent(4), sent(5)]);
+        state.begin_session();
+        let first = state.next_to_send().expect("batch 1");
+        assert_eq!((first.number, first.reports.len()), (1, 3));
+        // Batch 2 is still unsent: it grows; batch 1 is frozen.
+        assert_eq!(state.push(vec![sent(6)]), 2);
+        let second = state.next_to_send().expect("batch 2");
+        assert_eq!((second.number, second.reports.len()), (2, 3));
+        // Sent on a stream that then died: still frozen, the next reports start batch 3.
+        state.begin_session();
+        assert_eq!(state.push(vec![sent(7)]), 3);
+        let again: Vec<_> = std::iter::from_fn(|| state.next_to_send()).collect();
+        assert_eq!(
+            again.iter().map(|b| b.reports.len()).collect::<Vec<_>>(),
+            [3, 3, 1]
+        );
+        let seqs: Vec<u64> = again
+            .iter()
+            .flat_map(|b| &b.reports)
+            .filter_map(|r| match &r.body {
+                Some(report::Body::Sent(s)) => Some(s.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+        // Byte accounting matches the encoding of what is kept.
+        let encoded: usize = again.iter().map(Message::encoded_len).sum();
+        assert_eq!(state.bytes(), encoded);
+    }
+
+    #[test]
     fn the_in_flight_window_caps_unaccepted_batches() {
-        let mut state = OutboxState::new(usize::MAX, 2);
+        let mut state = OutboxState::new(usize::MAX, 2, 1);
         for seq in 1..=5 {
             state.push(vec![sent(seq)]);
         }
@@ -354,7 +420,7 @@ mod tests {
 
     #[test]
     fn a_release_before_the_resend_skips_released_batches() {
-        let mut state = OutboxState::new(usize::MAX, 8);
+        let mut state = OutboxState::new(usize::MAX, 8, 1);
         for seq in 1..=4 {
             state.push(vec![sent(seq)]);
         }
@@ -368,7 +434,7 @@ mod tests {
 
     #[test]
     fn acknowledgements_beyond_what_was_sent_are_ignored() {
-        let mut state = OutboxState::new(usize::MAX, 1);
+        let mut state = OutboxState::new(usize::MAX, 1, 1);
         for seq in 1..=3 {
             state.push(vec![sent(seq)]);
         }
@@ -387,7 +453,7 @@ mod tests {
             reports: vec![sent(1)],
         }
         .encoded_len();
-        let mut state = OutboxState::new(2 * one + 1, 8);
+        let mut state = OutboxState::new(2 * one + 1, 8, 1);
         state.push(vec![sent(1)]);
         state.push(vec![sent(2)]);
         assert!(!state.over_budget());
@@ -408,7 +474,7 @@ mod tests {
             reports: vec![sent(1)],
         }
         .encoded_len();
-        let outbox = Arc::new(Outbox::new(one, 64));
+        let outbox = Arc::new(Outbox::new(one, 64, 1));
         let (tx, rx) = mpsc::channel(4);
         let batcher = tokio::spawn(run_batcher(rx, outbox.clone()));
         tx.send(sent(1)).await.expect("send");

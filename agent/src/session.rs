@@ -25,7 +25,7 @@ use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
 use crate::netfault::{NetworkCommand, NetworkFaults};
-use crate::outbox::{OUTBOX_BUDGET, Outbox};
+use crate::outbox::{BATCH_SIZE, OUTBOX_BUDGET, Outbox};
 use crate::report::ChildReport;
 use crate::supervisor::Supervisor;
 
@@ -125,7 +125,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
     );
 
     let boot_id = new_boot_id();
-    let outbox = Arc::new(Outbox::new(OUTBOX_BUDGET, MAX_UNACKED));
+    let outbox = Arc::new(Outbox::new(OUTBOX_BUDGET, MAX_UNACKED, BATCH_SIZE));
     let batcher = tokio::spawn(crate::outbox::run_batcher(reports_rx, outbox.clone()));
     let mut backoff = Duration::from_millis(100);
     'sessions: while !shutdown.is_cancelled() {
