@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`session`]: the daemon — report socket, coordinator session, command execution.
+//! - [`outbox`]: report batches kept until the coordinator releases them (checkpoints).
 //! - [`supervisor`]: forking and watching children.
 //! - [`netfault`]: iptables/tc network faults on this host, crash-safe.
 //! - [`report`]: the child → agent report contract (JSON lines over a Unix socket).
@@ -14,6 +15,7 @@
 mod gostyle;
 pub mod message;
 pub mod netfault;
+pub mod outbox;
 mod partition_map;
 pub mod producer;
 pub mod report;

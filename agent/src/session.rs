@@ -2,35 +2,46 @@
 //! coordinator.
 //!
 //! Lossless by construction: a child's report waits in the socket until the agent reads
-//! it; the agent reads only while fewer than `MAX_UNACKED` batches await acknowledgement;
-//! every batch is kept until the coordinator acknowledges it and is resent after a
-//! reconnect (the coordinator applies each batch number once).
+//! it; a batcher task reads reports into the [`crate::outbox`] continuously — also while
+//! the coordinator is away — and stops only when the outbox is over its byte budget. The
+//! session sends what the outbox holds (at most `MAX_UNACKED` batches unaccepted), and a
+//! batch is dropped only once the coordinator *releases* it (covered by a durable
+//! checkpoint, or checkpointing is off). After a reconnect everything unreleased is sent
+//! again, in order; the coordinator applies each (boot_id, number) once. The contract is
+//! documented in `proto/proto/sim/v1/sim.proto` ("Report delivery").
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal as NixSignal;
 use proto::v1::agent_client::AgentClient;
-use proto::v1::{
-    AgentMessage, Hello, Report, ReportBatch, Signal, agent_message, coordinator_message,
-};
+use proto::v1::{AgentMessage, Hello, Report, Signal, agent_message, coordinator_message};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
 use crate::netfault::{NetworkCommand, NetworkFaults};
+use crate::outbox::{BATCH_SIZE, OUTBOX_BUDGET, Outbox};
 use crate::report::ChildReport;
 use crate::supervisor::Supervisor;
 
-/// Batches awaiting acknowledgement before the agent stops reading reports (back-pressure).
+/// Batches sent but not yet accepted before the agent stops sending (a slow coordinator
+/// slows the agent; past the outbox budget, children wait).
 const MAX_UNACKED: usize = 256;
-/// Reports per batch.
-const BATCH_SIZE: usize = 2000;
-/// How long a partial batch waits before it is sent.
-const BATCH_LINGER: Duration = Duration::from_millis(20);
+/// HTTP/2 ping interval on the coordinator link. A link cut silently (iptables DROP, a
+/// dead host) shows no error: without pings the session would wait forever while the
+/// outbox fills. A missed ping ack ends the connection, and the agent reconnects.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may go unanswered: a cut link is noticed within interval + timeout.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TCP connect to a cut link would otherwise wait for the kernel's SYN retries (minutes).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Opening the session stream on a connected channel.
+const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How to run an agent.
 #[derive(Debug, Clone)]
@@ -59,17 +70,45 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The coordinator endpoint is not a valid URI.
+    #[error("invalid coordinator endpoint {endpoint:?}: {source}")]
+    Endpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// The error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// A random id for this agent process, never 0 (0 is what an agent without boot ids sends).
+fn new_boot_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
 }
 
 /// Run until `shutdown`: serve the report socket, keep a session with the coordinator
 /// (reconnecting with backoff), execute its commands.
 pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let endpoint = Endpoint::from_shared(options.coordinator.clone())
+        .map_err(|source| AgentError::Endpoint {
+            endpoint: options.coordinator.clone(),
+            source,
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     let _ = std::fs::remove_file(&options.socket);
     let listener = UnixListener::bind(&options.socket).map_err(|source| AgentError::Socket {
         path: options.socket.clone(),
         source,
     })?;
-    let (reports_tx, mut reports_rx) = mpsc::channel::<Report>(8192);
+    let (reports_tx, reports_rx) = mpsc::channel::<Report>(8192);
     tokio::spawn(serve_socket(listener, reports_tx.clone()));
     let network = NetworkFaults::new(
         options.socket.with_file_name("network-fault-devices"),
@@ -85,13 +124,13 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
         reports_tx,
     );
 
-    let mut unacked: VecDeque<ReportBatch> = VecDeque::new();
-    let mut acked: u64 = 0;
-    let mut next_number: u64 = 1;
+    let boot_id = new_boot_id();
+    let outbox = Arc::new(Outbox::new(OUTBOX_BUDGET, MAX_UNACKED, BATCH_SIZE));
+    let batcher = tokio::spawn(crate::outbox::run_batcher(reports_rx, outbox.clone()));
     let mut backoff = Duration::from_millis(100);
     'sessions: while !shutdown.is_cancelled() {
-        let mut client = match AgentClient::connect(options.coordinator.clone()).await {
-            Ok(client) => client,
+        let channel = match endpoint.connect().await {
+            Ok(channel) => channel,
             Err(error) => {
                 debug!(%error, "coordinator unreachable; retrying");
                 tokio::select! {
@@ -102,72 +141,49 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
                 continue;
             }
         };
+        let mut client = AgentClient::new(channel);
+        // Room for the Hello and a full window: sending below never waits on the transport
+        // (at most MAX_UNACKED batches are unaccepted), so the loop always reads acks.
         let (outbound, outbound_rx) = mpsc::channel::<AgentMessage>(MAX_UNACKED + 16);
+        let released = outbox.lock().begin_session();
         let hello = Hello {
             agent_id: options.agent_id.clone(),
             hostname: hostname(),
             pid: std::process::id(),
-            acked_batch: acked,
+            acked_batch: released,
+            boot_id,
         };
         let _ = outbound
             .send(AgentMessage {
                 body: Some(agent_message::Body::Hello(hello)),
             })
             .await;
-        for batch in &unacked {
-            let _ = outbound
-                .send(AgentMessage {
-                    body: Some(agent_message::Body::Batch(batch.clone())),
-                })
-                .await;
-        }
-        let mut inbound = match client.session(tokio_stream_of(outbound_rx)).await {
-            Ok(response) => response.into_inner(),
-            Err(error) => {
+        let opened = tokio::time::timeout(
+            SESSION_OPEN_TIMEOUT,
+            client.session(tokio_stream_of(outbound_rx)),
+        )
+        .await;
+        let mut inbound = match opened {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(error)) => {
                 warn!(%error, "session refused; retrying");
                 tokio::time::sleep(backoff).await;
                 continue;
             }
-        };
-        info!(coordinator = %options.coordinator, resent = unacked.len(), "session established");
-        backoff = Duration::from_millis(100);
-        let mut pending: Vec<Report> = Vec::new();
-        let mut linger = tokio::time::interval(BATCH_LINGER);
-        loop {
-            let can_read = unacked.len() < MAX_UNACKED && pending.len() < BATCH_SIZE;
-            tokio::select! {
-                () = shutdown.cancelled() => break 'sessions,
-                report = reports_rx.recv(), if can_read => {
-                    let Some(report) = report else { break 'sessions };
-                    pending.push(report);
-                    if pending.len() < BATCH_SIZE { continue }
-                }
-                _ = linger.tick() => {}
-                message = inbound.message() => {
-                    match message {
-                        Ok(Some(message)) => {
-                            handle_command(&supervisor, &network_commands, message.body, &mut unacked, &mut acked).await;
-                            continue;
-                        }
-                        Ok(None) | Err(_) => {
-                            warn!("session with the coordinator ended; reconnecting");
-                            // Keep what was read: it goes out in the next session.
-                            if !pending.is_empty() {
-                                unacked.push_back(ReportBatch { number: next_number, reports: std::mem::take(&mut pending) });
-                                next_number += 1;
-                            }
-                            continue 'sessions;
-                        }
-                    }
-                }
+            Err(_) => {
+                warn!("session did not open in time; retrying");
+                continue;
             }
-            if !pending.is_empty() {
-                let batch = ReportBatch {
-                    number: next_number,
-                    reports: std::mem::take(&mut pending),
-                };
-                next_number += 1;
-                unacked.push_back(batch.clone());
+        };
+        {
+            let kept = outbox.lock();
+            info!(coordinator = %options.coordinator, boot_id, released, resend = kept.len(), "session established");
+        }
+        backoff = Duration::from_millis(100);
+        loop {
+            loop {
+                let next = outbox.lock().next_to_send();
+                let Some(batch) = next else { break };
                 if outbound
                     .send(AgentMessage {
                         body: Some(agent_message::Body::Batch(batch)),
@@ -178,8 +194,25 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
                     continue 'sessions;
                 }
             }
+            tokio::select! {
+                () = shutdown.cancelled() => break 'sessions,
+                () = outbox.queued() => {}
+                message = inbound.message() => {
+                    match message {
+                        Ok(Some(message)) => {
+                            handle_command(&supervisor, &network_commands, message.body, &outbox).await;
+                        }
+                        Ok(None) | Err(_) => {
+                            // What was read stays in the outbox for the next session.
+                            warn!("session with the coordinator ended; reconnecting");
+                            continue 'sessions;
+                        }
+                    }
+                }
+            }
         }
     }
+    batcher.abort();
     network.heal().await;
     network.clean_up().await;
     supervisor.shutdown(Duration::from_secs(10)).await;
@@ -191,15 +224,11 @@ async fn handle_command(
     supervisor: &Supervisor,
     network: &mpsc::UnboundedSender<NetworkCommand>,
     body: Option<coordinator_message::Body>,
-    unacked: &mut VecDeque<ReportBatch>,
-    acked: &mut u64,
+    outbox: &Outbox,
 ) {
     match body {
         Some(coordinator_message::Body::Ack(ack)) => {
-            *acked = (*acked).max(ack.up_to);
-            while unacked.front().is_some_and(|b| b.number <= ack.up_to) {
-                unacked.pop_front();
-            }
+            outbox.acknowledge(ack.up_to, ack.released_up_to);
         }
         Some(coordinator_message::Body::Spawn(spawn)) => {
             if let Err(error) = supervisor.spawn(spawn).await {

@@ -4,44 +4,170 @@
 //! to the run's ingest channel; a batch is acknowledged only after the run accepted it,
 //! and a batch number already applied (a resend after a reconnect) is acknowledged again
 //! but not applied twice. The ingest channel is bounded, so a slow coordinator slows the
-//! stream, which makes the agent stop reading reports, which makes children wait: nothing
-//! is dropped anywhere.
+//! stream, which makes the agent stop sending and, past its outbox budget, reading reports,
+//! which makes children wait: nothing is dropped anywhere.
+//!
+//! Batches are numbered per agent *process* (`Hello.boot_id`); de-duplication is by
+//! (agent, boot_id, number). An acknowledgement says two things (`BatchAck`): `up_to`,
+//! accepted on this stream, and `released_up_to`, which the agent may forget. Without
+//! checkpointing both are equal (the agent forgets at once). With checkpointing
+//! ([`AgentRegistry::set_checkpointing`]) the engine releases a position only once a
+//! durable checkpoint covers it ([`AgentRegistry::release`]); a coordinator restarted from
+//! that checkpoint seeds the positions ([`AgentRegistry::restore`]) and receives everything
+//! after them again. Anything found missing is recorded ([`AgentRegistry::gaps`]), never
+//! skipped silently.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures::Stream;
 use proto::v1::agent_server::Agent;
 use proto::v1::{
-    AgentInfo, AgentMessage, BatchAck, CoordinatorMessage, Report, agent_message,
+    AgentInfo, AgentMessage, BatchAck, CoordinatorMessage, Hello, Report, agent_message,
     coordinator_message,
 };
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Reports of one batch, attributed to the agent that sent them.
 #[derive(Debug)]
 pub struct IngestBatch {
     /// Agent id.
     pub agent: String,
+    /// The agent process whose numbering `number` belongs to (`Hello.boot_id`).
+    pub boot_id: u64,
+    /// The batch number (per agent process, from 1). A checkpoint records the last one
+    /// applied per agent, and [`AgentRegistry::release`] / [`AgentRegistry::restore`]
+    /// take it back.
+    pub number: u64,
     /// The reports.
     pub reports: Vec<Report>,
+}
+
+/// Reports that can no longer arrive: the run's accounting has a hole, which the engine
+/// must turn into an infrastructure failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportGap {
+    /// Agent id.
+    pub agent: String,
+    /// The agent process whose batches are missing.
+    pub boot_id: u64,
+    /// What is missing.
+    pub missing: MissingReports,
+}
+
+/// What a [`ReportGap`] lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MissingReports {
+    /// Batches `first..=last` never arrived: the agent had already dropped them (released
+    /// by a coordinator whose checkpoint is not the one restored).
+    Batches {
+        /// First missing number.
+        first: u64,
+        /// Last missing number.
+        last: u64,
+    },
+    /// The agent process was replaced while the coordinator was away: whatever the old
+    /// process sent after batch `after` (the restored position) is gone with it.
+    AfterRestart {
+        /// The restored position of the old process.
+        after: u64,
+        /// The new process.
+        new_boot_id: u64,
+    },
+}
+
+impl fmt::Display for ReportGap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.missing {
+            MissingReports::Batches { first, last } => write!(
+                f,
+                "agent {}: report batches {first}..={last} of boot {:#x} are missing (dropped by the agent, not in the restored checkpoint)",
+                self.agent, self.boot_id
+            ),
+            MissingReports::AfterRestart { after, new_boot_id } => write!(
+                f,
+                "agent {}: restarted while the coordinator was away (boot {:#x} -> {new_boot_id:#x}); reports it sent after batch {after} are lost",
+                self.agent, self.boot_id
+            ),
+        }
+    }
 }
 
 #[derive(Debug)]
 struct AgentEntry {
     hostname: String,
     commands: Option<mpsc::Sender<CoordinatorMessage>>,
-    applied: u64,
+    /// Bumped by every Hello: only the newest session of an agent applies batches and
+    /// owns `commands` (an old stream on a silently cut link may linger for a while).
+    session: u64,
     processes: u32,
+    /// The process `applied` and `released` count for; `None` before the first Hello
+    /// (unless restored).
+    boot_id: Option<u64>,
+    /// Highest number forwarded to the ingest channel (ahead of the engine: not what a
+    /// checkpoint may record).
+    applied: u64,
+    /// Highest number the agent may forget (see `BatchAck.released_up_to`).
+    released: u64,
+    /// Seeded by [`AgentRegistry::restore`], no Hello since.
+    restored: bool,
+}
+
+impl AgentEntry {
+    fn new() -> Self {
+        Self {
+            hostname: String::new(),
+            commands: None,
+            session: 0,
+            processes: 0,
+            boot_id: None,
+            applied: 0,
+            released: 0,
+            restored: false,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct RegistryState {
+    agents: BTreeMap<String, AgentEntry>,
+    checkpointing: bool,
+    /// Positions came from a checkpoint: an unknown agent that already released batches
+    /// lost them.
+    restored: bool,
+    gaps: Vec<ReportGap>,
+}
+
+impl RegistryState {
+    fn record_gap(&mut self, gap: ReportGap) {
+        warn!(%gap, "report gap");
+        self.gaps.push(gap);
+    }
+}
+
+/// What to do with a batch.
+#[derive(Debug)]
+enum Admission {
+    /// A newer session of the agent exists: stop this one.
+    Stale,
+    /// Already applied: acknowledge only.
+    Duplicate(BatchAck),
+    /// Apply, then acknowledge.
+    Apply(BatchAck),
 }
 
 /// The agents this coordinator knows, and the channel their reports go to.
+///
+/// The state is behind a synchronous mutex, never held across an await: the engine calls
+/// in here from its loop while sessions wait for room in the ingest channel the engine
+/// drains, so an async lock held over that wait could deadlock them.
 #[derive(Debug, Clone)]
 pub struct AgentRegistry {
-    agents: Arc<Mutex<BTreeMap<String, AgentEntry>>>,
+    state: Arc<Mutex<RegistryState>>,
     ingest: mpsc::Sender<IngestBatch>,
 }
 
@@ -49,16 +175,20 @@ impl AgentRegistry {
     /// A registry forwarding reports into `ingest`.
     pub fn new(ingest: mpsc::Sender<IngestBatch>) -> Self {
         Self {
-            agents: Arc::default(),
+            state: Arc::default(),
             ingest,
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, RegistryState> {
+        // Every critical section leaves the state consistent before anything can panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Ids of the connected agents, sorted.
     pub async fn connected(&self) -> Vec<String> {
-        self.agents
-            .lock()
-            .await
+        self.lock()
+            .agents
             .iter()
             .filter(|(_, a)| a.commands.is_some())
             .map(|(id, _)| id.clone())
@@ -67,9 +197,8 @@ impl AgentRegistry {
 
     /// Every agent ever seen, for `simctl agents`.
     pub async fn describe(&self) -> Vec<AgentInfo> {
-        self.agents
-            .lock()
-            .await
+        self.lock()
+            .agents
             .iter()
             .map(|(id, a)| AgentInfo {
                 agent_id: id.clone(),
@@ -83,9 +212,8 @@ impl AgentRegistry {
     /// Send a command to `agent`. `false` if it is not connected.
     pub async fn send(&self, agent: &str, body: coordinator_message::Body) -> bool {
         let sender = self
-            .agents
             .lock()
-            .await
+            .agents
             .get(agent)
             .and_then(|a| a.commands.clone());
         match sender {
@@ -99,8 +227,212 @@ impl AgentRegistry {
 
     /// Adjust the process count shown for `agent`.
     pub async fn count_process(&self, agent: &str, delta: i32) {
-        if let Some(entry) = self.agents.lock().await.get_mut(agent) {
+        if let Some(entry) = self.lock().agents.get_mut(agent) {
             entry.processes = entry.processes.saturating_add_signed(delta);
+        }
+    }
+
+    /// Checkpointing on: agents keep every batch until [`Self::release`] covers it. Off
+    /// (the default): every acknowledgement releases what it accepts.
+    pub fn set_checkpointing(&self, on: bool) {
+        self.lock().checkpointing = on;
+    }
+
+    /// A checkpoint holding `agent`'s batches up to `up_to` of process `boot_id` is
+    /// durable: tell the agent (at once, so it frees memory) that it may drop them.
+    /// Ignored when the agent's process changed since (its numbering restarted) and capped
+    /// at what was applied.
+    pub fn release(&self, agent: &str, boot_id: u64, up_to: u64) {
+        let (ack, commands) = {
+            let mut state = self.lock();
+            let Some(entry) = state.agents.get_mut(agent) else {
+                return;
+            };
+            if entry.boot_id != Some(boot_id) {
+                debug!(%agent, boot_id, "release for a previous agent process ignored");
+                return;
+            }
+            let up_to = up_to.min(entry.applied);
+            if up_to <= entry.released {
+                return;
+            }
+            entry.released = up_to;
+            let ack = BatchAck {
+                up_to: entry.applied,
+                released_up_to: up_to,
+            };
+            (ack, entry.commands.clone())
+        };
+        if let Some(commands) = commands {
+            let message = CoordinatorMessage {
+                body: Some(coordinator_message::Body::Ack(ack)),
+            };
+            // Never wait on a stuck agent from the engine's loop: the release also travels
+            // with the agent's next batch acknowledgement.
+            if commands.try_send(message).is_err() {
+                debug!(%agent, "release not sent now; it goes with the next acknowledgement");
+            }
+        }
+    }
+
+    /// Seed per-agent positions `(boot_id, applied)` from a checkpoint, before the server
+    /// accepts sessions: resent batches up to `applied` are acknowledged, not applied
+    /// again, and `released_up_to` starts there. An agent that comes back as another
+    /// process, or that dropped batches beyond `applied`, is recorded in [`Self::gaps`].
+    pub fn restore(&self, positions: BTreeMap<String, (u64, u64)>) {
+        let mut state = self.lock();
+        state.restored = true;
+        for (agent, (boot_id, applied)) in positions {
+            let entry = state.agents.entry(agent).or_insert_with(AgentEntry::new);
+            entry.boot_id = Some(boot_id);
+            entry.applied = applied;
+            entry.released = applied;
+            entry.restored = true;
+        }
+    }
+
+    /// Per agent `(boot_id, applied)`: the last batch number forwarded to the ingest
+    /// channel (ahead of the engine; for tests and diagnostics, not for checkpoints).
+    pub fn positions(&self) -> BTreeMap<String, (u64, u64)> {
+        self.lock()
+            .agents
+            .iter()
+            .filter_map(|(id, a)| a.boot_id.map(|boot| (id.clone(), (boot, a.applied))))
+            .collect()
+    }
+
+    /// Every report gap found so far, oldest first.
+    pub fn gaps(&self) -> Vec<ReportGap> {
+        self.lock().gaps.clone()
+    }
+
+    /// Register a session for `hello`; its session number.
+    fn open_session(&self, hello: &Hello, commands: mpsc::Sender<CoordinatorMessage>) -> u64 {
+        let mut state = self.lock();
+        let restored_registry = state.restored;
+        let agent = hello.agent_id.clone();
+        let entry = state
+            .agents
+            .entry(agent.clone())
+            .or_insert_with(AgentEntry::new);
+        entry.session += 1;
+        entry.commands = Some(commands);
+        entry.hostname = hello.hostname.clone();
+        let session = entry.session;
+        let acked = hello.acked_batch;
+        let mut gap = None;
+        match entry.boot_id {
+            None => {
+                // First sight. After a restore, an agent the checkpoint does not know
+                // that already dropped batches lost them; otherwise what it dropped
+                // belonged to a previous coordinator's business.
+                if restored_registry && acked > 0 {
+                    gap = Some(MissingReports::Batches {
+                        first: 1,
+                        last: acked,
+                    });
+                }
+                entry.applied = acked;
+                entry.released = acked;
+            }
+            Some(boot) if boot == hello.boot_id => {
+                if acked > entry.applied {
+                    // Released by a coordinator whose checkpoint is newer than ours.
+                    gap = Some(MissingReports::Batches {
+                        first: entry.applied + 1,
+                        last: acked,
+                    });
+                    entry.applied = acked;
+                }
+                entry.released = entry.released.max(acked);
+            }
+            Some(old) => {
+                info!(%agent, old_boot = old, new_boot = hello.boot_id, "agent process changed: batch numbering restarts");
+                if entry.restored {
+                    gap = Some(MissingReports::AfterRestart {
+                        after: entry.applied,
+                        new_boot_id: hello.boot_id,
+                    });
+                }
+                entry.applied = acked;
+                entry.released = acked;
+            }
+        }
+        let gap_boot = match (&gap, entry.boot_id) {
+            (Some(MissingReports::AfterRestart { .. }), Some(old)) => old,
+            _ => hello.boot_id,
+        };
+        entry.boot_id = Some(hello.boot_id);
+        entry.restored = false;
+        if let Some(missing) = gap {
+            state.record_gap(ReportGap {
+                agent,
+                boot_id: gap_boot,
+                missing,
+            });
+        }
+        session
+    }
+
+    /// Decide about batch `number` of `agent`'s session `session`. With `claim`, an
+    /// applicable batch is marked applied (the caller then must forward it, with no await
+    /// in between, so the ingest order is the claim order) and a skipped range is recorded
+    /// as a gap; without, nothing changes but the release bookkeeping.
+    fn admit(&self, agent: &str, session: u64, number: u64, claim: bool) -> Admission {
+        let mut state = self.lock();
+        let checkpointing = state.checkpointing;
+        let Some(entry) = state.agents.get_mut(agent) else {
+            return Admission::Stale;
+        };
+        if entry.session != session {
+            return Admission::Stale;
+        }
+        let apply = number > entry.applied;
+        if apply && !claim {
+            return Admission::Apply(BatchAck::default());
+        }
+        let mut gap = None;
+        if apply {
+            if number > entry.applied + 1 {
+                gap = Some(MissingReports::Batches {
+                    first: entry.applied + 1,
+                    last: number - 1,
+                });
+            }
+            entry.applied = number;
+        }
+        let up_to = entry.applied;
+        if !checkpointing {
+            entry.released = entry.released.max(up_to);
+        }
+        let ack = BatchAck {
+            up_to,
+            released_up_to: entry.released,
+        };
+        let boot_id = entry.boot_id.unwrap_or_default();
+        if let Some(missing) = gap {
+            state.record_gap(ReportGap {
+                agent: agent.to_string(),
+                boot_id,
+                missing,
+            });
+        }
+        if apply {
+            Admission::Apply(ack)
+        } else {
+            Admission::Duplicate(ack)
+        }
+    }
+
+    fn close_session(&self, agent: &str, session: u64) {
+        let mut state = self.lock();
+        if let Some(entry) = state.agents.get_mut(agent) {
+            if entry.session == session {
+                entry.commands = None;
+                warn!(%agent, "agent disconnected");
+            } else {
+                debug!(%agent, "superseded agent session ended");
+            }
         }
     }
 
@@ -119,18 +451,8 @@ impl AgentRegistry {
             }
         };
         let agent = hello.agent_id.clone();
-        {
-            let mut agents = self.agents.lock().await;
-            let entry = agents.entry(agent.clone()).or_insert(AgentEntry {
-                hostname: hello.hostname.clone(),
-                commands: None,
-                applied: 0,
-                processes: 0,
-            });
-            entry.commands = Some(commands.clone());
-            entry.hostname = hello.hostname.clone();
-        }
-        info!(%agent, host = %hello.hostname, acked = hello.acked_batch, "agent connected");
+        let session = self.open_session(&hello, commands.clone());
+        info!(%agent, host = %hello.hostname, boot_id = hello.boot_id, released = hello.acked_batch, "agent connected");
         loop {
             let message = match inbound.message().await {
                 Ok(Some(message)) => message,
@@ -143,31 +465,32 @@ impl AgentRegistry {
             let Some(agent_message::Body::Batch(batch)) = message.body else {
                 continue;
             };
-            let applied = self
-                .agents
-                .lock()
-                .await
-                .get(&agent)
-                .map_or(0, |a| a.applied);
-            if batch.number > applied {
-                if self
-                    .ingest
-                    .send(IngestBatch {
-                        agent: agent.clone(),
-                        reports: batch.reports,
-                    })
-                    .await
-                    .is_err()
-                {
-                    break;
+            let number = batch.number;
+            let ack = match self.admit(&agent, session, number, false) {
+                Admission::Stale => break,
+                Admission::Duplicate(ack) => ack,
+                Admission::Apply(_) => {
+                    // Room first (this is where a slow engine slows the agent), then claim
+                    // and forward without an await in between.
+                    let Ok(permit) = self.ingest.reserve().await else {
+                        break;
+                    };
+                    match self.admit(&agent, session, number, true) {
+                        Admission::Stale => break,
+                        Admission::Duplicate(ack) => ack,
+                        Admission::Apply(ack) => {
+                            permit.send(IngestBatch {
+                                agent: agent.clone(),
+                                boot_id: hello.boot_id,
+                                number,
+                                reports: batch.reports,
+                            });
+                            ack
+                        }
+                    }
                 }
-                if let Some(entry) = self.agents.lock().await.get_mut(&agent) {
-                    entry.applied = batch.number;
-                }
-            }
-            let ack = coordinator_message::Body::Ack(BatchAck {
-                up_to: batch.number.max(applied),
-            });
+            };
+            let ack = coordinator_message::Body::Ack(ack);
             if commands
                 .send(CoordinatorMessage { body: Some(ack) })
                 .await
@@ -176,10 +499,7 @@ impl AgentRegistry {
                 break;
             }
         }
-        if let Some(entry) = self.agents.lock().await.get_mut(&agent) {
-            entry.commands = None;
-        }
-        warn!(%agent, "agent disconnected");
+        self.close_session(&agent, session);
     }
 }
 
@@ -216,5 +536,216 @@ impl Agent for AgentService {
             receiver.recv().await.map(|message| (Ok(message), receiver))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGENT: &str = "agent-1";
+
+    fn registry() -> (AgentRegistry, mpsc::Receiver<IngestBatch>) {
+        let (ingest, ingest_rx) = mpsc::channel(16);
+        (AgentRegistry::new(ingest), ingest_rx)
+    }
+
+    /// A session for `AGENT` as process `boot_id`, having released `acked`; its number and
+    /// the agent's end of the command channel.
+    fn connect(
+        registry: &AgentRegistry,
+        boot_id: u64,
+        acked: u64,
+    ) -> (u64, mpsc::Receiver<CoordinatorMessage>) {
+        let (commands, commands_rx) = mpsc::channel(16);
+        let hello = Hello {
+            agent_id: AGENT.into(),
+            hostname: "host".into(),
+            pid: 1,
+            acked_batch: acked,
+            boot_id,
+        };
+        (registry.open_session(&hello, commands), commands_rx)
+    }
+
+    /// Admit `number` as the session loop does; `Some(ack)` if applied, `None` if a duplicate.
+    fn apply(registry: &AgentRegistry, session: u64, number: u64) -> Option<BatchAck> {
+        match registry.admit(AGENT, session, number, true) {
+            Admission::Apply(ack) => Some(ack),
+            Admission::Duplicate(_) => None,
+            Admission::Stale => panic!("session {session} is stale"),
+        }
+    }
+
+    fn duplicate_ack(registry: &AgentRegistry, session: u64, number: u64) -> BatchAck {
+        match registry.admit(AGENT, session, number, true) {
+            Admission::Duplicate(ack) => ack,
+            other => panic!("batch {number} should be a duplicate: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_agent_process_restarts_the_numbering() {
+        let (registry, _ingest) = registry();
+        let (session, _commands) = connect(&registry, 11, 0);
+        for number in 1..=3 {
+            assert!(apply(&registry, session, number).is_some());
+        }
+        // Same process reconnecting: resends are duplicates.
+        let (session, _commands) = connect(&registry, 11, 3);
+        assert_eq!(duplicate_ack(&registry, session, 2).up_to, 3);
+        // Another process: batch 1 is new.
+        let (session, _commands) = connect(&registry, 12, 0);
+        assert!(apply(&registry, session, 1).is_some());
+        assert_eq!(registry.positions()[AGENT], (12, 1));
+        assert!(registry.gaps().is_empty(), "no restore, no gap");
+    }
+
+    #[test]
+    fn without_checkpointing_acks_release_at_once() {
+        let (registry, _ingest) = registry();
+        let (session, _commands) = connect(&registry, 1, 0);
+        let ack = apply(&registry, session, 1).expect("applied");
+        assert_eq!((ack.up_to, ack.released_up_to), (1, 1));
+    }
+
+    #[test]
+    fn with_checkpointing_only_release_releases() {
+        let (registry, _ingest) = registry();
+        registry.set_checkpointing(true);
+        let (session, mut commands) = connect(&registry, 1, 0);
+        for number in 1..=4 {
+            let ack = apply(&registry, session, number).expect("applied");
+            assert_eq!((ack.up_to, ack.released_up_to), (number, 0));
+        }
+        // A previous process's position means nothing for this one.
+        registry.release(AGENT, 99, 3);
+        assert!(commands.try_recv().is_err());
+        registry.release(AGENT, 1, 3);
+        let Ok(CoordinatorMessage {
+            body: Some(coordinator_message::Body::Ack(ack)),
+        }) = commands.try_recv()
+        else {
+            panic!("release must be sent at once");
+        };
+        assert_eq!((ack.up_to, ack.released_up_to), (4, 3));
+        let ack = apply(&registry, session, 5).expect("applied");
+        assert_eq!((ack.up_to, ack.released_up_to), (5, 3));
+        // Never beyond what was applied.
+        registry.release(AGENT, 1, 50);
+        assert!(matches!(
+            commands.try_recv(),
+            Ok(CoordinatorMessage {
+                body: Some(coordinator_message::Body::Ack(BatchAck {
+                    released_up_to: 5,
+                    ..
+                }))
+            })
+        ));
+    }
+
+    #[test]
+    fn restored_positions_are_not_applied_again() {
+        let (registry, _ingest) = registry();
+        registry.set_checkpointing(true);
+        registry.restore(BTreeMap::from([(AGENT.to_string(), (7, 5))]));
+        assert_eq!(registry.positions()[AGENT], (7, 5));
+        // The agent had released only 3 (the release after the checkpoint never reached it).
+        let (session, _commands) = connect(&registry, 7, 3);
+        for number in 4..=5 {
+            let ack = duplicate_ack(&registry, session, number);
+            assert_eq!((ack.up_to, ack.released_up_to), (5, 5));
+        }
+        let ack = apply(&registry, session, 6).expect("applied");
+        assert_eq!((ack.up_to, ack.released_up_to), (6, 5));
+        assert!(registry.gaps().is_empty());
+    }
+
+    #[test]
+    fn a_batch_beyond_the_restored_position_is_a_gap() {
+        let (registry, _ingest) = registry();
+        registry.restore(BTreeMap::from([(AGENT.to_string(), (7, 5))]));
+        let (session, _commands) = connect(&registry, 7, 5);
+        assert!(apply(&registry, session, 8).is_some());
+        assert_eq!(
+            registry.gaps(),
+            [ReportGap {
+                agent: AGENT.into(),
+                boot_id: 7,
+                missing: MissingReports::Batches { first: 6, last: 7 },
+            }]
+        );
+    }
+
+    #[test]
+    fn an_agent_that_released_more_than_the_checkpoint_holds_is_a_gap() {
+        let (registry, _ingest) = registry();
+        registry.restore(BTreeMap::from([(AGENT.to_string(), (7, 5))]));
+        let (session, _commands) = connect(&registry, 7, 9);
+        // Reported once, at the Hello; the batches that follow are in sequence.
+        assert!(apply(&registry, session, 10).is_some());
+        assert_eq!(
+            registry.gaps(),
+            [ReportGap {
+                agent: AGENT.into(),
+                boot_id: 7,
+                missing: MissingReports::Batches { first: 6, last: 9 },
+            }]
+        );
+    }
+
+    #[test]
+    fn an_agent_restarted_during_the_outage_is_a_gap() {
+        let (registry, _ingest) = registry();
+        registry.restore(BTreeMap::from([(AGENT.to_string(), (7, 5))]));
+        let (session, _commands) = connect(&registry, 8, 0);
+        assert!(apply(&registry, session, 1).is_some(), "numbering restarts");
+        let gaps = registry.gaps();
+        assert_eq!(
+            gaps,
+            [ReportGap {
+                agent: AGENT.into(),
+                boot_id: 7,
+                missing: MissingReports::AfterRestart {
+                    after: 5,
+                    new_boot_id: 8
+                },
+            }]
+        );
+        assert!(gaps[0].to_string().contains("restarted"));
+        // A later restart, with the coordinator present all along, is an ordinary reset.
+        let _ = connect(&registry, 9, 0);
+        assert_eq!(registry.gaps().len(), 1);
+    }
+
+    #[test]
+    fn an_agent_unknown_to_the_checkpoint_that_dropped_batches_is_a_gap() {
+        let (registry, _ingest) = registry();
+        registry.restore(BTreeMap::new());
+        let _ = connect(&registry, 3, 4);
+        assert_eq!(
+            registry.gaps()[0].missing,
+            MissingReports::Batches { first: 1, last: 4 }
+        );
+    }
+
+    #[test]
+    fn only_the_newest_session_applies_and_owns_the_commands() {
+        let (registry, _ingest) = registry();
+        let (old, _old_commands) = connect(&registry, 1, 0);
+        assert!(apply(&registry, old, 1).is_some());
+        let (new, _new_commands) = connect(&registry, 1, 0);
+        assert!(matches!(
+            registry.admit(AGENT, old, 2, true),
+            Admission::Stale
+        ));
+        registry.close_session(AGENT, old);
+        assert!(
+            registry.lock().agents[AGENT].commands.is_some(),
+            "the old session's end must not disconnect the new one"
+        );
+        assert!(apply(&registry, new, 2).is_some());
+        registry.close_session(AGENT, new);
+        assert!(registry.lock().agents[AGENT].commands.is_none());
     }
 }

@@ -255,7 +255,8 @@ fn losing_the_only_agent_is_an_infrastructure_error_not_a_hang() {
 }
 
 /// A coordinator that takes 250 ms per report batch, many workers: the agent's batches wait
-/// (and grow), children block on their report socket, and still no report is lost.
+/// in its outbox (and grow; children would block on their report socket only past the
+/// outbox's byte budget), and still no report is lost.
 #[test]
 fn reports_are_lossless_under_a_slow_coordinator_with_many_workers() {
     let _fleet = one_fleet_at_a_time();
