@@ -279,9 +279,19 @@ impl AgentRegistry {
     /// accepts sessions: resent batches up to `applied` are acknowledged, not applied
     /// again, and `released_up_to` starts there. An agent that comes back as another
     /// process, or that dropped batches beyond `applied`, is recorded in [`Self::gaps`].
+    ///
+    /// Agents already connected (a daemon that was idle when asked to resume) are made to
+    /// reconnect: their session is superseded, so it ends at its next batch, and the
+    /// agent's next session resends everything not released.
     pub fn restore(&self, positions: BTreeMap<String, (u64, u64)>) {
         let mut state = self.lock();
         state.restored = true;
+        for (agent, entry) in &mut state.agents {
+            if entry.commands.take().is_some() {
+                entry.session += 1;
+                info!(%agent, "session superseded: the agent reconnects and resends");
+            }
+        }
         for (agent, (boot_id, applied)) in positions {
             let entry = state.agents.entry(agent).or_insert_with(AgentEntry::new);
             entry.boot_id = Some(boot_id);

@@ -280,8 +280,8 @@ fn read_framed(path: &Path) -> Result<Vec<u8>, RunDirError> {
         .iter()
         .position(|b| *b == b'\n')
         .ok_or_else(|| corrupt("no header line".into()))?;
-    let header = std::str::from_utf8(&data[..newline])
-        .map_err(|_| corrupt("header is not text".into()))?;
+    let header =
+        std::str::from_utf8(&data[..newline]).map_err(|_| corrupt("header is not text".into()))?;
     let fields: Vec<&str> = header.split(' ').collect();
     let [magic, version, length, checksum] = fields[..] else {
         return Err(corrupt(format!("bad header {header:?}")));

@@ -789,10 +789,12 @@ chaos:
 /// both directions: NATS stays reachable, so its producers and workers go on.
 fn link_cut_rules(hub_ip: &str) -> [Vec<String>; 2] {
     let rule = |chain: &str, address: &str, port: &str| -> Vec<String> {
-        [chain, "-p", "tcp", address, hub_ip, port, "7400", "-j", "DROP"]
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        [
+            chain, "-p", "tcp", address, hub_ip, port, "7400", "-j", "DROP",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect()
     };
     [
         rule("OUTPUT", "-d", "--dport"),
@@ -848,19 +850,18 @@ fn a_30s_cut_between_an_agent_and_the_coordinator_loses_no_report() {
     let json_path = dir.path().join("report.json");
     let report = fleet.wait_for_report(Duration::from_secs(300), &json_path);
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("json"))
-            .expect("parse");
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("json")).expect("parse");
     let mut fleet = fleet;
     let leftovers = fleet.stop();
-    let agent_log =
-        std::fs::read_to_string(dir.path().join("agent-1.log")).unwrap_or_default();
+    let agent_log = std::fs::read_to_string(dir.path().join("agent-1.log")).unwrap_or_default();
     fleet.lab_teardown();
     assert_eq!(report.status.code(), Some(0), "{}", text(&report));
     assert!(leftovers.is_empty(), "{leftovers:#?}");
     let tracker = &json["tracker"];
     assert_eq!(tracker["lost"], 0, "{}", text(&report));
     assert_eq!(
-        tracker["sent"], tracker["received"],
+        tracker["sent"],
+        tracker["received"],
         "every confirmed message processed and reported: {}",
         text(&report)
     );

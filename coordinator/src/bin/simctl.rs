@@ -429,8 +429,8 @@ async fn watch(client: &mut ControlClient<Channel>) -> Result<(), Exit> {
 
 /// Judge a run directory offline: its final state, or its latest checkpoint.
 fn offline_report(dir: &Path) -> Result<RunReport, Exit> {
-    use coordinator::rundir::RunDir;
     use coordinator::run::{RunCheckpoint, summarize};
+    use coordinator::rundir::RunDir;
     let config = load(&dir.join("config.yaml"))?;
     let run = RunDir::open(dir, &config.checkpointing.path);
     let (body, source) = match run.read_final() {
@@ -468,9 +468,9 @@ fn offline_report(dir: &Path) -> Result<RunReport, Exit> {
             (Some(recorded), Some(now)) if recorded == now => {
                 eprintln!("parti-sim: same verdict as recorded ({recorded})");
             }
-            (recorded, now) => eprintln!(
-                "parti-sim: WARNING: recorded verdict {recorded:?}, re-judged {now:?}"
-            ),
+            (recorded, now) => {
+                eprintln!("parti-sim: WARNING: recorded verdict {recorded:?}, re-judged {now:?}")
+            }
         }
     }
     Ok(report)

@@ -227,12 +227,13 @@ impl Engine {
                 run.checkpoint_stats.record(bytes, took);
                 info!(run = %run.id, generation, why, bytes, ms = took.as_millis(), path = %path.display(), "checkpoint written");
                 for (agent, (boot_id, number)) in positions {
-                    self.registry.release(&agent, boot_id, number).await;
+                    self.registry.release(&agent, boot_id, number);
                 }
             }
             Ok(Err(error)) => {
                 warn!(run = %run.id, %error, "checkpoint failed");
-                run.events.push(format!("checkpoint {generation} failed: {error}"));
+                run.events
+                    .push(format!("checkpoint {generation} failed: {error}"));
             }
             Err(error) => warn!(run = %run.id, %error, "checkpoint task failed"),
         }
@@ -269,7 +270,9 @@ impl Engine {
         let root = match run_dir {
             Some(dir) => dir,
             None => crate::rundir::latest_unfinished(&self.runs_dir, |text| {
-                config.as_ref().is_none_or(|wanted| same_config(text, wanted))
+                config
+                    .as_ref()
+                    .is_none_or(|wanted| same_config(text, wanted))
             })
             .ok_or_else(|| {
                 StartError::Config(format!(
@@ -279,9 +282,8 @@ impl Engine {
             })?,
         };
         let config_path = root.join("config.yaml");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| {
-            StartError::Config(format!("reading {}: {e}", config_path.display()))
-        })?;
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| StartError::Config(format!("reading {}: {e}", config_path.display())))?;
         let run_config = Config::from_yaml_str(&text)
             .map_err(|e| StartError::Config(format!("{}: {e}", config_path.display())))?;
         let dir = RunDir::open(&root, &run_config.checkpointing.path);
@@ -295,7 +297,10 @@ impl Engine {
             .latest_checkpoint()
             .map_err(|e| StartError::Config(e.to_string()))?;
         let state = RunCheckpoint::from_json(&body).map_err(|e| {
-            StartError::Config(format!("checkpoint {generation} in {}: {e}", root.display()))
+            StartError::Config(format!(
+                "checkpoint {generation} in {}: {e}",
+                root.display()
+            ))
         })?;
         if state.phase == Phase::Finished {
             return Err(StartError::Config(format!(
@@ -323,8 +328,9 @@ impl Engine {
         info!(run = %id, generation, downtime_s = downtime.as_secs_f64(), "resuming run");
         // Agents resend what this checkpoint did not cover; those already connected are
         // made to reconnect so they do.
-        self.registry.restore(run.applied.clone()).await;
-        self.registry.set_checkpointing(true).await;
+        run.gaps_seen = self.registry.gaps().len();
+        self.registry.restore(run.applied.clone());
+        self.registry.set_checkpointing(true);
         self.report_tx.send_replace(None);
         self.run = Some(run);
         self.log_events();
@@ -389,6 +395,7 @@ fn restore(
         applied,
         checkpoints: (0, now),
         checkpoint_stats: super::CheckpointStats::default(),
+        gaps_seen: 0,
         dir,
         placement,
         config,

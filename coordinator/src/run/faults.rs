@@ -25,8 +25,8 @@ use tracing::{info, warn};
 
 use super::{ActiveRun, Engine, Phase};
 use crate::chaos::{
-    ChaosPlan, ChaosPlanState, DEGRADE_DELAY_MS, DEGRADE_FOR, DEGRADE_LOSS, DEGRADE_RATE_KBIT, FaultRecord,
-    PAUSE_FOR, RESPAWN_AFTER,
+    ChaosPlan, ChaosPlanState, DEGRADE_DELAY_MS, DEGRADE_FOR, DEGRADE_LOSS, DEGRADE_RATE_KBIT,
+    FaultRecord, PAUSE_FOR, RESPAWN_AFTER,
 };
 use crate::config::{ChaosEvent, Config};
 use crate::placement::Placement;
@@ -157,12 +157,7 @@ pub(super) fn nats_endpoints(urls: &str) -> Vec<String> {
 }
 
 impl FaultState {
-    pub(super) fn new(
-        config: &Config,
-        seed: u64,
-        placement: &Placement,
-        nats_url: &str,
-    ) -> Self {
+    pub(super) fn new(config: &Config, seed: u64, placement: &Placement, nats_url: &str) -> Self {
         let slots: BTreeMap<String, (String, Spawn)> = placement
             .producer_spawns()
             .into_iter()
@@ -509,9 +504,15 @@ impl Engine {
         run.faults.records.push(FaultRecord {
             at_s: now.as_secs_f64(),
             event: event.as_str().to_string(),
-            target: planned.as_ref().map(|p| p.target.clone()).unwrap_or_default(),
+            target: planned
+                .as_ref()
+                .map(|p| p.target.clone())
+                .unwrap_or_default(),
             outcome,
-            detail: planned.as_ref().map(|p| p.detail.clone()).unwrap_or_default(),
+            detail: planned
+                .as_ref()
+                .map(|p| p.detail.clone())
+                .unwrap_or_default(),
             rebalance_s: None,
             moved: None,
             ideal_moves: planned.as_ref().and_then(|p| p.ideal_moves),
@@ -543,7 +544,12 @@ impl Engine {
                 run.faults.expect_exit.remove(&planned.target);
                 run.faults.host_faults.remove(&planned.target);
                 run.faults.paused.remove(&planned.target);
-                if run.faults.measuring.as_ref().is_some_and(|m| m.index == index) {
+                if run
+                    .faults
+                    .measuring
+                    .as_ref()
+                    .is_some_and(|m| m.index == index)
+                {
                     run.faults.measuring = None;
                 }
                 run.faults.records[index].outcome =

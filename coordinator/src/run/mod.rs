@@ -13,8 +13,8 @@ use std::time::Duration;
 use proto::v1::{
     ProcessKind, RunReport, RunStatus, Signal, SignalProcess, Verdict, coordinator_message, report,
 };
-use tokio::sync::{mpsc, oneshot, watch};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -169,6 +169,8 @@ struct ActiveRun {
     resume_hold: Option<(Vec<String>, Instant)>,
     /// Size and write time of checkpoints (for the report and the soak numbers).
     checkpoint_stats: CheckpointStats,
+    /// Report gaps of the registry already turned into failures.
+    gaps_seen: usize,
 }
 
 /// Checkpoints written by this coordinator process for the run.
@@ -205,6 +207,10 @@ pub fn spawn_engine(
         ..Default::default()
     });
     let (report_tx, report) = watch::channel(None);
+    // Until a run says otherwise, agents keep every report batch: a daemon restarted after
+    // a crash may be asked to resume (`simctl start --resume`), and the batches agents
+    // resend meanwhile must still exist then.
+    registry.set_checkpointing(true);
     let engine = Engine {
         registry,
         nats_url,
@@ -343,9 +349,8 @@ impl Engine {
             .map_err(|e| StartError::Infrastructure(format!("{e:#}")))?;
         let id = format!("run-{}-{seed:x}", now_us() / 1_000_000);
         let dir = RunDir::new(&self.runs_dir, &id, &config.checkpointing.path);
-        dir.create(&config.effective_yaml(), seed).map_err(|e| {
-            StartError::Infrastructure(format!("creating the run directory: {e}"))
-        })?;
+        dir.create(&config.effective_yaml(), seed)
+            .map_err(|e| StartError::Infrastructure(format!("creating the run directory: {e}")))?;
         info!(run = %id, dir = %dir.root().display(), agents = agents.len(), producers = placement.producers.len(), workers = placement.workers.len(), "starting run");
         // Workers join in two waves, so every run moves partitions at least once and
         // exercises the handoff (a run where nothing ever moves proves little).
@@ -355,8 +360,7 @@ impl Engine {
         self.report_tx.send_replace(None);
         let faults = faults::FaultState::new(&config, seed, &placement, &nats_url);
         self.registry
-            .set_checkpointing(config.checkpointing.enabled)
-            .await;
+            .set_checkpointing(config.checkpointing.enabled);
         self.run = Some(ActiveRun {
             id: id.clone(),
             seed,
@@ -392,6 +396,7 @@ impl Engine {
             events_logged: 0,
             resume_hold: None,
             checkpoint_stats: CheckpointStats::default(),
+            gaps_seen: self.registry.gaps().len(),
         });
         // Write-ahead: the run exists on disk before any process does, so a coordinator
         // killed from here on can be resumed.
@@ -576,7 +581,11 @@ impl Engine {
             return;
         }
         let run_time = run.clock.now();
-        if run.second_wave.as_ref().is_some_and(|(at, _)| run_time >= *at) {
+        if run
+            .second_wave
+            .as_ref()
+            .is_some_and(|(at, _)| run_time >= *at)
+        {
             // Write-ahead: the spawns are recorded as done before they are sent.
             let workers = run.second_wave.take().map(|(_, w)| w).unwrap_or_default();
             self.write_checkpoint("second wave").await;
@@ -616,6 +625,15 @@ impl Engine {
         if run.resume_hold.is_none() {
             run.tracker.expire(now_us());
         }
+        // Reports that can never arrive (an agent dropped batches a restored checkpoint did
+        // not hold, or restarted while the coordinator was away): the books are incomplete,
+        // which no verdict may hide.
+        let gaps = self.registry.gaps();
+        for gap in gaps.iter().skip(run.gaps_seen) {
+            warn!(run = %run.id, %gap, "report gap");
+            run.infrastructure.push(format!("report gap: {gap}"));
+        }
+        run.gaps_seen = gaps.len();
         let snapshot = run.tracker.snapshot(now_us());
         let marker = run.tracker.progress_marker().0;
         if marker != run.progress.0 {
@@ -624,7 +642,8 @@ impl Engine {
         let stalled_for = now.duration_since(run.progress.1);
         let stall_timeout = run.config.coordinator.stall_timeout;
         let mut end_reason = None;
-        if agents.is_empty() {
+        // A resumed coordinator starts before its agents have reconnected.
+        if agents.is_empty() && run.resume_hold.is_none() {
             run.infrastructure.push("every agent disconnected".into());
             end_reason = Some("agents lost");
         } else if stalled_for >= stall_timeout
@@ -645,7 +664,9 @@ impl Engine {
             Phase::Draining { since } if end_reason.is_none() => {
                 let producers_done = run.producers_alive.values().all(|alive| !alive);
                 let caught_up = producers_done && snapshot.in_flight == 0 && snapshot.missing == 0;
-                if caught_up || run_time.saturating_sub(since) >= run.config.coordinator.drain_timeout {
+                if caught_up
+                    || run_time.saturating_sub(since) >= run.config.coordinator.drain_timeout
+                {
                     end_reason = Some(if caught_up {
                         "drained"
                     } else {
@@ -736,7 +757,9 @@ impl Engine {
             RunSummary {
                 run_id: fallback.1.clone(),
                 outcome: Outcome::Infrastructure,
-                reasons: vec![format!("internal: the run's state did not re-import: {error}")],
+                reasons: vec![format!(
+                    "internal: the run's state did not re-import: {error}"
+                )],
                 end: reason.to_string(),
                 elapsed_s: 0.0,
                 duration_s: 0.0,
@@ -763,11 +786,18 @@ impl Engine {
             }
         }
         .and_then(|()| run.dir.write_file("report.txt", report.text.as_bytes()))
-        .and_then(|()| run.dir.write_file("report.junit.xml", report.junit.as_bytes()))
+        .and_then(|()| {
+            run.dir
+                .write_file("report.junit.xml", report.junit.as_bytes())
+        })
         // Last: its presence marks the run finished (not resumable).
         .and_then(|()| run.dir.write_file("report.json", report.json.as_bytes()));
         if let Err(error) = files {
             warn!(run = %run.id, %error, "run directory incomplete");
+        }
+        // The final state is durable: agents may drop everything the run applied.
+        for (agent, (boot_id, number)) in &run.applied {
+            self.registry.release(agent, *boot_id, *number);
         }
         self.log_events();
         self.publish_status();
