@@ -13,6 +13,8 @@
 //! - [`control`]: the `Control` gRPC service for simctl.
 //! - [`ownership`]: processing without ownership (statuses vs processed reports).
 //! - [`managed`]: child processes simctl manages (nats-server, coordinator, agent).
+//! - [`nats_cluster`]: a managed JetStream cluster described by a directory, so another
+//!   process can kill and restart its servers.
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +24,7 @@ pub mod chaos;
 pub mod config;
 pub mod control;
 pub mod managed;
+pub mod nats_cluster;
 pub mod ownership;
 pub mod placement;
 pub mod report;

@@ -1,5 +1,6 @@
 //! Processes `simctl run` starts and owns: a nats-server, the coordinator daemon and one
 //! agent. Each is a real child process, stopped (SIGTERM, then SIGKILL) when dropped.
+//! A cluster of several nats-servers is [`crate::nats_cluster`]'s.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -74,10 +75,13 @@ pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
     }
     let mut candidates = vec![PathBuf::from(".tools/bin/nats-server")];
     if let Ok(exe) = std::env::current_exe() {
-        // target/<profile>/simctl → <workspace>/.tools/bin/nats-server
-        if let Some(workspace) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
-            candidates.push(workspace.join(".tools/bin/nats-server"));
-        }
+        // target/<profile>/simctl, or target/<profile>/deps/<test> for integration tests:
+        // the workspace holding the binary is one of its ancestors.
+        candidates.extend(
+            exe.ancestors()
+                .skip(1)
+                .map(|dir| dir.join(".tools/bin/nats-server")),
+        );
     }
     if let Some(paths) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&paths).map(|dir| dir.join("nats-server")));
