@@ -335,3 +335,52 @@ async fn ready_means_a_meta_leader_not_just_an_open_port() {
     cluster.restart(0).await.expect("restart n0");
     assert!(jetstream_answers(&survivor).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parti_starts_on_a_fresh_replicated_control_bucket() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let cluster = start(&temp.path().join("cluster"), &cluster_config()).await;
+    let urls = cluster.urls();
+    let source = std::sync::Arc::new(parti::StaticSource::new(
+        (0..4)
+            .map(|p| parti::Partition::new(p.to_string(), 1))
+            .collect(),
+    ));
+    // Three workers at once, as an agent starts them: one creates the bucket, the others open
+    // it, and all read from it right away — when a just-created replicated stream may not
+    // serve reads yet.
+    let starts = (0..3).map(|_| {
+        let (urls, source) = (urls.clone(), source.clone());
+        async move {
+            let client = async_nats::connect(proto::nats_servers(&urls))
+                .await
+                .expect("connect");
+            let config = parti::Config {
+                bucket_replicas: 3,
+                ..parti::Config::fast_for_tests()
+            };
+            parti::Manager::start(
+                client,
+                config,
+                source,
+                std::sync::Arc::new(parti::RoundRobin),
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("parti on a 3-replica bucket: {e:#}"))
+        }
+    });
+    let started = Instant::now();
+    let managers = futures::future::join_all(starts).await;
+    eprintln!("3 parti managers started in {:?}", started.elapsed());
+    let js = jetstream::new(
+        async_nats::connect(proto::nats_servers(&urls))
+            .await
+            .expect("connect"),
+    );
+    let bucket = stream_info(&js, "KV_parti").await.expect("parti's bucket");
+    assert_eq!(bucket.config.num_replicas, 3);
+    for manager in managers {
+        manager.stop().await;
+    }
+}
