@@ -184,10 +184,19 @@ pub fn start_nats(
     Ok((process, format!("nats://127.0.0.1:{port}")))
 }
 
-/// Start the coordinator daemon on a free port; returns its `http://` endpoint.
-pub fn start_coordinator(dir: &Path, nats_url: &str) -> anyhow::Result<(ManagedProcess, String)> {
+/// Start the coordinator daemon on a free port; returns its `http://` endpoint. `nats_url`
+/// may list several servers (comma-separated); `nats_cluster_dir` names a managed cluster's
+/// directory (see [`crate::nats_cluster`]).
+pub fn start_coordinator(
+    dir: &Path,
+    nats_url: &str,
+    nats_cluster_dir: Option<&Path>,
+) -> anyhow::Result<(ManagedProcess, String)> {
     let mut command = Command::new(sibling_binary("coordinator")?);
     command.args(["--listen", "127.0.0.1:0", "--nats-url", nats_url]);
+    if let Some(cluster) = nats_cluster_dir {
+        command.arg("--nats-cluster-dir").arg(cluster);
+    }
     let (process, address) = start_and_wait(
         "coordinator",
         command,
