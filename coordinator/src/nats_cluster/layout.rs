@@ -80,7 +80,7 @@ pub(super) fn server_conf(
     cluster: Option<(u16, &[u16])>,
 ) -> String {
     let mut text = format!(
-        "# Written by parti-sim (coordinator/src/nats_cluster.rs).\n\
+        "# Written by parti-sim (coordinator/src/nats_cluster).\n\
          server_name: {name:?}\n\
          listen: \"127.0.0.1:{client_port}\"\n\
          jetstream {{\n\
