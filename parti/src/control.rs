@@ -127,10 +127,16 @@ fn lost_compare_and_set(error: &jetstream::context::PublishError) -> bool {
 /// responders" until its replicas are set up: three workers starting at once on a 3-server
 /// cluster failed their first id claim that way. Waiting here keeps that youth from failing
 /// `Manager::start`; anything else wrong shows up, with its error, at the next operation.
+/// Each probe gets a second: a request that found a responder but no answer would otherwise
+/// hold us for the client's whole request timeout.
 async fn wait_until_readable(store: &kv::Store) {
     let deadline = tokio::time::Instant::now() + READABLE_WAIT;
     let mut pause = Duration::from_millis(10);
-    while store.entry(keys::READ_PROBE).await.is_err() && tokio::time::Instant::now() < deadline {
+    loop {
+        let probe = tokio::time::timeout(Duration::from_secs(1), store.entry(keys::READ_PROBE));
+        if matches!(probe.await, Ok(Ok(_))) || tokio::time::Instant::now() >= deadline {
+            return;
+        }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(250));
     }
