@@ -189,7 +189,7 @@ pub async fn run(
     reports: ReportClient,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = async_nats::connect(&spec.nats_url)
+    let client = async_nats::connect(proto::nats_servers(&spec.nats_url))
         .await
         .context("connecting to NATS")?;
     let js = jetstream::new(client);

@@ -115,13 +115,14 @@ impl AssignmentLog {
     }
 }
 
-/// Watch the assignment document at `url` (retrying until parti has created its bucket),
-/// sending every version with its KV revision, in order, until the receiver is dropped (a
-/// resumed run skips revisions its checkpoint already saw).
+/// Watch the assignment document at `url` (one URL or a comma-separated list of a cluster's
+/// servers; retrying until parti has created its bucket), sending every version with its KV
+/// revision, in order, until the receiver is dropped (a resumed run skips revisions its
+/// checkpoint already saw).
 pub fn watch(url: String) -> mpsc::Receiver<(u64, Value)> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
-        let Ok(client) = async_nats::connect(&url).await else {
+        let Ok(client) = async_nats::connect(proto::nats_servers(&url)).await else {
             tracing::warn!(%url, "assignment watch: cannot connect");
             return;
         };

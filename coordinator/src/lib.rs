@@ -14,6 +14,8 @@
 //! - [`ownership`]: processing without ownership (statuses vs processed reports).
 //! - [`managed`]: child processes simctl manages (nats-server, coordinator, agent).
 //! - [`rundir`]: a run's directory: config, events, checkpoints, final state, reports.
+//! - [`nats_cluster`]: a managed JetStream cluster described by a directory, so another
+//!   process can kill and restart its servers.
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +25,7 @@ pub mod chaos;
 pub mod config;
 pub mod control;
 pub mod managed;
+pub mod nats_cluster;
 pub mod ownership;
 pub mod placement;
 pub mod report;
@@ -40,8 +43,13 @@ use tokio::net::TcpListener;
 /// Options of a coordinator daemon.
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
-    /// Use this NATS URL instead of the config's (simctl run's managed server).
+    /// Use this NATS URL instead of the config's (simctl run's managed server); one URL or a
+    /// comma-separated list of a cluster's servers.
     pub nats_url: Option<String>,
+    /// The directory of the managed NATS cluster simctl started (see [`nats_cluster`]), for
+    /// faults that kill and restart its servers ([`nats_cluster::NatsCluster::open`]). Not
+    /// used by the run engine yet.
+    pub nats_cluster_dir: Option<std::path::PathBuf>,
     /// Test aid: pause this long before applying each report batch (a slow coordinator).
     pub ingest_delay: std::time::Duration,
     /// Where run directories go (default `runs`).

@@ -1,5 +1,6 @@
 //! Processes `simctl run` starts and owns: a nats-server, the coordinator daemon and one
 //! agent. Each is a real child process, stopped (SIGTERM, then SIGKILL) when dropped.
+//! A cluster of several nats-servers is [`crate::nats_cluster`]'s.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -74,10 +75,13 @@ pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
     }
     let mut candidates = vec![PathBuf::from(".tools/bin/nats-server")];
     if let Ok(exe) = std::env::current_exe() {
-        // target/<profile>/simctl → <workspace>/.tools/bin/nats-server
-        if let Some(workspace) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
-            candidates.push(workspace.join(".tools/bin/nats-server"));
-        }
+        // target/<profile>/simctl, or target/<profile>/deps/<test> for integration tests:
+        // the workspace holding the binary is one of its ancestors.
+        candidates.extend(
+            exe.ancestors()
+                .skip(1)
+                .map(|dir| dir.join(".tools/bin/nats-server")),
+        );
     }
     if let Some(paths) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&paths).map(|dir| dir.join("nats-server")));
@@ -180,10 +184,19 @@ pub fn start_nats(
     Ok((process, format!("nats://127.0.0.1:{port}")))
 }
 
-/// Start the coordinator daemon on a free port; returns its `http://` endpoint.
-pub fn start_coordinator(dir: &Path, nats_url: &str) -> anyhow::Result<(ManagedProcess, String)> {
+/// Start the coordinator daemon on a free port; returns its `http://` endpoint. `nats_url`
+/// may list several servers (comma-separated); `nats_cluster_dir` names a managed cluster's
+/// directory (see [`crate::nats_cluster`]).
+pub fn start_coordinator(
+    dir: &Path,
+    nats_url: &str,
+    nats_cluster_dir: Option<&Path>,
+) -> anyhow::Result<(ManagedProcess, String)> {
     let mut command = Command::new(sibling_binary("coordinator")?);
     command.args(["--listen", "127.0.0.1:0", "--nats-url", nats_url]);
+    if let Some(cluster) = nats_cluster_dir {
+        command.arg("--nats-cluster-dir").arg(cluster);
+    }
     let (process, address) = start_and_wait(
         "coordinator",
         command,

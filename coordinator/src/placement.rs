@@ -146,13 +146,15 @@ pub fn place(config: &Config, seed: u64, agents: &[String], nats_url: &str) -> P
 
 /// The parti configuration workers run with: parti's defaults (leases, heartbeats, grace),
 /// with the join windows shortened so that a run of a few minutes settles in seconds rather
-/// than after parti's 30 s cold-start window.
+/// than after parti's 30 s cold-start window, and parti's control bucket replicated like the
+/// run's stream (`nats.replicas`: whichever worker starts first creates it).
 fn parti_config_json(config: &Config) -> String {
     let parti = parti::Config {
         cold_start_window: std::time::Duration::from_secs(5),
         planned_scale_window: std::time::Duration::from_secs(3),
         min_rebalance_interval: std::time::Duration::from_secs(2),
         worker_id_max: config.workers.count.saturating_mul(4).max(100),
+        bucket_replicas: config.nats.replicas as usize,
         ..parti::Config::default()
     };
     serde_json::to_string(&parti).unwrap_or_default()
@@ -184,5 +186,23 @@ mod tests {
             first.partition_map(config.partitions.count),
             again.partition_map(config.partitions.count)
         );
+    }
+
+    #[test]
+    fn parti_config_replicates_the_control_bucket_like_the_stream() {
+        let config = Config::from_yaml_str(
+            "simulation: {duration: 1m}\n\
+             partitions: {count: 4, message_rate_per_partition: 1}\n\
+             workers: {count: 2}\n\
+             nats: {cluster_size: 3}\n",
+        )
+        .expect("config");
+        let placement = place(&config, 7, &["a".into()], "nats://x:1,nats://y:2");
+        for (_, _, spec) in &placement.workers {
+            let parti: parti::Config =
+                serde_json::from_str(&spec.parti_config_json).expect("parti config");
+            assert_eq!(parti.bucket_replicas, 3);
+            assert_eq!(spec.nats_url, "nats://x:1,nats://y:2");
+        }
     }
 }

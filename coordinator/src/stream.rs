@@ -15,14 +15,19 @@ use crate::config::Config;
 ///
 /// Also (re)creates the simulation's own KV bucket ([`proto::SIM_BUCKET`], holding the
 /// partition map) and returns it.
+///
+/// Both get `nats.replicas` replicas; parti's bucket gets them through the workers' parti
+/// config (`bucket_replicas`, see `placement`), since the first worker creates it. `url` is
+/// one URL or a comma-separated list of a cluster's servers.
 pub async fn prepare(url: &str, config: &Config) -> anyhow::Result<kv::Store> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect(proto::nats_servers(url))
         .await
         .context("connecting")?;
     let js = jetstream::new(client);
     let name = config.nats.stream.clone();
+    let replicas = config.nats.replicas as usize;
     let _ = js.delete_stream(&name).await;
     let _ = js.delete_key_value("parti").await;
     let _ = js.delete_key_value(proto::SIM_BUCKET).await;
@@ -35,6 +40,7 @@ pub async fn prepare(url: &str, config: &Config) -> anyhow::Result<kv::Store> {
             .unwrap_or(i32::MAX)
             .saturating_add(100),
         duplicate_window: Duration::from_secs(120),
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
@@ -43,6 +49,7 @@ pub async fn prepare(url: &str, config: &Config) -> anyhow::Result<kv::Store> {
         bucket: proto::SIM_BUCKET.into(),
         history: 1,
         storage: stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await

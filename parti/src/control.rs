@@ -45,7 +45,12 @@ pub(crate) mod keys {
     pub const LEADER: &str = "leader";
     /// The one assignment document.
     pub const ASSIGNMENT: &str = "assignment";
+    /// Read (never written) to learn whether the bucket serves reads yet.
+    pub const READ_PROBE: &str = "read-probe";
 }
+
+/// Longest wait in [`ControlBucket::open`] for a young bucket to serve reads.
+const READABLE_WAIT: Duration = Duration::from_secs(10);
 
 /// Failure of a control-bucket operation.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +107,41 @@ pub(crate) struct Versioned {
 }
 
 /// Handle on the control bucket.
+/// Whether a publish failed its `Nats-Expected-Last-Subject-Sequence` check: error 10071
+/// (async-nats' `WrongLastSequence`), or 10164, the form a replicated stream's leader answers
+/// with while another expected-sequence write to the same subject is still in flight (it
+/// cannot know the final sequence yet). async-nats 0.51 maps only the first; both mean the
+/// compare-and-set lost, and callers re-read.
+fn lost_compare_and_set(error: &jetstream::context::PublishError) -> bool {
+    error.kind() == PublishErrorKind::WrongLastSequence
+        || std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<jetstream::Error>())
+            .is_some_and(|error| {
+                error.error_code() == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            })
+}
+
+/// Wait until `store` answers a read, at most [`READABLE_WAIT`].
+///
+/// A replicated bucket that was just created answers reads (direct gets) with "no
+/// responders" until its replicas are set up: three workers starting at once on a 3-server
+/// cluster failed their first id claim that way. Waiting here keeps that youth from failing
+/// `Manager::start`; anything else wrong shows up, with its error, at the next operation.
+/// Each probe gets a second: a request that found a responder but no answer would otherwise
+/// hold us for the client's whole request timeout.
+async fn wait_until_readable(store: &kv::Store) {
+    let deadline = tokio::time::Instant::now() + READABLE_WAIT;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let probe = tokio::time::timeout(Duration::from_secs(1), store.entry(keys::READ_PROBE));
+        if matches!(probe.await, Ok(Ok(_))) || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct ControlBucket {
     js: jetstream::Context,
@@ -122,6 +162,7 @@ impl ControlBucket {
         for attempt in 0..5u32 {
             // Not there yet (or not reachable): try to create it below.
             if let Ok(store) = js.get_key_value(bucket).await {
+                wait_until_readable(&store).await;
                 return Ok(Self {
                     js,
                     store,
@@ -139,6 +180,7 @@ impl ControlBucket {
             };
             match js.create_key_value(config).await {
                 Ok(store) => {
+                    wait_until_readable(&store).await;
                     return Ok(Self {
                         js,
                         store,
@@ -256,11 +298,9 @@ impl ControlBucket {
             .await;
         match ack {
             Ok(ack) => Ok(ack.sequence),
-            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
-                Err(ControlError::Conflict {
-                    key: key.to_string(),
-                })
-            }
+            Err(error) if lost_compare_and_set(&error) => Err(ControlError::Conflict {
+                key: key.to_string(),
+            }),
             Err(error) => Err(ControlError::nats("write", key, error)),
         }
     }

@@ -7,8 +7,36 @@ pub const SIM_BUCKET: &str = "parti-sim";
 /// The key of the [`v1::PartitionMap`] (JSON) in [`SIM_BUCKET`].
 pub const PARTITIONS_KEY: &str = "partitions";
 
+/// The servers named by a `nats_url` field (and by the config's `nats.url`): a
+/// comma-separated list, as the Go client and the `nats` CLI take it, whitespace around each
+/// entry ignored.
+///
+/// async-nats parses a `&str` as exactly one URL (`ToServerAddrs for str`), so a list must
+/// be split before `async_nats::connect`, which takes the `Vec<&str>` this returns.
+pub fn nats_servers(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
 /// Package `sim.v1`.
 pub mod v1 {
     #![allow(missing_docs, missing_debug_implementations, clippy::all)]
     tonic::include_proto!("sim.v1");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nats_servers;
+
+    #[test]
+    fn nats_servers_splits_a_comma_separated_list() {
+        assert_eq!(nats_servers("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            nats_servers("nats://a:1, tls://b:2 ,nats://c:3,"),
+            ["nats://a:1", "tls://b:2", "nats://c:3"]
+        );
+        assert!(nats_servers("").is_empty());
+    }
 }

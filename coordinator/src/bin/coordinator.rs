@@ -9,7 +9,7 @@ struct Cli {
     /// Address to listen on for agents and simctl.
     #[arg(long, default_value = "127.0.0.1:7400")]
     listen: String,
-    /// NATS URL to use instead of the run config's (set by `simctl run`).
+    /// NATS URL(s) to use instead of the run config's, comma-separated (set by `simctl run`).
     #[arg(long)]
     nats_url: Option<String>,
     /// Where run directories (config, events, checkpoints, reports) go.
@@ -19,6 +19,10 @@ struct Cli {
     /// accepting agents (after a crash of the previous coordinator).
     #[arg(long)]
     resume: bool,
+    /// Directory of the managed NATS cluster (its cluster.json), for faults that kill and
+    /// restart its servers (set by `simctl run` when nats.cluster_size > 1).
+    #[arg(long, value_name = "DIR")]
+    nats_cluster_dir: Option<std::path::PathBuf>,
     /// Test aid: milliseconds to pause before applying each report batch.
     #[arg(long, hide = true, default_value_t = 0)]
     ingest_delay_ms: u64,
@@ -54,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         listener,
         coordinator::ServeOptions {
             nats_url: cli.nats_url,
+            nats_cluster_dir: cli.nats_cluster_dir,
             ingest_delay: std::time::Duration::from_millis(cli.ingest_delay_ms),
             runs_dir: Some(cli.runs_dir),
             resume: cli.resume,

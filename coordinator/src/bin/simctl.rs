@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use coordinator::config::Config;
 use coordinator::managed;
+use coordinator::nats_cluster::NatsCluster;
 use proto::v1::control_client::ControlClient;
 use proto::v1::{
     AgentsRequest, InjectRequest, ReportRequest, RunReport, RunStatus, StartRequest, StatusRequest,
@@ -515,15 +516,37 @@ async fn run_all_in_one(
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating {}", dir.display()))
         .map_err(infrastructure)?;
-    let (mut nats, nats_url) = if config.nats.mode == coordinator::config::NatsMode::External {
-        (None, config.nats.url.clone())
-    } else {
-        let (process, url) =
-            managed::start_nats(&dir, &config.nats.jetstream).map_err(infrastructure)?;
-        (Some(process), url)
+    let mut nats = ManagedNats::None;
+    let nats_url = match config.nats.managed_servers() {
+        None => config.nats.url.clone(),
+        // One server: the plain child process it has always been.
+        Some(1) => {
+            let (process, url) =
+                managed::start_nats(&dir, &config.nats.jetstream).map_err(infrastructure)?;
+            nats = ManagedNats::Server(process);
+            url
+        }
+        Some(size) => {
+            let cluster = NatsCluster::start(
+                &dir.join("nats-cluster"),
+                &config.nats.jetstream,
+                size as usize,
+            )
+            .await
+            .context("starting the NATS cluster")
+            .map_err(infrastructure)?;
+            let urls = cluster.urls();
+            nats = ManagedNats::Cluster(cluster);
+            urls
+        }
+    };
+    let cluster_dir = match &nats {
+        ManagedNats::Cluster(cluster) => Some(cluster.dir().to_path_buf()),
+        _ => None,
     };
     let (mut coordinator, endpoint) =
-        managed::start_coordinator(&dir, &nats_url).map_err(infrastructure)?;
+        managed::start_coordinator(&dir, &nats_url, cluster_dir.as_deref())
+            .map_err(infrastructure)?;
     let mut agent = managed::start_agent(&dir, &endpoint, "local").map_err(infrastructure)?;
     eprintln!(
         "parti-sim: nats {nats_url}, coordinator {endpoint}, logs in {}",
@@ -570,8 +593,24 @@ async fn run_all_in_one(
     .await;
     agent.stop(Duration::from_secs(15));
     coordinator.stop(Duration::from_secs(5));
-    if let Some(nats) = nats.as_mut() {
-        nats.stop(Duration::from_secs(5));
+    match &mut nats {
+        ManagedNats::None => {}
+        ManagedNats::Server(process) => process.stop(Duration::from_secs(5)),
+        ManagedNats::Cluster(cluster) => {
+            if let Err(error) = cluster.stop_all(Duration::from_secs(5)) {
+                eprintln!("parti-sim: stopping the NATS cluster: {error}");
+            }
+        }
     }
     result
+}
+
+/// The NATS servers `simctl run` started, if any.
+enum ManagedNats {
+    /// External servers: nothing to stop.
+    None,
+    /// `nats.cluster_size: 1`.
+    Server(managed::ManagedProcess),
+    /// `nats.cluster_size` 3 or 5.
+    Cluster(NatsCluster),
 }

@@ -53,12 +53,14 @@ impl From<RawCoordinator> for CoordinatorConfig {
 }
 
 /// `nats` as written: `url` may be absent, which is fine when embedded but an error when
-/// external.
+/// external; `cluster_size` and `replicas` default by mode.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawNats {
     mode: NatsMode,
     url: Option<String>,
+    cluster_size: Option<u32>,
+    replicas: Option<u32>,
     stream: String,
     subject_prefix: String,
     jetstream: JetStreamConfig,
@@ -70,6 +72,8 @@ impl Default for RawNats {
         Self {
             mode: defaults.mode,
             url: None,
+            cluster_size: None,
+            replicas: None,
             stream: defaults.stream,
             subject_prefix: defaults.subject_prefix,
             jetstream: defaults.jetstream,
@@ -85,9 +89,23 @@ impl From<RawNats> for NatsConfig {
             NatsMode::Embedded => NatsConfig::DEFAULT_URL.to_owned(),
             NatsMode::External => String::new(),
         });
+        // Embedded: the size is ours, default one server. External: keep whatever was
+        // written (normally nothing), so validation can reject a size given there.
+        let cluster_size = match raw.mode {
+            NatsMode::Embedded => Some(raw.cluster_size.unwrap_or(1)),
+            NatsMode::External => raw.cluster_size,
+        };
+        // Embedded: one replica per server unless told otherwise. External: we cannot know
+        // how many servers there are, so the safe default is 1.
+        let replicas = raw.replicas.unwrap_or(match raw.mode {
+            NatsMode::Embedded => cluster_size.unwrap_or(1),
+            NatsMode::External => 1,
+        });
         Self {
             mode: raw.mode,
             url,
+            cluster_size,
+            replicas,
             stream: raw.stream,
             subject_prefix: raw.subject_prefix,
             jetstream: raw.jetstream,

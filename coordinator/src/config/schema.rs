@@ -479,8 +479,18 @@ pub struct NatsConfig {
     /// Managed child server or an existing one (default `embedded`).
     pub mode: NatsMode,
     /// Server URL(s), comma-separated, each `nats://` or `tls://`. Required when external;
-    /// when embedded, defaults to [`NatsConfig::DEFAULT_URL`] (the plan's value).
+    /// when embedded, defaults to [`NatsConfig::DEFAULT_URL`] (the plan's value) and is
+    /// ignored by `simctl run`, which connects to the servers it starts.
     pub url: String,
+    /// Servers of the managed JetStream cluster (extension; embedded only): 1, 3 or 5,
+    /// default 1. `None` when external: the size of someone else's cluster is not ours to
+    /// set, so writing it there is an error. Each server gets the `jetstream` limits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_size: Option<u32>,
+    /// Replicas of the run's stream and of every KV bucket (the simulation's and parti's),
+    /// 1..=5 (extension; default `cluster_size` when embedded, 1 when external). Embedded,
+    /// at most `cluster_size`: JetStream places each replica on a different server.
+    pub replicas: u32,
     /// JetStream stream name (extension; default `SIMULATION`).
     pub stream: String,
     /// Subjects are `{subject_prefix}.{partition}` (extension; default
@@ -493,6 +503,20 @@ pub struct NatsConfig {
 impl NatsConfig {
     /// `nats.url` when embedded and not given.
     pub const DEFAULT_URL: &str = "nats://localhost:4222";
+    /// `nats.cluster_size` values: odd, so that a majority survives a minority of failures
+    /// (3 tolerates one server down, 5 two), and at most JetStream's replica limit.
+    pub const CLUSTER_SIZES: [u32; 3] = [1, 3, 5];
+    /// JetStream's largest replica count.
+    pub const MAX_REPLICAS: u32 = 5;
+
+    /// How many servers `simctl run` starts: `Some(cluster_size)` when embedded, `None`
+    /// when the servers are external.
+    pub fn managed_servers(&self) -> Option<u32> {
+        match self.mode {
+            NatsMode::Embedded => Some(self.cluster_size.unwrap_or(1)),
+            NatsMode::External => None,
+        }
+    }
 }
 
 impl Default for NatsConfig {
@@ -500,6 +524,8 @@ impl Default for NatsConfig {
         Self {
             mode: NatsMode::Embedded,
             url: Self::DEFAULT_URL.into(),
+            cluster_size: Some(1),
+            replicas: 1,
             stream: "SIMULATION".into(),
             subject_prefix: "simulation.partition".into(),
             jetstream: JetStreamConfig::default(),

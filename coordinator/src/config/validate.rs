@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::duration::format_duration;
-use super::{ChaosEvent, Config, ConfigError, NatsMode, StrategyConfig};
+use super::{ChaosEvent, Config, ConfigError, NatsConfig, NatsMode, StrategyConfig};
 
 /// Problems found so far, in field order.
 #[derive(Default)]
@@ -256,6 +256,7 @@ impl Config {
                 });
             }
         }
+        self.check_nats_cluster(p);
         let stream = &nats.stream;
         // JetStream stream names become subject tokens and file names.
         let bad_stream = |c: char| c.is_whitespace() || ".*>/\\".contains(c);
@@ -272,5 +273,205 @@ impl Config {
         p.check(valid_prefix, "nats.subject_prefix", || {
             format!("{prefix:?} must be dot-separated non-empty tokens without spaces or wildcards")
         });
+    }
+
+    /// `nats.cluster_size` and `nats.replicas`.
+    fn check_nats_cluster(&self, p: &mut Problems) {
+        let nats = &self.nats;
+        let size = match (nats.mode, nats.cluster_size) {
+            (NatsMode::External, None) => None,
+            (NatsMode::External, Some(size)) => {
+                p.check(false, "nats.cluster_size", || {
+                    format!(
+                        "only for nats.mode embedded (an external cluster's size is not ours \
+                         to set), got {size}; remove it"
+                    )
+                });
+                None
+            }
+            (NatsMode::Embedded, size) => {
+                let size = size.unwrap_or(1);
+                if !NatsConfig::CLUSTER_SIZES.contains(&size) {
+                    p.check(false, "nats.cluster_size", || {
+                        format!(
+                            "must be 1, 3 or 5 (an odd number of servers keeps a JetStream \
+                             majority when one or two fail), got {size}"
+                        )
+                    });
+                    // The replica rules need a sane size (and replicas may be that size by
+                    // default): one problem to fix first.
+                    return;
+                }
+                Some(size)
+            }
+        };
+        let replicas = nats.replicas;
+        let max = NatsConfig::MAX_REPLICAS;
+        if !(1..=max).contains(&replicas) {
+            p.check(false, "nats.replicas", || {
+                format!("must be between 1 and {max} (JetStream's limit), got {replicas}")
+            });
+        } else if let Some(size) = size {
+            p.check(replicas <= size, "nats.replicas", || {
+                format!(
+                    "{replicas} replicas need at least {replicas} servers, but \
+                     nats.cluster_size is {size}"
+                )
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "simulation: {duration: 10m}\n\
+                        partitions: {count: 8, message_rate_per_partition: 1}\n\
+                        workers: {count: 2}\n";
+
+    fn load(nats: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml_str(&format!("{BASE}nats: {nats}\n"))
+    }
+
+    #[track_caller]
+    fn loads(nats: &str) -> Config {
+        load(nats).unwrap_or_else(|e| panic!("nats: {nats} should load: {e}"))
+    }
+
+    #[track_caller]
+    fn fails(nats: &str, path: &str, fragment: &str) {
+        let error = load(nats).expect_err(nats);
+        assert_eq!(error.path, path, "nats: {nats} → {error}");
+        assert!(
+            error.message.contains(fragment),
+            "nats: {nats} → {error:?} lacks {fragment:?}"
+        );
+    }
+
+    #[test]
+    fn embedded_defaults_to_one_server_and_one_replica() {
+        let config = Config::from_yaml_str(BASE).expect("minimal config");
+        assert_eq!(config.nats.cluster_size, Some(1));
+        assert_eq!(config.nats.replicas, 1);
+        assert_eq!(config.nats.managed_servers(), Some(1));
+    }
+
+    #[test]
+    fn embedded_replicas_default_to_the_cluster_size() {
+        let three = loads("{cluster_size: 3}");
+        assert_eq!((three.nats.cluster_size, three.nats.replicas), (Some(3), 3));
+        let five = loads("{mode: embedded, cluster_size: 5}");
+        assert_eq!(
+            (five.nats.managed_servers(), five.nats.replicas),
+            (Some(5), 5)
+        );
+        let fewer = loads("{cluster_size: 5, replicas: 3}");
+        assert_eq!(fewer.nats.replicas, 3);
+        let one = loads("{cluster_size: 3, replicas: 1}");
+        assert_eq!(one.nats.replicas, 1);
+    }
+
+    #[test]
+    fn cluster_size_must_be_one_three_or_five() {
+        for size in [0, 2, 4, 6, 7] {
+            fails(
+                &format!("{{cluster_size: {size}}}"),
+                "nats.cluster_size",
+                &format!(
+                    "must be 1, 3 or 5 (an odd number of servers keeps a JetStream majority when one or two fail), got {size}"
+                ),
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_cluster_size_is_the_only_problem_reported() {
+        // replicas defaults to the size; reporting it as well would only repeat the problem.
+        let config = Config {
+            nats: crate::config::NatsConfig {
+                cluster_size: Some(7),
+                replicas: 7,
+                ..crate::config::NatsConfig::default()
+            },
+            ..Config::from_yaml_str(BASE).expect("minimal config")
+        };
+        let errors = config.validation_errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "nats.cluster_size");
+    }
+
+    #[test]
+    fn cluster_size_is_rejected_when_external() {
+        fails(
+            "{mode: external, url: 'nats://a:4222', cluster_size: 3}",
+            "nats.cluster_size",
+            "only for nats.mode embedded",
+        );
+        // Even the default value: an external cluster's size is not ours to state.
+        fails(
+            "{mode: external, url: 'nats://a:4222', cluster_size: 1}",
+            "nats.cluster_size",
+            "got 1; remove it",
+        );
+    }
+
+    #[test]
+    fn replicas_must_fit_the_embedded_cluster() {
+        fails(
+            "{cluster_size: 3, replicas: 5}",
+            "nats.replicas",
+            "5 replicas need at least 5 servers, but nats.cluster_size is 3",
+        );
+        fails("{replicas: 3}", "nats.replicas", "nats.cluster_size is 1");
+    }
+
+    #[test]
+    fn replicas_must_be_between_one_and_five() {
+        for (nats, got) in [
+            ("{cluster_size: 5, replicas: 0}", 0),
+            ("{cluster_size: 5, replicas: 6}", 6),
+            ("{mode: external, url: 'nats://a:4222', replicas: 0}", 0),
+            ("{mode: external, url: 'nats://a:4222', replicas: 9}", 9),
+        ] {
+            fails(
+                nats,
+                "nats.replicas",
+                &format!("must be between 1 and 5 (JetStream's limit), got {got}"),
+            );
+        }
+    }
+
+    #[test]
+    fn external_defaults_to_one_replica_and_takes_up_to_five() {
+        let config = loads("{mode: external, url: 'nats://a:4222,nats://b:4222'}");
+        assert_eq!(config.nats.cluster_size, None);
+        assert_eq!(config.nats.managed_servers(), None);
+        assert_eq!(config.nats.replicas, 1);
+        let five = loads("{mode: external, url: 'nats://a:4222', replicas: 5}");
+        assert_eq!(five.nats.replicas, 5);
+    }
+
+    #[test]
+    fn the_dump_round_trips_cluster_settings() {
+        for nats in [
+            "{cluster_size: 3}",
+            "{cluster_size: 5, replicas: 3}",
+            "{mode: external, url: 'nats://a:4222,tls://b:4443', replicas: 3}",
+        ] {
+            let config = loads(nats);
+            let dump = config.effective_yaml();
+            assert_eq!(
+                Config::from_yaml_str(&dump).as_ref(),
+                Ok(&config),
+                "nats: {nats}, dump:\n{dump}"
+            );
+            // An external dump must not state a size (reloading it would fail).
+            assert_eq!(
+                dump.contains("cluster_size"),
+                config.nats.mode == NatsMode::Embedded,
+                "{dump}"
+            );
+        }
     }
 }
