@@ -8,8 +8,8 @@
 //!
 //! The same seed gives the same sequence of events and delays (targets depend on which
 //! processes are alive at that moment, which the schedule does not control).
-//! Faults not executed yet (partition changes, NATS server kills) are logged as skipped,
-//! never silently dropped.
+//! A fault that cannot be executed (a `nats_server_kill` without a managed cluster, a crash
+//! with too few live workers) is recorded as skipped with the reason, never silently dropped.
 
 use std::time::Duration;
 

@@ -47,8 +47,7 @@ pub struct ServeOptions {
     /// comma-separated list of a cluster's servers.
     pub nats_url: Option<String>,
     /// The directory of the managed NATS cluster simctl started (see [`nats_cluster`]), for
-    /// faults that kill and restart its servers ([`nats_cluster::NatsCluster::open`]). Not
-    /// used by the run engine yet.
+    /// faults that kill and restart its servers (`nats_server_kill`).
     pub nats_cluster_dir: Option<std::path::PathBuf>,
     /// Test aid: pause this long before applying each report batch (a slow coordinator).
     pub ingest_delay: std::time::Duration,
@@ -84,6 +83,7 @@ pub async fn serve(
         ingest_rx,
         options.nats_url,
         options.ingest_delay,
+        options.nats_cluster_dir,
         options
             .runs_dir
             .unwrap_or_else(|| std::path::PathBuf::from("runs")),

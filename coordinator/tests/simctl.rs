@@ -223,3 +223,81 @@ fn chaos_run_with_process_faults_passes() {
     assert!(kinds.len() >= 4, "several fault types: {kinds:?}");
     assert_eq!(json["tracker"]["lost"].as_u64(), Some(0));
 }
+
+/// `simctl run` on a managed 3-server JetStream cluster (stream and KV buckets R3) with
+/// `nats_server_kill` as the chaos: each kill SIGKILLs one server for 10 s, clients fail
+/// over to the others, the coordinator restarts it — and nothing is lost.
+#[test]
+fn a_managed_cluster_run_with_nats_server_kills_passes_with_r3() {
+    let dir = tempfile::Builder::new()
+        .prefix("simctl-cluster-")
+        .tempdir()
+        .expect("tempdir");
+    let dir = KeepOnFailure(Some(dir));
+    let config = r"
+simulation:
+  duration: 70s
+partitions:
+  count: 8
+  message_rate_per_partition: 5
+producers:
+  count: 2
+  partitions_per_producer: 4
+workers:
+  count: 3
+  processing_delay:
+    min: 1ms
+    max: 5ms
+coordinator:
+  validation_window: 40s
+chaos:
+  enabled: true
+  interval: 5-8s
+  warmup: 10s
+  cooldown: 10s
+  events:
+    - nats_server_kill
+nats:
+  mode: embedded
+  cluster_size: 3
+";
+    let config_path = dir.path().join("cluster.yaml");
+    std::fs::write(&config_path, config).expect("write config");
+    let json_path = dir.path().join("report.json");
+    let output = Command::new(simctl())
+        .current_dir(dir.path())
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .args(["--seed", "5", "--json"])
+        .arg(&json_path)
+        .arg("--run-dir")
+        .arg(dir.path().join("managed"))
+        .output()
+        .expect("run simctl");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    eprintln!(
+        "--- cluster stdout ---\n{stdout}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(0), "expected PASS:\n{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("json")).expect("json");
+    assert_eq!(json["tracker"]["lost"], 0);
+    let kills: Vec<&serde_json::Value> = json["faults"]
+        .as_array()
+        .expect("faults")
+        .iter()
+        .filter(|f| f["event"] == "nats_server_kill" && f["outcome"] == "injected")
+        .collect();
+    assert!(!kills.is_empty(), "no NATS server was killed:\n{stdout}");
+    assert!(
+        kills.iter().all(|f| f["rebalance_s"].is_number()),
+        "every kill recovered (the server came back, partitions owned, messages flowing):\n{stdout}"
+    );
+    // The run directory records the effective config: replicas 3.
+    let run_id = json["run_id"].as_str().expect("run id");
+    let effective =
+        std::fs::read_to_string(dir.path().join("runs").join(run_id).join("config.yaml"))
+            .expect("effective config in the run directory");
+    assert!(effective.contains("replicas: 3"), "{effective}");
+}

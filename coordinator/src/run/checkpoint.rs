@@ -319,6 +319,7 @@ impl Engine {
             Duration::from_micros(u64::try_from(now_us() - state.written_unix_us).unwrap_or(0));
         let mut run = restore(state, dir, sim_kv, nats_url, downtime)
             .map_err(|e| StartError::Config(format!("checkpoint {generation}: {e}")))?;
+        run.nats_cluster = self.open_nats_cluster();
         run.checkpoints.0 = generation;
         run.events.push(format!(
             "resumed from checkpoint {generation} (written {:.1}s before; reports after it are resent by the agents)",
@@ -396,6 +397,7 @@ fn restore(
         checkpoints: (0, now),
         checkpoint_stats: super::CheckpointStats::default(),
         gaps_seen: 0,
+        nats_cluster: None,
         dir,
         placement,
         config,

@@ -61,7 +61,27 @@ pub(super) struct FaultState {
     /// Restarted workers awaiting their next incarnation: process → (record, stable id,
     /// incarnation before the restart).
     restarts: BTreeMap<String, (usize, String, u64)>,
+    /// Managed NATS servers killed by `nats_server_kill`, by index.
+    #[serde(default)]
+    nats_down: BTreeMap<usize, NatsDown>,
 }
+
+/// A NATS server killed by the chaos.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct NatsDown {
+    /// When it is started again; `None` once that was asked for.
+    restart_at: Option<Duration>,
+    /// Until then, any process's exit is excused (every client of the killed server
+    /// reconnects elsewhere, and a worker may lose its leases meanwhile); `None` while down.
+    excused_until: Option<Duration>,
+}
+
+/// How long a `nats_server_kill` keeps its server down by default: past parti's heartbeat
+/// lease (6 s), so clients of that server must fail over in time or be fenced.
+pub(super) const NATS_KILL_FOR: Duration = Duration::from_secs(10);
+/// After a killed server was asked to restart, exits stay excused this long (its start-up,
+/// up to the cluster's ready timeout, plus the usual grace).
+const NATS_RESTART_GRACE: Duration = Duration::from_secs(50);
 
 /// How long after a network fault healed the exits of that host's processes still count as
 /// caused by it (a fenced worker notices, reports and exits within seconds).
@@ -93,6 +113,8 @@ struct Measure {
 enum TargetDone {
     /// Nothing to wait for (crashes and pauses: the target is down or paused at once).
     Nothing,
+    /// The killed NATS server (index) runs again.
+    NatsServerBack(usize),
     /// The process has exited (scale_down).
     Exited(String),
     /// The process reported an incarnation other than this one (worker_restart).
@@ -105,6 +127,10 @@ impl TargetDone {
     fn reached(&self, run: &ActiveRun) -> bool {
         match self {
             Self::Nothing => true,
+            Self::NatsServerBack(index) => run
+                .nats_cluster
+                .as_ref()
+                .is_some_and(|cluster| cluster.is_running(*index)),
             Self::Exited(process) => run.workers.get(process).is_none_or(|view| !view.alive),
             Self::Reincarnated(process, before) => run
                 .workers
@@ -184,6 +210,7 @@ impl FaultState {
             next_partition: config.partitions.count,
             duplicates_at_last: None,
             restarts: BTreeMap::new(),
+            nats_down: BTreeMap::new(),
         }
     }
 
@@ -250,11 +277,18 @@ impl FaultState {
     }
 
     /// Whether `process` runs on a host whose network fault excuses its exit.
+    /// Also true for every process while a killed NATS server is down or restarting.
     pub(super) fn host_faulted(&self, process: &str, now: Duration) -> bool {
-        self.slots
-            .get(process)
-            .and_then(|(agent, _)| self.host_faults.get(agent))
-            .is_some_and(|fault| fault.excused_until.is_none_or(|until| now <= until))
+        let nats_down = self
+            .nats_down
+            .values()
+            .any(|down| down.excused_until.is_none_or(|until| now <= until));
+        nats_down
+            || self
+                .slots
+                .get(process)
+                .and_then(|(agent, _)| self.host_faults.get(agent))
+                .is_some_and(|fault| fault.excused_until.is_none_or(|until| now <= until))
     }
 
     /// The drain begins: producers waiting to be restarted stay down.
@@ -350,6 +384,19 @@ impl Engine {
             run.faults.paused.remove(&process);
             Self::signal(&self.registry, run, &process, Signal::Cont).await;
         }
+        let due: Vec<usize> = run
+            .faults
+            .nats_down
+            .iter()
+            .filter(|(_, down)| down.restart_at.is_some_and(|at| at <= now))
+            .map(|(index, _)| *index)
+            .collect();
+        for index in due {
+            restart_nats_server(run, index, now);
+        }
+        run.faults
+            .nats_down
+            .retain(|_, down| down.excused_until.is_none_or(|until| now <= until));
         run.faults
             .host_faults
             .retain(|_, fault| fault.excused_until.is_none_or(|until| now <= until));
@@ -523,11 +570,37 @@ impl Engine {
             let Some(run) = self.run.as_mut() else {
                 return (String::new(), "skipped: no run".into());
             };
+            let killed_nats = match planned.action {
+                Action::KillNatsServer(index) => Some(index),
+                _ => None,
+            };
             let sent = match planned.action {
                 Action::Signal(signal) => {
                     Self::signal(&self.registry, run, &planned.target, signal).await
                 }
                 Action::Send(agent, body) => self.registry.send(&agent, *body).await,
+                Action::KillNatsServer(index) => match run.nats_cluster.as_ref() {
+                    Some(cluster) => {
+                        let dir = cluster.dir().to_path_buf();
+                        let killed = tokio::task::spawn_blocking(move || {
+                            crate::nats_cluster::NatsCluster::open(&dir)
+                                .and_then(|cluster| cluster.kill(index))
+                        })
+                        .await;
+                        match killed {
+                            Ok(Ok(())) => true,
+                            Ok(Err(error)) => {
+                                warn!(run = %run.id, %error, "NATS server not killed");
+                                false
+                            }
+                            Err(error) => {
+                                warn!(run = %run.id, %error, "NATS kill task failed");
+                                false
+                            }
+                        }
+                    }
+                    None => false,
+                },
                 Action::PublishMap => {
                     match crate::stream::publish_partition_map(&run.sim_kv, &run.partition_map)
                         .await
@@ -541,6 +614,9 @@ impl Engine {
                 }
             };
             if !sent {
+                if let Some(index) = killed_nats {
+                    run.faults.nats_down.remove(&index);
+                }
                 run.faults.expect_exit.remove(&planned.target);
                 run.faults.host_faults.remove(&planned.target);
                 run.faults.paused.remove(&planned.target);
@@ -606,6 +682,17 @@ impl Engine {
                 )
                 .await;
         }
+        let now = run.clock.now();
+        let down: Vec<usize> = run
+            .faults
+            .nats_down
+            .iter()
+            .filter(|(_, down)| down.restart_at.is_some())
+            .map(|(index, _)| *index)
+            .collect();
+        for index in down {
+            restart_nats_server(run, index, now);
+        }
         if run.faults.measuring.take().is_some() {
             warn!(run = %run.id, "run ended while a recovery was still being measured");
         }
@@ -627,9 +714,12 @@ struct Planned {
     target_done: TargetDone,
 }
 
+#[derive(Debug)]
 enum Action {
     /// Signal the target process.
     Signal(Signal),
+    /// SIGKILL this managed NATS server.
+    KillNatsServer(usize),
     /// Send this to an agent.
     Send(String, Box<coordinator_message::Body>),
     /// Publish the run's partition map (already updated in the run).
@@ -847,11 +937,84 @@ fn plan_fault(
             })
         }
         ChaosEvent::PartitionChanges => change_partitions(run),
-        other => Err(format!(
-            "skipped: {} is not implemented yet",
-            other.as_str()
-        )),
+        ChaosEvent::NatsServerKill => kill_nats_server(run, now, options),
     }
+}
+
+/// Kill one server of the managed cluster (seeded choice, or `--target n<i>`) for a while.
+fn kill_nats_server(
+    run: &mut ActiveRun,
+    now: Duration,
+    options: &InjectOptions,
+) -> Result<Planned, String> {
+    let Some(cluster) = run.nats_cluster.as_ref() else {
+        return Err(
+            "skipped: no managed NATS cluster (nats.cluster_size 3 or 5 with simctl run)".into(),
+        );
+    };
+    let size = cluster.size();
+    if size < 3 {
+        return Err(
+            "skipped: a cluster of fewer than three servers has no quorum without one".into(),
+        );
+    }
+    // One server down at a time: a second one would cost the quorum.
+    if let Some(down) = (0..size).find(|i| !cluster.is_running(*i)) {
+        return Err(format!("skipped: NATS server n{down} is not running"));
+    }
+    if run
+        .faults
+        .nats_down
+        .values()
+        .any(|d| d.restart_at.is_some())
+    {
+        return Err("skipped: a NATS server is still down".into());
+    }
+    let names: Vec<String> = (0..size).map(|i| format!("n{i}")).collect();
+    let target = choose(run, &names, options)?;
+    let index = names.iter().position(|n| *n == target).unwrap_or(0);
+    let lasts = options.duration.unwrap_or(NATS_KILL_FOR);
+    run.faults.nats_down.insert(
+        index,
+        NatsDown {
+            restart_at: Some(now + lasts),
+            excused_until: None,
+        },
+    );
+    Ok(Planned {
+        ideal_moves: None,
+        target_done: TargetDone::NatsServerBack(index),
+        detail: format!("SIGKILL, restarted after {lasts:?}"),
+        action: Action::KillNatsServer(index),
+        target,
+        measure: Some(false),
+        lasts,
+    })
+}
+
+/// Start killed server `index` again (in the background: it takes seconds to rejoin); exits
+/// stay excused for a while after.
+fn restart_nats_server(run: &mut ActiveRun, index: usize, now: Duration) {
+    let Some(down) = run.faults.nats_down.get_mut(&index) else {
+        return;
+    };
+    down.restart_at = None;
+    down.excused_until = Some(now + NATS_RESTART_GRACE);
+    let Some(dir) = run.nats_cluster.as_ref().map(|c| c.dir().to_path_buf()) else {
+        return;
+    };
+    run.events.push(format!("NATS server n{index} restarted"));
+    let id = run.id.clone();
+    tokio::spawn(async move {
+        let result = match crate::nats_cluster::NatsCluster::open(&dir) {
+            Ok(cluster) => cluster.restart(index).await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(()) => info!(run = %id, index, "NATS server back"),
+            Err(error) => warn!(run = %id, index, %error, "NATS server not restarted"),
+        }
+    });
 }
 
 /// Add one partition (a new id, weight 1, to the producer publishing the fewest) or remove

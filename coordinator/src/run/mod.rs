@@ -171,6 +171,8 @@ struct ActiveRun {
     checkpoint_stats: CheckpointStats,
     /// Report gaps of the registry already turned into failures.
     gaps_seen: usize,
+    /// The managed NATS cluster, when the daemon was given one (`nats_server_kill`).
+    nats_cluster: Option<crate::nats_cluster::NatsCluster>,
 }
 
 /// Checkpoints written by this coordinator process for the run.
@@ -199,6 +201,7 @@ pub fn spawn_engine(
     ingest: mpsc::Receiver<IngestBatch>,
     nats_url: Option<String>,
     ingest_delay: Duration,
+    nats_cluster_dir: Option<PathBuf>,
     runs_dir: PathBuf,
 ) -> EngineHandle {
     let (commands, command_rx) = mpsc::channel(16);
@@ -215,6 +218,7 @@ pub fn spawn_engine(
         registry,
         nats_url,
         ingest_delay,
+        nats_cluster_dir,
         runs_dir,
         run: None,
         status_tx,
@@ -232,6 +236,8 @@ struct Engine {
     registry: AgentRegistry,
     nats_url: Option<String>,
     ingest_delay: Duration,
+    /// The managed NATS cluster's directory, for `nats_server_kill`.
+    nats_cluster_dir: Option<PathBuf>,
     /// Run directories go here.
     runs_dir: PathBuf,
     run: Option<ActiveRun>,
@@ -397,6 +403,7 @@ impl Engine {
             resume_hold: None,
             checkpoint_stats: CheckpointStats::default(),
             gaps_seen: self.registry.gaps().len(),
+            nats_cluster: self.open_nats_cluster(),
         });
         // Write-ahead: the run exists on disk before any process does, so a coordinator
         // killed from here on can be resumed.
@@ -804,6 +811,21 @@ impl Engine {
         self.status_tx
             .send_modify(|status| status.verdict = report.verdict);
         self.report_tx.send_replace(Some(report));
+    }
+}
+
+impl Engine {
+    /// The managed NATS cluster the daemon was pointed at, if any (a cluster that cannot be
+    /// opened is logged: its `nats_server_kill` faults are then skipped, saying why).
+    fn open_nats_cluster(&self) -> Option<crate::nats_cluster::NatsCluster> {
+        let dir = self.nats_cluster_dir.as_ref()?;
+        match crate::nats_cluster::NatsCluster::open(dir) {
+            Ok(cluster) => Some(cluster),
+            Err(error) => {
+                warn!(%error, "managed NATS cluster not usable");
+                None
+            }
+        }
     }
 }
 
