@@ -262,6 +262,9 @@ async fn handle_command(
         Some(coordinator_message::Body::HealNetwork(_)) => {
             let _ = network.send(NetworkCommand::Heal);
         }
+        Some(coordinator_message::Body::CollectLogs(collect)) => {
+            supervisor.collect_logs(collect.max_bytes_per_process).await;
+        }
         None => {}
     }
 }

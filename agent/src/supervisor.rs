@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use proto::v1::{ProcessExited, ProcessKind, ProcessStarted, Report, Spawn, report, spawn};
+use proto::v1::{
+    ChildLog, ProcessExited, ProcessKind, ProcessStarted, Report, Spawn, report, spawn,
+};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::report::{PROCESS_ENV, SOCKET_ENV, SPEC_ENV};
@@ -84,6 +86,38 @@ impl Supervisor {
             socket,
             running: Arc::default(),
             events,
+        }
+    }
+
+    /// Send the last `max_bytes` of every child log in the log directory as [`ChildLog`]
+    /// reports (the coordinator keeps them with a failed run). Unreadable logs are skipped.
+    pub async fn collect_logs(&self, max_bytes: u64) {
+        let Ok(entries) = std::fs::read_dir(&self.log_dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let Some(process) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".log"))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let Ok((tail, truncated)) = read_tail(&path, max_bytes) else {
+                continue;
+            };
+            let report = Report {
+                body: Some(report::Body::ChildLog(ChildLog {
+                    process,
+                    tail,
+                    truncated,
+                })),
+            };
+            if self.events.send(report).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -221,4 +255,16 @@ pub fn child_guard() {
             std::process::exit(70);
         }
     }
+}
+
+/// The last `max_bytes` of a file, as text, and whether there was more.
+fn read_tail(path: &std::path::Path, max_bytes: u64) -> std::io::Result<(String, bool)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let length = file.metadata()?.len();
+    let start = length.saturating_sub(max_bytes);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes).read_to_end(&mut bytes)?;
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), start > 0))
 }

@@ -46,6 +46,8 @@ fn start_daemons_with(
 ) -> (Daemon, Daemon, String) {
     let mut coordinator = Command::new(bin("coordinator"))
         .args(["--listen", "127.0.0.1:0", "--nats-url", &nats.url()])
+        .arg("--runs-dir")
+        .arg(dir.join("runs"))
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -82,6 +82,8 @@ impl Fleet {
                         "--nats-url",
                         &nats_url,
                     ])
+                    .arg("--runs-dir")
+                    .arg(dir.join("runs"))
                     .stdout(Stdio::null())
                     .stderr(log("coordinator.log")),
             )
@@ -698,7 +700,9 @@ fn rss_line(fleet: &Fleet) -> String {
 /// Beyond CI (docs/CHAOS.md): configs/realistic.yaml — 1500 partitions, 10 producers, 100
 /// workers — on three lab hosts for `PARTI_SIM_SOAK` (default 30m), chaos every 20–60 s
 /// with every executable fault type; prints the report and each component's RSS at the start
-/// and the end. Run with
+/// and the end, and every 5 minutes. `PARTI_SIM_CHECKPOINT_INTERVAL` (e.g. `30s`) overrides
+/// the config's `checkpointing.interval` (30m) for checkpoint numbers (docs/CHECKPOINTS.md).
+/// Run with
 /// `cargo test --release -p coordinator --test lab realistic -- --ignored --nocapture`.
 #[test]
 #[ignore = "a 30-minute run; see docs/CHAOS.md"]
@@ -723,6 +727,14 @@ fn realistic_chaos_soak() {
     .replacen("duration: 12h", &format!("duration: {duration}"), 1)
     .replacen("mode: all-in-one", "mode: coordinator", 1)
     .replacen("mode: embedded", "mode: external", 1);
+    let config = match std::env::var("PARTI_SIM_CHECKPOINT_INTERVAL") {
+        Ok(interval) => config.replacen(
+            "checkpointing:\n  enabled: true\n  interval: 30m",
+            &format!("checkpointing:\n  enabled: true\n  interval: {interval}"),
+            1,
+        ),
+        Err(_) => config,
+    };
     let dir = tempfile::Builder::new()
         .prefix("parti-soak-")
         .tempdir()
@@ -743,12 +755,18 @@ fn realistic_chaos_soak() {
         text(&fleet.simctl(&["status"])).contains("workers 100")
     });
     let at_start = rss_line(&fleet);
+    let started_at = Instant::now();
     println!("RSS at start: {at_start}");
     let total = coordinator::config::parse_duration(&duration).expect("PARTI_SIM_SOAK");
     // Sample until shortly before the drain, so "end" is measured with everything running.
     let end_sample = Instant::now() + total.saturating_sub(Duration::from_secs(120));
+    let mut next_sample = Instant::now() + Duration::from_secs(300);
     while Instant::now() < end_sample {
         std::thread::sleep(Duration::from_secs(5));
+        if Instant::now() >= next_sample {
+            println!("RSS after {:?}: {}", started_at.elapsed(), rss_line(&fleet));
+            next_sample += Duration::from_secs(300);
+        }
     }
     let at_end = rss_line(&fleet);
     println!("RSS near the end: {at_end}");

@@ -367,7 +367,7 @@ fn coordinator_killed_twice_resumes_the_run_and_its_books_match_the_stream() {
 
 #[test]
 fn a_resumed_run_still_fails_for_a_lossy_worker() {
-    let (code, json, report, _fleet) =
+    let (code, json, report, fleet) =
         run_with_kills("  faults:\n    drop_and_ack_one_in: 40\n", false);
     assert_eq!(code, 1, "expected FAIL:\n{report}");
     let reasons: Vec<&str> = json["reasons"]
@@ -384,4 +384,27 @@ fn a_resumed_run_still_fails_for_a_lossy_worker() {
         reasons.iter().all(|r| r.starts_with("loss")),
         "only loss may fail it: {reasons:#?}"
     );
+    // A failed run's directory gets its processes' logs from the agent.
+    let logs = fleet
+        .runs()
+        .join(json["run_id"].as_str().expect("run id"))
+        .join("logs");
+    wait_for(
+        "the agent's child logs arrive",
+        Duration::from_secs(30),
+        || {
+            let names: Vec<String> = std::fs::read_dir(&logs)
+                .map(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let expected = ["host-1-worker-0.log", "host-1-producer-0.log"];
+            (!expected.iter().all(|e| names.iter().any(|n| n == e))).then(|| format!("{names:?}"))
+        },
+    );
+    let worker_log = std::fs::read_to_string(logs.join("host-1-worker-0.log")).expect("worker log");
+    assert!(!worker_log.trim().is_empty(), "an empty log was collected");
 }

@@ -224,6 +224,7 @@ impl Engine {
         match written {
             Ok(Ok(path)) => {
                 run.checkpoints = (generation, Instant::now());
+                run.checkpointed.clone_from(&positions);
                 run.checkpoint_stats.record(bytes, took);
                 info!(run = %run.id, generation, why, bytes, ms = took.as_millis(), path = %path.display(), "checkpoint written");
                 for (agent, (boot_id, number)) in positions {
@@ -393,6 +394,7 @@ fn restore(
         assignment_log: state.assignment_log.into_owned(),
         assignments: crate::assignment_log::watch(nats_url),
         resume_hold: Some((applied.keys().cloned().collect(), now)),
+        checkpointed: applied.clone(),
         applied,
         checkpoints: (0, now),
         checkpoint_stats: super::CheckpointStats::default(),

@@ -413,6 +413,13 @@ impl Engine {
                 record.moved = Some(run.assignment_log.moves - measure.moves_at_start);
                 run.faults.measuring = None;
                 info!(run = %run.id, event = %record.event, took, "recovered");
+                let line = format!(
+                    "recovered from {} {} in {took:.1}s ({} partition moves)",
+                    record.event,
+                    record.target,
+                    record.moved.unwrap_or(0)
+                );
+                run.events.push(line);
             } else if now > measure.deadline {
                 let record = &run.faults.records[measure.index];
                 let what = if measure.awaiting_heal {
@@ -420,13 +427,15 @@ impl Engine {
                 } else {
                     "partitions were not all owned by live workers and consuming"
                 };
-                run.extra_failures.push(format!(
+                let failure = format!(
                     "rebalance: after {} on {} at {:.0}s, {what} within {:?}",
                     record.event,
                     record.target,
                     record.at_s,
                     run.config.coordinator.rebalance_timeout
-                ));
+                );
+                run.events.push(failure.clone());
+                run.extra_failures.push(failure);
                 run.faults.measuring = None;
             }
         }

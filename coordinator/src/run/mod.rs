@@ -171,6 +171,8 @@ struct ActiveRun {
     checkpoint_stats: CheckpointStats,
     /// Report gaps of the registry already turned into failures.
     gaps_seen: usize,
+    /// `applied` as of the last durable checkpoint.
+    checkpointed: BTreeMap<String, (u64, u64)>,
     /// The managed NATS cluster, when the daemon was given one (`nats_server_kill`).
     nats_cluster: Option<crate::nats_cluster::NatsCluster>,
 }
@@ -403,6 +405,7 @@ impl Engine {
             resume_hold: None,
             checkpoint_stats: CheckpointStats::default(),
             gaps_seen: self.registry.gaps().len(),
+            checkpointed: BTreeMap::new(),
             nats_cluster: self.open_nats_cluster(),
         });
         // Write-ahead: the run exists on disk before any process does, so a coordinator
@@ -431,6 +434,12 @@ impl Engine {
         }
         let Some(run) = self.run.as_mut() else { return };
         if run.phase == Phase::Finished {
+            // Only the logs a failed run asked for still count.
+            for report in batch.reports {
+                if let Some(report::Body::ChildLog(log)) = report.body {
+                    save_child_log(run, &batch.agent, &log);
+                }
+            }
             return;
         }
         run.applied
@@ -444,6 +453,7 @@ impl Engine {
             let Some(run) = self.run.as_mut() else { return };
             match body {
                 report::Body::Network(_) => {}
+                report::Body::ChildLog(log) => save_child_log(run, &batch.agent, &log),
                 report::Body::Sent(sent) => {
                     if let Err(error) = run.tracker.sent(Sent {
                         partition: sent.partition,
@@ -689,12 +699,27 @@ impl Engine {
             return;
         }
         self.log_events();
-        let due = self.run.as_ref().is_some_and(|run| {
-            run.config.checkpointing.enabled
-                && now.duration_since(run.checkpoints.1) >= run.config.checkpointing.interval
+        let due = self.run.as_ref().and_then(|run| {
+            if !run.config.checkpointing.enabled {
+                return None;
+            }
+            if now.duration_since(run.checkpoints.1) >= run.config.checkpointing.interval {
+                return Some("interval");
+            }
+            // Agents keep every batch until a checkpoint covers it: a long interval at a
+            // high report rate must not fill their outbox and stall the children.
+            let backlog = run.applied.iter().any(|(agent, (boot, number))| {
+                let covered = run
+                    .checkpointed
+                    .get(agent)
+                    .filter(|(covered_boot, _)| covered_boot == boot)
+                    .map_or(0, |(_, covered)| *covered);
+                number.saturating_sub(covered) >= CHECKPOINT_AFTER_BATCHES
+            });
+            backlog.then_some("agent backlog")
         });
-        if due {
-            self.write_checkpoint("interval").await;
+        if let Some(why) = due {
+            self.write_checkpoint(why).await;
         }
     }
 
@@ -735,14 +760,6 @@ impl Engine {
         let duplicates = run.tracker.snapshot(now_us()).duplicates();
         run.faults.close_duplicates(duplicates);
         run.events.push(format!("finished: {reason}"));
-        for agent in &agents {
-            self.registry
-                .send(
-                    agent,
-                    coordinator_message::Body::Shutdown(proto::v1::Shutdown {}),
-                )
-                .await;
-        }
         // The evidence as judged: `simctl report --run-dir` re-judges this very state.
         let Some(run) = self.run.as_mut() else { return };
         let stats = run.checkpoint_stats;
@@ -755,6 +772,21 @@ impl Engine {
             ));
         }
         let fallback = (run.tracker.snapshot(now_us()), run.id.clone());
+        // The anomalies behind the verdict, with partition and sequence, in the event log.
+        for anomaly in &fallback.0.anomalies {
+            let name = |w: Option<WorkerRef>| {
+                w.and_then(|w| run.worker_names.get(w.0 as usize).cloned())
+                    .unwrap_or_default()
+            };
+            run.events.push(format!(
+                "anomaly {:?}: partition {} seq {} {} {}",
+                anomaly.kind,
+                anomaly.partition,
+                anomaly.seq,
+                name(anomaly.worker),
+                name(anomaly.other_worker)
+            ));
+        }
         run.faults.prepare_checkpoint();
         let run: &ActiveRun = run;
         let state = checkpoint::RunCheckpoint::capture(run, Some(reason));
@@ -806,6 +838,25 @@ impl Engine {
         for (agent, (boot_id, number)) in &run.applied {
             self.registry.release(agent, *boot_id, *number);
         }
+        // A failed run keeps its processes' logs (they arrive as ChildLog reports, written
+        // to logs/ in the run directory); then every process stops.
+        let failed = summary.outcome != Outcome::Pass;
+        for agent in &agents {
+            if failed {
+                let collect = proto::v1::CollectLogs {
+                    max_bytes_per_process: CHILD_LOG_TAIL,
+                };
+                self.registry
+                    .send(agent, coordinator_message::Body::CollectLogs(collect))
+                    .await;
+            }
+            self.registry
+                .send(
+                    agent,
+                    coordinator_message::Body::Shutdown(proto::v1::Shutdown {}),
+                )
+                .await;
+        }
         self.log_events();
         self.publish_status();
         self.status_tx
@@ -826,6 +877,44 @@ impl Engine {
                 None
             }
         }
+    }
+}
+
+/// Report batches of one agent not yet covered by a checkpoint that trigger one before the
+/// interval is up (a batch holds up to 2000 reports; agents stop reading at 512 MiB).
+const CHECKPOINT_AFTER_BATCHES: u64 = 1024;
+
+/// How much of each child's log a failed run keeps.
+const CHILD_LOG_TAIL: u64 = 256 * 1024;
+
+/// Write a collected child log to `logs/<agent>-<process>.log` in the run directory.
+fn save_child_log(run: &ActiveRun, agent: &str, log: &proto::v1::ChildLog) {
+    let safe = |name: &str| -> String {
+        name.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let name = format!("logs/{}-{}.log", safe(agent), safe(&log.process));
+    let mut text = String::new();
+    if log.truncated {
+        text.push_str("[... earlier output not collected ...]\n");
+    }
+    text.push_str(&log.tail);
+    let written = std::fs::create_dir_all(run.dir.root().join("logs"))
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            run.dir
+                .write_file(&name, text.as_bytes())
+                .map_err(|e| e.to_string())
+        });
+    if let Err(error) = written {
+        warn!(run = %run.id, %error, "child log not saved");
     }
 }
 
