@@ -106,7 +106,6 @@ pub(crate) struct Versioned {
     pub revision: u64,
 }
 
-/// Handle on the control bucket.
 /// Whether a publish failed its `Nats-Expected-Last-Subject-Sequence` check: error 10071
 /// (async-nats' `WrongLastSequence`), or 10164, the form a replicated stream's leader answers
 /// with while another expected-sequence write to the same subject is still in flight (it
@@ -142,6 +141,7 @@ async fn wait_until_readable(store: &kv::Store) {
     }
 }
 
+/// Handle on the control bucket.
 #[derive(Debug, Clone)]
 pub(crate) struct ControlBucket {
     js: jetstream::Context,
