@@ -400,19 +400,24 @@ mod tests {
     #[test]
     fn latest_unfinished_skips_finished_runs_and_other_configs() {
         let temp = tempfile::tempdir().expect("tempdir");
-        let make = |id: &str, config: &str, finished: bool| {
+        // Explicit modification times: "newest" must not depend on the clock's resolution.
+        let make = |id: &str, config: &str, finished: bool, age_s: u64| {
             let run = RunDir::new(temp.path(), id, Path::new("./checkpoints"));
             run.create(config, 1).expect("create");
             run.append_events(["started"]).expect("events");
             if finished {
                 run.write_file("report.json", b"{}").expect("report");
             }
+            let modified = std::time::SystemTime::now() - std::time::Duration::from_secs(age_s);
+            File::options()
+                .append(true)
+                .open(run.root().join("events.log"))
+                .and_then(|file| file.set_modified(modified))
+                .expect("set mtime");
         };
-        make("run-a", "a", false);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        make("run-b", "b", false);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        make("run-c", "a", true);
+        make("run-a", "a", false, 30);
+        make("run-b", "b", false, 20);
+        make("run-c", "a", true, 10);
         assert_eq!(
             latest_unfinished(temp.path(), |text| text == "a"),
             Some(temp.path().join("run-a"))

@@ -781,27 +781,13 @@ fn realistic_chaos_soak() {
     fleet.lab_teardown();
 }
 
-/// A run for the link cut: no chaos, long enough for a 30 s cut in its middle.
-const LINK_CUT_CONFIG: &str = r"
-simulation:
-  duration: 75s
-  mode: coordinator
-partitions:
-  count: 8
-  message_rate_per_partition: 5
-producers:
-  count: 2
-  partitions_per_producer: 4
-workers:
-  count: 4
-  processing_delay:
-    min: 1ms
-    max: 3ms
-coordinator:
-  validation_window: 60s
-chaos:
-  enabled: false
-";
+/// A run for the link cut: the manual run (no chaos), 75 s — long enough for a 30 s cut in
+/// its middle — with a validation window that outlasts the cut.
+fn link_cut_config() -> String {
+    MANUAL_CONFIG
+        .replacen("duration: 150s", "duration: 75s", 1)
+        .replacen("validation_window: 30s", "validation_window: 60s", 1)
+}
 
 /// iptables rules (in one host's namespace) that cut it off from the coordinator's port,
 /// both directions: NATS stays reachable, so its producers and workers go on.
@@ -833,7 +819,7 @@ fn a_30s_cut_between_an_agent_and_the_coordinator_loses_no_report() {
         .tempdir()
         .expect("tempdir");
     let config = dir.path().join("link-cut.yaml");
-    std::fs::write(&config, LINK_CUT_CONFIG).expect("config");
+    std::fs::write(&config, link_cut_config()).expect("config");
     let fleet = Fleet::start(dir.path(), 2);
     let started = fleet.simctl(&[
         "start",

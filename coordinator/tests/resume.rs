@@ -8,37 +8,13 @@
 
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use test_support::NatsServer;
-
-struct Daemon(Child);
-
-impl Daemon {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use test_support::{Daemon, NatsServer, simctl};
 
 fn bin(name: &str) -> PathBuf {
     test_support::workspace_binary(name)
-}
-
-fn simctl(endpoint: &str, args: &[&str]) -> Output {
-    Command::new(bin("simctl"))
-        .arg("--coordinator")
-        .arg(endpoint)
-        .args(args)
-        .output()
-        .expect("simctl")
 }
 
 fn text(output: &Output) -> String {

@@ -39,6 +39,35 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// A daemon (coordinator, agent) a test started: SIGKILLed and reaped when dropped, so a
+/// failing test leaves no process behind.
+#[derive(Debug)]
+pub struct Daemon(pub Child);
+
+impl Daemon {
+    /// SIGKILL it now (a crash) and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Run `simctl --coordinator <endpoint> <args>` to completion.
+pub fn simctl(endpoint: &str, args: &[&str]) -> std::process::Output {
+    Command::new(workspace_binary("simctl"))
+        .arg("--coordinator")
+        .arg(endpoint)
+        .args(args)
+        .output()
+        .expect("running simctl")
+}
+
 /// A finished command's stdout and stderr, as one text (for assertions and messages).
 pub fn output_text(output: &std::process::Output) -> String {
     format!(
