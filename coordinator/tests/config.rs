@@ -285,6 +285,7 @@ fn effective_yaml_fills_every_default() {
     for line in [
         "partitions_per_producer: 10",
         "drain_timeout: 2m",
+        "drain_settle: 0s",
         "url: nats://localhost:4222",
         "stream: SIMULATION",
         "assignment_strategy: WeightedConsistentHash",
@@ -323,6 +324,7 @@ coordinator:
   rebalance_timeout: 20s
   stall_timeout: 10s
   drain_timeout: 3m
+  drain_settle: 10s
 chaos:
   enabled: true
   events: [worker_pause, leader_pause, network_degrade, nats_server_kill]

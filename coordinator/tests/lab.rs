@@ -439,6 +439,14 @@ checkpointing:
   enabled: false
 ";
 
+/// Wait until the append-only file `path` holds a line containing `needle` (deadline
+/// `within`): an event that, once written, stays.
+fn wait_for_line(path: &Path, needle: &str, within: Duration) {
+    wait_for(&format!("{needle:?} in {}", path.display()), within, || {
+        std::fs::read_to_string(path).is_ok_and(|text| text.lines().any(|l| l.contains(needle)))
+    });
+}
+
 /// Wait until `condition` holds (polling every 200 ms) or panic with `what`.
 fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -472,6 +480,11 @@ fn network_faults_are_per_host_time_limited_and_removed_after_an_agent_is_killed
     let mut fleet = Fleet::start(dir.path(), 2);
     let started = fleet.simctl(&["start", "--config", config.to_str().expect("utf8")]);
     assert_eq!(started.status.code(), Some(0), "{}", text(&started));
+    let run_id = text(&started)
+        .trim()
+        .strip_prefix("started ")
+        .expect("run id")
+        .to_string();
     wait_for("messages flowing", Duration::from_secs(60), || {
         received(&fleet) > 50
     });
@@ -536,30 +549,41 @@ fn network_faults_are_per_host_time_limited_and_removed_after_an_agent_is_killed
     );
     fleet.wait_for_agents(2);
 
-    // A short degrade on host 2: loss rule and shaping appear, then the agent itself
-    // removes them when the time is up.
+    // A time-limited degrade on host 2: loss rule and shaping appear, then the agent itself
+    // removes them when the time is up. The test follows the run's events.log (appended,
+    // never rewritten), so neither phase can slip by between two looks; the rules are read
+    // once the agent reported them applied, well inside the fault's 15 s.
     let degrade = fleet.simctl(&[
         "chaos",
         "network_degrade",
         "--target",
         "host-2",
         "--duration",
-        "6s",
+        "15s",
     ]);
     assert_eq!(degrade.status.code(), Some(0), "{}", text(&degrade));
+    let events = dir.path().join("runs").join(&run_id).join("events.log");
     let lab = &fleet.lab;
-    wait_for(
-        "loss rule and tbf on host 2",
-        Duration::from_secs(10),
-        || {
-            let rules = lab.iptables_save(lab.host(2)).expect("iptables-save");
-            let qdiscs = lab.qdiscs(lab.host(2)).expect("qdiscs");
-            rules.contains("statistic") && qdiscs.contains("tbf")
-        },
-    );
-    wait_for(
-        "host 2 healed by its agent",
+    wait_for_line(
+        &events,
+        "network fault network_degrade on host-2: NETWORK_FAULT_PHASE_APPLIED",
         Duration::from_secs(20),
+    );
+    let rules = lab.iptables_save(lab.host(2)).expect("iptables-save");
+    let qdiscs = lab.qdiscs(lab.host(2)).expect("qdiscs");
+    assert!(
+        rules.contains("statistic") && qdiscs.contains("tbf"),
+        "loss rule and tbf on host 2 once applied:\n{rules}\n{qdiscs}"
+    );
+    wait_for_line(
+        &events,
+        "network fault network_degrade on host-2: NETWORK_FAULT_PHASE_HEALED",
+        Duration::from_secs(40),
+    );
+    // Healed for good: nothing re-adds the rules now, so this wait cannot miss its state.
+    wait_for(
+        "host 2 clean after its agent healed it",
+        Duration::from_secs(10),
         || {
             !lab.iptables_save(lab.host(2))
                 .expect("iptables-save")
@@ -752,7 +776,13 @@ fn realistic_chaos_soak() {
     ]);
     assert_eq!(started.status.code(), Some(0), "{}", text(&started));
     wait_for("all workers up", Duration::from_secs(300), || {
-        text(&fleet.simctl(&["status"])).contains("workers 100")
+        // At least 100: a fault may already have added one (the count is live, not monotone).
+        text(&fleet.simctl(&["status"]))
+            .split("workers ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n >= 100)
     });
     let at_start = rss_line(&fleet);
     let started_at = Instant::now();

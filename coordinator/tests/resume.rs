@@ -181,6 +181,9 @@ workers:
 coordinator:
   validation_window: 20s
   stall_timeout: 40s
+  # The drain lasts at least this long, so the second kill lands inside it whatever the
+  # machine's speed (it is triggered by the drain's log line, which cannot be missed).
+  drain_settle: 15s
 chaos:
   enabled: true
   interval: 4-6s
@@ -246,14 +249,29 @@ fn run_with_kills(
     fleet.wait_log("resuming run", offset, Duration::from_secs(10));
 
     if during_drain {
-        // Kill 2: while draining (producers were told to stop; the rest is in flight).
-        wait_for("the drain begins", Duration::from_secs(120), || {
-            let status = fleet.status();
-            (!status.contains(" draining ")).then_some(status)
-        });
+        // Kill 2: while draining (producers were told to stop; the rest is in flight). The
+        // drain's log line is appended once and stays: waiting for it cannot miss a drain
+        // that ends quickly, and `drain_settle` keeps the drain going well past the kill.
+        let offset = fleet.wait_log(
+            "draining: stopping producers",
+            offset,
+            Duration::from_secs(120),
+        );
         fleet.kill_coordinator();
         std::thread::sleep(Duration::from_secs(2));
         fleet.start_coordinator(true);
+        // The checkpoint it resumed from was taken while draining (the drain's own
+        // write-ahead checkpoint or a later one): the kill landed inside the drain.
+        fleet.wait_log("resuming run", offset, Duration::from_secs(10));
+        let log = std::fs::read_to_string(fleet.log()).expect("coordinator log");
+        let resumed = log[usize::try_from(offset).expect("offset")..]
+            .lines()
+            .find(|line| line.contains("resuming run"))
+            .expect("the resume line");
+        assert!(
+            resumed.contains("\"draining\""),
+            "the second kill landed outside the drain: {resumed}"
+        );
     }
     wait_for("the run finishes", Duration::from_secs(180), || {
         let status = fleet.status();

@@ -23,6 +23,8 @@ pub(super) struct RawCoordinator {
     stall_timeout: Duration,
     #[serde(with = "human_opt")]
     drain_timeout: Option<Duration>,
+    #[serde(with = "human")]
+    drain_settle: Duration,
 }
 
 impl Default for RawCoordinator {
@@ -34,6 +36,7 @@ impl Default for RawCoordinator {
             rebalance_timeout: defaults.rebalance_timeout,
             stall_timeout: defaults.stall_timeout,
             drain_timeout: None,
+            drain_settle: defaults.drain_settle,
         }
     }
 }
@@ -48,6 +51,7 @@ impl From<RawCoordinator> for CoordinatorConfig {
             strict_duplicates: raw.strict_duplicates,
             rebalance_timeout: raw.rebalance_timeout,
             stall_timeout: raw.stall_timeout,
+            drain_settle: raw.drain_settle,
         }
     }
 }

@@ -335,6 +335,11 @@ pub struct CoordinatorConfig {
     /// `validation_window` capped to 2m, see [`CoordinatorConfig::default_drain`]).
     #[serde(serialize_with = "human::serialize")]
     pub drain_timeout: Duration,
+    /// Extension: the drain lasts at least this long even when everything sent has already
+    /// been processed, so redeliveries and reports that arrive after the last message still
+    /// count (default 0s: the run ends as soon as it has caught up). At most `drain_timeout`.
+    #[serde(serialize_with = "human::serialize")]
+    pub drain_settle: Duration,
 }
 
 impl CoordinatorConfig {
@@ -357,6 +362,7 @@ impl Default for CoordinatorConfig {
             rebalance_timeout: Duration::from_secs(60),
             stall_timeout: Duration::from_secs(30),
             drain_timeout: Self::default_drain(validation_window),
+            drain_settle: Duration::ZERO,
         }
     }
 }

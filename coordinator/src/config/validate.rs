@@ -199,6 +199,12 @@ impl Config {
         p.positive_duration("coordinator.rebalance_timeout", c.rebalance_timeout);
         p.positive_duration("coordinator.stall_timeout", c.stall_timeout);
         p.positive_duration("coordinator.drain_timeout", c.drain_timeout);
+        p.ordered_durations(
+            "coordinator.drain_settle",
+            c.drain_settle,
+            c.drain_timeout,
+            "coordinator.drain_timeout",
+        );
     }
 
     fn check_chaos(&self, p: &mut Problems) {

@@ -327,7 +327,8 @@ impl Engine {
             downtime.as_secs_f64()
         ));
         let id = run.id.clone();
-        info!(run = %id, generation, downtime_s = downtime.as_secs_f64(), "resuming run");
+        let phase = run.phase.name();
+        info!(run = %id, generation, phase, downtime_s = downtime.as_secs_f64(), "resuming run");
         // Agents resend what this checkpoint did not cover; those already connected are
         // made to reconnect so they do.
         run.gaps_seen = self.registry.gaps().len();

@@ -111,6 +111,17 @@ pub enum Phase {
     Finished,
 }
 
+impl Phase {
+    /// The phase's name, as `simctl status` and the logs show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Draining { .. } => "draining",
+            Self::Finished => "finished",
+        }
+    }
+}
+
 /// What a worker last reported about itself.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerView {
@@ -681,8 +692,10 @@ impl Engine {
             Phase::Draining { since } if end_reason.is_none() => {
                 let producers_done = run.producers_alive.values().all(|alive| !alive);
                 let caught_up = producers_done && snapshot.in_flight == 0 && snapshot.missing == 0;
-                if caught_up
-                    || run_time.saturating_sub(since) >= run.config.coordinator.drain_timeout
+                let draining_for = run_time.saturating_sub(since);
+                let coordinator = &run.config.coordinator;
+                if (caught_up && draining_for >= coordinator.drain_settle)
+                    || draining_for >= coordinator.drain_timeout
                 {
                     end_reason = Some(if caught_up {
                         "drained"
@@ -726,11 +739,7 @@ impl Engine {
     fn publish_status(&self) {
         let Some(run) = &self.run else { return };
         let snapshot = run.tracker.snapshot(now_us());
-        let phase = match run.phase {
-            Phase::Running => "running",
-            Phase::Draining { .. } => "draining",
-            Phase::Finished => "finished",
-        };
+        let phase = run.phase.name();
         let alive: Vec<&WorkerView> = run.workers.values().filter(|w| w.alive).collect();
         self.status_tx.send_replace(RunStatus {
             run_id: run.id.clone(),
