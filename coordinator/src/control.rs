@@ -13,8 +13,8 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 use crate::agents::AgentRegistry;
-use crate::config::{ChaosEvent, Config};
 use crate::run::{Command, EngineHandle, InjectOptions, StartError};
+use sim_core::config::{ChaosEvent, Config};
 
 /// Serves simctl.
 #[derive(Debug, Clone)]

@@ -2,37 +2,24 @@
 //! workers on agents, tracks every message, and gives the verdict.
 //!
 //! Layout:
-//! - [`config`]: the YAML run configuration (the plan's schema), defaults and validation.
-//! - [`tracker`]: per-partition message accounting and the verdict's evidence.
-//! - [`chaos`]: the seeded fault schedule and fault records.
+//! The offline half (config, tracker, ownership evidence, chaos schedule, run directory,
+//! report) is the `sim-core` crate; managed nats-servers are the `nats-cluster` crate.
+//!
 //! - [`agents`]: connected agents and the `Agent` gRPC service (lossless report intake).
 //! - [`run`]: the run engine (placement, phases, stall detection, verdict).
 //! - [`placement`]: which process runs where, with which spec.
 //! - [`stream`]: the JetStream stream of a run.
-//! - [`report`]: the final report (text, JSON, JUnit).
 //! - [`control`]: the `Control` gRPC service for simctl.
-//! - [`ownership`]: processing without ownership (statuses vs processed reports).
-//! - [`managed`]: child processes simctl manages (nats-server, coordinator, agent).
-//! - [`rundir`]: a run's directory: config, events, checkpoints, final state, reports.
-//! - [`nats_cluster`]: a managed JetStream cluster described by a directory, so another
-//!   process can kill and restart its servers.
+//! - [`assignment_log`]: parti's assignment history, watched and checked.
 
 #![forbid(unsafe_code)]
 
 pub mod agents;
 pub mod assignment_log;
-pub mod chaos;
-pub mod config;
 pub mod control;
-pub mod managed;
-pub mod nats_cluster;
-pub mod ownership;
 pub mod placement;
-pub mod report;
 pub mod run;
-pub mod rundir;
 pub mod stream;
-pub mod tracker;
 
 use std::future::Future;
 
@@ -46,7 +33,7 @@ pub struct ServeOptions {
     /// Use this NATS URL instead of the config's (simctl run's managed server); one URL or a
     /// comma-separated list of a cluster's servers.
     pub nats_url: Option<String>,
-    /// The directory of the managed NATS cluster simctl started (see [`nats_cluster`]), for
+    /// The directory of the managed NATS cluster simctl started (see the `nats-cluster` crate), for
     /// faults that kill and restart its servers (`nats_server_kill`).
     pub nats_cluster_dir: Option<std::path::PathBuf>,
     /// Test aid: pause this long before applying each report batch (a slow coordinator).

@@ -7,7 +7,7 @@ use proto::v1::{
     PartitionEntry, PartitionMap, ProducerSpec, Spawn, WorkerFaults, WorkerSpec, spawn,
 };
 
-use crate::config::Config;
+use sim_core::config::Config;
 
 /// (agent, process slot, spec) for every process of a run.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -6,7 +6,7 @@ use anyhow::Context;
 use async_nats::jetstream::{self, kv, stream};
 use proto::v1::PartitionMap;
 
-use crate::config::Config;
+use sim_core::config::Config;
 
 /// Delete what a previous run left (the stream and parti's control bucket), then create the
 /// stream: limits retention (a restarted producer resumes from the last message of its

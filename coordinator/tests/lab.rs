@@ -787,7 +787,7 @@ fn realistic_chaos_soak() {
     let at_start = rss_line(&fleet);
     let started_at = Instant::now();
     println!("RSS at start: {at_start}");
-    let total = coordinator::config::parse_duration(&duration).expect("PARTI_SIM_SOAK");
+    let total = sim_core::config::parse_duration(&duration).expect("PARTI_SIM_SOAK");
     // Sample until shortly before the drain, so "end" is measured with everything running.
     let end_sample = Instant::now() + total.saturating_sub(Duration::from_secs(120));
     let mut next_sample = Instant::now() + Duration::from_secs(300);

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
-use coordinator::config::Config;
-use coordinator::nats_cluster::{NatsCluster, NatsClusterError};
+use nats_cluster::{NatsCluster, NatsClusterError};
+use sim_core::config::Config;
 use test_support::eventually;
 
 /// A run config with a three-server cluster and small JetStream limits (three servers share

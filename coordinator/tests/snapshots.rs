@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use coordinator::report::{Outcome, RunSummary};
-use coordinator::tracker::{Processed, Sent, Tracker, TrackerConfig, WorkerRef};
+use sim_core::report::{Outcome, RunSummary};
+use sim_core::tracker::{Processed, Sent, Tracker, TrackerConfig, WorkerRef};
 
 fn check(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -72,7 +72,7 @@ fn report_text_of_a_failed_run() {
         }
     }
     tracker.finish(10_000_000);
-    use coordinator::tracker::Verdict as _;
+    use sim_core::tracker::Verdict as _;
     let summary = RunSummary {
         run_id: "run-snapshot".into(),
         outcome: Outcome::Fail,

@@ -38,6 +38,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
 use parti::{Manager, Partition, PartitionSource, RoundRobin};
 
 async fn start_many(
@@ -57,6 +59,62 @@ async fn stable(managers: &[Manager], source: &StaticSource) {
             && leaders(&refs) == 1
             && fully_assigned(&refs, source)
             && refs.iter().all(|m| m.assignment().borrow().version > 0)
+    })
+    .await;
+}
+
+/// The control bucket the managers of `config` share.
+async fn control_bucket(url: &str, config: &Config) -> kv::Store {
+    jetstream::new(connect(url).await)
+        .get_key_value(&config.bucket)
+        .await
+        .expect("control bucket")
+}
+
+/// Whether `key` holds a live value (not absent, deleted or expired). A read error counts
+/// as live: the caller waits on, up to its deadline.
+async fn live(bucket: &kv::Store, key: &str) -> bool {
+    match bucket.entry(key).await {
+        Ok(entry) => entry.is_some_and(|e| e.operation == kv::Operation::Put),
+        Err(_) => true,
+    }
+}
+
+/// Whether a fresh claimer (no identity token) may take `worker_id`: its `id.` lease is
+/// gone and no identity token reserves it any more (`token.<hash>` → id, with a TTL) — what
+/// parti's claim checks.
+async fn id_claimable(bucket: &kv::Store, worker_id: &str) -> bool {
+    if live(bucket, &format!("id.{worker_id}")).await {
+        return false;
+    }
+    let Ok(mut keys) = bucket.keys().await else {
+        return false;
+    };
+    while let Some(key) = keys.next().await {
+        let Ok(key) = key else {
+            return false;
+        };
+        if !key.starts_with("token.") {
+            continue;
+        }
+        match bucket.entry(&key).await {
+            Ok(Some(entry))
+                if entry.operation == kv::Operation::Put
+                    && entry.value.as_ref() == worker_id.as_bytes() =>
+            {
+                return false;
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Wait (bounded) until the server has expired `worker_id`'s lease and any reservation of it.
+async fn until_id_claimable(bucket: &kv::Store, worker_id: &str) {
+    eventually(&format!("{worker_id} expired and unreserved"), LONG, || {
+        id_claimable(bucket, worker_id)
     })
     .await;
 }
@@ -110,8 +168,10 @@ async fn dead_holders_id_expires_and_token_reclaims_at_once() {
     assert_eq!(other.worker_id(), "worker-1", "a live id is never shared");
     drop(again);
     drop(other);
-    // Without a token: after the TTL the lowest id is free again.
-    tokio::time::sleep(Config::fast_for_tests().worker_id_ttl + Duration::from_secs(2)).await;
+    // Without a token: once the server has expired the dead holder's lease (and the token's
+    // reservation of it), the lowest id is free again.
+    let bucket = control_bucket(&server.url(), &with_token).await;
+    until_id_claimable(&bucket, "worker-0").await;
     let fresh = start(&server.url(), Config::fast_for_tests(), &source).await;
     assert_eq!(fresh.worker_id(), "worker-0");
     fresh.stop().await;
@@ -152,7 +212,8 @@ async fn token_gets_its_released_id_back_not_the_lowest_free() {
         "the token's own id, not worker-0"
     );
     // The reservation of a slot that never returns ends with worker_id_ttl.
-    tokio::time::sleep(Config::fast_for_tests().worker_id_ttl + Duration::from_secs(2)).await;
+    let bucket = control_bucket(&server.url(), &Config::fast_for_tests()).await;
+    until_id_claimable(&bucket, "worker-0").await;
     let later = start(&server.url(), Config::fast_for_tests(), &source).await;
     assert_eq!(
         later.worker_id(),
@@ -376,6 +437,11 @@ async fn refresh_partitions_follows_the_source() {
         managers.iter().for_each(Manager::refresh_partitions);
         stable(&managers, &source).await;
     }
+    let version_before = managers
+        .iter()
+        .map(|m| m.assignment().borrow().version)
+        .max()
+        .unwrap_or(0);
     let reweighted: Vec<Partition> = source
         .list_partitions()
         .into_iter()
@@ -387,6 +453,30 @@ async fn refresh_partitions_follows_the_source() {
         .collect();
     source.update(reweighted);
     managers.iter().for_each(Manager::refresh_partitions);
+    // The old assignment already covers the same partition ids once, so `stable` alone
+    // would pass at once: first wait for a version written after the reweight.
+    eventually("every manager past the reweight", LONG, || async {
+        managers
+            .iter()
+            .all(|m| m.assignment().borrow().version > version_before)
+    })
+    .await;
     stable(&managers, &source).await;
+    let weights: BTreeMap<String, i64> = source
+        .list_partitions()
+        .iter()
+        .map(|p| (p.id(), p.weight))
+        .collect();
+    for manager in &managers {
+        for partition in &manager.assignment().borrow().partitions {
+            assert_eq!(
+                weights.get(&partition.id()),
+                Some(&partition.weight),
+                "{} holds {} with a stale weight",
+                manager.worker_id(),
+                partition.id()
+            );
+        }
+    }
     stop_all(managers).await;
 }

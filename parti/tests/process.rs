@@ -399,8 +399,20 @@ async fn worker_paused_past_its_id_ttl_stops_and_never_shares_its_id() {
         .expect("a follower");
     let paused_id = workers[paused].worker_id();
     workers[paused].signal(Signal::SIGSTOP);
-    // Wait past the id TTL, then a new process must be able to take that id.
-    tokio::time::sleep(config.worker_id_ttl + Duration::from_secs(1)).await;
+    // Wait until the server has expired the paused worker's id lease (it cannot renew it),
+    // then a new process must be able to take that id.
+    let bucket = jetstream::new(connect(&server.url()).await)
+        .get_key_value(&config.bucket)
+        .await
+        .expect("control bucket");
+    let id_key = format!("id.{paused_id}");
+    eventually(&format!("{id_key} expired while paused"), LONG, || async {
+        bucket
+            .entry(&id_key)
+            .await
+            .is_ok_and(|entry| entry.is_none_or(|e| e.operation != jetstream::kv::Operation::Put))
+    })
+    .await;
     workers.push(Worker::spawn(&server.url(), &config));
     let newcomer = workers.len() - 1;
     eventually(

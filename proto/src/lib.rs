@@ -1,6 +1,9 @@
 //! The parti-sim wire protocol, package `sim.v1`, generated from `proto/sim/v1/sim.proto`.
 //!
-//! Layout: [`v1`] holds the messages and the `Agent` / `Control` clients and servers.
+//! Layout: [`v1`] holds the messages and the `Agent` / `Control` clients and servers;
+//! `convert` turns `sim-core` values into wire messages.
+
+mod convert;
 
 /// The NATS KV bucket the coordinator keeps run-wide state in (see [`v1::PartitionMap`]).
 pub const SIM_BUCKET: &str = "parti-sim";

@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use coordinator::config::Config;
-use coordinator::managed;
-use coordinator::nats_cluster::NatsCluster;
+use nats_cluster::NatsCluster;
+use nats_cluster::managed;
 use proto::v1::control_client::ControlClient;
 use proto::v1::{
     AgentsRequest, InjectRequest, ReportRequest, RunReport, RunStatus, StartRequest, StatusRequest,
     StopRequest, Verdict, WatchRequest,
 };
+use sim_core::config::Config;
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
@@ -177,7 +177,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
                 config.partitions.count,
                 config.producers.count,
                 config.workers.count,
-                coordinator::config::format_duration(config.simulation.duration)
+                sim_core::config::format_duration(config.simulation.duration)
             );
             Ok(0)
         }
@@ -317,7 +317,7 @@ fn load(path: &Path) -> Result<Config, Exit> {
 fn parse_duration(text: Option<&str>) -> Result<u64, Exit> {
     match text {
         None => Ok(0),
-        Some(text) => coordinator::config::parse_duration(text)
+        Some(text) => sim_core::config::parse_duration(text)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .map_err(|e| bad_input(anyhow::anyhow!("--duration {text:?}: {e}"))),
     }
@@ -431,7 +431,7 @@ async fn watch(client: &mut ControlClient<Channel>) -> Result<(), Exit> {
 /// Judge a run directory offline: its final state, or its latest checkpoint.
 fn offline_report(dir: &Path) -> Result<RunReport, Exit> {
     use coordinator::run::{RunCheckpoint, summarize};
-    use coordinator::rundir::RunDir;
+    use sim_core::rundir::RunDir;
     let config = load(&dir.join("config.yaml"))?;
     let run = RunDir::open(dir, &config.checkpointing.path);
     let (body, source) = match run.read_final() {
@@ -455,7 +455,7 @@ fn offline_report(dir: &Path) -> Result<RunReport, Exit> {
     let state = RunCheckpoint::from_json(&body)
         .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", dir.display())))?;
     let summary = summarize(&state).map_err(|e| bad_input(anyhow::anyhow!("{e}")))?;
-    let report = summary.to_report();
+    let report = proto::v1::RunReport::from(&summary);
     eprintln!("parti-sim: judged {} from its {source}", dir.display());
     // The verdict recorded when the run finished, for comparison.
     if let Ok(text) = std::fs::read_to_string(dir.join("report.json")) {

@@ -29,12 +29,12 @@ use super::clock::{RunClock, millis};
 use super::faults::FaultState;
 use super::{ActiveRun, Engine, Phase, StartError, WorkerView, now_us, tracker_config};
 use crate::assignment_log::AssignmentLog;
-use crate::config::Config;
-use crate::ownership::OwnershipCheck;
 use crate::placement::Placement;
-use crate::report::{Outcome, RunSummary};
-use crate::rundir::RunDir;
-use crate::tracker::{Tracker, TrackerState, Verdict as _, WorkerRef};
+use sim_core::config::Config;
+use sim_core::ownership::OwnershipCheck;
+use sim_core::report::{Outcome, RunSummary};
+use sim_core::rundir::RunDir;
+use sim_core::tracker::{Tracker, TrackerState, Verdict as _, WorkerRef};
 
 /// The state of a run, as written to `checkpoints/ckpt-*.json` and `final.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,7 +176,7 @@ pub fn summarize(state: &RunCheckpoint<'_>) -> Result<RunSummary, String> {
         tracker: snapshot,
         worker_names: state.worker_names.to_vec(),
         events: state.events.to_vec(),
-        fault_stats: crate::chaos::stats(&state.faults.records),
+        fault_stats: sim_core::chaos::stats(&state.faults.records),
         faults: state.faults.records.clone(),
         assignment_versions: log.versions,
         partition_moves: log.moves,
@@ -270,7 +270,7 @@ impl Engine {
         }
         let root = match run_dir {
             Some(dir) => dir,
-            None => crate::rundir::latest_unfinished(&self.runs_dir, |text| {
+            None => sim_core::rundir::latest_unfinished(&self.runs_dir, |text| {
                 config
                     .as_ref()
                     .is_none_or(|wanted| same_config(text, wanted))

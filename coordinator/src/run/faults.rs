@@ -24,12 +24,12 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{ActiveRun, Engine, Phase};
-use crate::chaos::{
+use crate::placement::Placement;
+use sim_core::chaos::{
     ChaosPlan, ChaosPlanState, DEGRADE_DELAY_MS, DEGRADE_FOR, DEGRADE_LOSS, DEGRADE_RATE_KBIT,
     FaultRecord, PAUSE_FOR, RESPAWN_AFTER,
 };
-use crate::config::{ChaosEvent, Config};
-use crate::placement::Placement;
+use sim_core::config::{ChaosEvent, Config};
 
 /// Chaos and healing state of one run. Every time in it is run time (since the run
 /// started, on the run's clock), so the whole state goes into a checkpoint as it is.
@@ -592,7 +592,7 @@ impl Engine {
                     Some(cluster) => {
                         let dir = cluster.dir().to_path_buf();
                         let killed = tokio::task::spawn_blocking(move || {
-                            crate::nats_cluster::NatsCluster::open(&dir)
+                            nats_cluster::NatsCluster::open(&dir)
                                 .and_then(|cluster| cluster.kill(index))
                         })
                         .await;
@@ -1015,7 +1015,7 @@ fn restart_nats_server(run: &mut ActiveRun, index: usize, now: Duration) {
     run.events.push(format!("NATS server n{index} restarted"));
     let id = run.id.clone();
     tokio::spawn(async move {
-        let result = match crate::nats_cluster::NatsCluster::open(&dir) {
+        let result = match nats_cluster::NatsCluster::open(&dir) {
             Ok(cluster) => cluster.restart(index).await,
             Err(error) => Err(error),
         };

@@ -29,12 +29,12 @@ use clock::RunClock;
 
 use crate::agents::{AgentRegistry, IngestBatch};
 use crate::assignment_log::AssignmentLog;
-use crate::config::{ChaosEvent, Config};
-use crate::ownership::OwnershipCheck;
 use crate::placement::{self, PlacedSpawn, Placement};
-use crate::report::{Outcome, RunSummary};
-use crate::rundir::RunDir;
-use crate::tracker::{Processed, Sent, Tracker, TrackerConfig, WorkerRef};
+use sim_core::config::{ChaosEvent, Config};
+use sim_core::ownership::OwnershipCheck;
+use sim_core::report::{Outcome, RunSummary};
+use sim_core::rundir::RunDir;
+use sim_core::tracker::{Processed, Sent, Tracker, TrackerConfig, WorkerRef};
 
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +185,7 @@ struct ActiveRun {
     /// `applied` as of the last durable checkpoint.
     checkpointed: BTreeMap<String, (u64, u64)>,
     /// The managed NATS cluster, when the daemon was given one (`nats_server_kill`).
-    nats_cluster: Option<crate::nats_cluster::NatsCluster>,
+    nats_cluster: Option<nats_cluster::NatsCluster>,
 }
 
 /// Checkpoints written by this coordinator process for the run.
@@ -825,7 +825,7 @@ impl Engine {
             }
         });
         info!(run = %run.id, outcome = ?summary.outcome, "run finished");
-        let report = summary.to_report();
+        let report = proto::v1::RunReport::from(&summary);
         let files = match serde_json::to_vec(&state) {
             Ok(body) => run.dir.write_final(&body),
             Err(error) => {
@@ -877,9 +877,9 @@ impl Engine {
 impl Engine {
     /// The managed NATS cluster the daemon was pointed at, if any (a cluster that cannot be
     /// opened is logged: its `nats_server_kill` faults are then skipped, saying why).
-    fn open_nats_cluster(&self) -> Option<crate::nats_cluster::NatsCluster> {
+    fn open_nats_cluster(&self) -> Option<nats_cluster::NatsCluster> {
         let dir = self.nats_cluster_dir.as_ref()?;
-        match crate::nats_cluster::NatsCluster::open(dir) {
+        match nats_cluster::NatsCluster::open(dir) {
             Ok(cluster) => Some(cluster),
             Err(error) => {
                 warn!(%error, "managed NATS cluster not usable");

@@ -3,14 +3,14 @@
 //! with defaults, validation and a dump of the effective config.
 //!
 //! ```
-//! # use coordinator::config::Config;
+//! # use sim_core::config::Config;
 //! let config = Config::from_yaml_str(
 //!     "simulation: {duration: 45s}\n\
 //!      partitions: {count: 16, message_rate_per_partition: 5}\n\
 //!      workers: {count: 3}\n",
 //! )?;
 //! assert_eq!(config.producer_partitions(), vec![(0..16).collect::<Vec<u32>>()]);
-//! # Ok::<(), coordinator::config::ConfigError>(())
+//! # Ok::<(), sim_core::config::ConfigError>(())
 //! ```
 //!
 //! YAML is read with `serde_yaml_ng`: a maintained fork of the archived `serde_yaml` with

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::{NatsClusterError, io_error};
-use crate::config::JetStreamConfig;
+use sim_core::config::JetStreamConfig;
 
 /// The JetStream cluster's name (routes are explicit, so several clusters on one machine
 /// never meet even with the same name).
@@ -80,7 +80,7 @@ pub(super) fn server_conf(
     cluster: Option<(u16, &[u16])>,
 ) -> String {
     let mut text = format!(
-        "# Written by parti-sim (coordinator/src/nats_cluster).\n\
+        "# Written by parti-sim (the nats-cluster crate).\n\
          server_name: {name:?}\n\
          listen: \"127.0.0.1:{client_port}\"\n\
          jetstream {{\n\

@@ -28,13 +28,16 @@
 //! 2 minutes): a SIGKILL leaves written data in the page cache, so killing a server tests
 //! process crashes, not power loss. See `docs/NATS.md`.
 //!
-//! Layout of the module:
+//! Layout of the crate:
 //! - this file: [`NatsCluster`], the handle (start, open, kill, restart, stop).
+//! - [`managed`]: single managed processes (one nats-server, the coordinator, an agent)
+//!   that `simctl run` starts and stops.
 //! - `layout`: the directory's files ([`ClusterDescription`], server configs, ports).
 //! - `error`: [`NatsClusterError`].
 
 mod error;
 mod layout;
+pub mod managed;
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -48,9 +51,9 @@ use nix::unistd::Pid;
 pub use error::NatsClusterError;
 pub use layout::{ClusterDescription, ServerDescription};
 
-use crate::config::JetStreamConfig;
 use error::io_error;
 use layout::{CLUSTER_NAME, FORMAT, free_ports, server_conf, server_dir, write_atomically};
+use sim_core::config::JetStreamConfig;
 
 /// The file in a cluster directory that describes the cluster.
 pub const DESCRIPTION_FILE: &str = "cluster.json";
@@ -96,8 +99,7 @@ impl NatsCluster {
                 path: description_path,
             });
         }
-        let binary =
-            crate::managed::nats_server_binary().map_err(|_| NatsClusterError::BinaryNotFound)?;
+        let binary = managed::nats_server_binary().map_err(|_| NatsClusterError::BinaryNotFound)?;
         let binary = std::path::absolute(&binary).map_err(io_error("resolving", &binary))?;
         let ports = free_ports(2 * size)?;
         let (client_ports, cluster_ports) = ports.split_at(size);

@@ -8,13 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use coordinator::config::{
-    AssignmentStrategy, ChaosEvent, Config, ConfigError, Distribution, Interval, NatsMode,
-    SimulationMode, format_duration, parse_duration,
-};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use sim_core::config::{
+    AssignmentStrategy, ChaosEvent, Config, ConfigError, Distribution, Interval, NatsMode,
+    SimulationMode, format_duration, parse_duration,
+};
 
 fn configs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")

@@ -1,6 +1,5 @@
 //! The final report: human text, JSON, and JUnit XML for CI systems.
 
-use proto::v1::{RunReport, Verdict};
 use serde::Serialize;
 
 use crate::chaos::{FaultRecord, FaultStats};
@@ -235,22 +234,6 @@ impl RunSummary {
         }
         xml.push_str("</testsuite>\n");
         xml
-    }
-
-    /// The wire report.
-    pub fn to_report(&self) -> RunReport {
-        let verdict = match self.outcome {
-            Outcome::Pass => Verdict::Pass,
-            _ => Verdict::Fail,
-        };
-        RunReport {
-            verdict: verdict as i32,
-            reasons: self.reasons.clone(),
-            text: self.text(),
-            json: serde_json::to_string_pretty(self).unwrap_or_default(),
-            junit: self.junit(),
-            infrastructure: self.outcome == Outcome::Infrastructure,
-        }
     }
 }
 

@@ -1,15 +1,15 @@
 //! Tracker benchmarks: ingest throughput on one core, plus the periodic `expire` and
 //! `snapshot` calls, at 1500 partitions.
 //!
-//! Run with `cargo bench -p coordinator --bench tracker`. The ingest group reports
+//! Run with `cargo bench -p sim-core --bench tracker`. The ingest group reports
 //! throughput in elements/s, where one element is one Sent or Processed report.
 
 use std::hint::black_box;
 
-use coordinator::tracker::{Processed, Sent, Tracker, TrackerConfig, WorkerRef};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sim_core::tracker::{Processed, Sent, Tracker, TrackerConfig, WorkerRef};
 
 const PARTITIONS: u32 = 1500;
 /// Messages per partition; 1500 × 200 messages = 600 000 reports per iteration.

@@ -1,6 +1,6 @@
 //! Processes `simctl run` starts and owns: a nats-server, the coordinator daemon and one
 //! agent. Each is a real child process, stopped (SIGTERM, then SIGKILL) when dropped.
-//! A cluster of several nats-servers is [`crate::nats_cluster`]'s.
+//! A cluster of several nats-servers is [`crate`]'s.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -152,7 +152,7 @@ fn start_and_wait<T: Send + 'static>(
 /// they go into a small config file).
 pub fn start_nats(
     dir: &Path,
-    limits: &crate::config::JetStreamConfig,
+    limits: &sim_core::config::JetStreamConfig,
 ) -> anyhow::Result<(ManagedProcess, String)> {
     let store = dir.join("nats-store");
     std::fs::create_dir_all(&store)?;
@@ -186,7 +186,7 @@ pub fn start_nats(
 
 /// Start the coordinator daemon on a free port; returns its `http://` endpoint. `nats_url`
 /// may list several servers (comma-separated); `nats_cluster_dir` names a managed cluster's
-/// directory (see [`crate::nats_cluster`]).
+/// directory (see [`crate`]).
 pub fn start_coordinator(
     dir: &Path,
     nats_url: &str,

@@ -1,0 +1,26 @@
+//! Conversions between the wire types and `sim-core`'s: the wire carries what the core
+//! decided, it never decides anything itself.
+
+use sim_core::report::{Outcome, RunSummary};
+
+use crate::v1::{RunReport, Verdict};
+
+impl From<&RunSummary> for RunReport {
+    /// The wire report of a judged run: the verdict (an infrastructure failure is a FAIL
+    /// with `infrastructure` set, so old clients never read it as a pass), its reasons, and
+    /// the three renderings.
+    fn from(summary: &RunSummary) -> Self {
+        let verdict = match summary.outcome {
+            Outcome::Pass => Verdict::Pass,
+            Outcome::Fail | Outcome::Infrastructure => Verdict::Fail,
+        };
+        Self {
+            verdict: verdict as i32,
+            reasons: summary.reasons.clone(),
+            text: summary.text(),
+            json: serde_json::to_string_pretty(summary).unwrap_or_default(),
+            junit: summary.junit(),
+            infrastructure: summary.outcome == Outcome::Infrastructure,
+        }
+    }
+}

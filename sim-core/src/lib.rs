@@ -1,0 +1,20 @@
+//! parti-sim's offline core: everything judging a run needs, and nothing that talks to a
+//! network or needs an async runtime. The coordinator daemon feeds it live; `simctl report
+//! --run-dir` feeds it a run directory; both reach the same verdict from the same state.
+//!
+//! Layout:
+//! - [`config`]: the YAML run configuration (the plan's schema), defaults and validation.
+//! - [`tracker`]: per-partition message accounting and the verdict's evidence.
+//! - [`ownership`]: processing without ownership (statuses vs processed reports).
+//! - [`chaos`]: the seeded fault schedule and fault records.
+//! - [`rundir`]: a run's directory: config, events, checkpoints, final state, reports.
+//! - [`report`]: the final report (text, JSON, JUnit).
+
+#![forbid(unsafe_code)]
+
+pub mod chaos;
+pub mod config;
+pub mod ownership;
+pub mod report;
+pub mod rundir;
+pub mod tracker;
