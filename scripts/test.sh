@@ -7,6 +7,9 @@ cd "$root"
 ./scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Documentation is part of the contract (the child report format, the config schema): a broken
+# intra-doc link or an unescaped tag fails the run like a lint.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 # Integration tests start other packages' binaries (the coordinator's tests fork `agent`), and
 # `cargo test` only builds the binaries of the package under test: build them all first.
 cargo build --workspace --bins --locked

@@ -6,7 +6,7 @@
 //! last message of its subject in the stream, so a restarted producer continues the count.
 //!
 //! The partitions published are those the run's partition map gives this producer
-//! ([`crate::partition_map`]), followed while running: a partition added mid-run starts at
+//! (`partition_map`), followed while running: a partition added mid-run starts at
 //! its stream's last sequence + 1, a removed one stops (its in-flight publish completes).
 
 use std::time::Duration;

@@ -283,10 +283,10 @@ async fn serve_socket(listener: UnixListener, reports: mpsc::Sender<Report>) {
                 match serde_json::from_str::<ChildReport>(&line) {
                     Ok(ChildReport::Hello { process: name }) => process = name,
                     Ok(report) => {
-                        if let Some(report) = report.into_proto(&process) {
-                            if reports.send(report).await.is_err() {
-                                return;
-                            }
+                        if let Some(report) = report.into_proto(&process)
+                            && reports.send(report).await.is_err()
+                        {
+                            return;
                         }
                     }
                     Err(error) => warn!(%process, %error, "unreadable report line ignored"),

@@ -250,10 +250,10 @@ impl Supervisor {
 /// the parent checked, so an agent that died before the call is not missed.
 pub fn child_guard() {
     let _ = nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL));
-    if let Ok(expected) = std::env::var(PARENT_ENV) {
-        if nix::unistd::getppid().as_raw().to_string() != expected {
-            std::process::exit(70);
-        }
+    if let Ok(expected) = std::env::var(PARENT_ENV)
+        && nix::unistd::getppid().as_raw().to_string() != expected
+    {
+        std::process::exit(70);
     }
 }
 

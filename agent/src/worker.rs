@@ -122,7 +122,8 @@ impl SimHandler {
             };
             let count = self.handled.fetch_add(1, Ordering::SeqCst) + 1;
             let faults = self.spec.faults.unwrap_or_default();
-            if faults.drop_and_ack_one_in > 0 && count % u64::from(faults.drop_and_ack_one_in) == 0
+            if faults.drop_and_ack_one_in > 0
+                && count.is_multiple_of(u64::from(faults.drop_and_ack_one_in))
             {
                 tracing::warn!(
                     partition = message.partition_id,

@@ -148,10 +148,10 @@ pub fn watch(url: String) -> mpsc::Receiver<(u64, Value)> {
             if entry.operation != jetstream::kv::Operation::Put {
                 continue;
             }
-            if let Ok(doc) = serde_json::from_slice::<Value>(&entry.value) {
-                if tx.send((entry.revision, doc)).await.is_err() {
-                    return;
-                }
+            if let Ok(doc) = serde_json::from_slice::<Value>(&entry.value)
+                && tx.send((entry.revision, doc)).await.is_err()
+            {
+                return;
             }
         }
     });

@@ -35,13 +35,13 @@ impl KeepOnFailure {
 
 impl Drop for KeepOnFailure {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Some(dir) = self.0.take() {
-                eprintln!(
-                    "run directory kept for inspection: {}",
-                    dir.keep().display()
-                );
-            }
+        if std::thread::panicking()
+            && let Some(dir) = self.0.take()
+        {
+            eprintln!(
+                "run directory kept for inspection: {}",
+                dir.keep().display()
+            );
         }
     }
 }

@@ -425,10 +425,10 @@ impl NatsCluster {
 
 impl Drop for NatsCluster {
     fn drop(&mut self) {
-        if self.owner {
-            if let Err(error) = self.stop_all(Duration::from_secs(5)) {
-                tracing::warn!(%error, "stopping the NATS cluster");
-            }
+        if self.owner
+            && let Err(error) = self.stop_all(Duration::from_secs(5))
+        {
+            tracing::warn!(%error, "stopping the NATS cluster");
         }
     }
 }

@@ -123,11 +123,9 @@ fn start_and_wait<T: Send + 'static>(
         let mut sent = false;
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
             let _ = writeln!(log_file, "{line}");
-            if !sent {
-                if let Some(value) = ready(&line) {
-                    let _ = sender.send(value);
-                    sent = true;
-                }
+            if !sent && let Some(value) = ready(&line) {
+                let _ = sender.send(value);
+                sent = true;
             }
         }
     });

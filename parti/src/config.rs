@@ -218,14 +218,14 @@ impl Config {
                 "must be between 1 and 5",
             ));
         }
-        if let Some(token) = &self.identity_token {
-            if token.is_empty() || token.len() > 256 {
-                return Err(err(
-                    "identity_token",
-                    token.clone(),
-                    "must be 1 to 256 characters",
-                ));
-            }
+        if let Some(token) = &self.identity_token
+            && (token.is_empty() || token.len() > 256)
+        {
+            return Err(err(
+                "identity_token",
+                token.clone(),
+                "must be 1 to 256 characters",
+            ));
         }
         Ok(())
     }

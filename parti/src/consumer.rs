@@ -402,11 +402,11 @@ async fn consume_partition(
         // An idle pull is also the moment to notice a durable deleted behind our back
         // (a pull on a missing consumer just times out): rebind, recreating it.
         if received == 0 && !cancel.is_cancelled() {
-            if let Some(bound) = &consumer {
-                if bound.get_info().await.is_err() {
-                    debug!(partition = %partition.id(), "durable missing; recreating");
-                    consumer = None;
-                }
+            if let Some(bound) = &consumer
+                && bound.get_info().await.is_err()
+            {
+                debug!(partition = %partition.id(), "durable missing; recreating");
+                consumer = None;
             }
             if failed {
                 // Server-side trouble (deleted durable, no responders): do not spin.

@@ -111,18 +111,18 @@ pub(crate) async fn claim(
             }
         }
     }
-    if let Some(token) = &config.identity_token {
-        if let Some(previous) = bucket.get(&keys::token(token)).await? {
-            let id = String::from_utf8_lossy(&previous.value).into_owned();
-            match Lease::create(bucket, keys::id(&id), value.clone(), ttl, incarnation).await {
-                Ok(lease) => {
-                    tracing::info!(%id, "reclaimed the released id of this identity token");
-                    remember_token(bucket, config, &id).await?;
-                    return Ok(lease);
-                }
-                Err(ControlError::Exists { .. }) => {}
-                Err(error) => return Err(error.into()),
+    if let Some(token) = &config.identity_token
+        && let Some(previous) = bucket.get(&keys::token(token)).await?
+    {
+        let id = String::from_utf8_lossy(&previous.value).into_owned();
+        match Lease::create(bucket, keys::id(&id), value.clone(), ttl, incarnation).await {
+            Ok(lease) => {
+                tracing::info!(%id, "reclaimed the released id of this identity token");
+                remember_token(bucket, config, &id).await?;
+                return Ok(lease);
             }
+            Err(ControlError::Exists { .. }) => {}
+            Err(error) => return Err(error.into()),
         }
     }
     // Ids other tokens hold or have just released are left to them.

@@ -318,12 +318,13 @@ impl Calculator {
             self.pending = Some(Pending { lifecycle, due });
             self.set_state(State::Scaling);
         }
-        if let Some(pending) = &self.pending {
-            if now >= pending.due && !gone_within_grace {
-                let lifecycle = pending.lifecycle;
-                self.rebalance(members, lifecycle).await;
-                return;
-            }
+        if let Some(pending) = &self.pending
+            && now >= pending.due
+            && !gone_within_grace
+        {
+            let lifecycle = pending.lifecycle;
+            self.rebalance(members, lifecycle).await;
+            return;
         }
         // Nothing to recompute: move drains forward and re-issue restarted members.
         self.settle(members).await;

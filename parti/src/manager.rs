@@ -510,12 +510,11 @@ async fn keep_leases(
     }
     // Graceful stop: release both leases so the id is free at once — for this process's
     // identity token first (reserved before the delete, so no fresh claimer slips in).
-    if let Some(worker_id) = id.key.strip_prefix(crate::control::keys::ID_PREFIX) {
-        if let Err(error) =
+    if let Some(worker_id) = id.key.strip_prefix(crate::control::keys::ID_PREFIX)
+        && let Err(error) =
             crate::identity::remember_token(&shared.bucket, &shared.config, worker_id).await
-        {
-            debug!(%error, "reserving the id for the identity token failed");
-        }
+    {
+        debug!(%error, "reserving the id for the identity token failed");
     }
     for lease in [&heartbeat, &id] {
         if let Err(error) = lease.release(&shared.bucket).await {
@@ -588,17 +587,17 @@ async fn apply(shared: &Shared, doc: &AssignmentDoc) {
         .collect();
     let added: Vec<Partition> = mine.difference(&before).cloned().collect();
     let removed: Vec<Partition> = before.difference(&mine).cloned().collect();
-    if let Some(listener) = &shared.listener {
-        if !added.is_empty() || !removed.is_empty() {
-            listener
-                .apply(AssignmentChange {
-                    version: doc.version,
-                    added: added.clone(),
-                    removed: removed.clone(),
-                    fence: shared.fence.clone(),
-                })
-                .await;
-        }
+    if let Some(listener) = &shared.listener
+        && (!added.is_empty() || !removed.is_empty())
+    {
+        listener
+            .apply(AssignmentChange {
+                version: doc.version,
+                added: added.clone(),
+                removed: removed.clone(),
+                fence: shared.fence.clone(),
+            })
+            .await;
     }
     shared.applied_version.store(doc.version, Ordering::SeqCst);
     // Confirm at once: a drain waits on this.
@@ -668,11 +667,10 @@ async fn read_assignments(
                 }
             }
             _ = poll.tick() => {
-                if let Ok(Some(value)) = shared.bucket.get(keys::ASSIGNMENT).await {
-                    if let Ok(doc) = decode::<AssignmentDoc>(keys::ASSIGNMENT, &value.value) {
+                if let Ok(Some(value)) = shared.bucket.get(keys::ASSIGNMENT).await
+                    && let Ok(doc) = decode::<AssignmentDoc>(keys::ASSIGNMENT, &value.value) {
                         offer(doc);
                     }
-                }
             }
         }
     }

@@ -59,13 +59,14 @@ async fn child_worker() {
         serde_json::from_str(&std::env::var("PARTI_CHILD_CONFIG").expect("config"))
             .expect("config json");
     let client = connect(&url).await;
-    let consumer = WorkerConsumer::new(
-        client.clone(),
-        ConsumerConfig::new(STREAM, "proc.{partition}"),
-        Arc::new(PrintProcessed),
-    )
-    .await
-    .expect("consumer");
+    // A message in flight when a worker loses its partition is redelivered after
+    // `ack_wait`: keep that well inside the tests' 30 s deadlines (the default is 30 s, which
+    // raced the "all messages processed" wait once in about 20 runs).
+    let mut consumer_config = ConsumerConfig::new(STREAM, "proc.{partition}");
+    consumer_config.ack_wait = Duration::from_secs(5);
+    let consumer = WorkerConsumer::new(client.clone(), consumer_config, Arc::new(PrintProcessed))
+        .await
+        .expect("consumer");
     let source = StaticSource::numbered(PARTITIONS);
     let manager = Manager::start(
         client,

@@ -53,7 +53,7 @@ enum Command {
         /// Write a JUnit XML report here.
         #[arg(long)]
         junit: Option<PathBuf>,
-        /// Directory for logs (default: runs/<timestamp>).
+        /// Directory for logs (default: `runs/<timestamp>`).
         #[arg(long)]
         run_dir: Option<PathBuf>,
     },

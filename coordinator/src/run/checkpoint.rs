@@ -263,10 +263,10 @@ impl Engine {
         run_dir: Option<PathBuf>,
         config: Option<Config>,
     ) -> Result<String, StartError> {
-        if let Some(run) = &self.run {
-            if run.phase != Phase::Finished {
-                return Err(StartError::Busy(run.id.clone()));
-            }
+        if let Some(run) = &self.run
+            && run.phase != Phase::Finished
+        {
+            return Err(StartError::Busy(run.id.clone()));
         }
         let root = match run_dir {
             Some(dir) => dir,

@@ -484,19 +484,19 @@ impl Engine {
                 }
             }
             NetworkFaultPhase::Healed => {
-                if let Some(fault) = run.faults.host_faults.get_mut(agent) {
-                    if fault.record == index {
-                        fault.excused_until = Some(now + HOST_FAULT_GRACE);
-                    }
+                if let Some(fault) = run.faults.host_faults.get_mut(agent)
+                    && fault.record == index
+                {
+                    fault.excused_until = Some(now + HOST_FAULT_GRACE);
                 }
-                if let Some(mut measure) = measuring_this {
-                    if measure.awaiting_heal {
-                        measure.awaiting_heal = false;
-                        measure.since = now;
-                        measure.deadline = now + run.config.coordinator.rebalance_timeout;
-                        measure.received_at_since = run.tracker.progress_marker().0;
-                        run.faults.measuring = Some(measure);
-                    }
+                if let Some(mut measure) = measuring_this
+                    && measure.awaiting_heal
+                {
+                    measure.awaiting_heal = false;
+                    measure.since = now;
+                    measure.deadline = now + run.config.coordinator.rebalance_timeout;
+                    measure.received_at_since = run.tracker.progress_marker().0;
+                    run.faults.measuring = Some(measure);
                 }
             }
             NetworkFaultPhase::Unspecified => {}
@@ -787,15 +787,14 @@ fn plan_fault(
                 run.faults.retired.insert(target.clone());
                 planned.target_done = TargetDone::Exited(target.clone());
             }
-            if event == ChaosEvent::WorkerRestart {
-                if let Some(view) = run.workers.get(&target) {
-                    run.faults.restarts.insert(
-                        target.clone(),
-                        (index, view.worker_id.clone(), view.incarnation),
-                    );
-                    planned.target_done =
-                        TargetDone::Reincarnated(target.clone(), view.incarnation);
-                }
+            if event == ChaosEvent::WorkerRestart
+                && let Some(view) = run.workers.get(&target)
+            {
+                run.faults.restarts.insert(
+                    target.clone(),
+                    (index, view.worker_id.clone(), view.incarnation),
+                );
+                planned.target_done = TargetDone::Reincarnated(target.clone(), view.incarnation);
             }
             if event == ChaosEvent::WorkerPause {
                 let pause = options.duration.unwrap_or(PAUSE_FOR);

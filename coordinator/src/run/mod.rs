@@ -96,7 +96,7 @@ pub struct EngineHandle {
     pub report: watch::Receiver<Option<RunReport>>,
 }
 
-/// Where a run is. Times are run time (see [`RunClock`]).
+/// Where a run is. Times are run time (see `clock::RunClock`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -343,10 +343,10 @@ impl Engine {
     }
 
     async fn start(&mut self, config: Config, seed: u64) -> Result<String, StartError> {
-        if let Some(run) = &self.run {
-            if run.phase != Phase::Finished {
-                return Err(StartError::Busy(run.id.clone()));
-            }
+        if let Some(run) = &self.run
+            && run.phase != Phase::Finished
+        {
+            return Err(StartError::Busy(run.id.clone()));
         }
         let agents = self.registry.connected().await;
         if agents.is_empty() {

@@ -85,7 +85,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (name, size) = UNITS
             .iter()
-            .find(|(_, size)| self.0 % size == 0 && self.0 != 0)
+            .find(|(_, size)| self.0.is_multiple_of(*size) && self.0 != 0)
             .copied()
             .unwrap_or(("B", 1));
         write!(f, "{}{name}", self.0 / size)
