@@ -2,71 +2,14 @@
 //! start / status / watch / stop / report / agents. Garbage published on a partition subject
 //! is counted as malformed and does not change the verdict.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use test_support::{Daemon, NatsServer, simctl};
-
-fn bin(name: &str) -> PathBuf {
-    test_support::workspace_binary(name)
-}
+use test_support::{LocalFleet, NatsServer};
 
 fn text(output: &Output) -> String {
     test_support::output_text(output)
-}
-
-fn start_daemons(nats: &NatsServer, dir: &std::path::Path) -> (Daemon, Daemon, String) {
-    start_daemons_with(nats, dir, &[])
-}
-
-fn start_daemons_with(
-    nats: &NatsServer,
-    dir: &std::path::Path,
-    extra: &[&str],
-) -> (Daemon, Daemon, String) {
-    let mut coordinator = Command::new(bin("coordinator"))
-        .args(["--listen", "127.0.0.1:0", "--nats-url", &nats.url()])
-        .arg("--runs-dir")
-        .arg(dir.join("runs"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("coordinator");
-    let stdout = coordinator.stdout.take().expect("stdout");
-    let mut first = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut first)
-        .expect("listening line");
-    let address = first
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("address line")
-        .to_string();
-    let endpoint = format!("http://{address}");
-    let agent = Command::new(bin("agent"))
-        .args(["run", "--coordinator", &endpoint, "--id", "lab-1", "--dir"])
-        .arg(dir.join("agent"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("agent");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let agents = simctl(&endpoint, &["agents"]);
-        if text(&agents).contains("lab-1") && text(&agents).contains(" connected") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent never connected: {}",
-            text(&agents)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (Daemon(coordinator), Daemon(agent), endpoint)
 }
 
 /// These tests each run a whole fleet; on two cores, running them side by side (the
@@ -78,59 +21,34 @@ fn one_fleet_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Wait (deadline 60 s) until the current run has processed at least `count` messages.
-fn wait_until_received(endpoint: &str, count: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = text(&simctl(endpoint, &["status"]));
-        let received = status
-            .split("received ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-        if received >= count {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run never processed {count} messages: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn separate_daemons_run_watch_stop_and_report() {
     let _fleet = one_fleet_at_a_time();
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_coordinator, _agent, endpoint) = start_daemons(&nats, dir.path());
+    let fleet = LocalFleet::start(&nats.url(), dir.path(), "lab-1", &[]);
     let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/quick.yaml");
     let config = config.to_str().expect("utf8 path");
 
-    let started = simctl(
-        &endpoint,
-        &[
-            "start",
-            "--config",
-            config,
-            "--duration",
-            "20s",
-            "--seed",
-            "3",
-        ],
-    );
+    let started = fleet.simctl(&[
+        "start",
+        "--config",
+        config,
+        "--duration",
+        "20s",
+        "--seed",
+        "3",
+    ]);
     assert!(started.status.success(), "start: {}", text(&started));
     assert!(text(&started).contains("started run-"));
-    let busy = simctl(&endpoint, &["start", "--config", config]);
+    let busy = fleet.simctl(&["start", "--config", config]);
     assert_eq!(
         busy.status.code(),
         Some(3),
         "a second run is refused: {}",
         text(&busy)
     );
-    let status = simctl(&endpoint, &["status"]);
+    let status = fleet.simctl(&["status"]);
     assert!(
         text(&status).contains("running"),
         "status: {}",
@@ -151,7 +69,7 @@ fn separate_daemons_run_watch_stop_and_report() {
         }
     });
 
-    let watched = simctl(&endpoint, &["watch"]);
+    let watched = fleet.simctl(&["watch"]);
     assert!(watched.status.success(), "watch: {}", text(&watched));
     assert!(
         text(&watched).contains("finished"),
@@ -159,10 +77,7 @@ fn separate_daemons_run_watch_stop_and_report() {
         text(&watched)
     );
     let json_path = dir.path().join("report.json");
-    let report = simctl(
-        &endpoint,
-        &["report", "--json", json_path.to_str().expect("utf8")],
-    );
+    let report = fleet.simctl(&["report", "--json", json_path.to_str().expect("utf8")]);
     assert_eq!(
         report.status.code(),
         Some(0),
@@ -178,16 +93,13 @@ fn separate_daemons_run_watch_stop_and_report() {
     );
 
     // A second run, stopped early: it drains and still gives a verdict.
-    let started = simctl(
-        &endpoint,
-        &["start", "--config", config, "--duration", "5m"],
-    );
+    let started = fleet.simctl(&["start", "--config", config, "--duration", "5m"]);
     assert!(started.status.success(), "start: {}", text(&started));
-    wait_until_received(&endpoint, 200);
-    assert!(simctl(&endpoint, &["stop"]).status.success());
-    let watched = simctl(&endpoint, &["watch"]);
+    fleet.wait_until_received(200, Duration::from_secs(60));
+    assert!(fleet.simctl(&["stop"]).status.success());
+    let watched = fleet.simctl(&["watch"]);
     assert!(watched.status.success());
-    let report = simctl(&endpoint, &["report"]);
+    let report = fleet.simctl(&["report"]);
     assert_eq!(
         report.status.code(),
         Some(0),
@@ -206,29 +118,26 @@ fn losing_the_only_agent_is_an_infrastructure_error_not_a_hang() {
     let _fleet = one_fleet_at_a_time();
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_coordinator, agent, endpoint) = start_daemons(&nats, dir.path());
+    let mut fleet = LocalFleet::start(&nats.url(), dir.path(), "lab-1", &[]);
     let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/quick.yaml");
-    let started = simctl(
-        &endpoint,
-        &[
-            "start",
-            "--config",
-            config.to_str().expect("utf8"),
-            "--duration",
-            "2m",
-        ],
-    );
+    let started = fleet.simctl(&[
+        "start",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--duration",
+        "2m",
+    ]);
     assert!(started.status.success(), "start: {}", text(&started));
-    wait_until_received(&endpoint, 50);
-    drop(agent); // SIGKILL: its children die with it
+    fleet.wait_until_received(50, Duration::from_secs(60));
+    fleet.kill_agent(); // SIGKILL: its children die with it
     let began = Instant::now();
-    let watched = simctl(&endpoint, &["watch"]);
+    let watched = fleet.simctl(&["watch"]);
     assert!(watched.status.success());
     assert!(
         began.elapsed() < Duration::from_secs(60),
         "the run ended promptly"
     );
-    let report = simctl(&endpoint, &["report"]);
+    let report = fleet.simctl(&["report"]);
     assert_eq!(
         report.status.code(),
         Some(3),
@@ -246,8 +155,12 @@ fn reports_are_lossless_under_a_slow_coordinator_with_many_workers() {
     let _fleet = one_fleet_at_a_time();
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_coordinator, _agent, endpoint) =
-        start_daemons_with(&nats, dir.path(), &["--ingest-delay-ms", "250"]);
+    let fleet = LocalFleet::start(
+        &nats.url(),
+        dir.path(),
+        "lab-1",
+        &["--ingest-delay-ms", "250"],
+    );
     let config = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/quick.yaml"),
     )
@@ -272,22 +185,16 @@ fn reports_are_lossless_under_a_slow_coordinator_with_many_workers() {
     let path = dir.path().join("many.yaml");
     std::fs::write(&path, config).expect("write");
     let json_path = dir.path().join("report.json");
-    let started = simctl(
-        &endpoint,
-        &[
-            "start",
-            "--config",
-            path.to_str().expect("utf8"),
-            "--duration",
-            "20s",
-        ],
-    );
+    let started = fleet.simctl(&[
+        "start",
+        "--config",
+        path.to_str().expect("utf8"),
+        "--duration",
+        "20s",
+    ]);
     assert!(started.status.success(), "start: {}", text(&started));
-    assert!(simctl(&endpoint, &["watch"]).status.success());
-    let report = simctl(
-        &endpoint,
-        &["report", "--json", json_path.to_str().expect("utf8")],
-    );
+    assert!(fleet.simctl(&["watch"]).status.success());
+    let report = fleet.simctl(&["report", "--json", json_path.to_str().expect("utf8")]);
     assert_eq!(
         report.status.code(),
         Some(0),

@@ -11,6 +11,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use test_support::lab::{Lab, LabProcess};
+use test_support::{status_number, wait_for, wait_for_line, wait_until};
 
 fn bin(name: &str) -> PathBuf {
     test_support::workspace_binary(name)
@@ -115,19 +116,18 @@ impl Fleet {
     }
 
     fn wait_for_agents(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let agents = text(&self.simctl(&["agents"]));
-            if agents.matches(" connected").count() >= count {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agents never connected: {agents}\nlogs in {}",
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_until(
+            &format!("{count} agents connected (logs in {})", self.dir.display()),
+            Duration::from_secs(60),
+            || {
+                let agents = text(&self.simctl(&["agents"]));
+                if agents.matches(" connected").count() >= count {
+                    Ok(())
+                } else {
+                    Err(agents)
+                }
+            },
+        );
     }
 
     /// Poll `simctl report` until the run has a verdict (deadline `within`).
@@ -439,33 +439,8 @@ checkpointing:
   enabled: false
 ";
 
-/// Wait until the append-only file `path` holds a line containing `needle` (deadline
-/// `within`): an event that, once written, stays.
-fn wait_for_line(path: &Path, needle: &str, within: Duration) {
-    wait_for(&format!("{needle:?} in {}", path.display()), within, || {
-        std::fs::read_to_string(path).is_ok_and(|text| text.lines().any(|l| l.contains(needle)))
-    });
-}
-
-/// Wait until `condition` holds (polling every 200 ms) or panic with `what`.
-fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn received(fleet: &Fleet) -> u64 {
-    text(&fleet.simctl(&["status"]))
-        .split("received ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    status_number(&text(&fleet.simctl(&["status"])), "received").unwrap_or(0)
 }
 
 #[test]
@@ -564,9 +539,10 @@ fn network_faults_are_per_host_time_limited_and_removed_after_an_agent_is_killed
     assert_eq!(degrade.status.code(), Some(0), "{}", text(&degrade));
     let events = dir.path().join("runs").join(&run_id).join("events.log");
     let lab = &fleet.lab;
-    wait_for_line(
+    let offset = wait_for_line(
         &events,
         "network fault network_degrade on host-2: NETWORK_FAULT_PHASE_APPLIED",
+        0,
         Duration::from_secs(20),
     );
     let rules = lab.iptables_save(lab.host(2)).expect("iptables-save");
@@ -578,6 +554,7 @@ fn network_faults_are_per_host_time_limited_and_removed_after_an_agent_is_killed
     wait_for_line(
         &events,
         "network fault network_degrade on host-2: NETWORK_FAULT_PHASE_HEALED",
+        offset,
         Duration::from_secs(40),
     );
     // Healed for good: nothing re-adds the rules now, so this wait cannot miss its state.
@@ -777,12 +754,7 @@ fn realistic_chaos_soak() {
     assert_eq!(started.status.code(), Some(0), "{}", text(&started));
     wait_for("all workers up", Duration::from_secs(300), || {
         // At least 100: a fault may already have added one (the count is live, not monotone).
-        text(&fleet.simctl(&["status"]))
-            .split("workers ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|n| n >= 100)
+        status_number(&text(&fleet.simctl(&["status"])), "workers").is_some_and(|n| n >= 100)
     });
     let at_start = rss_line(&fleet);
     let started_at = Instant::now();

@@ -6,12 +6,11 @@
 //! Real processes on loopback: a nats-server, the coordinator daemon, one agent with its
 //! producers and workers; the coordinator is killed with SIGKILL.
 
-use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use test_support::{Daemon, NatsServer, simctl};
+use test_support::{LocalFleet, NatsServer, wait_until};
 
 fn bin(name: &str) -> PathBuf {
     test_support::workspace_binary(name)
@@ -21,131 +20,19 @@ fn text(output: &Output) -> String {
     test_support::output_text(output)
 }
 
-/// A loopback port nobody listens on now (the coordinator must come back on the same one:
-/// agents reconnect to the address they know).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Poll `condition` every 200 ms until it holds; panic naming `what` after `timeout`.
-fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> Option<String>) {
-    let deadline = Instant::now() + timeout;
-    while let Some(last) = condition() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} within {timeout:?}; last: {last}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
+/// A nats-server and a coordinator with one agent, in a temporary directory.
 struct Fleet {
     nats: NatsServer,
     dir: tempfile::TempDir,
-    port: u16,
-    coordinator: Option<Daemon>,
-    _agent: Daemon,
+    daemons: LocalFleet,
 }
 
 impl Fleet {
     fn start() -> Self {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let mut fleet = Self {
-            nats,
-            port,
-            coordinator: None,
-            _agent: Daemon(
-                Command::new(bin("agent"))
-                    .args(["run", "--coordinator"])
-                    .arg(format!("http://127.0.0.1:{port}"))
-                    .args(["--id", "host-1", "--dir"])
-                    .arg(dir.path().join("agent"))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("agent"),
-            ),
-            dir,
-        };
-        fleet.start_coordinator(false);
-        fleet
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("coordinator.log")
-    }
-
-    fn runs(&self) -> PathBuf {
-        self.dir.path().join("runs")
-    }
-
-    /// Start the daemon (appending to one log) and wait until it serves and the agent is
-    /// connected to it.
-    fn start_coordinator(&mut self, resume: bool) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .expect("log");
-        let mut command = Command::new(bin("coordinator"));
-        command
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--nats-url", &self.nats.url()])
-            .arg("--runs-dir")
-            .arg(self.runs())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        if resume {
-            command.arg("--resume");
-        }
-        self.coordinator = Some(Daemon(command.spawn().expect("coordinator")));
-        let endpoint = self.endpoint();
-        wait_for("the agent connects", Duration::from_secs(60), || {
-            let agents = text(&simctl(&endpoint, &["agents"]));
-            (!agents.contains(" connected")).then_some(agents)
-        });
-    }
-
-    fn kill_coordinator(&mut self) {
-        if let Some(mut daemon) = self.coordinator.take() {
-            daemon.kill();
-        }
-    }
-
-    fn status(&self) -> String {
-        text(&simctl(&self.endpoint(), &["status"]))
-    }
-
-    /// Wait until the coordinator log, from byte `from`, holds `needle`; returns the log's
-    /// length then.
-    fn wait_log(&self, needle: &str, from: u64, timeout: Duration) -> u64 {
-        let mut end = from;
-        wait_for(&format!("the coordinator logs {needle:?}"), timeout, || {
-            let mut file = std::fs::File::open(self.log()).ok()?;
-            file.seek(std::io::SeekFrom::Start(from)).ok()?;
-            let mut tail = String::new();
-            file.read_to_string(&mut tail).ok()?;
-            if tail.contains(needle) {
-                end = from + tail.len() as u64;
-                None
-            } else {
-                let start = tail.len().saturating_sub(3000);
-                let start = (start..tail.len())
-                    .find(|i| tail.is_char_boundary(*i))
-                    .unwrap_or(0);
-                Some(format!("log since then:\n{}", &tail[start..]))
-            }
-        });
-        end
+        let daemons = LocalFleet::start(&nats.url(), dir.path(), "host-1", &[]);
+        Self { nats, dir, daemons }
     }
 
     /// Messages the run's stream holds (what producers got stored: the ground truth).
@@ -227,10 +114,9 @@ fn run_with_kills(
 ) -> (i32, serde_json::Value, String, Fleet) {
     let mut fleet = Fleet::start();
     let config = write_config(fleet.dir.path(), worker_lines);
-    let started = simctl(
-        &fleet.endpoint(),
-        &["start", "--config", &config, "--seed", "11"],
-    );
+    let started = fleet
+        .daemons
+        .simctl(&["start", "--config", &config, "--seed", "11"]);
     assert!(started.status.success(), "start: {}", text(&started));
     let id = text(&started)
         .trim()
@@ -239,31 +125,32 @@ fn run_with_kills(
         .to_string();
 
     // Kill 1: right after a fault went out (it was checkpointed before it was sent).
-    let offset = fleet.wait_log("fault injected", 0, Duration::from_secs(90));
-    fleet.kill_coordinator();
+    let daemons = &mut fleet.daemons;
+    let offset = daemons.wait_log("fault injected", 0, Duration::from_secs(90));
+    daemons.kill_coordinator();
     // The coordinator stays away while producers and workers go on.
     std::thread::sleep(Duration::from_secs(3));
-    fleet.start_coordinator(true);
-    let status = fleet.status();
+    daemons.restart_coordinator(true);
+    let status = daemons.status();
     assert_eq!(run_id(&status), id, "resumed under another id: {status}");
-    fleet.wait_log("resuming run", offset, Duration::from_secs(10));
+    daemons.wait_log("resuming run", offset, Duration::from_secs(10));
 
     if during_drain {
         // Kill 2: while draining (producers were told to stop; the rest is in flight). The
         // drain's log line is appended once and stays: waiting for it cannot miss a drain
         // that ends quickly, and `drain_settle` keeps the drain going well past the kill.
-        let offset = fleet.wait_log(
+        let offset = daemons.wait_log(
             "draining: stopping producers",
             offset,
             Duration::from_secs(120),
         );
-        fleet.kill_coordinator();
+        daemons.kill_coordinator();
         std::thread::sleep(Duration::from_secs(2));
-        fleet.start_coordinator(true);
+        daemons.restart_coordinator(true);
         // The checkpoint it resumed from was taken while draining (the drain's own
         // write-ahead checkpoint or a later one): the kill landed inside the drain.
-        fleet.wait_log("resuming run", offset, Duration::from_secs(10));
-        let log = std::fs::read_to_string(fleet.log()).expect("coordinator log");
+        daemons.wait_log("resuming run", offset, Duration::from_secs(10));
+        let log = std::fs::read_to_string(daemons.coordinator_log()).expect("coordinator log");
         let resumed = log[usize::try_from(offset).expect("offset")..]
             .lines()
             .find(|line| line.contains("resuming run"))
@@ -273,15 +160,18 @@ fn run_with_kills(
             "the second kill landed outside the drain: {resumed}"
         );
     }
-    wait_for("the run finishes", Duration::from_secs(180), || {
-        let status = fleet.status();
-        (!status.contains(" finished ")).then_some(status)
+    wait_until("the run finishes", Duration::from_secs(180), || {
+        let status = daemons.status();
+        if status.contains(" finished ") {
+            Ok(())
+        } else {
+            Err(status)
+        }
     });
     let json_path = fleet.dir.path().join("report.json");
-    let report = simctl(
-        &fleet.endpoint(),
-        &["report", "--json", json_path.to_str().expect("utf8")],
-    );
+    let report = fleet
+        .daemons
+        .simctl(&["report", "--json", json_path.to_str().expect("utf8")]);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).expect("json")).expect("parse");
     (
@@ -330,7 +220,10 @@ fn coordinator_killed_twice_resumes_the_run_and_its_books_match_the_stream() {
         "{events:#?}"
     );
     // The run directory holds everything, and judging it offline gives the same verdict.
-    let run_dir = fleet.runs().join(json["run_id"].as_str().expect("run id"));
+    let run_dir = fleet
+        .daemons
+        .runs()
+        .join(json["run_id"].as_str().expect("run id"));
     for file in [
         "config.yaml",
         "seed",
@@ -380,10 +273,11 @@ fn a_resumed_run_still_fails_for_a_lossy_worker() {
     );
     // A failed run's directory gets its processes' logs from the agent.
     let logs = fleet
+        .daemons
         .runs()
         .join(json["run_id"].as_str().expect("run id"))
         .join("logs");
-    wait_for(
+    wait_until(
         "the agent's child logs arrive",
         Duration::from_secs(30),
         || {
@@ -396,7 +290,11 @@ fn a_resumed_run_still_fails_for_a_lossy_worker() {
                 })
                 .unwrap_or_default();
             let expected = ["host-1-worker-0.log", "host-1-producer-0.log"];
-            (!expected.iter().all(|e| names.iter().any(|n| n == e))).then(|| format!("{names:?}"))
+            if expected.iter().all(|e| names.iter().any(|n| n == e)) {
+                Ok(())
+            } else {
+                Err(format!("{names:?}"))
+            }
         },
     );
     let worker_log = std::fs::read_to_string(logs.join("host-1-worker-0.log")).expect("worker log");

@@ -3,14 +3,19 @@
 //! Layout:
 //! - [`NatsServer`]: a real `nats-server -js` on a free loopback port with a temporary store,
 //!   killed on drop; restartable on the same port and store (for outage tests).
-//! - [`eventually`]: wait for a condition with a deadline instead of sleeping and hoping.
+//! - [`eventually`]: wait for a condition with a deadline instead of sleeping and hoping
+//!   (async); [`wait_until`] / [`wait_for`] / [`wait_for_line`] are the blocking ones.
+//! - [`fleet`]: a coordinator daemon and an agent on loopback ([`LocalFleet`]).
 //! - [`lab`]: a hub and N hosts as network namespaces on a private bridge, so faults (iptables,
 //!   tc) hit one host at a time; torn down on drop.
 //!
 //! The nats-server binary is looked up in `$NATS_SERVER_BIN`, then `<workspace>/.tools/bin/nats-server`
 //! (where `scripts/setup.sh` installs the pinned version), then `$PATH`.
 
+pub mod fleet;
 pub mod lab;
+
+pub use fleet::{LocalFleet, status_number, wait_for, wait_for_line, wait_until};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -217,10 +222,10 @@ where
     Fut: Future<Output = bool>,
 {
     let location = std::panic::Location::caller();
-    wait_for(what, timeout, condition, location)
+    poll_until(what, timeout, condition, location)
 }
 
-async fn wait_for<F, Fut>(
+async fn poll_until<F, Fut>(
     what: &str,
     timeout: Duration,
     mut condition: F,
