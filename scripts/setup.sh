@@ -40,7 +40,16 @@ if ! have_version; then
   have_version || { log "nats-server $NATS_SERVER_VERSION did not install"; exit 1; }
 fi
 
+# --- cargo-deny, pinned (licenses, duplicate versions, sources; scripts/test.sh) ----------
+# Built from crates.io (no binary registry is reachable); without default features it needs no
+# git or TLS stack of its own and builds in about 3 minutes on two cores.
+CARGO_DENY_VERSION="0.20.2"
+if ! "$tools/bin/cargo-deny" --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
+  log "building cargo-deny $CARGO_DENY_VERSION into $tools"
+  cargo install --quiet --locked --no-default-features --root "$tools" "cargo-deny@$CARGO_DENY_VERSION"
+fi
+
 # --- Rust test runner ---------------------------------------------------------------------
 # cargo-nextest is on the machine image; plain `cargo test` works too, so it is optional.
 
-log "ok: $("$tools/bin/nats-server" --version), $(iptables --version 2>/dev/null || echo 'iptables missing')"
+log "ok: $("$tools/bin/nats-server" --version), $("$tools/bin/cargo-deny" --version), $(iptables --version 2>/dev/null || echo 'iptables missing')"

@@ -10,6 +10,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # Documentation is part of the contract (the child report format, the config schema): a broken
 # intra-doc link or an unescaped tag fails the run like a lint.
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+# Licenses, duplicate crate versions and sources (deny.toml). Advisories need the RustSec
+# database, fetched from GitHub, which these machines cannot reach: checked only when a copy
+# is already on disk (cargo-deny's default place), never fetched here.
+deny_checks=(licenses bans sources)
+if [ -d "${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" ]; then
+  deny_checks+=(advisories)
+fi
+./.tools/bin/cargo-deny --locked check --disable-fetch "${deny_checks[@]}"
 # Integration tests start other packages' binaries (the coordinator's tests fork `agent`), and
 # `cargo test` only builds the binaries of the package under test: build them all first.
 cargo build --workspace --bins --locked
