@@ -17,7 +17,7 @@ deny_checks=(licenses bans sources)
 if [ -d "${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" ]; then
   deny_checks+=(advisories)
 fi
-./.tools/bin/cargo-deny --locked check --disable-fetch "${deny_checks[@]}"
+./.tools/bin/cargo-deny --locked --offline check "${deny_checks[@]}"
 # Integration tests start other packages' binaries (the coordinator's tests fork `agent`), and
 # `cargo test` only builds the binaries of the package under test: build them all first.
 cargo build --workspace --bins --locked
