@@ -1,5 +1,5 @@
 //! Snapshots of what users read: `simctl --help` (and its main subcommands) and the report
-//! text. `UPDATE_SNAPSHOTS=1 cargo test -p coordinator --test snapshots` rewrites them after
+//! text. `UPDATE_SNAPSHOTS=1 cargo test -p simctl --test snapshots` rewrites them after
 //! an intended change; review the diff.
 
 use std::path::PathBuf;

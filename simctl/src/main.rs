@@ -2,6 +2,8 @@
 //!
 //! Exit codes: 0 PASS, 1 FAIL, 2 bad input, 3 infrastructure error.
 
+mod managed;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use nats_cluster::NatsCluster;
-use nats_cluster::managed;
+use nats_cluster::managed::ManagedProcess;
 use proto::v1::control_client::ControlClient;
 use proto::v1::{
     AgentsRequest, InjectRequest, ReportRequest, RunReport, RunStatus, StartRequest, StatusRequest,
@@ -522,7 +524,7 @@ async fn run_all_in_one(
         // One server: the plain child process it has always been.
         Some(1) => {
             let (process, url) =
-                managed::start_nats(&dir, &config.nats.jetstream).map_err(infrastructure)?;
+                nats_cluster::managed::start_nats(&dir, &config.nats.jetstream).map_err(infrastructure)?;
             nats = ManagedNats::Server(process);
             url
         }
@@ -610,7 +612,7 @@ enum ManagedNats {
     /// External servers: nothing to stop.
     None,
     /// `nats.cluster_size: 1`.
-    Server(managed::ManagedProcess),
+    Server(ManagedProcess),
     /// `nats.cluster_size` 3 or 5.
     Cluster(NatsCluster),
 }
