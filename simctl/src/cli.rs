@@ -1,11 +1,12 @@
-//! The command line: clap types only. Values are parsed here, so a bad flag (a duration) is
-//! refused by clap with exit 2 before anything starts.
+//! The command line: clap types only. Values are parsed here, so a bad flag (a duration, an
+//! unknown chaos event) is refused by clap with exit 2 before anything starts.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
-use sim_core::config::parse_duration;
+use sim_core::config::{ChaosEvent, parse_duration};
 
 /// simctl's flags.
 #[derive(Debug, Parser)]
@@ -114,8 +115,9 @@ pub struct ReportFiles {
 /// `simctl chaos`.
 #[derive(Debug, Args)]
 pub struct ChaosArgs {
-    /// The fault, as in `chaos.events` (worker_crash, leader_pause, nats_disconnect, ...).
-    pub event: String,
+    /// The fault, as in `chaos.events`.
+    #[arg(value_parser = chaos_event())]
+    pub event: ChaosEvent,
     /// A process slot (worker-3, producer-0) or, for network faults and scale_up, an
     /// agent id; default: drawn at random.
     #[arg(long)]
@@ -138,4 +140,15 @@ pub enum ConfigCommand {
         /// The file.
         file: PathBuf,
     },
+}
+
+/// Every chaos event by its config name, straight from [`ChaosEvent::ALL`], so `--help`
+/// and the "possible values" of an unknown event always list exactly what is accepted.
+fn chaos_event() -> impl TypedValueParser<Value = ChaosEvent> {
+    PossibleValuesParser::new(ChaosEvent::ALL.map(ChaosEvent::as_str)).try_map(|name| {
+        ChaosEvent::ALL
+            .into_iter()
+            .find(|event| event.as_str() == name)
+            .ok_or("not a chaos event")
+    })
 }

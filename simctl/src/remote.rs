@@ -92,7 +92,7 @@ pub async fn agents(endpoint: &str) -> Result<Exit, ExitError> {
 pub async fn chaos(endpoint: &str, args: ChaosArgs) -> Result<Exit, ExitError> {
     let mut client = connect(endpoint).await?;
     let request = InjectRequest {
-        event: args.event.clone(),
+        event: args.event.as_str().to_string(),
         target: args.target.unwrap_or_default(),
         duration_ms: args.duration.map_or(0, millis),
     };

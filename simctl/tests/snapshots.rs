@@ -29,6 +29,8 @@ fn simctl_help_texts() {
     for (name, args) in [
         ("simctl-help.txt", vec!["--help"]),
         ("simctl-run-help.txt", vec!["run", "--help"]),
+        ("simctl-start-help.txt", vec!["start", "--help"]),
+        ("simctl-chaos-help.txt", vec!["chaos", "--help"]),
         ("simctl-report-help.txt", vec!["report", "--help"]),
         ("simctl-config-help.txt", vec!["config", "--help"]),
     ] {
