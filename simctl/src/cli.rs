@@ -53,12 +53,8 @@ pub enum Command {
 /// `simctl run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Run configuration (YAML).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Override simulation.duration (e.g. 90s, 5m).
-    #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub input: RunInput,
     /// Seed for weights and placement (default: the config's, else random).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -72,12 +68,8 @@ pub struct RunArgs {
 /// `simctl start`.
 #[derive(Debug, Args)]
 pub struct StartArgs {
-    /// Run configuration (YAML).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Override simulation.duration (e.g. 90s, 5m).
-    #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub input: RunInput,
     /// Seed for weights and placement.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -88,6 +80,17 @@ pub struct StartArgs {
     /// With --resume: this run directory (a path on the coordinator's host).
     #[arg(long, requires = "resume")]
     pub run_dir: Option<PathBuf>,
+}
+
+/// What `run` and `start` start: a configuration file and an optional duration override.
+#[derive(Debug, Args)]
+pub struct RunInput {
+    /// Run configuration (YAML).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override simulation.duration (e.g. 90s, 5m).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
 }
 
 /// `simctl report`.

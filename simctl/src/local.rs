@@ -21,7 +21,7 @@ const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// `simctl run`.
 pub async fn run(args: RunArgs) -> Result<Exit, ExitError> {
     // Everything about the input is checked before anything starts (the flags by clap).
-    let (config_yaml, config) = config::read(&args.config)?;
+    let (config_yaml, config) = config::read(&args.input.config)?;
     let dir = create_run_dir(args.run_dir.clone())?;
     let fleet = LocalFleet::start(&dir, &config.nats)
         .await
@@ -55,8 +55,14 @@ fn create_run_dir(asked: Option<PathBuf>) -> Result<PathBuf, ExitError> {
 async fn drive(endpoint: &str, config_yaml: String, args: &RunArgs) -> Result<Exit, ExitError> {
     let mut client = remote::connect(endpoint).await?;
     wait_for_agent(&mut client).await?;
-    let run_id =
-        remote::request_start(&mut client, config_yaml, args.duration, args.seed, None).await?;
+    let run_id = remote::request_start(
+        &mut client,
+        config_yaml,
+        args.input.duration,
+        args.seed,
+        None,
+    )
+    .await?;
     eprintln!("parti-sim: {run_id} started (run directory runs/{run_id})");
     stop_on_interrupt(client.clone());
     progress::follow(&mut client).await?;

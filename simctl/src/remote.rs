@@ -18,10 +18,10 @@ use crate::{config, progress, report};
 
 /// `simctl start`: start (or resume) a run; prints its id.
 pub async fn start(endpoint: &str, args: StartArgs) -> Result<Exit, ExitError> {
-    let (text, _) = config::read(&args.config)?;
+    let (text, _) = config::read(&args.input.config)?;
     let mut client = connect(endpoint).await?;
     let resume = args.resume.then(|| args.run_dir.unwrap_or_default());
-    let run_id = request_start(&mut client, text, args.duration, args.seed, resume).await?;
+    let run_id = request_start(&mut client, text, args.input.duration, args.seed, resume).await?;
     println!("started {run_id}");
     Ok(Exit::Pass)
 }

@@ -18,6 +18,18 @@ fn text(output: &Output) -> String {
     test_support::output_text(output)
 }
 
+/// Run `simctl <args>` against an address where no coordinator listens and expect bad input
+/// (exit 2): had simctl tried to connect, it would have exited 3. Returns what it said.
+#[track_caller]
+fn refused_as_bad_input(args: &[&str]) -> String {
+    let mut all = vec!["--coordinator", "http://127.0.0.1:9"];
+    all.extend_from_slice(args);
+    let output = simctl(&all);
+    let text = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    text
+}
+
 /// The ```text block under "## simctl" in the README.
 fn readme_usage() -> Vec<String> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md");
@@ -135,15 +147,7 @@ fn chaos_help_lists_every_event() {
 
 #[test]
 fn an_unknown_chaos_event_exits_2_listing_the_valid_ones() {
-    // No coordinator listens there: the event is refused before any connection.
-    let output = simctl(&[
-        "--coordinator",
-        "http://127.0.0.1:9",
-        "chaos",
-        "network_meltdown",
-    ]);
-    let text = text(&output);
-    assert_eq!(output.status.code(), Some(2), "{text}");
+    let text = refused_as_bad_input(&["chaos", "network_meltdown"]);
     assert!(text.contains("network_meltdown"), "{text}");
     for event in ChaosEvent::ALL {
         assert!(text.contains(event.as_str()), "{event} not listed:\n{text}");
@@ -152,15 +156,6 @@ fn an_unknown_chaos_event_exits_2_listing_the_valid_ones() {
 
 #[test]
 fn a_bad_duration_exits_2_naming_the_value() {
-    let output = simctl(&[
-        "--coordinator",
-        "http://127.0.0.1:9",
-        "chaos",
-        "worker_pause",
-        "--duration",
-        "soon",
-    ]);
-    let text = text(&output);
-    assert_eq!(output.status.code(), Some(2), "{text}");
+    let text = refused_as_bad_input(&["chaos", "worker_pause", "--duration", "soon"]);
     assert!(text.contains("\"soon\""), "{text}");
 }
