@@ -60,7 +60,7 @@ pub struct RunArgs {
     pub seed: Option<u64>,
     #[command(flatten)]
     pub files: ReportFiles,
-    /// Directory for logs (default: runs/<timestamp>).
+    /// Directory for logs (default: `runs/<timestamp>`).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
 }

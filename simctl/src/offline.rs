@@ -49,10 +49,11 @@ fn evidence(run: &RunDir, dir: &Path) -> Result<(Vec<u8>, String), ExitError> {
 }
 
 /// The verdict on a checkpoint body. The one use of the coordinator crate (see the module
-/// docs).
+/// docs); its errors are reduced to their message, so a change of their types stays here.
 fn judge(body: &[u8]) -> Result<RunSummary, String> {
     use coordinator::run::{RunCheckpoint, summarize};
-    summarize(&RunCheckpoint::from_json(body)?)
+    let state = RunCheckpoint::from_json(body).map_err(|e| e.to_string())?;
+    summarize(&state).map_err(|e| e.to_string())
 }
 
 /// Say whether the verdict now is the one recorded when the run finished (`report.json`).
