@@ -30,8 +30,9 @@
 //!
 //! Layout of the crate:
 //! - this file: [`NatsCluster`], the handle (start, open, kill, restart, stop).
-//! - [`managed`]: single managed processes (one nats-server, the coordinator, an agent)
-//!   that `simctl run` starts and stops.
+//! - [`managed`]: single managed processes — a child stopped on drop (synchronously or
+//!   async), started and awaited by its "ready" line — and one managed nats-server; `simctl
+//!   run` builds its local fleet from them.
 //! - `layout`: the directory's files ([`ClusterDescription`], server configs, ports).
 //! - `error`: [`NatsClusterError`].
 

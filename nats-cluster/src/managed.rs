@@ -1,14 +1,18 @@
-//! Processes `simctl run` starts and owns: a nats-server, the coordinator daemon and one
-//! agent. Each is a real child process, stopped (SIGTERM, then SIGKILL) when dropped.
-//! A cluster of several nats-servers is [`crate`]'s.
+//! Single managed processes: a child process stopped (SIGTERM, then SIGKILL) when dropped,
+//! starting one and waiting for its "ready" line, and one managed nats-server. `simctl run`
+//! builds its local fleet (nats-server, coordinator, agent) from these. A cluster of several
+//! nats-servers is [`crate`]'s.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+/// How often a stop looks whether the process has exited.
+const EXIT_POLL: Duration = Duration::from_millis(50);
 
 /// A child process stopped on drop.
 #[derive(Debug)]
@@ -17,30 +21,69 @@ pub struct ManagedProcess {
     child: Child,
 }
 
+// === impl ManagedProcess ===
+
 impl ManagedProcess {
-    /// Stop it: SIGTERM, wait up to `grace`, then SIGKILL.
+    /// Manage `child`, called `name` in logs.
+    pub fn new(name: impl Into<String>, child: Child) -> Self {
+        ManagedProcess {
+            name: name.into(),
+            child,
+        }
+    }
+
+    /// Stop it: SIGTERM, wait up to `grace`, then SIGKILL. Blocks the calling thread, which
+    /// suits `Drop` and synchronous code; async code calls [`ManagedProcess::stop_async`].
     pub fn stop(&mut self, grace: Duration) {
+        self.terminate();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return;
+            }
+            std::thread::sleep(EXIT_POLL);
+        }
+        self.kill();
+        let _ = self.child.wait();
+    }
+
+    /// [`ManagedProcess::stop`] for async callers: the same signals and deadline, but it
+    /// waits on tokio's timer, so no runtime thread is blocked while the process drains.
+    pub async fn stop_async(&mut self, grace: Duration) {
+        self.terminate();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return;
+            }
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+        self.kill();
+        // SIGKILL cannot be caught: the exit follows at once, reaped here without blocking.
+        while self.is_running() {
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Ask it to stop (SIGTERM), so it can shut down in order.
+    fn terminate(&self) {
         if let Ok(pid) = i32::try_from(self.child.id()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        let deadline = std::time::Instant::now() + grace;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        tracing::warn!(process = %self.name, "did not stop in time; killing");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 
-    /// Whether it is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    /// It ignored SIGTERM for its whole grace: SIGKILL.
+    fn kill(&mut self) {
+        tracing::warn!(process = %self.name, "did not stop in time; killing");
+        let _ = self.child.kill();
     }
 }
 
@@ -92,31 +135,38 @@ pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
         .context("nats-server not found: run ./scripts/setup.sh or set NATS_SERVER_BIN")
 }
 
-/// Start `command`, wait for a stderr/stdout line for which `ready` returns a value, keep
-/// the rest of its output flowing into `log`.
-fn start_and_wait<T: Send + 'static>(
+/// Which output stream carries a process's "ready" line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyOn {
+    /// Standard output (the coordinator's `listening on ...`).
+    Stdout,
+    /// Standard error (nats-server's log).
+    Stderr,
+}
+
+/// Start `command`, wait (blocking, at most 30 s) for a line on `stream` for which `ready`
+/// returns a value, keep the rest of its output flowing into `log`.
+pub fn start_and_wait<T: Send + 'static>(
     name: &str,
     mut command: Command,
     log: &Path,
-    from_stderr: bool,
+    stream: ReadyOn,
     ready: fn(&str) -> Option<T>,
 ) -> anyhow::Result<(ManagedProcess, T)> {
     let mut log_file =
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let other = log_file.try_clone()?;
-    if from_stderr {
-        command.stderr(Stdio::piped()).stdout(other);
-    } else {
-        command.stdout(Stdio::piped()).stderr(other);
-    }
+    match stream {
+        ReadyOn::Stderr => command.stderr(Stdio::piped()).stdout(other),
+        ReadyOn::Stdout => command.stdout(Stdio::piped()).stderr(other),
+    };
     let mut child = command
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {name}"))?;
-    let pipe: Box<dyn std::io::Read + Send> = if from_stderr {
-        Box::new(child.stderr.take().context("stderr")?)
-    } else {
-        Box::new(child.stdout.take().context("stdout")?)
+    let pipe: Box<dyn std::io::Read + Send> = match stream {
+        ReadyOn::Stderr => Box::new(child.stderr.take().context("stderr")?),
+        ReadyOn::Stdout => Box::new(child.stdout.take().context("stdout")?),
     };
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
@@ -129,10 +179,7 @@ fn start_and_wait<T: Send + 'static>(
             }
         }
     });
-    let mut process = ManagedProcess {
-        name: name.to_string(),
-        child,
-    };
+    let mut process = ManagedProcess::new(name, child);
     match receiver.recv_timeout(Duration::from_secs(30)) {
         Ok(value) => Ok((process, value)),
         Err(_) => {
@@ -168,7 +215,7 @@ pub fn start_nats(
         "nats-server",
         command,
         &dir.join("nats-server.log"),
-        true,
+        ReadyOn::Stderr,
         |line| {
             line.split("Listening for client connections on ")
                 .nth(1)?
@@ -180,47 +227,4 @@ pub fn start_nats(
         },
     )?;
     Ok((process, format!("nats://127.0.0.1:{port}")))
-}
-
-/// Start the coordinator daemon on a free port; returns its `http://` endpoint. `nats_url`
-/// may list several servers (comma-separated); `nats_cluster_dir` names a managed cluster's
-/// directory (see [`crate`]).
-pub fn start_coordinator(
-    dir: &Path,
-    nats_url: &str,
-    nats_cluster_dir: Option<&Path>,
-) -> anyhow::Result<(ManagedProcess, String)> {
-    let mut command = Command::new(sibling_binary("coordinator")?);
-    command.args(["--listen", "127.0.0.1:0", "--nats-url", nats_url]);
-    if let Some(cluster) = nats_cluster_dir {
-        command.arg("--nats-cluster-dir").arg(cluster);
-    }
-    let (process, address) = start_and_wait(
-        "coordinator",
-        command,
-        &dir.join("coordinator.log"),
-        false,
-        |line| {
-            line.strip_prefix("listening on ")
-                .map(|a| a.trim().to_string())
-        },
-    )?;
-    Ok((process, format!("http://{address}")))
-}
-
-/// Start one agent connected to `coordinator`, working under `dir/agent`.
-pub fn start_agent(dir: &Path, coordinator: &str, id: &str) -> anyhow::Result<ManagedProcess> {
-    let log = std::fs::File::create(dir.join(format!("{id}.log")))?;
-    let child = Command::new(sibling_binary("agent")?)
-        .args(["run", "--coordinator", coordinator, "--id", id, "--dir"])
-        .arg(dir.join(id))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting the agent")?;
-    Ok(ManagedProcess {
-        name: id.to_string(),
-        child,
-    })
 }

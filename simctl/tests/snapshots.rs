@@ -1,5 +1,5 @@
 //! Snapshots of what users read: `simctl --help` (and its main subcommands) and the report
-//! text. `UPDATE_SNAPSHOTS=1 cargo test -p coordinator --test snapshots` rewrites them after
+//! text. `UPDATE_SNAPSHOTS=1 cargo test -p simctl --test snapshots` rewrites them after
 //! an intended change; review the diff.
 
 use std::path::PathBuf;
@@ -29,6 +29,8 @@ fn simctl_help_texts() {
     for (name, args) in [
         ("simctl-help.txt", vec!["--help"]),
         ("simctl-run-help.txt", vec!["run", "--help"]),
+        ("simctl-start-help.txt", vec!["start", "--help"]),
+        ("simctl-chaos-help.txt", vec!["chaos", "--help"]),
         ("simctl-report-help.txt", vec!["report", "--help"]),
         ("simctl-config-help.txt", vec!["config", "--help"]),
     ] {

@@ -1,0 +1,81 @@
+//! `simctl report --run-dir D`: judge a run directory offline, no coordinator needed — from
+//! its final state, or from its latest checkpoint if the run did not finish — and compare
+//! with the verdict recorded when it finished, if any.
+//!
+//! Only [`judge`] touches the coordinator crate: the checkpoint format and `summarize` still
+//! live in its run engine. When they move to sim-core, that one function changes.
+
+use std::path::Path;
+
+use proto::v1::RunReport;
+use sim_core::report::RunSummary;
+use sim_core::rundir::RunDir;
+
+use crate::cli::ReportFiles;
+use crate::exit::{Exit, ExitError, bad_input};
+use crate::{config, report};
+
+/// Judge `dir` and deliver its report; the exit is the verdict.
+pub fn report(dir: &Path, files: &ReportFiles) -> Result<Exit, ExitError> {
+    let config = config::load(&dir.join("config.yaml"))?;
+    let run = RunDir::open(dir, &config.checkpointing.path);
+    let (body, source) = evidence(&run, dir)?;
+    let summary = judge(&body).map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", dir.display())))?;
+    let run_report = RunReport::from(&summary);
+    eprintln!("parti-sim: judged {} from its {source}", dir.display());
+    compare_with_recorded(dir, &run_report);
+    report::deliver(&run_report, files)
+}
+
+/// The whole evidence of a run (a checkpoint body) and what it was taken from.
+fn evidence(run: &RunDir, dir: &Path) -> Result<(Vec<u8>, String), ExitError> {
+    let final_error = match run.read_final() {
+        Ok(body) => return Ok((body, "final state".to_string())),
+        Err(error) => error,
+    };
+    match run.latest_checkpoint() {
+        Ok((generation, body)) => Ok((
+            body,
+            format!(
+                "checkpoint {generation} (the run did not finish; messages in flight at that \
+                 point are not judged lost)"
+            ),
+        )),
+        Err(error) => Err(bad_input(anyhow::anyhow!(
+            "{}: no final state ({final_error}) and no checkpoint ({error})",
+            dir.display()
+        ))),
+    }
+}
+
+/// The verdict on a checkpoint body. The one use of the coordinator crate (see the module
+/// docs); its errors are reduced to their message, so a change of their types stays here.
+fn judge(body: &[u8]) -> Result<RunSummary, String> {
+    use coordinator::run::{RunCheckpoint, summarize};
+    let state = RunCheckpoint::from_json(body).map_err(|e| e.to_string())?;
+    summarize(&state).map_err(|e| e.to_string())
+}
+
+/// Say whether the verdict now is the one recorded when the run finished (`report.json`).
+fn compare_with_recorded(dir: &Path, now: &RunReport) {
+    let Ok(text) = std::fs::read_to_string(dir.join("report.json")) else {
+        return;
+    };
+    match (outcome(&text), outcome(&now.json)) {
+        (Some(recorded), Some(now)) if recorded == now => {
+            eprintln!("parti-sim: same verdict as recorded ({recorded})");
+        }
+        (recorded, now) => {
+            eprintln!("parti-sim: WARNING: recorded verdict {recorded:?}, re-judged {now:?}")
+        }
+    }
+}
+
+/// The `outcome` field of a JSON report.
+fn outcome(json: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()?
+        .get("outcome")?
+        .as_str()
+        .map(str::to_string)
+}
