@@ -1,4 +1,4 @@
-//! The parti-sim wire protocol, package `sim.v1`, generated from `proto/sim/v1/sim.proto`.
+//! The parti-sim wire protocol, package `sim.v1`, generated from `proto/proto/sim/v1/sim.proto`.
 //!
 //! Layout: [`v1`] holds the messages and the `Agent` / `Control` clients and servers;
 //! `convert` turns `sim-core` values into wire messages.
