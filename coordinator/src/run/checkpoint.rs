@@ -36,9 +36,16 @@ use sim_core::report::{Outcome, RunSummary};
 use sim_core::rundir::RunDir;
 use sim_core::tracker::{Tracker, TrackerState, Verdict as _, WorkerRef};
 
+/// The shape of [`RunCheckpoint`] this build writes and reads. Files without a `format`
+/// are format 1.
+pub const CHECKPOINT_FORMAT: u32 = 1;
+
 /// The state of a run, as written to `checkpoints/ckpt-*.json` and `final.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunCheckpoint<'a> {
+    /// [`CHECKPOINT_FORMAT`] when written.
+    #[serde(default = "format_one")]
+    format: u32,
     run_id: Cow<'a, str>,
     seed: u64,
     nats_url: Cow<'a, str>,
@@ -71,15 +78,55 @@ pub struct RunCheckpoint<'a> {
     applied: Cow<'a, BTreeMap<String, (u64, u64)>>,
 }
 
+/// Why a run's state cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Written by a build with another state format: its fields would be misread.
+    #[error("checkpoint format {found}, this build reads format {CHECKPOINT_FORMAT}")]
+    Format {
+        /// The file's format.
+        found: u32,
+    },
+    /// Not a run state (the JSON path of the problem is named).
+    #[error("at {path}: {message}")]
+    Invalid {
+        /// Where in the JSON.
+        path: String,
+        /// What is wrong there.
+        message: String,
+    },
+}
+
+/// Only the format of a checkpoint body, read before the rest.
+#[derive(Deserialize)]
+struct FormatProbe {
+    /// Absent in format 1, the last format without the field.
+    #[serde(default = "format_one")]
+    format: u32,
+}
+
+fn format_one() -> u32 {
+    1
+}
+
 impl RunCheckpoint<'_> {
     /// Read one from a checkpoint body.
     ///
     /// # Errors
-    /// The body is not a checkpoint of this format (the JSON path of the problem is named).
-    pub fn from_json(body: &[u8]) -> Result<RunCheckpoint<'static>, String> {
+    /// The body is of another format, or not a run state.
+    pub fn from_json(body: &[u8]) -> Result<RunCheckpoint<'static>, StateError> {
+        // The format first: a body of another format fails on some field or other, and
+        // "checkpoint format 1" says more than the name of that field.
+        if let Ok(FormatProbe { format }) = serde_json::from_slice(body) {
+            if format != CHECKPOINT_FORMAT {
+                return Err(StateError::Format { found: format });
+            }
+        }
         let mut deserializer = serde_json::Deserializer::from_slice(body);
-        serde_path_to_error::deserialize(&mut deserializer)
-            .map_err(|e| format!("at {}: {}", e.path(), e.inner()))
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| StateError::Invalid {
+            path: e.path().to_string(),
+            message: e.inner().to_string(),
+        })
     }
 
     /// The run id.
@@ -99,6 +146,7 @@ impl<'a> RunCheckpoint<'a> {
             .collect();
         worker_refs.sort_by_key(|entry| entry.2);
         Self {
+            format: CHECKPOINT_FORMAT,
             run_id: Cow::Borrowed(&run.id),
             seed: run.seed,
             nats_url: Cow::Borrowed(&run.nats_url),
@@ -405,4 +453,43 @@ fn restore(
         placement,
         config,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CHECKPOINT_FORMAT, RunCheckpoint, StateError};
+
+    /// A state of another format is refused before any field is read, naming both formats.
+    #[test]
+    fn a_checkpoint_of_another_format_is_refused() {
+        let newer = format!(
+            r#"{{"format": {}, "run_id": "run-1"}}"#,
+            CHECKPOINT_FORMAT + 1
+        );
+        let error = RunCheckpoint::from_json(newer.as_bytes()).expect_err("newer");
+        assert!(
+            matches!(error, StateError::Format { found } if found == CHECKPOINT_FORMAT + 1),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "checkpoint format {}, this build reads format {CHECKPOINT_FORMAT}",
+                CHECKPOINT_FORMAT + 1
+            )
+        );
+    }
+
+    /// A body of this format with a bad field names where it is.
+    #[test]
+    fn a_damaged_checkpoint_names_the_field() {
+        let body = format!(r#"{{"format": {CHECKPOINT_FORMAT}, "run_id": 5}}"#);
+        let error = RunCheckpoint::from_json(body.as_bytes()).expect_err("damaged");
+        assert!(
+            matches!(&error, StateError::Invalid { path, .. } if path == "run_id"),
+            "{error:?}"
+        );
+        let error = RunCheckpoint::from_json(b"not json").expect_err("not json");
+        assert!(matches!(error, StateError::Invalid { .. }), "{error:?}");
+    }
 }
