@@ -1,9 +1,10 @@
 //! Conversions between the wire types and `sim-core`'s: the wire carries what the core
 //! decided, it never decides anything itself.
 
+use sim_core::chaos::FaultOutcome;
 use sim_core::report::{Outcome, RunSummary};
 
-use crate::v1::{RunReport, Verdict};
+use crate::v1::{InjectResponse, RunReport, Verdict};
 
 impl From<&RunSummary> for RunReport {
     /// The wire report of a judged run: the verdict (an infrastructure failure is a FAIL
@@ -21,6 +22,17 @@ impl From<&RunSummary> for RunReport {
             json: serde_json::to_string_pretty(summary).unwrap_or_default(),
             junit: summary.junit(),
             infrastructure: summary.outcome == Outcome::Infrastructure,
+        }
+    }
+}
+
+impl InjectResponse {
+    /// The reply to `simctl chaos`: the fault's target and what became of it.
+    pub fn new(target: String, outcome: &FaultOutcome) -> Self {
+        Self {
+            outcome: outcome.to_string(),
+            target,
+            injected: outcome.is_injected(),
         }
     }
 }

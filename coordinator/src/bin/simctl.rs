@@ -274,7 +274,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
                 })?
                 .into_inner();
             println!("{event} {}: {}", response.target, response.outcome);
-            Ok(if response.outcome == "injected" { 0 } else { 1 })
+            Ok(if response.injected { 0 } else { 1 })
         }
         Command::Agents => {
             let mut client = connect(&cli.coordinator).await?;

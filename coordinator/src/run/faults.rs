@@ -27,7 +27,7 @@ use super::{ActiveRun, Engine, Phase};
 use crate::placement::Placement;
 use sim_core::chaos::{
     ChaosPlan, ChaosPlanState, DEGRADE_DELAY_MS, DEGRADE_FOR, DEGRADE_LOSS, DEGRADE_RATE_KBIT,
-    FaultRecord, PAUSE_FOR, RESPAWN_AFTER,
+    FaultOutcome, FaultRecord, PAUSE_FOR, RESPAWN_AFTER,
 };
 use sim_core::config::{ChaosEvent, Config};
 
@@ -477,7 +477,7 @@ impl Engine {
         match phase {
             NetworkFaultPhase::Applied => record.detail.clone_from(&report.detail),
             NetworkFaultPhase::Failed => {
-                record.outcome = format!("failed: {}", report.detail);
+                record.outcome = FaultOutcome::Failed(report.detail.clone());
                 run.faults.host_faults.remove(agent);
                 if measuring_this.is_some() {
                     run.faults.measuring = None;
@@ -521,7 +521,7 @@ impl Engine {
             .await
     }
 
-    /// Inject `event` now; returns the target and the outcome (`injected` or why not).
+    /// Inject `event` now; returns the target and the outcome.
     ///
     /// Written ahead: the fault is recorded (with its expectations: exits, pauses, the
     /// recovery to measure) and checkpointed before the command goes out, so a coordinator
@@ -531,9 +531,10 @@ impl Engine {
         event: ChaosEvent,
         now: Duration,
         options: InjectOptions,
-    ) -> (String, String) {
+    ) -> (String, FaultOutcome) {
+        let no_run = || (String::new(), FaultOutcome::Skipped("no run".into()));
         let Some(run) = self.run.as_mut() else {
-            return (String::new(), "skipped: no run".into());
+            return no_run();
         };
         let duplicates = run.tracker.snapshot(super::now_us()).duplicates();
         run.faults.close_duplicates(duplicates);
@@ -553,13 +554,13 @@ impl Engine {
                         target_done: planned.target_done.clone(),
                     });
                 }
-                (Some(planned), "injected".to_string())
+                (Some(planned), FaultOutcome::Injected)
             }
-            Err(why) => (None, why),
+            Err(why) => (None, FaultOutcome::Skipped(why)),
         };
         run.faults.records.push(FaultRecord {
             at_s: now.as_secs_f64(),
-            event: event.as_str().to_string(),
+            event,
             target: planned
                 .as_ref()
                 .map(|p| p.target.clone())
@@ -577,7 +578,7 @@ impl Engine {
         if let Some(planned) = planned {
             self.write_checkpoint("fault").await;
             let Some(run) = self.run.as_mut() else {
-                return (String::new(), "skipped: no run".into());
+                return no_run();
             };
             let killed_nats = match planned.action {
                 Action::KillNatsServer(index) => Some(index),
@@ -638,11 +639,11 @@ impl Engine {
                     run.faults.measuring = None;
                 }
                 run.faults.records[index].outcome =
-                    "skipped: the target's agent went away".to_string();
+                    FaultOutcome::Skipped("the target's agent went away".into());
             }
         }
         let Some(run) = self.run.as_mut() else {
-            return (String::new(), "skipped: no run".into());
+            return no_run();
         };
         let record = &run.faults.records[index];
         let (target, outcome, detail) = (
@@ -650,7 +651,7 @@ impl Engine {
             record.outcome.clone(),
             record.detail.clone(),
         );
-        if outcome == "injected" {
+        if outcome.is_injected() {
             info!(run = %run.id, event = event.as_str(), %target, %detail, "fault injected");
         } else {
             warn!(run = %run.id, event = event.as_str(), %outcome, "fault not injected");
@@ -736,7 +737,7 @@ enum Action {
 }
 
 /// Choose a target and decide what to do; records the expectations (exits, pauses,
-/// retirements, host faults) the injection creates.
+/// retirements, host faults) the injection creates. `Err`: why the fault is skipped.
 fn plan_fault(
     run: &mut ActiveRun,
     event: ChaosEvent,
@@ -774,7 +775,7 @@ fn plan_fault(
         | ChaosEvent::ScaleDown
         | ChaosEvent::WorkerPause => {
             if live.len() < 2 {
-                return Err("skipped: fewer than two live workers".into());
+                return Err("fewer than two live workers".into());
             }
             let target = choose(run, &live, options)?;
             let signal = match event {
@@ -814,7 +815,7 @@ fn plan_fault(
                 .map(|(p, _)| p.clone())
                 .collect();
             if live.len() < 2 || leader.is_empty() {
-                return Err("skipped: no leader among two or more live workers".into());
+                return Err("no leader among two or more live workers".into());
             }
             let target = choose(run, &leader, options)?;
             let mut planned = if event == ChaosEvent::LeaderFailure {
@@ -843,7 +844,7 @@ fn plan_fault(
                 .map(|(p, _)| p.clone())
                 .collect();
             if producers.is_empty() {
-                return Err("skipped: no live producer".into());
+                return Err("no live producer".into());
             }
             let target = choose(run, &producers, options)?;
             run.faults.expect_exit.insert(target.clone());
@@ -859,11 +860,11 @@ fn plan_fault(
                     _ => None,
                 });
             let (Some(mut spec), false) = (template, run.faults.agents.is_empty()) else {
-                return Err("skipped: no worker to copy".into());
+                return Err("no worker to copy".into());
             };
             let agent = match &options.target {
                 Some(agent) if run.faults.agents.contains(agent) => agent.clone(),
-                Some(other) => return Err(format!("skipped: no agent {other}")),
+                Some(other) => return Err(format!("no agent {other}")),
                 None => run.faults.agents[run.faults.next_worker % run.faults.agents.len()].clone(),
             };
             let process = format!("worker-{}", run.faults.next_worker);
@@ -896,7 +897,7 @@ fn plan_fault(
                 .cloned()
                 .collect();
             if free.is_empty() {
-                return Err("skipped: every host is already impaired".into());
+                return Err("every host is already impaired".into());
             }
             let target = choose(run, &free, options)?;
             let (kind, lasts, loss, rate, delay) = if event == ChaosEvent::NatsDisconnect {
@@ -957,19 +958,15 @@ fn kill_nats_server(
     options: &InjectOptions,
 ) -> Result<Planned, String> {
     let Some(cluster) = run.nats_cluster.as_ref() else {
-        return Err(
-            "skipped: no managed NATS cluster (nats.cluster_size 3 or 5 with simctl run)".into(),
-        );
+        return Err("no managed NATS cluster (nats.cluster_size 3 or 5 with simctl run)".into());
     };
     let size = cluster.size();
     if size < 3 {
-        return Err(
-            "skipped: a cluster of fewer than three servers has no quorum without one".into(),
-        );
+        return Err("a cluster of fewer than three servers has no quorum without one".into());
     }
     // One server down at a time: a second one would cost the quorum.
     if let Some(down) = (0..size).find(|i| !cluster.is_running(*i)) {
-        return Err(format!("skipped: NATS server n{down} is not running"));
+        return Err(format!("NATS server n{down} is not running"));
     }
     if run
         .faults
@@ -977,7 +974,7 @@ fn kill_nats_server(
         .values()
         .any(|d| d.restart_at.is_some())
     {
-        return Err("skipped: a NATS server is still down".into());
+        return Err("a NATS server is still down".into());
     }
     let names: Vec<String> = (0..size).map(|i| format!("n{i}")).collect();
     let target = choose(run, &names, options)?;
@@ -1058,7 +1055,7 @@ fn change_partitions(run: &mut ActiveRun) -> Result<Planned, String> {
         let excused = run
             .tracker
             .remove_partition(partition)
-            .map_err(|e| format!("skipped: tracker refused removing {partition}: {e}"))?;
+            .map_err(|e| format!("tracker refused removing {partition}: {e}"))?;
         run.partition_map.partitions.retain(|e| e.id != partition);
         format!("removed partition {partition} ({excused} unprocessed message(s) excused)")
     } else {
@@ -1067,14 +1064,14 @@ fn change_partitions(run: &mut ActiveRun) -> Result<Planned, String> {
             .min_by_key(|(_, list)| list.len())
             .map(|(producer, _)| producer.clone())
         else {
-            return Err("skipped: no producer".into());
+            return Err("no producer".into());
         };
         // Never an id used before: a new partition starts with an empty subject.
         let partition = run.faults.next_partition;
         run.faults.next_partition += 1;
         run.tracker
             .add_partition(partition)
-            .map_err(|e| format!("skipped: tracker refused adding {partition}: {e}"))?;
+            .map_err(|e| format!("tracker refused adding {partition}: {e}"))?;
         run.partition_map
             .partitions
             .push(proto::v1::PartitionEntry {
@@ -1101,7 +1098,7 @@ fn choose(run: &mut ActiveRun, from: &[String], options: &InjectOptions) -> Resu
     match &options.target {
         Some(target) if from.contains(target) => Ok(target.clone()),
         Some(target) => Err(format!(
-            "skipped: target {target} is not one of [{}]",
+            "target {target} is not one of [{}]",
             from.join(", ")
         )),
         None => {
@@ -1112,7 +1109,7 @@ fn choose(run: &mut ActiveRun, from: &[String], options: &InjectOptions) -> Resu
                 .map_or(0, |plan| plan.pick(from.len()));
             from.get(index)
                 .cloned()
-                .ok_or_else(|| "skipped: no candidate".to_string())
+                .ok_or_else(|| "no candidate".to_string())
         }
     }
 }

@@ -30,6 +30,7 @@ use clock::RunClock;
 use crate::agents::{AgentRegistry, IngestBatch};
 use crate::assignment_log::AssignmentLog;
 use crate::placement::{self, PlacedSpawn, Placement};
+use sim_core::chaos::FaultOutcome;
 use sim_core::config::{ChaosEvent, Config};
 use sim_core::ownership::OwnershipCheck;
 use sim_core::report::{Outcome, RunSummary};
@@ -81,7 +82,7 @@ pub enum Command {
         /// Target and duration, when given.
         options: InjectOptions,
         /// Reply with (target, outcome).
-        reply: oneshot::Sender<(String, String)>,
+        reply: oneshot::Sender<(String, FaultOutcome)>,
     },
 }
 
@@ -316,7 +317,7 @@ impl Engine {
                         let result = if running {
                             self.inject(event, now, options).await
                         } else {
-                            (String::new(), "skipped: no run is in its running phase".into())
+                            (String::new(), FaultOutcome::Skipped("no run is in its running phase".into()))
                         };
                         let _ = reply.send(result);
                     }
