@@ -459,17 +459,13 @@ fn offline_report(dir: &Path) -> Result<RunReport, Exit> {
     eprintln!("parti-sim: judged {} from its {source}", dir.display());
     // The verdict recorded when the run finished, for comparison.
     if let Ok(text) = std::fs::read_to_string(dir.join("report.json")) {
-        let recorded = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["outcome"].as_str().map(str::to_string));
-        let now = serde_json::from_str::<serde_json::Value>(&report.json)
-            .ok()
-            .and_then(|v| v["outcome"].as_str().map(str::to_string));
-        match (recorded, now) {
-            (Some(recorded), Some(now)) if recorded == now => {
+        let recorded = sim_core::report::recorded_outcome(&text);
+        let now = summary.judgement.outcome;
+        match recorded {
+            Some(recorded) if recorded == now => {
                 eprintln!("parti-sim: same verdict as recorded ({recorded})");
             }
-            (recorded, now) => {
+            recorded => {
                 eprintln!("parti-sim: WARNING: recorded verdict {recorded:?}, re-judged {now:?}")
             }
         }

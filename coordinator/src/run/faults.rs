@@ -30,6 +30,8 @@ use sim_core::chaos::{
     FaultOutcome, FaultRecord, PAUSE_FOR, RESPAWN_AFTER,
 };
 use sim_core::config::{ChaosEvent, Config};
+use sim_core::events::{EventKind, RunEvent};
+use sim_core::verdict::{Failure, Unrecovered};
 
 /// Chaos and healing state of one run. Every time in it is run time (since the run
 /// started, on the run's clock), so the whole state goes into a checkpoint as it is.
@@ -250,7 +252,7 @@ impl FaultState {
         process: &str,
         worker_id: &str,
         incarnation: u64,
-        failures: &mut Vec<String>,
+        failures: &mut Vec<Failure>,
     ) {
         let Some((record, old_id, old_incarnation)) = self.restarts.get(process).cloned() else {
             return;
@@ -262,9 +264,11 @@ impl FaultState {
         let note = if worker_id == old_id {
             format!("kept stable id {worker_id}")
         } else {
-            failures.push(format!(
-                "identity: {process} was restarted as {old_id} and came back as {worker_id}"
-            ));
+            failures.push(Failure::Identity {
+                process: process.to_string(),
+                before: old_id.clone(),
+                after: worker_id.to_string(),
+            });
             format!("stable id changed: {old_id} → {worker_id}")
         };
         if let Some(record) = self.records.get_mut(record) {
@@ -364,11 +368,15 @@ impl Engine {
                     .send(&agent, coordinator_message::Body::Spawn(spawn))
                     .await
                 {
-                    run.events.push(format!("{process} respawned"));
+                    run.events.push(RunEvent::new(
+                        EventKind::Process,
+                        format!("{process} respawned"),
+                    ));
                 } else {
                     warn!(run = %run.id, %process, %agent, "not respawned: agent went away");
-                    run.events.push(format!(
-                        "UNEXPECTED: {process} not respawned: agent {agent} went away"
+                    run.events.push(RunEvent::new(
+                        EventKind::Unexpected,
+                        format!("{process} not respawned: agent {agent} went away"),
                     ));
                 }
             }
@@ -419,23 +427,23 @@ impl Engine {
                     record.target,
                     record.moved.unwrap_or(0)
                 );
-                run.events.push(line);
+                run.events.push(RunEvent::new(EventKind::Recovery, line));
             } else if now > measure.deadline {
                 let record = &run.faults.records[measure.index];
-                let what = if measure.awaiting_heal {
-                    "the network fault was not healed by its agent"
-                } else {
-                    "partitions were not all owned by live workers and consuming"
+                let failure = Failure::RebalanceTimeout {
+                    event: record.event,
+                    target: record.target.clone(),
+                    at_s: record.at_s,
+                    stuck: if measure.awaiting_heal {
+                        Unrecovered::NetworkNotHealed
+                    } else {
+                        Unrecovered::NotOwnedAndConsuming
+                    },
+                    timeout: run.config.coordinator.rebalance_timeout,
                 };
-                let failure = format!(
-                    "rebalance: after {} on {} at {:.0}s, {what} within {:?}",
-                    record.event,
-                    record.target,
-                    record.at_s,
-                    run.config.coordinator.rebalance_timeout
-                );
-                run.events.push(failure.clone());
-                run.extra_failures.push(failure);
+                run.events
+                    .push(RunEvent::new(EventKind::Recovery, failure.to_string()));
+                run.failures.push(failure);
                 run.faults.measuring = None;
             }
         }
@@ -467,11 +475,14 @@ impl Engine {
             return;
         };
         let phase = NetworkFaultPhase::try_from(report.phase).unwrap_or_default();
-        run.events.push(format!(
-            "network fault {} on {agent}: {}: {}",
-            record.event,
-            phase.as_str_name(),
-            report.detail
+        run.events.push(RunEvent::new(
+            EventKind::Fault,
+            format!(
+                "network fault {} on {agent}: {}: {}",
+                record.event,
+                phase.as_str_name(),
+                report.detail
+            ),
         ));
         let measuring_this = run.faults.measuring.clone().filter(|m| m.index == index);
         match phase {
@@ -656,15 +667,18 @@ impl Engine {
         } else {
             warn!(run = %run.id, event = event.as_str(), %outcome, "fault not injected");
         }
-        run.events.push(format!(
-            "chaos {:.0}s: {} {target}: {outcome}{}",
-            now.as_secs_f64(),
-            event.as_str(),
-            if detail.is_empty() {
-                String::new()
-            } else {
-                format!(" ({detail})")
-            }
+        run.events.push(RunEvent::new(
+            EventKind::Fault,
+            format!(
+                "chaos {:.0}s: {} {target}: {outcome}{}",
+                now.as_secs_f64(),
+                event.as_str(),
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({detail})")
+                }
+            ),
         ));
         (target, outcome)
     }
@@ -1009,7 +1023,10 @@ fn restart_nats_server(run: &mut ActiveRun, index: usize, now: Duration) {
     let Some(dir) = run.nats_cluster.as_ref().map(|c| c.dir().to_path_buf()) else {
         return;
     };
-    run.events.push(format!("NATS server n{index} restarted"));
+    run.events.push(RunEvent::new(
+        EventKind::Fault,
+        format!("NATS server n{index} restarted"),
+    ));
     let id = run.id.clone();
     tokio::spawn(async move {
         let result = match nats_cluster::NatsCluster::open(&dir) {
