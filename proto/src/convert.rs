@@ -43,3 +43,53 @@ impl From<&ProcessExited> for ExitStatus {
         ExitStatus::new(exited.code, exited.signal)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sim_core::chaos::FaultOutcome;
+    use sim_core::verdict::ExitStatus;
+
+    use crate::v1::{InjectResponse, ProcessExited};
+
+    /// simctl decides on `injected`; the text is for people, as it always read.
+    #[test]
+    fn inject_replies_say_whether_the_fault_went_out() {
+        let injected = InjectResponse::new("worker-1".into(), &FaultOutcome::Injected);
+        assert!(injected.injected);
+        assert_eq!(
+            (injected.outcome.as_str(), injected.target.as_str()),
+            ("injected", "worker-1")
+        );
+        let skipped = InjectResponse::new(
+            String::new(),
+            &FaultOutcome::Skipped("target worker-99 is not one of [worker-0]".into()),
+        );
+        assert!(!skipped.injected);
+        assert_eq!(
+            skipped.outcome,
+            "skipped: target worker-99 is not one of [worker-0]"
+        );
+        let failed = InjectResponse::new("host-1".into(), &FaultOutcome::Failed("no tc".into()));
+        assert!(!failed.injected);
+        assert_eq!(failed.outcome, "failed: no tc");
+    }
+
+    #[test]
+    fn exit_statuses_prefer_the_code() {
+        let exited = |code, signal| ProcessExited {
+            code,
+            signal,
+            ..ProcessExited::default()
+        };
+        assert_eq!(
+            ExitStatus::from(&exited(Some(0), None)),
+            ExitStatus::Code(0)
+        );
+        assert_eq!(
+            ExitStatus::from(&exited(None, Some(9))),
+            ExitStatus::Signal(9)
+        );
+        assert_eq!(ExitStatus::from(&exited(None, None)), ExitStatus::Unknown);
+        assert_eq!(ExitStatus::Signal(9).to_string(), "signal 9");
+    }
+}
