@@ -152,7 +152,7 @@ impl Control for ControlService {
         let (target, outcome) = result
             .await
             .map_err(|_| Status::unavailable("engine stopped"))?;
-        Ok(Response::new(InjectResponse { outcome, target }))
+        Ok(Response::new(InjectResponse::new(target, &outcome)))
     }
 
     async fn report(&self, _: Request<ReportRequest>) -> Result<Response<RunReport>, Status> {

@@ -11,6 +11,7 @@
 //! A fault that cannot be executed (a `nats_server_kill` without a managed cluster, a crash
 //! with too few live workers) is recorded as skipped with the reason, never silently dropped.
 
+use std::fmt;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
@@ -157,11 +158,11 @@ pub struct FaultRecord {
     /// Seconds since the run started.
     pub at_s: f64,
     /// The fault.
-    pub event: String,
+    pub event: ChaosEvent,
     /// Its target process, if any.
     pub target: String,
-    /// What happened: `injected`, or why it was skipped or failed.
-    pub outcome: String,
+    /// What happened: injected, or why it was skipped or failed.
+    pub outcome: FaultOutcome,
     /// What exactly was done (pause length, rules installed, what the kernel lacked).
     pub detail: String,
     /// Partitions that changed owner (parti's assignment document) until recovery.
@@ -176,11 +177,82 @@ pub struct FaultRecord {
     pub rebalance_s: Option<f64>,
 }
 
+/// What became of one fault.
+///
+/// Serialized as its text (`injected`, `skipped: <why>`, `failed: <why>`), as reports
+/// always showed it; [`FaultOutcome::from_str`](std::str::FromStr) is the one place that
+/// reads that text back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum FaultOutcome {
+    /// The command went out.
+    Injected,
+    /// Not attempted: why (no candidate target, the target's agent went away, ...).
+    Skipped(String),
+    /// Attempted, and the agent reported it could not be done: why.
+    Failed(String),
+}
+
+impl FaultOutcome {
+    /// Whether the fault was injected (counts in the statistics, may be measured).
+    pub fn is_injected(&self) -> bool {
+        matches!(self, Self::Injected)
+    }
+}
+
+const SKIPPED: &str = "skipped: ";
+const FAILED: &str = "failed: ";
+
+impl fmt::Display for FaultOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Injected => f.write_str("injected"),
+            Self::Skipped(why) => write!(f, "{SKIPPED}{why}"),
+            Self::Failed(why) => write!(f, "{FAILED}{why}"),
+        }
+    }
+}
+
+/// Text that is not a fault outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a fault outcome: {0:?} (injected, skipped: …, failed: …)")]
+pub struct UnknownFaultOutcome(String);
+
+impl std::str::FromStr for FaultOutcome {
+    type Err = UnknownFaultOutcome;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "injected" {
+            Ok(Self::Injected)
+        } else if let Some(why) = text.strip_prefix(SKIPPED) {
+            Ok(Self::Skipped(why.to_string()))
+        } else if let Some(why) = text.strip_prefix(FAILED) {
+            Ok(Self::Failed(why.to_string()))
+        } else {
+            Err(UnknownFaultOutcome(text.to_string()))
+        }
+    }
+}
+
+impl TryFrom<String> for FaultOutcome {
+    type Error = UnknownFaultOutcome;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<FaultOutcome> for String {
+    fn from(outcome: FaultOutcome) -> Self {
+        outcome.to_string()
+    }
+}
+
 /// Summary per fault type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FaultStats {
     /// The fault type.
-    pub event: String,
+    pub event: ChaosEvent,
     /// How many were injected.
     pub count: usize,
     /// Median rebalance time, seconds.
@@ -191,22 +263,22 @@ pub struct FaultStats {
     pub rebalance_max_s: Option<f64>,
 }
 
-/// Per-type counts and rebalance times of `records`.
+/// Per-type counts and rebalance times of `records`, by event name.
 pub fn stats(records: &[FaultRecord]) -> Vec<FaultStats> {
-    let mut kinds: Vec<&str> = records.iter().map(|r| r.event.as_str()).collect();
-    kinds.sort_unstable();
+    let mut kinds: Vec<ChaosEvent> = records.iter().map(|r| r.event).collect();
+    kinds.sort_unstable_by_key(|kind| kind.as_str());
     kinds.dedup();
     kinds
         .into_iter()
         .map(|kind| {
             let of_kind: Vec<&FaultRecord> = records
                 .iter()
-                .filter(|r| r.event == kind && r.outcome == "injected")
+                .filter(|r| r.event == kind && r.outcome.is_injected())
                 .collect();
             let mut times: Vec<f64> = of_kind.iter().filter_map(|r| r.rebalance_s).collect();
             times.sort_by(f64::total_cmp);
             FaultStats {
-                event: kind.to_string(),
+                event: kind,
                 count: of_kind.len(),
                 rebalance_median_s: times.get(times.len() / 2).copied(),
                 rebalance_p99_s: times
@@ -318,5 +390,68 @@ mod tests {
         };
         let error = ChaosPlan::restore(&config, 77, &foreign).expect_err("foreign deck");
         assert!(error.contains("nats_server_kill"), "{error}");
+    }
+
+    /// Outcomes serialize as the text reports always showed, and read back the same.
+    #[test]
+    fn fault_outcomes_round_trip_through_their_text() {
+        for (outcome, text) in [
+            (FaultOutcome::Injected, "injected"),
+            (
+                FaultOutcome::Skipped("fewer than two live workers".into()),
+                "skipped: fewer than two live workers",
+            ),
+            (
+                FaultOutcome::Failed("tc: netem missing".into()),
+                "failed: tc: netem missing",
+            ),
+            (FaultOutcome::Skipped(String::new()), "skipped: "),
+        ] {
+            assert_eq!(outcome.to_string(), text);
+            let json = serde_json::to_string(&outcome).expect("serialize");
+            assert_eq!(json, serde_json::to_string(text).expect("string"));
+            assert_eq!(
+                serde_json::from_str::<FaultOutcome>(&json).expect("parse"),
+                outcome
+            );
+        }
+        assert!(serde_json::from_str::<FaultOutcome>("\"done\"").is_err());
+    }
+
+    /// Statistics count injected faults only, per event, in the order of the event names.
+    #[test]
+    fn stats_count_injected_faults_per_event() {
+        let record = |event, outcome, rebalance_s| FaultRecord {
+            at_s: 1.0,
+            event,
+            target: String::new(),
+            outcome,
+            detail: String::new(),
+            moved: None,
+            ideal_moves: None,
+            duplicates: None,
+            rebalance_s,
+        };
+        let stats = stats(&[
+            record(ChaosEvent::WorkerPause, FaultOutcome::Injected, Some(2.0)),
+            record(ChaosEvent::ScaleUp, FaultOutcome::Injected, Some(1.0)),
+            record(
+                ChaosEvent::WorkerPause,
+                FaultOutcome::Skipped("no".into()),
+                None,
+            ),
+            record(ChaosEvent::WorkerPause, FaultOutcome::Injected, Some(4.0)),
+        ]);
+        let summary: Vec<(ChaosEvent, usize, Option<f64>)> = stats
+            .iter()
+            .map(|s| (s.event, s.count, s.rebalance_max_s))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (ChaosEvent::ScaleUp, 1, Some(1.0)),
+                (ChaosEvent::WorkerPause, 2, Some(4.0)),
+            ]
+        );
     }
 }

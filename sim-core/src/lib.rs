@@ -6,7 +6,10 @@
 //! - [`config`]: the YAML run configuration (the plan's schema), defaults and validation.
 //! - [`tracker`]: per-partition message accounting and the verdict's evidence.
 //! - [`ownership`]: processing without ownership (statuses vs processed reports).
-//! - [`chaos`]: the seeded fault schedule and fault records.
+//! - [`chaos`]: the seeded fault schedule, fault records and their outcomes.
+//! - [`events`]: the run's events, typed by kind, and how a run ended.
+//! - [`verdict`]: the verdict: every failure, typed, and `judge` (PASS / FAIL /
+//!   infrastructure).
 //! - [`rundir`]: a run's directory: config, events, checkpoints, final state, reports.
 //! - [`report`]: the final report (text, JSON, JUnit).
 
@@ -14,7 +17,9 @@
 
 pub mod chaos;
 pub mod config;
+pub mod events;
 pub mod ownership;
 pub mod report;
 pub mod rundir;
 pub mod tracker;
+pub mod verdict;

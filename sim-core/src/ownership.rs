@@ -141,7 +141,7 @@ impl WorkerRecord {
 }
 
 /// One violation, for the report.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Violation {
     /// Stable worker id and slot.
     pub worker: String,

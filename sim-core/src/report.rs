@@ -3,31 +3,23 @@
 use serde::Serialize;
 
 use crate::chaos::{FaultRecord, FaultStats};
+use crate::events::{EndReason, RunEvent};
 use crate::tracker::TrackerSnapshot;
+use crate::verdict::{FailureKind, Judgement};
 
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Every check passed.
-    Pass,
-    /// A check failed (loss, concurrent processing, stall, ...).
-    Fail,
-    /// The harness itself could not run the test (agents or producers lost).
-    Infrastructure,
-}
+pub use crate::verdict::Outcome;
 
 /// Everything the report shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     /// Run id.
     pub run_id: String,
-    /// Verdict.
-    pub outcome: Outcome,
-    /// One line per failed check.
-    pub reasons: Vec<String>,
-    /// How the run ended (drained, drain timeout, stall, ...).
-    pub end: String,
+    /// The verdict: `outcome`, `reasons` (one line per failure) and `failures` (the same
+    /// with their kind) in the JSON.
+    #[serde(flatten)]
+    pub judgement: Judgement,
+    /// How the run ended.
+    pub end: EndReason,
     /// Wall time of the run.
     pub elapsed_s: f64,
     /// Configured duration.
@@ -42,8 +34,9 @@ pub struct RunSummary {
     pub tracker: TrackerSnapshot,
     /// Names behind the tracker's worker references.
     pub worker_names: Vec<String>,
-    /// Process events.
-    pub events: Vec<String>,
+    /// Process events (lines in the JSON).
+    #[serde(serialize_with = "crate::events::serialize_lines")]
+    pub events: Vec<RunEvent>,
     /// Injected faults, in order.
     pub faults: Vec<FaultRecord>,
     /// Per fault type: count and rebalance times.
@@ -56,13 +49,58 @@ pub struct RunSummary {
     pub leaders: Vec<String>,
 }
 
+/// The JUnit test case of each kind of failure. Names that CI histories already track
+/// (`no_loss`, `no_concurrent_processing`, `no_stall`, `infrastructure`) stay.
+pub(crate) fn check_name(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Loss => "no_loss",
+        FailureKind::ConcurrentProcessing => "no_concurrent_processing",
+        FailureKind::Duplicates => "no_duplicates",
+        FailureKind::InvalidReports => "valid_reports",
+        FailureKind::Stall => "no_stall",
+        FailureKind::RebalanceTimeout => "recovery_within_timeout",
+        FailureKind::Identity => "stable_identity",
+        FailureKind::Assignment => "assignment_history",
+        FailureKind::Ownership => "no_ownership_violation",
+        FailureKind::Infrastructure => "infrastructure",
+    }
+}
+
 impl RunSummary {
+    /// A summary of a verdict and the books alone, everything else empty: the report of a
+    /// run whose state could not be judged in full.
+    pub fn bare(
+        run_id: String,
+        judgement: Judgement,
+        end: EndReason,
+        tracker: TrackerSnapshot,
+    ) -> Self {
+        Self {
+            run_id,
+            judgement,
+            end,
+            elapsed_s: 0.0,
+            duration_s: 0.0,
+            partitions: 0,
+            producers: 0,
+            workers: 0,
+            tracker,
+            worker_names: Vec::new(),
+            events: Vec::new(),
+            faults: Vec::new(),
+            fault_stats: Vec::new(),
+            assignment_versions: 0,
+            partition_moves: 0,
+            leaders: Vec::new(),
+        }
+    }
+
     /// Human-readable report.
     pub fn text(&self) -> String {
         use std::fmt::Write;
         let t = &self.tracker;
         let mut out = String::new();
-        let verdict = match self.outcome {
+        let verdict = match self.judgement.outcome {
             Outcome::Pass => "PASS",
             Outcome::Fail => "FAIL",
             Outcome::Infrastructure => "ERROR (infrastructure)",
@@ -155,64 +193,26 @@ impl RunSummary {
                 }
             );
         }
-        for reason in &self.reasons {
-            let _ = writeln!(out, "  FAIL: {reason}");
+        for failure in &self.judgement.failures {
+            let _ = writeln!(out, "  FAIL: {failure}");
         }
-        let unexpected: Vec<&String> = self
-            .events
-            .iter()
-            .filter(|e| e.starts_with("UNEXPECTED") || e.starts_with("NOTE"))
-            .collect();
-        for event in unexpected.iter().take(10) {
+        for event in self.events.iter().filter(|e| e.is_unexpected()).take(10) {
             let _ = writeln!(out, "  {event}");
         }
         out
     }
 
-    /// JUnit XML: one test case per check.
+    /// JUnit XML: one test case per kind of failure, then `verdict` (fails unless PASS).
     pub fn junit(&self) -> String {
-        let checks = [
-            (
-                "no_loss",
-                self.reasons
-                    .iter()
-                    .filter(|r| r.contains("lost") || r.contains("loss"))
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            ),
-            (
-                "no_concurrent_processing",
-                self.reasons
-                    .iter()
-                    .filter(|r| r.contains("concurrent") || r.contains("overlap"))
-                    .cloned()
-                    .collect(),
-            ),
-            (
-                "no_stall",
-                self.reasons
-                    .iter()
-                    .filter(|r| r.starts_with("stall"))
-                    .cloned()
-                    .collect(),
-            ),
-            (
-                "infrastructure",
-                if self.outcome == Outcome::Infrastructure {
-                    self.reasons.clone()
-                } else {
-                    Vec::new()
-                },
-            ),
-            (
-                "verdict",
-                if self.outcome == Outcome::Pass {
-                    Vec::new()
-                } else {
-                    self.reasons.clone()
-                },
-            ),
-        ];
+        let judgement = &self.judgement;
+        let lines = |failures: Vec<&crate::verdict::Failure>| -> Vec<String> {
+            failures.iter().map(ToString::to_string).collect()
+        };
+        let mut checks: Vec<(&str, Vec<String>)> = FailureKind::ALL
+            .into_iter()
+            .map(|kind| (check_name(kind), lines(judgement.of_kind(kind).collect())))
+            .collect();
+        checks.push(("verdict", judgement.reasons()));
         let failures = checks.iter().filter(|(_, f)| !f.is_empty()).count();
         let mut xml = format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"parti-sim\" tests=\"{}\" failures=\"{failures}\" time=\"{:.3}\">\n",
@@ -235,6 +235,17 @@ impl RunSummary {
         xml.push_str("</testsuite>\n");
         xml
     }
+}
+
+/// The outcome a `report.json` recorded, if it is one.
+pub fn recorded_outcome(report_json: &str) -> Option<Outcome> {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        outcome: Outcome,
+    }
+    serde_json::from_str::<Recorded>(report_json)
+        .ok()
+        .map(|recorded| recorded.outcome)
 }
 
 fn escape(text: &str) -> String {

@@ -23,7 +23,7 @@ pub fn report(dir: &Path, files: &ReportFiles) -> Result<Exit, ExitError> {
     let summary = judge(&body).map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", dir.display())))?;
     let run_report = RunReport::from(&summary);
     eprintln!("parti-sim: judged {} from its {source}", dir.display());
-    compare_with_recorded(dir, &run_report);
+    compare_with_recorded(dir, &summary);
     report::deliver(&run_report, files)
 }
 
@@ -57,25 +57,17 @@ fn judge(body: &[u8]) -> Result<RunSummary, String> {
 }
 
 /// Say whether the verdict now is the one recorded when the run finished (`report.json`).
-fn compare_with_recorded(dir: &Path, now: &RunReport) {
+fn compare_with_recorded(dir: &Path, now: &RunSummary) {
     let Ok(text) = std::fs::read_to_string(dir.join("report.json")) else {
         return;
     };
-    match (outcome(&text), outcome(&now.json)) {
-        (Some(recorded), Some(now)) if recorded == now => {
+    let now = now.judgement.outcome;
+    match sim_core::report::recorded_outcome(&text) {
+        Some(recorded) if recorded == now => {
             eprintln!("parti-sim: same verdict as recorded ({recorded})");
         }
-        (recorded, now) => {
+        recorded => {
             eprintln!("parti-sim: WARNING: recorded verdict {recorded:?}, re-judged {now:?}")
         }
     }
-}
-
-/// The `outcome` field of a JSON report.
-fn outcome(json: &str) -> Option<String> {
-    serde_json::from_str::<serde_json::Value>(json)
-        .ok()?
-        .get("outcome")?
-        .as_str()
-        .map(str::to_string)
 }

@@ -102,7 +102,7 @@ pub async fn chaos(endpoint: &str, args: ChaosArgs) -> Result<Exit, ExitError> {
         .map_err(|status| refused(status, "injecting the fault"))?
         .into_inner();
     println!("{} {}: {}", args.event, response.target, response.outcome);
-    Ok(if response.outcome == "injected" {
+    Ok(if response.injected {
         Exit::Pass
     } else {
         Exit::Fail

@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use sim_core::events::{EndReason, EventKind, RunEvent};
 use sim_core::report::{Outcome, RunSummary};
 use sim_core::tracker::{Processed, Sent, Tracker, TrackerConfig, WorkerRef};
+use sim_core::verdict::{Evidence, judge};
 
 fn check(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -74,24 +76,30 @@ fn report_text_of_a_failed_run() {
         }
     }
     tracker.finish(10_000_000);
-    use sim_core::tracker::Verdict as _;
+    let books = tracker.snapshot(10_000_000);
+    let judgement = judge(&Evidence {
+        tracker: &books,
+        strict_duplicates: false,
+        recorded: &[],
+        assignment_violations: &[],
+        ownership_violations: &[],
+    });
+    assert_eq!(judgement.outcome, Outcome::Fail);
     let summary = RunSummary {
         run_id: "run-snapshot".into(),
-        outcome: Outcome::Fail,
-        reasons: tracker
-            .failures(false)
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-        end: "drained".into(),
+        judgement,
+        end: EndReason::Drained,
         elapsed_s: 61.0,
         duration_s: 45.0,
         partitions: 2,
         producers: 1,
         workers: 1,
-        tracker: tracker.snapshot(10_000_000),
+        tracker: books,
         worker_names: vec!["worker-0/worker-0".into()],
-        events: vec!["UNEXPECTED: worker-0 (pid 42) exited: signal 9".into()],
+        events: vec![RunEvent::new(
+            EventKind::Unexpected,
+            "worker-0 (pid 42) exited: signal 9",
+        )],
         faults: Vec::new(),
         fault_stats: Vec::new(),
         assignment_versions: 3,

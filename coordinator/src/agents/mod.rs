@@ -22,7 +22,6 @@ mod service;
 pub use service::AgentService;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use proto::v1::{
@@ -32,6 +31,9 @@ use proto::v1::{
 use tokio::sync::mpsc;
 use tonic::Streaming;
 use tracing::{debug, info, warn};
+
+/// Reports that can no longer arrive; the verdict turns each into an infrastructure failure.
+pub use sim_core::verdict::{MissingReports, ReportGap};
 
 /// Reports of one batch, attributed to the agent that sent them.
 #[derive(Debug)]
@@ -46,56 +48,6 @@ pub struct IngestBatch {
     pub number: u64,
     /// The reports.
     pub reports: Vec<Report>,
-}
-
-/// Reports that can no longer arrive: the run's accounting has a hole, which the engine
-/// must turn into an infrastructure failure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReportGap {
-    /// Agent id.
-    pub agent: String,
-    /// The agent process whose batches are missing.
-    pub boot_id: u64,
-    /// What is missing.
-    pub missing: MissingReports,
-}
-
-/// What a [`ReportGap`] lacks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MissingReports {
-    /// Batches `first..=last` never arrived: the agent had already dropped them (released
-    /// by a coordinator whose checkpoint is not the one restored).
-    Batches {
-        /// First missing number.
-        first: u64,
-        /// Last missing number.
-        last: u64,
-    },
-    /// The agent process was replaced while the coordinator was away: whatever the old
-    /// process sent after batch `after` (the restored position) is gone with it.
-    AfterRestart {
-        /// The restored position of the old process.
-        after: u64,
-        /// The new process.
-        new_boot_id: u64,
-    },
-}
-
-impl fmt::Display for ReportGap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.missing {
-            MissingReports::Batches { first, last } => write!(
-                f,
-                "agent {}: report batches {first}..={last} of boot {:#x} are missing (dropped by the agent, not in the restored checkpoint)",
-                self.agent, self.boot_id
-            ),
-            MissingReports::AfterRestart { after, new_boot_id } => write!(
-                f,
-                "agent {}: restarted while the coordinator was away (boot {:#x} -> {new_boot_id:#x}); reports it sent after batch {after} are lost",
-                self.agent, self.boot_id
-            ),
-        }
-    }
 }
 
 #[derive(Debug)]

@@ -31,14 +31,22 @@ use super::{ActiveRun, Engine, Phase, StartError, WorkerView, now_us, tracker_co
 use crate::assignment_log::AssignmentLog;
 use crate::placement::Placement;
 use sim_core::config::Config;
+use sim_core::events::{EndReason, EventKind, RunEvent};
 use sim_core::ownership::OwnershipCheck;
-use sim_core::report::{Outcome, RunSummary};
+use sim_core::report::RunSummary;
 use sim_core::rundir::RunDir;
-use sim_core::tracker::{Tracker, TrackerState, Verdict as _, WorkerRef};
+use sim_core::tracker::{Tracker, TrackerState, WorkerRef};
+use sim_core::verdict::{Evidence, Failure, judge};
+
+/// The shape of [`RunCheckpoint`] this build writes and reads. Files without a `format`
+/// are format 1 (failures and events as plain text); 2 typed them.
+pub const CHECKPOINT_FORMAT: u32 = 2;
 
 /// The state of a run, as written to `checkpoints/ckpt-*.json` and `final.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunCheckpoint<'a> {
+    /// [`CHECKPOINT_FORMAT`] when written.
+    format: u32,
     run_id: Cow<'a, str>,
     seed: u64,
     nats_url: Cow<'a, str>,
@@ -50,7 +58,7 @@ pub struct RunCheckpoint<'a> {
     written_unix_us: i64,
     phase: Phase,
     /// How the run ended (the final state only).
-    end: Option<String>,
+    end: Option<EndReason>,
     placement: Cow<'a, Placement>,
     tracker: TrackerState,
     /// (process, incarnation, tracker reference).
@@ -58,9 +66,8 @@ pub struct RunCheckpoint<'a> {
     worker_names: Cow<'a, [String]>,
     workers: Cow<'a, BTreeMap<String, WorkerView>>,
     producers_alive: Cow<'a, BTreeMap<String, bool>>,
-    extra_failures: Cow<'a, [String]>,
-    infrastructure: Cow<'a, [String]>,
-    events: Cow<'a, [String]>,
+    failures: Cow<'a, [Failure]>,
+    events: Cow<'a, [RunEvent]>,
     ownership: Cow<'a, OwnershipCheck>,
     faults: Cow<'a, FaultState>,
     /// When the second wave of workers starts (run time, ms), while it has not.
@@ -71,15 +78,58 @@ pub struct RunCheckpoint<'a> {
     applied: Cow<'a, BTreeMap<String, (u64, u64)>>,
 }
 
+/// Why a run's state cannot be read or judged.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Written by a build with another state format: its fields would be misread.
+    #[error("checkpoint format {found}, this build reads format {CHECKPOINT_FORMAT}")]
+    Format {
+        /// The file's format.
+        found: u32,
+    },
+    /// Not a run state (the JSON path of the problem is named).
+    #[error("at {path}: {message}")]
+    Invalid {
+        /// Where in the JSON.
+        path: String,
+        /// What is wrong there.
+        message: String,
+    },
+    /// The tracker's part does not import (a damaged or foreign file).
+    #[error("tracker state: {0}")]
+    Tracker(#[from] sim_core::tracker::CheckpointError),
+}
+
+/// Only the format of a checkpoint body, read before the rest.
+#[derive(Deserialize)]
+struct FormatProbe {
+    /// Absent in format 1, the last format without the field.
+    #[serde(default = "format_one")]
+    format: u32,
+}
+
+fn format_one() -> u32 {
+    1
+}
+
 impl RunCheckpoint<'_> {
     /// Read one from a checkpoint body.
     ///
     /// # Errors
-    /// The body is not a checkpoint of this format (the JSON path of the problem is named).
-    pub fn from_json(body: &[u8]) -> Result<RunCheckpoint<'static>, String> {
+    /// The body is of another format, or not a run state.
+    pub fn from_json(body: &[u8]) -> Result<RunCheckpoint<'static>, StateError> {
+        // The format first: a body of another format fails on some field or other, and
+        // "checkpoint format 1" says more than the name of that field.
+        if let Ok(FormatProbe { format }) = serde_json::from_slice(body) {
+            if format != CHECKPOINT_FORMAT {
+                return Err(StateError::Format { found: format });
+            }
+        }
         let mut deserializer = serde_json::Deserializer::from_slice(body);
-        serde_path_to_error::deserialize(&mut deserializer)
-            .map_err(|e| format!("at {}: {}", e.path(), e.inner()))
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| StateError::Invalid {
+            path: e.path().to_string(),
+            message: e.inner().to_string(),
+        })
     }
 
     /// The run id.
@@ -91,7 +141,7 @@ impl RunCheckpoint<'_> {
 impl<'a> RunCheckpoint<'a> {
     /// The state of `run` now; `end` for the final state. Call
     /// `run.faults.prepare_checkpoint()` first.
-    pub(super) fn capture(run: &'a ActiveRun, end: Option<&str>) -> Self {
+    pub(super) fn capture(run: &'a ActiveRun, end: Option<EndReason>) -> Self {
         let mut worker_refs: Vec<(String, u64, u32)> = run
             .worker_refs
             .iter()
@@ -99,6 +149,7 @@ impl<'a> RunCheckpoint<'a> {
             .collect();
         worker_refs.sort_by_key(|entry| entry.2);
         Self {
+            format: CHECKPOINT_FORMAT,
             run_id: Cow::Borrowed(&run.id),
             seed: run.seed,
             nats_url: Cow::Borrowed(&run.nats_url),
@@ -106,15 +157,14 @@ impl<'a> RunCheckpoint<'a> {
             elapsed_ms: millis(run.clock.now()),
             written_unix_us: now_us(),
             phase: run.phase,
-            end: end.map(str::to_string),
+            end,
             placement: Cow::Borrowed(&run.placement),
             tracker: run.tracker.export(),
             worker_refs,
             worker_names: Cow::Borrowed(&run.worker_names),
             workers: Cow::Borrowed(&run.workers),
             producers_alive: Cow::Borrowed(&run.producers_alive),
-            extra_failures: Cow::Borrowed(&run.extra_failures),
-            infrastructure: Cow::Borrowed(&run.infrastructure),
+            failures: Cow::Borrowed(&run.failures),
             events: Cow::Borrowed(&run.events),
             ownership: Cow::Borrowed(&run.ownership),
             faults: Cow::Borrowed(&run.faults),
@@ -131,43 +181,21 @@ impl<'a> RunCheckpoint<'a> {
 ///
 /// # Errors
 /// The tracker state does not import (a damaged or foreign file).
-pub fn summarize(state: &RunCheckpoint<'_>) -> Result<RunSummary, String> {
-    let tracker = Tracker::import(tracker_config(&state.config), state.tracker.clone())
-        .map_err(|e| format!("tracker state: {e}"))?;
+pub fn summarize(state: &RunCheckpoint<'_>) -> Result<RunSummary, StateError> {
+    let tracker = Tracker::import(tracker_config(&state.config), state.tracker.clone())?;
     let snapshot = tracker.snapshot(state.written_unix_us);
-    let mut reasons: Vec<String> = tracker
-        .failures(state.config.coordinator.strict_duplicates)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    reasons.extend(state.extra_failures.iter().cloned());
     let log = &state.assignment_log;
-    if let Some(first) = log.violations.first() {
-        reasons.push(format!(
-            "assignment: {} violation(s) in parti's assignment history, e.g. {first}",
-            log.violations.len()
-        ));
-    }
-    let violations = state.ownership.violations();
-    if let Some(first) = violations.first() {
-        reasons.push(format!(
-            "ownership violation: {} processing(s) without owning the partition, e.g. {first}",
-            violations.len()
-        ));
-    }
-    let outcome = if !state.infrastructure.is_empty() {
-        reasons.extend(state.infrastructure.iter().cloned());
-        Outcome::Infrastructure
-    } else if reasons.is_empty() {
-        Outcome::Pass
-    } else {
-        Outcome::Fail
-    };
+    let judgement = judge(&Evidence {
+        tracker: &snapshot,
+        strict_duplicates: state.config.coordinator.strict_duplicates,
+        recorded: &state.failures,
+        assignment_violations: &log.violations,
+        ownership_violations: &state.ownership.violations(),
+    });
     Ok(RunSummary {
         run_id: state.run_id.to_string(),
-        outcome,
-        reasons,
-        end: state.end.clone().unwrap_or_else(|| "unfinished".into()),
+        judgement,
+        end: state.end.unwrap_or(EndReason::Unfinished),
         elapsed_s: Duration::from_millis(state.elapsed_ms).as_secs_f64(),
         duration_s: state.config.simulation.duration.as_secs_f64(),
         partitions: state.config.partitions.count,
@@ -233,8 +261,10 @@ impl Engine {
             }
             Ok(Err(error)) => {
                 warn!(run = %run.id, %error, "checkpoint failed");
-                run.events
-                    .push(format!("checkpoint {generation} failed: {error}"));
+                run.events.push(RunEvent::new(
+                    EventKind::Checkpoint,
+                    format!("checkpoint {generation} failed: {error}"),
+                ));
             }
             Err(error) => warn!(run = %run.id, %error, "checkpoint task failed"),
         }
@@ -322,9 +352,12 @@ impl Engine {
             .map_err(|e| StartError::Config(format!("checkpoint {generation}: {e}")))?;
         run.nats_cluster = self.open_nats_cluster();
         run.checkpoints.0 = generation;
-        run.events.push(format!(
-            "resumed from checkpoint {generation} (written {:.1}s before; reports after it are resent by the agents)",
-            downtime.as_secs_f64()
+        run.events.push(RunEvent::new(
+            EventKind::Resume,
+            format!(
+                "resumed from checkpoint {generation} (written {:.1}s before; reports after it are resent by the agents)",
+                downtime.as_secs_f64()
+            ),
         ));
         let id = run.id.clone();
         let phase = run.phase.name();
@@ -383,8 +416,7 @@ fn restore(
         worker_names: state.worker_names.into_owned(),
         workers: state.workers.into_owned(),
         producers_alive: state.producers_alive.into_owned(),
-        extra_failures: state.extra_failures.into_owned(),
-        infrastructure: state.infrastructure.into_owned(),
+        failures: state.failures.into_owned(),
         events_logged: events.len(),
         events,
         ownership: state.ownership.into_owned(),
@@ -405,4 +437,52 @@ fn restore(
         placement,
         config,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CHECKPOINT_FORMAT, RunCheckpoint, StateError};
+
+    /// A state of another format is refused before any field is read, naming both formats:
+    /// format 1 (no `format` field) held failures and events as text, which this build
+    /// would misread.
+    #[test]
+    fn a_checkpoint_of_another_format_is_refused() {
+        let format_one = br#"{"run_id": "run-1", "seed": 7, "extra_failures": ["stall: ..."],
+            "infrastructure": [], "events": ["UNEXPECTED: worker-0 exited"]}"#;
+        let error = RunCheckpoint::from_json(format_one).expect_err("format 1");
+        assert!(
+            matches!(error, StateError::Format { found: 1 }),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            format!("checkpoint format 1, this build reads format {CHECKPOINT_FORMAT}")
+        );
+        let newer = format!(
+            r#"{{"format": {}, "run_id": "run-1"}}"#,
+            CHECKPOINT_FORMAT + 1
+        );
+        let error = RunCheckpoint::from_json(newer.as_bytes()).expect_err("newer");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "checkpoint format {}, this build reads format {CHECKPOINT_FORMAT}",
+                CHECKPOINT_FORMAT + 1
+            )
+        );
+    }
+
+    /// A body of this format with a bad field names where it is.
+    #[test]
+    fn a_damaged_checkpoint_names_the_field() {
+        let body = format!(r#"{{"format": {CHECKPOINT_FORMAT}, "run_id": 5}}"#);
+        let error = RunCheckpoint::from_json(body.as_bytes()).expect_err("damaged");
+        assert!(
+            matches!(&error, StateError::Invalid { path, .. } if path == "run_id"),
+            "{error:?}"
+        );
+        let error = RunCheckpoint::from_json(b"not json").expect_err("not json");
+        assert!(matches!(error, StateError::Invalid { .. }), "{error:?}");
+    }
 }

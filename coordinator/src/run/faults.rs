@@ -27,9 +27,11 @@ use super::{ActiveRun, Engine, Phase};
 use crate::placement::Placement;
 use sim_core::chaos::{
     ChaosPlan, ChaosPlanState, DEGRADE_DELAY_MS, DEGRADE_FOR, DEGRADE_LOSS, DEGRADE_RATE_KBIT,
-    FaultRecord, PAUSE_FOR, RESPAWN_AFTER,
+    FaultOutcome, FaultRecord, PAUSE_FOR, RESPAWN_AFTER,
 };
 use sim_core::config::{ChaosEvent, Config};
+use sim_core::events::{EventKind, RunEvent};
+use sim_core::verdict::{Failure, Unrecovered};
 
 /// Chaos and healing state of one run. Every time in it is run time (since the run
 /// started, on the run's clock), so the whole state goes into a checkpoint as it is.
@@ -250,7 +252,7 @@ impl FaultState {
         process: &str,
         worker_id: &str,
         incarnation: u64,
-        failures: &mut Vec<String>,
+        failures: &mut Vec<Failure>,
     ) {
         let Some((record, old_id, old_incarnation)) = self.restarts.get(process).cloned() else {
             return;
@@ -262,9 +264,11 @@ impl FaultState {
         let note = if worker_id == old_id {
             format!("kept stable id {worker_id}")
         } else {
-            failures.push(format!(
-                "identity: {process} was restarted as {old_id} and came back as {worker_id}"
-            ));
+            failures.push(Failure::Identity {
+                process: process.to_string(),
+                before: old_id.clone(),
+                after: worker_id.to_string(),
+            });
             format!("stable id changed: {old_id} → {worker_id}")
         };
         if let Some(record) = self.records.get_mut(record) {
@@ -364,11 +368,15 @@ impl Engine {
                     .send(&agent, coordinator_message::Body::Spawn(spawn))
                     .await
                 {
-                    run.events.push(format!("{process} respawned"));
+                    run.events.push(RunEvent::new(
+                        EventKind::Process,
+                        format!("{process} respawned"),
+                    ));
                 } else {
                     warn!(run = %run.id, %process, %agent, "not respawned: agent went away");
-                    run.events.push(format!(
-                        "UNEXPECTED: {process} not respawned: agent {agent} went away"
+                    run.events.push(RunEvent::new(
+                        EventKind::Unexpected,
+                        format!("{process} not respawned: agent {agent} went away"),
                     ));
                 }
             }
@@ -419,23 +427,23 @@ impl Engine {
                     record.target,
                     record.moved.unwrap_or(0)
                 );
-                run.events.push(line);
+                run.events.push(RunEvent::new(EventKind::Recovery, line));
             } else if now > measure.deadline {
                 let record = &run.faults.records[measure.index];
-                let what = if measure.awaiting_heal {
-                    "the network fault was not healed by its agent"
-                } else {
-                    "partitions were not all owned by live workers and consuming"
+                let failure = Failure::RebalanceTimeout {
+                    event: record.event,
+                    target: record.target.clone(),
+                    at_s: record.at_s,
+                    stuck: if measure.awaiting_heal {
+                        Unrecovered::NetworkNotHealed
+                    } else {
+                        Unrecovered::NotOwnedAndConsuming
+                    },
+                    timeout: run.config.coordinator.rebalance_timeout,
                 };
-                let failure = format!(
-                    "rebalance: after {} on {} at {:.0}s, {what} within {:?}",
-                    record.event,
-                    record.target,
-                    record.at_s,
-                    run.config.coordinator.rebalance_timeout
-                );
-                run.events.push(failure.clone());
-                run.extra_failures.push(failure);
+                run.events
+                    .push(RunEvent::new(EventKind::Recovery, failure.to_string()));
+                run.failures.push(failure);
                 run.faults.measuring = None;
             }
         }
@@ -467,17 +475,20 @@ impl Engine {
             return;
         };
         let phase = NetworkFaultPhase::try_from(report.phase).unwrap_or_default();
-        run.events.push(format!(
-            "network fault {} on {agent}: {}: {}",
-            record.event,
-            phase.as_str_name(),
-            report.detail
+        run.events.push(RunEvent::new(
+            EventKind::Fault,
+            format!(
+                "network fault {} on {agent}: {}: {}",
+                record.event,
+                phase.as_str_name(),
+                report.detail
+            ),
         ));
         let measuring_this = run.faults.measuring.clone().filter(|m| m.index == index);
         match phase {
             NetworkFaultPhase::Applied => record.detail.clone_from(&report.detail),
             NetworkFaultPhase::Failed => {
-                record.outcome = format!("failed: {}", report.detail);
+                record.outcome = FaultOutcome::Failed(report.detail.clone());
                 run.faults.host_faults.remove(agent);
                 if measuring_this.is_some() {
                     run.faults.measuring = None;
@@ -521,7 +532,7 @@ impl Engine {
             .await
     }
 
-    /// Inject `event` now; returns the target and the outcome (`injected` or why not).
+    /// Inject `event` now; returns the target and the outcome.
     ///
     /// Written ahead: the fault is recorded (with its expectations: exits, pauses, the
     /// recovery to measure) and checkpointed before the command goes out, so a coordinator
@@ -531,9 +542,10 @@ impl Engine {
         event: ChaosEvent,
         now: Duration,
         options: InjectOptions,
-    ) -> (String, String) {
+    ) -> (String, FaultOutcome) {
+        let no_run = || (String::new(), FaultOutcome::Skipped("no run".into()));
         let Some(run) = self.run.as_mut() else {
-            return (String::new(), "skipped: no run".into());
+            return no_run();
         };
         let duplicates = run.tracker.snapshot(super::now_us()).duplicates();
         run.faults.close_duplicates(duplicates);
@@ -553,13 +565,13 @@ impl Engine {
                         target_done: planned.target_done.clone(),
                     });
                 }
-                (Some(planned), "injected".to_string())
+                (Some(planned), FaultOutcome::Injected)
             }
-            Err(why) => (None, why),
+            Err(why) => (None, FaultOutcome::Skipped(why)),
         };
         run.faults.records.push(FaultRecord {
             at_s: now.as_secs_f64(),
-            event: event.as_str().to_string(),
+            event,
             target: planned
                 .as_ref()
                 .map(|p| p.target.clone())
@@ -577,7 +589,7 @@ impl Engine {
         if let Some(planned) = planned {
             self.write_checkpoint("fault").await;
             let Some(run) = self.run.as_mut() else {
-                return (String::new(), "skipped: no run".into());
+                return no_run();
             };
             let killed_nats = match planned.action {
                 Action::KillNatsServer(index) => Some(index),
@@ -638,11 +650,11 @@ impl Engine {
                     run.faults.measuring = None;
                 }
                 run.faults.records[index].outcome =
-                    "skipped: the target's agent went away".to_string();
+                    FaultOutcome::Skipped("the target's agent went away".into());
             }
         }
         let Some(run) = self.run.as_mut() else {
-            return (String::new(), "skipped: no run".into());
+            return no_run();
         };
         let record = &run.faults.records[index];
         let (target, outcome, detail) = (
@@ -650,20 +662,23 @@ impl Engine {
             record.outcome.clone(),
             record.detail.clone(),
         );
-        if outcome == "injected" {
+        if outcome.is_injected() {
             info!(run = %run.id, event = event.as_str(), %target, %detail, "fault injected");
         } else {
             warn!(run = %run.id, event = event.as_str(), %outcome, "fault not injected");
         }
-        run.events.push(format!(
-            "chaos {:.0}s: {} {target}: {outcome}{}",
-            now.as_secs_f64(),
-            event.as_str(),
-            if detail.is_empty() {
-                String::new()
-            } else {
-                format!(" ({detail})")
-            }
+        run.events.push(RunEvent::new(
+            EventKind::Fault,
+            format!(
+                "chaos {:.0}s: {} {target}: {outcome}{}",
+                now.as_secs_f64(),
+                event.as_str(),
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({detail})")
+                }
+            ),
         ));
         (target, outcome)
     }
@@ -736,7 +751,7 @@ enum Action {
 }
 
 /// Choose a target and decide what to do; records the expectations (exits, pauses,
-/// retirements, host faults) the injection creates.
+/// retirements, host faults) the injection creates. `Err`: why the fault is skipped.
 fn plan_fault(
     run: &mut ActiveRun,
     event: ChaosEvent,
@@ -774,7 +789,7 @@ fn plan_fault(
         | ChaosEvent::ScaleDown
         | ChaosEvent::WorkerPause => {
             if live.len() < 2 {
-                return Err("skipped: fewer than two live workers".into());
+                return Err("fewer than two live workers".into());
             }
             let target = choose(run, &live, options)?;
             let signal = match event {
@@ -813,7 +828,7 @@ fn plan_fault(
                 .map(|(p, _)| p.clone())
                 .collect();
             if live.len() < 2 || leader.is_empty() {
-                return Err("skipped: no leader among two or more live workers".into());
+                return Err("no leader among two or more live workers".into());
             }
             let target = choose(run, &leader, options)?;
             let mut planned = if event == ChaosEvent::LeaderFailure {
@@ -842,7 +857,7 @@ fn plan_fault(
                 .map(|(p, _)| p.clone())
                 .collect();
             if producers.is_empty() {
-                return Err("skipped: no live producer".into());
+                return Err("no live producer".into());
             }
             let target = choose(run, &producers, options)?;
             run.faults.expect_exit.insert(target.clone());
@@ -858,11 +873,11 @@ fn plan_fault(
                     _ => None,
                 });
             let (Some(mut spec), false) = (template, run.faults.agents.is_empty()) else {
-                return Err("skipped: no worker to copy".into());
+                return Err("no worker to copy".into());
             };
             let agent = match &options.target {
                 Some(agent) if run.faults.agents.contains(agent) => agent.clone(),
-                Some(other) => return Err(format!("skipped: no agent {other}")),
+                Some(other) => return Err(format!("no agent {other}")),
                 None => run.faults.agents[run.faults.next_worker % run.faults.agents.len()].clone(),
             };
             let process = format!("worker-{}", run.faults.next_worker);
@@ -895,7 +910,7 @@ fn plan_fault(
                 .cloned()
                 .collect();
             if free.is_empty() {
-                return Err("skipped: every host is already impaired".into());
+                return Err("every host is already impaired".into());
             }
             let target = choose(run, &free, options)?;
             let (kind, lasts, loss, rate, delay) = if event == ChaosEvent::NatsDisconnect {
@@ -956,19 +971,15 @@ fn kill_nats_server(
     options: &InjectOptions,
 ) -> Result<Planned, String> {
     let Some(cluster) = run.nats_cluster.as_ref() else {
-        return Err(
-            "skipped: no managed NATS cluster (nats.cluster_size 3 or 5 with simctl run)".into(),
-        );
+        return Err("no managed NATS cluster (nats.cluster_size 3 or 5 with simctl run)".into());
     };
     let size = cluster.size();
     if size < 3 {
-        return Err(
-            "skipped: a cluster of fewer than three servers has no quorum without one".into(),
-        );
+        return Err("a cluster of fewer than three servers has no quorum without one".into());
     }
     // One server down at a time: a second one would cost the quorum.
     if let Some(down) = (0..size).find(|i| !cluster.is_running(*i)) {
-        return Err(format!("skipped: NATS server n{down} is not running"));
+        return Err(format!("NATS server n{down} is not running"));
     }
     if run
         .faults
@@ -976,7 +987,7 @@ fn kill_nats_server(
         .values()
         .any(|d| d.restart_at.is_some())
     {
-        return Err("skipped: a NATS server is still down".into());
+        return Err("a NATS server is still down".into());
     }
     let names: Vec<String> = (0..size).map(|i| format!("n{i}")).collect();
     let target = choose(run, &names, options)?;
@@ -1011,7 +1022,10 @@ fn restart_nats_server(run: &mut ActiveRun, index: usize, now: Duration) {
     let Some(dir) = run.nats_cluster.as_ref().map(|c| c.dir().to_path_buf()) else {
         return;
     };
-    run.events.push(format!("NATS server n{index} restarted"));
+    run.events.push(RunEvent::new(
+        EventKind::Fault,
+        format!("NATS server n{index} restarted"),
+    ));
     let id = run.id.clone();
     tokio::spawn(async move {
         let result = match nats_cluster::NatsCluster::open(&dir) {
@@ -1057,7 +1071,7 @@ fn change_partitions(run: &mut ActiveRun) -> Result<Planned, String> {
         let excused = run
             .tracker
             .remove_partition(partition)
-            .map_err(|e| format!("skipped: tracker refused removing {partition}: {e}"))?;
+            .map_err(|e| format!("tracker refused removing {partition}: {e}"))?;
         run.partition_map.partitions.retain(|e| e.id != partition);
         format!("removed partition {partition} ({excused} unprocessed message(s) excused)")
     } else {
@@ -1066,14 +1080,14 @@ fn change_partitions(run: &mut ActiveRun) -> Result<Planned, String> {
             .min_by_key(|(_, list)| list.len())
             .map(|(producer, _)| producer.clone())
         else {
-            return Err("skipped: no producer".into());
+            return Err("no producer".into());
         };
         // Never an id used before: a new partition starts with an empty subject.
         let partition = run.faults.next_partition;
         run.faults.next_partition += 1;
         run.tracker
             .add_partition(partition)
-            .map_err(|e| format!("skipped: tracker refused adding {partition}: {e}"))?;
+            .map_err(|e| format!("tracker refused adding {partition}: {e}"))?;
         run.partition_map
             .partitions
             .push(proto::v1::PartitionEntry {
@@ -1100,7 +1114,7 @@ fn choose(run: &mut ActiveRun, from: &[String], options: &InjectOptions) -> Resu
     match &options.target {
         Some(target) if from.contains(target) => Ok(target.clone()),
         Some(target) => Err(format!(
-            "skipped: target {target} is not one of [{}]",
+            "target {target} is not one of [{}]",
             from.join(", ")
         )),
         None => {
@@ -1111,7 +1125,7 @@ fn choose(run: &mut ActiveRun, from: &[String], options: &InjectOptions) -> Resu
                 .map_or(0, |plan| plan.pick(from.len()));
             from.get(index)
                 .cloned()
-                .ok_or_else(|| "skipped: no candidate".to_string())
+                .ok_or_else(|| "no candidate".to_string())
         }
     }
 }

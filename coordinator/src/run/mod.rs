@@ -30,11 +30,14 @@ use clock::RunClock;
 use crate::agents::{AgentRegistry, IngestBatch};
 use crate::assignment_log::AssignmentLog;
 use crate::placement::{self, PlacedSpawn, Placement};
+use sim_core::chaos::FaultOutcome;
 use sim_core::config::{ChaosEvent, Config};
+use sim_core::events::{EndReason, EventKind, RunEvent};
 use sim_core::ownership::OwnershipCheck;
 use sim_core::report::{Outcome, RunSummary};
 use sim_core::rundir::RunDir;
 use sim_core::tracker::{Processed, Sent, Tracker, TrackerConfig, WorkerRef};
+use sim_core::verdict::{ExitStatus, Failure, Judgement};
 
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +84,7 @@ pub enum Command {
         /// Target and duration, when given.
         options: InjectOptions,
         /// Reply with (target, outcome).
-        reply: oneshot::Sender<(String, String)>,
+        reply: oneshot::Sender<(String, FaultOutcome)>,
     },
 }
 
@@ -109,6 +112,24 @@ pub enum Phase {
     },
     /// The verdict is in.
     Finished,
+}
+
+/// Why the drain began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainReason {
+    /// The run's duration is up.
+    DurationReached,
+    /// `simctl stop`.
+    StoppedByRequest,
+}
+
+impl std::fmt::Display for DrainReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::DurationReached => "duration reached",
+            Self::StoppedByRequest => "stopped by request",
+        })
+    }
 }
 
 impl Phase {
@@ -151,9 +172,10 @@ struct ActiveRun {
     /// The tracker's progress marker and when it last moved (local: a resumed run's stall
     /// clock restarts).
     progress: (u64, Instant),
-    extra_failures: Vec<String>,
-    infrastructure: Vec<String>,
-    events: Vec<String>,
+    /// Failures recorded as they happened (stall, slow recovery, lost identity,
+    /// infrastructure); the verdict weighs them with the rest of the evidence.
+    failures: Vec<Failure>,
+    events: Vec<RunEvent>,
     ownership: OwnershipCheck,
     faults: faults::FaultState,
     /// Workers of the second wave and when they start (run time).
@@ -309,14 +331,14 @@ impl Engine {
                         let result = self.resume(run_dir, config.map(|c| *c)).await;
                         let _ = reply.send(result);
                     }
-                    Some(Command::Stop) => self.begin_drain("stopped by request").await,
+                    Some(Command::Stop) => self.begin_drain(DrainReason::StoppedByRequest).await,
                     Some(Command::Inject { event, options, reply }) => {
                         let running = self.run.as_ref().is_some_and(|run| run.phase == Phase::Running);
                         let now = self.run.as_ref().map(|run| run.clock.now()).unwrap_or_default();
                         let result = if running {
                             self.inject(event, now, options).await
                         } else {
-                            (String::new(), "skipped: no run is in its running phase".into())
+                            (String::new(), FaultOutcome::Skipped("no run is in its running phase".into()))
                         };
                         let _ = reply.send(result);
                     }
@@ -398,8 +420,7 @@ impl Engine {
             worker_names: Vec::new(),
             workers: BTreeMap::new(),
             progress: (0, now),
-            extra_failures: Vec::new(),
-            infrastructure: Vec::new(),
+            failures: Vec::new(),
             events: Vec::new(),
             second_wave: Some((SECOND_WAVE_AFTER, second_wave)),
             ownership: OwnershipCheck::default(),
@@ -516,7 +537,7 @@ impl Engine {
                         &status.process,
                         &status.worker_id,
                         status.incarnation,
-                        &mut run.extra_failures,
+                        &mut run.failures,
                     );
                     let view = run.workers.entry(status.process.clone()).or_default();
                     view.worker_id = status.worker_id;
@@ -528,8 +549,10 @@ impl Engine {
                 }
                 report::Body::Started(started) => {
                     self.registry.count_process(&batch.agent, 1).await;
-                    run.events
-                        .push(format!("{} started (pid {})", started.process, started.pid));
+                    run.events.push(RunEvent::new(
+                        EventKind::Process,
+                        format!("{} started (pid {})", started.process, started.pid),
+                    ));
                     if started.kind == ProcessKind::Producer as i32 {
                         // A respawned producer counts again until the drain stops it.
                         run.producers_alive.insert(started.process.clone(), true);
@@ -537,31 +560,32 @@ impl Engine {
                 }
                 report::Body::Exited(exited) => {
                     self.registry.count_process(&batch.agent, -1).await;
-                    let how = match (exited.code, exited.signal) {
-                        (Some(code), _) => format!("exit code {code}"),
-                        (_, Some(signal)) => format!("signal {signal}"),
-                        _ => "unknown status".into(),
-                    };
+                    let status = ExitStatus::from(&exited);
                     let now = run.clock.now();
                     let caused_by_chaos = run.faults.expect_exit.remove(&exited.process)
                         || run.faults.host_faulted(&exited.process, now);
                     let expected = caused_by_chaos
                         || (matches!(run.phase, Phase::Draining { .. } | Phase::Finished)
                             && exited.code == Some(0));
-                    let line = format!("{} (pid {}) exited: {how}", exited.process, exited.pid);
-                    if expected {
-                        run.events.push(line);
-                    } else {
+                    let line = format!("{} (pid {}) exited: {status}", exited.process, exited.pid);
+                    if !expected {
                         warn!(run = %run.id, "{line}");
-                        run.events.push(format!("UNEXPECTED: {line}"));
                     }
+                    let kind = if expected {
+                        EventKind::Process
+                    } else {
+                        EventKind::Unexpected
+                    };
+                    run.events.push(RunEvent::new(kind, line));
                     run.faults
                         .on_exit(&exited.process, run.phase == Phase::Running, now);
                     if exited.kind == ProcessKind::Producer as i32 {
                         run.producers_alive.insert(exited.process.clone(), false);
                         if !matches!(run.phase, Phase::Draining { .. }) && !caused_by_chaos {
-                            run.infrastructure
-                                .push(format!("producer {} died: {how}", exited.process));
+                            run.failures.push(Failure::ProducerDied {
+                                process: exited.process.clone(),
+                                status,
+                            });
                         }
                     } else if let Some(view) = run.workers.get_mut(&exited.process) {
                         view.alive = false;
@@ -572,17 +596,18 @@ impl Engine {
         }
     }
 
-    async fn begin_drain(&mut self, why: &str) {
+    async fn begin_drain(&mut self, why: DrainReason) {
         let Some(run) = self.run.as_mut() else { return };
         if run.phase != Phase::Running {
             return;
         }
-        info!(run = %run.id, why, "draining: stopping producers");
+        info!(run = %run.id, %why, "draining: stopping producers");
         // A producer crashed by chaos must not come back now: it would publish past the end.
         run.faults.cancel_producer_respawns();
         self.heal_all().await;
         let Some(run) = self.run.as_mut() else { return };
-        run.events.push(format!("drain: {why}"));
+        run.events
+            .push(RunEvent::new(EventKind::Phase, format!("drain: {why}")));
         run.phase = Phase::Draining {
             since: run.clock.now(),
         };
@@ -620,8 +645,10 @@ impl Engine {
             let Some(run) = self.run.as_mut() else { return };
             {
                 if !workers.is_empty() {
-                    run.events
-                        .push(format!("second wave: {} workers join", workers.len()));
+                    run.events.push(RunEvent::new(
+                        EventKind::Phase,
+                        format!("second wave: {} workers join", workers.len()),
+                    ));
                 }
                 for (agent, spawn) in workers {
                     if !self
@@ -642,10 +669,13 @@ impl Engine {
             let back = expected.iter().all(|agent| agents.contains(agent));
             let waited = now.duration_since(*since);
             if (back && waited >= RESUME_SETTLE) || waited >= RESUME_HOLD_MAX {
-                run.events.push(format!(
-                    "resume: {} agent(s) back after {:.1}s, loss detection on again",
-                    expected.iter().filter(|a| agents.contains(a)).count(),
-                    waited.as_secs_f64()
+                run.events.push(RunEvent::new(
+                    EventKind::Resume,
+                    format!(
+                        "resume: {} agent(s) back after {:.1}s, loss detection on again",
+                        expected.iter().filter(|a| agents.contains(a)).count(),
+                        waited.as_secs_f64()
+                    ),
                 ));
                 run.resume_hold = None;
             }
@@ -659,7 +689,7 @@ impl Engine {
         let gaps = self.registry.gaps();
         for gap in gaps.iter().skip(run.gaps_seen) {
             warn!(run = %run.id, %gap, "report gap");
-            run.infrastructure.push(format!("report gap: {gap}"));
+            run.failures.push(Failure::ReportGap(gap.clone()));
         }
         run.gaps_seen = gaps.len();
         let snapshot = run.tracker.snapshot(now_us());
@@ -672,22 +702,24 @@ impl Engine {
         let mut end_reason = None;
         // A resumed coordinator starts before its agents have reconnected.
         if agents.is_empty() && run.resume_hold.is_none() {
-            run.infrastructure.push("every agent disconnected".into());
-            end_reason = Some("agents lost");
+            run.failures.push(Failure::AgentsLost);
+            end_reason = Some(EndReason::AgentsLost);
         } else if stalled_for >= stall_timeout
             && (snapshot.in_flight > 0 || matches!(run.phase, Phase::Running))
         {
-            let failure = format!(
-                "stall: no new message processed for {:?} ({} in flight, {} sent, {} received)",
-                stalled_for, snapshot.in_flight, snapshot.sent, snapshot.received
-            );
+            let failure = Failure::Stall {
+                stalled_for,
+                in_flight: snapshot.in_flight,
+                sent: snapshot.sent,
+                received: snapshot.received,
+            };
             warn!(run = %run.id, "{failure}");
-            run.extra_failures.push(failure);
-            end_reason = Some("stall");
+            run.failures.push(failure);
+            end_reason = Some(EndReason::Stall);
         }
         match run.phase {
             Phase::Running if end_reason.is_none() && run_time >= run.duration => {
-                self.begin_drain("duration reached").await;
+                self.begin_drain(DrainReason::DurationReached).await;
             }
             Phase::Draining { since } if end_reason.is_none() => {
                 let producers_done = run.producers_alive.values().all(|alive| !alive);
@@ -698,9 +730,9 @@ impl Engine {
                     || draining_for >= coordinator.drain_timeout
                 {
                     end_reason = Some(if caught_up {
-                        "drained"
+                        EndReason::Drained
                     } else {
-                        "drain timeout"
+                        EndReason::DrainTimeout
                     });
                 }
             }
@@ -761,23 +793,29 @@ impl Engine {
         });
     }
 
-    async fn finish(&mut self, reason: &str) {
+    async fn finish(&mut self, reason: EndReason) {
         let agents = self.registry.connected().await;
         let Some(run) = self.run.as_mut() else { return };
         run.tracker.finish(now_us());
         run.phase = Phase::Finished;
         let duplicates = run.tracker.snapshot(now_us()).duplicates();
         run.faults.close_duplicates(duplicates);
-        run.events.push(format!("finished: {reason}"));
+        run.events.push(RunEvent::new(
+            EventKind::Phase,
+            format!("finished: {reason}"),
+        ));
         // The evidence as judged: `simctl report --run-dir` re-judges this very state.
         let Some(run) = self.run.as_mut() else { return };
         let stats = run.checkpoint_stats;
         if stats.count > 0 {
-            run.events.push(format!(
-                "checkpoints: {} written, last {} bytes, slowest {} ms",
-                stats.count,
-                stats.last_bytes,
-                stats.slowest.as_millis()
+            run.events.push(RunEvent::new(
+                EventKind::Checkpoint,
+                format!(
+                    "checkpoints: {} written, last {} bytes, slowest {} ms",
+                    stats.count,
+                    stats.last_bytes,
+                    stats.slowest.as_millis()
+                ),
             ));
         }
         let fallback = (run.tracker.snapshot(now_us()), run.id.clone());
@@ -787,13 +825,16 @@ impl Engine {
                 w.and_then(|w| run.worker_names.get(w.0 as usize).cloned())
                     .unwrap_or_default()
             };
-            run.events.push(format!(
-                "anomaly {:?}: partition {} seq {} {} {}",
-                anomaly.kind,
-                anomaly.partition,
-                anomaly.seq,
-                name(anomaly.worker),
-                name(anomaly.other_worker)
+            run.events.push(RunEvent::new(
+                EventKind::Anomaly,
+                format!(
+                    "anomaly {:?}: partition {} seq {} {} {}",
+                    anomaly.kind,
+                    anomaly.partition,
+                    anomaly.seq,
+                    name(anomaly.worker),
+                    name(anomaly.other_worker)
+                ),
             ));
         }
         run.faults.prepare_checkpoint();
@@ -802,29 +843,16 @@ impl Engine {
         let summary = summarize(&state).unwrap_or_else(|error| {
             // Cannot happen short of a bug: the state was exported just now.
             warn!(%error, "judging the exported state failed");
-            RunSummary {
-                run_id: fallback.1.clone(),
-                outcome: Outcome::Infrastructure,
-                reasons: vec![format!(
-                    "internal: the run's state did not re-import: {error}"
-                )],
-                end: reason.to_string(),
-                elapsed_s: 0.0,
-                duration_s: 0.0,
-                partitions: 0,
-                producers: 0,
-                workers: 0,
-                tracker: fallback.0.clone(),
-                worker_names: Vec::new(),
-                events: Vec::new(),
-                faults: Vec::new(),
-                fault_stats: Vec::new(),
-                assignment_versions: 0,
-                partition_moves: 0,
-                leaders: Vec::new(),
-            }
+            RunSummary::bare(
+                fallback.1.clone(),
+                Judgement::new(vec![Failure::Internal {
+                    error: error.to_string(),
+                }]),
+                reason,
+                fallback.0.clone(),
+            )
         });
-        info!(run = %run.id, outcome = ?summary.outcome, "run finished");
+        info!(run = %run.id, outcome = ?summary.judgement.outcome, "run finished");
         let report = proto::v1::RunReport::from(&summary);
         let files = match serde_json::to_vec(&state) {
             Ok(body) => run.dir.write_final(&body),
@@ -849,7 +877,7 @@ impl Engine {
         }
         // A failed run keeps its processes' logs (they arrive as ChildLog reports, written
         // to logs/ in the run directory); then every process stops.
-        let failed = summary.outcome != Outcome::Pass;
+        let failed = summary.judgement.outcome != Outcome::Pass;
         for agent in &agents {
             if failed {
                 let collect = proto::v1::CollectLogs {

@@ -454,8 +454,9 @@ impl ChaosEvent {
 }
 
 impl fmt::Display for ChaosEvent {
+    /// Pads: reports align fault names in columns.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

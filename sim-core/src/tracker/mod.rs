@@ -26,13 +26,13 @@
 //!   more about the fault than about delivery speed.
 //!
 //! Layout: [`types`] inputs and config, `partition` the per-partition window, [`snapshot`]
-//! the report, [`verdict`] the failures, [`checkpoint`] saving and restoring a tracker.
+//! the report, [`failure`] what it says is wrong, [`checkpoint`] saving and restoring a tracker.
 
 pub mod checkpoint;
+pub mod failure;
 mod partition;
 pub mod snapshot;
 pub mod types;
-pub mod verdict;
 
 #[cfg(test)]
 mod checkpoint_tests;
@@ -44,13 +44,13 @@ mod tests;
 use hdrhistogram::Histogram;
 
 pub use checkpoint::{CheckpointError, TrackerState};
+pub use failure::TrackerFailure;
 use partition::{EXCUSED, LOST, PartitionState, ProcessedOutcome, Recovered, SentOutcome};
 pub use snapshot::{Anomaly, AnomalyKind, LatencySummary, TrackerSnapshot, WorkerLoad};
 pub use types::{
     DuplicateKind, InputError, Observation, Processed, ProgressMarker, Sent, TrackerConfig,
     WorkerRef,
 };
-pub use verdict::{Failure, Verdict};
 
 /// Worker refs at or above this are not given a load counter: the table is indexed by ref,
 /// and a corrupt ref must not allocate gigabytes. Their reports are tracked all the same.

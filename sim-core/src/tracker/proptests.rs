@@ -144,7 +144,7 @@ proptest! {
         prop_assert_eq!(s.received, messages);
         prop_assert_eq!((s.in_flight, s.missing, s.received_unconfirmed), (0, 0, 0));
         prop_assert_eq!(s.duplicates_redelivery + s.duplicates_concurrent, duplicates);
-        let loss = s.failures(false).iter().any(|f| matches!(f, Failure::Loss { .. }));
+        let loss = s.failures(false).iter().any(|f| matches!(f, TrackerFailure::Loss { .. }));
         prop_assert!(!loss, "a loss failure was reported");
         for p in 0..4 {
             prop_assert_eq!(t.window_len(p), 0);

@@ -128,7 +128,7 @@ fn dropped_message_is_lost_only_after_the_window() {
     );
     assert!(matches!(
         s.failures(false)[0],
-        Failure::Loss { count: 1, .. }
+        TrackerFailure::Loss { count: 1, .. }
     ));
 }
 
@@ -305,7 +305,7 @@ fn ownership_overlap_without_duplicate() {
     assert_eq!((s.ownership_overlaps, s.duplicates_concurrent), (1, 0));
     assert!(matches!(
         s.failures(false).as_slice(),
-        [Failure::ConcurrentProcessing {
+        [TrackerFailure::ConcurrentProcessing {
             duplicates: 0,
             overlaps: 1,
             ..

@@ -1,8 +1,10 @@
-//! Turning the tracker's evidence into verdict failures (DESIGN §5).
+//! The tracker's share of the verdict: what its counters and samples say is wrong
+//! (DESIGN §5). The verdict itself, which weighs these with the rest of the run's evidence,
+//! is [`crate::verdict::judge`].
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Tracker;
 use super::snapshot::{Anomaly, AnomalyKind, TrackerSnapshot};
@@ -10,10 +12,10 @@ use super::snapshot::{Anomaly, AnomalyKind, TrackerSnapshot};
 /// How many examples a one-line reason names; the JSON report carries the full sample.
 const EXAMPLES: usize = 3;
 
-/// One reason the run fails, with a sample of the evidence.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One reason the tracker's evidence fails the run, with a sample of that evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
-pub enum Failure {
+pub enum TrackerFailure {
     /// Messages known to exist were never processed.
     Loss {
         /// Messages counted as lost.
@@ -66,17 +68,16 @@ impl fmt::Display for Examples<'_> {
     }
 }
 
-/// One line per failure. Each kind's wording is distinct (only a loss says "loss", only
-/// concurrent processing says "concurrent"), so reports can file reasons by keyword.
-impl fmt::Display for Failure {
+/// One line per failure, as the report's reasons show it.
+impl fmt::Display for TrackerFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Loss { count, sample } => write!(
+            TrackerFailure::Loss { count, sample } => write!(
                 f,
                 "loss: {count} message(s) known to exist were never processed{}",
                 Examples(sample)
             ),
-            Failure::ConcurrentProcessing {
+            TrackerFailure::ConcurrentProcessing {
                 duplicates,
                 overlaps,
                 sample,
@@ -86,7 +87,7 @@ impl fmt::Display for Failure {
                  ({overlaps} overlapping report(s), {duplicates} concurrent duplicate(s)){}",
                 Examples(sample)
             ),
-            Failure::Duplicates {
+            TrackerFailure::Duplicates {
                 count,
                 redelivered,
                 concurrent,
@@ -97,7 +98,7 @@ impl fmt::Display for Failure {
                  ({redelivered} redelivered, {concurrent} by two workers at once){}",
                 Examples(sample)
             ),
-            Failure::InvalidReports { count, sample } => write!(
+            TrackerFailure::InvalidReports { count, sample } => write!(
                 f,
                 "invalid reports: {count} report(s) refused, the evidence is incomplete{}",
                 Examples(sample)
@@ -106,24 +107,10 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Something that can say why a run fails.
-///
-/// A trait rather than a method so the coordinator's other evidence (ownership timeline,
-/// rebalance times) can contribute failures the same way.
-pub trait Verdict {
-    /// Every reason to fail; empty means this evidence passes.
-    fn failures(&self, strict_duplicates: bool) -> Vec<Failure>;
-
-    /// No failures.
-    fn passed(&self, strict_duplicates: bool) -> bool {
-        self.failures(strict_duplicates).is_empty()
-    }
-}
-
-impl Verdict for TrackerSnapshot {
-    /// Judges the snapshot as it stands; call it on the snapshot taken after
-    /// [`super::Tracker::finish`], when every missing message has been written off.
-    fn failures(&self, strict_duplicates: bool) -> Vec<Failure> {
+impl TrackerSnapshot {
+    /// Every reason this evidence fails the run; empty means it passes. Judge the snapshot
+    /// taken after [`Tracker::finish`], when every missing message has been written off.
+    pub fn failures(&self, strict_duplicates: bool) -> Vec<TrackerFailure> {
         let pick = |kinds: &[AnomalyKind]| -> Vec<Anomaly> {
             self.anomalies
                 .iter()
@@ -133,13 +120,13 @@ impl Verdict for TrackerSnapshot {
         };
         let mut out = Vec::new();
         if self.lost > 0 {
-            out.push(Failure::Loss {
+            out.push(TrackerFailure::Loss {
                 count: self.lost,
                 sample: pick(&[AnomalyKind::Lost]),
             });
         }
         if self.duplicates_concurrent > 0 || self.ownership_overlaps > 0 {
-            out.push(Failure::ConcurrentProcessing {
+            out.push(TrackerFailure::ConcurrentProcessing {
                 duplicates: self.duplicates_concurrent,
                 overlaps: self.ownership_overlaps,
                 sample: pick(&[
@@ -150,7 +137,7 @@ impl Verdict for TrackerSnapshot {
         }
         let duplicates = self.duplicates_redelivery + self.duplicates_concurrent;
         if strict_duplicates && duplicates > 0 {
-            out.push(Failure::Duplicates {
+            out.push(TrackerFailure::Duplicates {
                 count: duplicates,
                 redelivered: self.duplicates_redelivery,
                 concurrent: self.duplicates_concurrent,
@@ -161,7 +148,7 @@ impl Verdict for TrackerSnapshot {
             });
         }
         if self.rejected > 0 {
-            out.push(Failure::InvalidReports {
+            out.push(TrackerFailure::InvalidReports {
                 count: self.rejected,
                 sample: pick(&[AnomalyKind::Rejected]),
             });
@@ -170,10 +157,10 @@ impl Verdict for TrackerSnapshot {
     }
 }
 
-impl Verdict for Tracker {
-    /// Judges a snapshot taken at the tracker's latest `now`; the verdict does not depend on
-    /// the snapshot time, only the counters and samples do.
-    fn failures(&self, strict_duplicates: bool) -> Vec<Failure> {
+impl Tracker {
+    /// [`TrackerSnapshot::failures`] of a snapshot at the tracker's latest `now`; the
+    /// failures do not depend on the snapshot time, only the counters and samples do.
+    pub fn failures(&self, strict_duplicates: bool) -> Vec<TrackerFailure> {
         self.snapshot(self.now_us()).failures(strict_duplicates)
     }
 }

@@ -1,0 +1,345 @@
+//! Every reason a run can fail or be an infrastructure failure, as typed data.
+//!
+//! A failure's `Display` is the line the report shows (and CI systems archive), so the
+//! wording is part of the product; what a failure *is* comes from [`Failure::kind`], never
+//! from its wording.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ChaosEvent;
+use crate::ownership::Violation;
+use crate::tracker::TrackerFailure;
+
+/// One reason the run did not pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// The tracker's books: loss, concurrent processing, duplicates (strict), refused reports.
+    Tracker(TrackerFailure),
+    /// Messages stopped flowing while some were still expected.
+    Stall {
+        /// How long nothing new was processed.
+        stalled_for: Duration,
+        /// Confirmed sent, not yet processed, at that moment.
+        in_flight: u64,
+        /// Distinct messages sent so far.
+        sent: u64,
+        /// Distinct messages processed so far.
+        received: u64,
+    },
+    /// A fault's recovery did not finish within `coordinator.rebalance_timeout`.
+    RebalanceTimeout {
+        /// The fault.
+        event: ChaosEvent,
+        /// Its target.
+        target: String,
+        /// When it was injected (seconds of run time).
+        at_s: f64,
+        /// What had not happened by the deadline.
+        stuck: Unrecovered,
+        /// The configured bound.
+        timeout: Duration,
+    },
+    /// A restarted worker came back under another stable id.
+    Identity {
+        /// The worker's process slot.
+        process: String,
+        /// Its stable id before the restart.
+        before: String,
+        /// The id it came back with.
+        after: String,
+    },
+    /// parti's assignment history broke a rule (versions, leaders, double ownership).
+    Assignment {
+        /// Violations found.
+        count: usize,
+        /// The first, as described by the assignment log.
+        first: String,
+    },
+    /// Workers processed partitions the assignment they had applied did not give them.
+    Ownership {
+        /// Violations found.
+        count: usize,
+        /// The first.
+        first: Violation,
+    },
+    /// Infrastructure: reports that can never arrive, so the books have a hole.
+    ReportGap(ReportGap),
+    /// Infrastructure: no agent was connected any more.
+    AgentsLost,
+    /// Infrastructure: a producer exited without the chaos having caused it.
+    ProducerDied {
+        /// The producer's process slot.
+        process: String,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// Infrastructure: the harness failed itself (a bug; the run proves nothing).
+    Internal {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// What a kind of failure is about: one per check of the verdict (and JUnit test case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Messages known to exist were never processed.
+    Loss,
+    /// Two workers processed one partition at once.
+    ConcurrentProcessing,
+    /// Messages processed more than once (strict mode only).
+    Duplicates,
+    /// Reports were refused: the books are incomplete.
+    InvalidReports,
+    /// Messages stopped flowing.
+    Stall,
+    /// A recovery took longer than allowed.
+    RebalanceTimeout,
+    /// A restarted worker lost its stable id.
+    Identity,
+    /// parti's assignment history broke a rule.
+    Assignment,
+    /// Processing without owning the partition.
+    Ownership,
+    /// The harness could not test (agents, producers or reports lost): not a FAIL of the
+    /// system under test.
+    Infrastructure,
+}
+
+impl FailureKind {
+    /// Every kind, in report order.
+    pub const ALL: [FailureKind; 10] = [
+        Self::Loss,
+        Self::ConcurrentProcessing,
+        Self::Duplicates,
+        Self::InvalidReports,
+        Self::Stall,
+        Self::RebalanceTimeout,
+        Self::Identity,
+        Self::Assignment,
+        Self::Ownership,
+        Self::Infrastructure,
+    ];
+
+    /// The name in the JSON report's `failures` (`concurrent_processing`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Loss => "loss",
+            Self::ConcurrentProcessing => "concurrent_processing",
+            Self::Duplicates => "duplicates",
+            Self::InvalidReports => "invalid_reports",
+            Self::Stall => "stall",
+            Self::RebalanceTimeout => "rebalance_timeout",
+            Self::Identity => "identity",
+            Self::Assignment => "assignment",
+            Self::Ownership => "ownership",
+            Self::Infrastructure => "infrastructure",
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl Failure {
+    /// The check this failure belongs to.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Self::Tracker(TrackerFailure::Loss { .. }) => FailureKind::Loss,
+            Self::Tracker(TrackerFailure::ConcurrentProcessing { .. }) => {
+                FailureKind::ConcurrentProcessing
+            }
+            Self::Tracker(TrackerFailure::Duplicates { .. }) => FailureKind::Duplicates,
+            Self::Tracker(TrackerFailure::InvalidReports { .. }) => FailureKind::InvalidReports,
+            Self::Stall { .. } => FailureKind::Stall,
+            Self::RebalanceTimeout { .. } => FailureKind::RebalanceTimeout,
+            Self::Identity { .. } => FailureKind::Identity,
+            Self::Assignment { .. } => FailureKind::Assignment,
+            Self::Ownership { .. } => FailureKind::Ownership,
+            Self::ReportGap(_)
+            | Self::AgentsLost
+            | Self::ProducerDied { .. }
+            | Self::Internal { .. } => FailureKind::Infrastructure,
+        }
+    }
+
+    /// Whether this failure makes the run an infrastructure error rather than a FAIL: the
+    /// one place that decides it.
+    pub fn is_infrastructure(&self) -> bool {
+        self.kind() == FailureKind::Infrastructure
+    }
+}
+
+impl From<TrackerFailure> for Failure {
+    fn from(failure: TrackerFailure) -> Self {
+        Self::Tracker(failure)
+    }
+}
+
+/// The report's line for each failure; the wording predates the types, and CI histories
+/// compare it, so it stays as it was.
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tracker(failure) => failure.fmt(f),
+            Self::Stall {
+                stalled_for,
+                in_flight,
+                sent,
+                received,
+            } => write!(
+                f,
+                "stall: no new message processed for {stalled_for:?} ({in_flight} in flight, \
+                 {sent} sent, {received} received)"
+            ),
+            Self::RebalanceTimeout {
+                event,
+                target,
+                at_s,
+                stuck,
+                timeout,
+            } => write!(
+                f,
+                "rebalance: after {event} on {target} at {at_s:.0}s, {stuck} within {timeout:?}"
+            ),
+            Self::Identity {
+                process,
+                before,
+                after,
+            } => write!(
+                f,
+                "identity: {process} was restarted as {before} and came back as {after}"
+            ),
+            Self::Assignment { count, first } => write!(
+                f,
+                "assignment: {count} violation(s) in parti's assignment history, e.g. {first}"
+            ),
+            Self::Ownership { count, first } => write!(
+                f,
+                "ownership violation: {count} processing(s) without owning the partition, \
+                 e.g. {first}"
+            ),
+            Self::ReportGap(gap) => write!(f, "report gap: {gap}"),
+            Self::AgentsLost => f.write_str("every agent disconnected"),
+            Self::ProducerDied { process, status } => {
+                write!(f, "producer {process} died: {status}")
+            }
+            Self::Internal { error } => {
+                write!(f, "internal: the run's state did not re-import: {error}")
+            }
+        }
+    }
+}
+
+/// What a recovery was still waiting for when its deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unrecovered {
+    /// The agent never reported the network fault healed.
+    NetworkNotHealed,
+    /// Partitions were not all owned by live workers, or messages did not flow again.
+    NotOwnedAndConsuming,
+}
+
+impl fmt::Display for Unrecovered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NetworkNotHealed => "the network fault was not healed by its agent",
+            Self::NotOwnedAndConsuming => {
+                "partitions were not all owned by live workers and consuming"
+            }
+        })
+    }
+}
+
+/// How a process ended, as its agent reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal ended it.
+    Signal(i32),
+    /// The agent could not tell.
+    Unknown,
+}
+
+impl ExitStatus {
+    /// From the exit code and signal a process report carries (the code wins).
+    pub fn new(code: Option<i32>, signal: Option<i32>) -> Self {
+        match (code, signal) {
+            (Some(code), _) => Self::Code(code),
+            (None, Some(signal)) => Self::Signal(signal),
+            (None, None) => Self::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Code(code) => write!(f, "exit code {code}"),
+            Self::Signal(signal) => write!(f, "signal {signal}"),
+            Self::Unknown => f.write_str("unknown status"),
+        }
+    }
+}
+
+/// Reports that can no longer arrive: the run's accounting has a hole, which no verdict may
+/// hide, so it is an infrastructure failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportGap {
+    /// Agent id.
+    pub agent: String,
+    /// The agent process whose batches are missing.
+    pub boot_id: u64,
+    /// What is missing.
+    pub missing: MissingReports,
+}
+
+/// What a [`ReportGap`] lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingReports {
+    /// Batches `first..=last` never arrived: the agent had already dropped them (released
+    /// by a coordinator whose checkpoint is not the one restored).
+    Batches {
+        /// First missing number.
+        first: u64,
+        /// Last missing number.
+        last: u64,
+    },
+    /// The agent process was replaced while the coordinator was away: whatever the old
+    /// process sent after batch `after` (the restored position) is gone with it.
+    AfterRestart {
+        /// The restored position of the old process.
+        after: u64,
+        /// The new process.
+        new_boot_id: u64,
+    },
+}
+
+impl fmt::Display for ReportGap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.missing {
+            MissingReports::Batches { first, last } => write!(
+                f,
+                "agent {}: report batches {first}..={last} of boot {:#x} are missing (dropped by the agent, not in the restored checkpoint)",
+                self.agent, self.boot_id
+            ),
+            MissingReports::AfterRestart { after, new_boot_id } => write!(
+                f,
+                "agent {}: restarted while the coordinator was away (boot {:#x} -> {new_boot_id:#x}); reports it sent after batch {after} are lost",
+                self.agent, self.boot_id
+            ),
+        }
+    }
+}
