@@ -120,10 +120,10 @@ impl RunCheckpoint<'_> {
     pub fn from_json(body: &[u8]) -> Result<RunCheckpoint<'static>, StateError> {
         // The format first: a body of another format fails on some field or other, and
         // "checkpoint format 1" says more than the name of that field.
-        if let Ok(FormatProbe { format }) = serde_json::from_slice(body) {
-            if format != CHECKPOINT_FORMAT {
-                return Err(StateError::Format { found: format });
-            }
+        if let Ok(FormatProbe { format }) = serde_json::from_slice(body)
+            && format != CHECKPOINT_FORMAT
+        {
+            return Err(StateError::Format { found: format });
         }
         let mut deserializer = serde_json::Deserializer::from_slice(body);
         serde_path_to_error::deserialize(&mut deserializer).map_err(|e| StateError::Invalid {
