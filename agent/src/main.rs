@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
                 "worker" => agent::ChildMode::Worker,
                 other => anyhow::bail!("unknown child mode {other:?}"),
             };
-            agent::run_child(mode).await
+            Ok(agent::run_child(mode).await?)
         }
         Command::Run {
             coordinator,
