@@ -9,6 +9,11 @@
 //! - [`report`]: the child → agent report contract (JSON lines over a Unix socket).
 //! - [`producer`], [`worker`]: what the children run.
 //! - [`message`]: the simulation message body.
+//!
+//! Errors are `thiserror` enums per operation ([`ChildError`], [`producer::ProducerError`],
+//! [`worker::WorkerError`], [`session::AgentError`], [`supervisor::SupervisorError`]). Each
+//! message says what was being done and embeds its cause (`…: {source}`), so the one line a
+//! child writes to its log when it fails is complete.
 
 #![forbid(unsafe_code)]
 
@@ -25,7 +30,6 @@ pub mod worker;
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 /// Which child to run.
@@ -37,43 +41,86 @@ pub enum ChildMode {
     Worker,
 }
 
+/// Why a child process stopped with an error (its binary exits with status 1). Each message
+/// names what was being done and embeds its cause: the child's stderr is its log.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    /// A variable the agent sets for every child is missing (the binary was not started by
+    /// an agent) or not unicode.
+    #[error("reading {name}: {source}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// The error.
+        #[source]
+        source: std::env::VarError,
+    },
+    /// The agent's report socket could not be reached.
+    #[error("connecting to the report socket {}: {source}", path.display())]
+    ReportSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The SIGTERM handler (graceful stop) could not be installed.
+    #[error("installing the SIGTERM handler: {0}")]
+    Signal(#[source] std::io::Error),
+    /// `$PARTI_SIM_SPEC` is not JSON of the spec this mode runs.
+    #[error("parsing the {mode} spec: {source}")]
+    Spec {
+        /// `producer` or `worker`.
+        mode: &'static str,
+        /// The error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The producer stopped with an error.
+    #[error(transparent)]
+    Producer(#[from] producer::ProducerError),
+    /// The worker stopped with an error (including [`worker::WorkerError::Fenced`]).
+    #[error(transparent)]
+    Worker(#[from] worker::WorkerError),
+}
+
+/// `name` from the environment.
+fn env(name: &'static str) -> Result<String, ChildError> {
+    std::env::var(name).map_err(|source| ChildError::Env { name, source })
+}
+
 /// Entry point of a child process: read the spec and report socket from the environment,
 /// run until SIGTERM (graceful) — SIGKILL is, of course, not handled.
-pub async fn run_child(mode: ChildMode) -> anyhow::Result<()> {
+pub async fn run_child(mode: ChildMode) -> Result<(), ChildError> {
     supervisor::child_guard();
-    let spec = std::env::var(report::SPEC_ENV).context("PARTI_SIM_SPEC is not set")?;
-    let process = std::env::var(report::PROCESS_ENV).context("PARTI_SIM_PROCESS is not set")?;
-    let socket = PathBuf::from(
-        std::env::var(report::SOCKET_ENV).context("PARTI_SIM_REPORT_SOCKET is not set")?,
-    );
+    let spec = env(report::SPEC_ENV)?;
+    let process = env(report::PROCESS_ENV)?;
+    let socket = PathBuf::from(env(report::SOCKET_ENV)?);
     let (reports, writer) = report::ReportClient::connect(&socket, &process)
         .await
-        .with_context(|| format!("connecting to the report socket {}", socket.display()))?;
+        .map_err(|source| ChildError::ReportSocket {
+            path: socket.clone(),
+            source,
+        })?;
     let stop = CancellationToken::new();
     {
         let stop = stop.clone();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(ChildError::Signal)?;
         tokio::spawn(async move {
             term.recv().await;
             stop.cancel();
         });
     }
+    let spec_error = |mode| move |source| ChildError::Spec { mode, source };
     let result = match mode {
         ChildMode::Producer => {
-            producer::run(
-                serde_json::from_str(&spec).context("producer spec")?,
-                reports,
-                stop,
-            )
-            .await
+            let spec = serde_json::from_str(&spec).map_err(spec_error("producer"))?;
+            producer::run(spec, reports, stop).await.map_err(Into::into)
         }
         ChildMode::Worker => {
-            worker::run(
-                serde_json::from_str(&spec).context("worker spec")?,
-                reports,
-                stop,
-            )
-            .await
+            let spec = serde_json::from_str(&spec).map_err(spec_error("worker"))?;
+            worker::run(spec, reports, stop).await.map_err(Into::into)
         }
     };
     // Every report queued so far reaches the agent before we exit.

@@ -49,6 +49,24 @@ fn init_logging() {
         .try_init();
 }
 
+/// An error and its causes on one line. The library's errors (and async-nats's) embed their
+/// cause in their own message, so printing the chain as well (anyhow's `Caused by:`) would
+/// repeat each cause; some sources do not embed theirs (tonic's transport errors), so a cause
+/// is appended exactly when the text so far does not already contain it.
+fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        let text = current.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = current.source();
+    }
+    line
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging();
@@ -59,7 +77,9 @@ async fn main() -> anyhow::Result<()> {
                 "worker" => agent::ChildMode::Worker,
                 other => anyhow::bail!("unknown child mode {other:?}"),
             };
-            agent::run_child(mode).await
+            agent::run_child(mode)
+                .await
+                .map_err(|error| anyhow::Error::msg(one_line(&error)))
         }
         Command::Run {
             coordinator,
@@ -97,8 +117,45 @@ async fn main() -> anyhow::Result<()> {
                     shutdown.cancel();
                 });
             }
-            agent::session::run(options, shutdown).await?;
-            Ok(())
+            agent::session::run(options, shutdown)
+                .await
+                .map_err(|error| anyhow::Error::msg(one_line(&error)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    /// Wraps `source`, embedding its message or not.
+    #[derive(Debug, thiserror::Error)]
+    enum Layer {
+        #[error("opening the stream SIM: {source}")]
+        Embeds {
+            #[source]
+            source: std::io::Error,
+        },
+        #[error("transport error")]
+        Hides {
+            #[source]
+            source: std::io::Error,
+        },
+    }
+
+    fn cause() -> std::io::Error {
+        std::io::Error::other("connection refused")
+    }
+
+    #[test]
+    fn a_cause_appears_once() {
+        assert_eq!(
+            one_line(&Layer::Embeds { source: cause() }),
+            "opening the stream SIM: connection refused"
+        );
+        assert_eq!(
+            one_line(&Layer::Hides { source: cause() }),
+            "transport error: connection refused"
+        );
     }
 }

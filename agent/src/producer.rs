@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use async_nats::jetstream;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -20,7 +19,47 @@ use tokio::time::Instant;
 
 use crate::message::{SimulationMessage, message_id, subject};
 use crate::partition_map;
-use crate::report::{ChildReport, ReportClient, now_us};
+use crate::report::{ChildReport, ReportClient, ReportClosed, now_us};
+
+/// Why a producer stopped before `stop` fired. Each message names what was being done and
+/// embeds its cause: it ends up in the child's log, read by users.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    /// NATS could not be reached.
+    #[error("connecting to NATS: {0}")]
+    Connect(#[source] async_nats::ConnectError),
+    /// The stream named in the spec could not be opened.
+    #[error("opening the stream {stream}: {source}")]
+    Stream {
+        /// The stream name.
+        stream: String,
+        /// The error.
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+    /// A partition's resume point could not be read.
+    #[error("reading the last message of {subject}: {source}")]
+    LastMessage {
+        /// The partition subject.
+        subject: String,
+        /// The error.
+        #[source]
+        source: jetstream::stream::LastRawMessageError,
+    },
+    /// A partition subject could not be read through (creating the ordered consumer,
+    /// pulling, or reading a message).
+    #[error("scanning {subject}: {source}")]
+    Scan {
+        /// The partition subject.
+        subject: String,
+        /// The error.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// The agent's report socket is gone (the agent died).
+    #[error(transparent)]
+    Report(#[from] ReportClosed),
+}
 
 struct PartitionState {
     partition: u32,
@@ -49,7 +88,7 @@ async fn follow_map(
     spec: &ProducerSpec,
     partitions: &mut Vec<PartitionState>,
     wanted: &[(u32, i64)],
-) -> anyhow::Result<()> {
+) -> Result<(), ProducerError> {
     for state in partitions.iter_mut() {
         state.active = wanted.iter().any(|(p, _)| *p == state.partition);
     }
@@ -90,7 +129,7 @@ fn multiplier(spec: &ProducerSpec, elapsed: Duration) -> f64 {
 pub(crate) async fn resume_seq(
     stream: &jetstream::stream::Stream,
     subject: &str,
-) -> anyhow::Result<u64> {
+) -> Result<u64, ProducerError> {
     match stream.get_last_raw_message_by_subject(subject).await {
         Ok(message) => match serde_json::from_slice::<SimulationMessage>(&message.payload) {
             Ok(body) => Ok(body.partition_sequence),
@@ -107,7 +146,10 @@ pub(crate) async fn resume_seq(
         {
             Ok(0)
         }
-        Err(error) => Err(error).with_context(|| format!("reading the last message of {subject}")),
+        Err(source) => Err(ProducerError::LastMessage {
+            subject: subject.to_string(),
+            source,
+        }),
     }
 }
 
@@ -115,7 +157,11 @@ pub(crate) async fn resume_seq(
 async fn scan_for_last_seq(
     stream: &jetstream::stream::Stream,
     subject: &str,
-) -> anyhow::Result<u64> {
+) -> Result<u64, ProducerError> {
+    let scan = |source: async_nats::Error| ProducerError::Scan {
+        subject: subject.to_string(),
+        source,
+    };
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             filter_subject: subject.to_string(),
@@ -123,14 +169,14 @@ async fn scan_for_last_seq(
             ..Default::default()
         })
         .await
-        .with_context(|| format!("scanning {subject}"))?;
+        .map_err(|error| scan(error.into()))?;
     let mut messages = consumer
         .messages()
         .await
-        .with_context(|| format!("scanning {subject}"))?;
+        .map_err(|error| scan(error.into()))?;
     let mut highest = 0;
     while let Some(message) = messages.next().await {
-        let message = message.with_context(|| format!("scanning {subject}"))?;
+        let message = message.map_err(|error| scan(error.into()))?;
         if let Ok(body) = serde_json::from_slice::<SimulationMessage>(&message.payload) {
             highest = highest.max(body.partition_sequence);
         }
@@ -145,7 +191,7 @@ async fn scan_for_last_seq(
 type PublishOutcome = (
     usize,
     SimulationMessage,
-    anyhow::Result<async_nats::jetstream::publish::PublishAck>,
+    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
 );
 
 /// Publish `state`'s next sequence; marks the partition in flight.
@@ -176,8 +222,8 @@ fn publish(
             .publish_with_headers(subject, headers, payload.into())
             .await
         {
-            Ok(ack) => ack.await.map_err(anyhow::Error::from),
-            Err(error) => Err(anyhow::Error::from(error)),
+            Ok(ack) => ack.await,
+            Err(error) => Err(error),
         };
         (index, body, result)
     }
@@ -188,15 +234,18 @@ pub async fn run(
     spec: ProducerSpec,
     reports: ReportClient,
     stop: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), ProducerError> {
     let client = async_nats::connect(proto::nats_servers(&spec.nats_url))
         .await
-        .context("connecting to NATS")?;
+        .map_err(ProducerError::Connect)?;
     let js = jetstream::new(client);
     let stream = js
         .get_stream(&spec.stream)
         .await
-        .context("opening the stream")?;
+        .map_err(|source| ProducerError::Stream {
+            stream: spec.stream.clone(),
+            source,
+        })?;
     let map_store = partition_map::open(&js).await;
     let initial = match &map_store {
         Some(store) => partition_map::current(store).await,

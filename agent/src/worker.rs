@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use futures::future::BoxFuture;
 use parti::{
     ConsistentHash, ConsumerConfig, Delivery, HandlerError, Manager, MessageHandler, Partition,
@@ -19,10 +18,43 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
 use crate::message::SimulationMessage;
-use crate::report::{ChildReport, ReportClient, now_us};
+use crate::report::{ChildReport, ReportClient, ReportClosed, now_us};
+
+/// Why a worker stopped before `stop` fired. Each message names what was being done and
+/// embeds its cause: it ends up in the child's log, read by users.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// NATS could not be reached.
+    #[error("connecting to NATS: {0}")]
+    Connect(#[source] async_nats::ConnectError),
+    /// The spec's `parti_config_json` is not a parti config.
+    #[error("parsing the spec's parti_config_json: {0}")]
+    PartiConfig(#[source] serde_json::Error),
+    /// The spec names no known strategy.
+    #[error(transparent)]
+    Strategy(#[from] UnknownStrategy),
+    /// parti's consumption helper could not subscribe to its advisories.
+    #[error("starting the consumer helper: {0}")]
+    Consumer(#[source] async_nats::SubscribeError),
+    /// The parti manager did not start.
+    #[error("starting the parti manager: {0}")]
+    Manager(#[source] parti::StartError),
+    /// The agent's report socket is gone (the agent died).
+    #[error(transparent)]
+    Report(#[from] ReportClosed),
+    /// The manager lost its lease. Not a bug: the agent restarts the slot, and the
+    /// coordinator sees an exit like any other crash.
+    #[error("lease lost: fenced (the agent restarts the slot)")]
+    Fenced,
+}
+
+/// A spec's strategy name that is none of parti's.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown strategy {0:?}")]
+pub struct UnknownStrategy(pub String);
 
 /// The strategy a spec names.
-pub fn strategy(spec: &WorkerSpec) -> anyhow::Result<Arc<dyn Strategy>> {
+pub fn strategy(spec: &WorkerSpec) -> Result<Arc<dyn Strategy>, UnknownStrategy> {
     let virtual_nodes = if spec.virtual_nodes == 0 {
         150
     } else {
@@ -46,7 +78,7 @@ pub fn strategy(spec: &WorkerSpec) -> anyhow::Result<Arc<dyn Strategy>> {
             },
             ..WeightedConsistentHash::default()
         }),
-        other => anyhow::bail!("unknown strategy {other:?}"),
+        other => return Err(UnknownStrategy(other.to_string())),
     })
 }
 
@@ -195,14 +227,14 @@ pub async fn run(
     spec: WorkerSpec,
     reports: ReportClient,
     stop: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), WorkerError> {
     let client = async_nats::connect(proto::nats_servers(&spec.nats_url))
         .await
-        .context("connecting to NATS")?;
+        .map_err(WorkerError::Connect)?;
     let mut config: parti::Config = if spec.parti_config_json.is_empty() {
         parti::Config::default()
     } else {
-        serde_json::from_str(&spec.parti_config_json).context("parti_config_json")?
+        serde_json::from_str(&spec.parti_config_json).map_err(WorkerError::PartiConfig)?
     };
     if !spec.identity_token.is_empty() {
         config.identity_token = Some(spec.identity_token.clone());
@@ -244,7 +276,11 @@ pub async fn run(
     let consumer = if faults.go_style_handoff {
         None
     } else {
-        Some(WorkerConsumer::new(client.clone(), consumer_config, late.clone()).await?)
+        Some(
+            WorkerConsumer::new(client.clone(), consumer_config, late.clone())
+                .await
+                .map_err(WorkerError::Consumer)?,
+        )
     };
     let manager = Manager::start(
         client.clone(),
@@ -254,7 +290,7 @@ pub async fn run(
         consumer.map(|c| c as _),
     )
     .await
-    .context("starting the parti manager")?;
+    .map_err(WorkerError::Manager)?;
     let (version_tx, version_rx) = watch::channel(0u64);
     let handler = Arc::new(SimHandler {
         reports: reports.clone(),
@@ -321,7 +357,7 @@ pub async fn run(
     };
     manager.stop().await;
     if fenced {
-        anyhow::bail!("lease lost: fenced (the agent restarts the slot)");
+        return Err(WorkerError::Fenced);
     }
     Ok(())
 }
