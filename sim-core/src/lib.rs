@@ -19,6 +19,7 @@ pub mod chaos;
 pub mod config;
 pub mod events;
 pub mod ownership;
+pub mod record;
 pub mod report;
 pub mod rundir;
 pub mod tracker;

@@ -2,12 +2,13 @@
 //! its final state, or from its latest checkpoint if the run did not finish — and compare
 //! with the verdict recorded when it finished, if any.
 //!
-//! Only [`judge`] touches the coordinator crate: the checkpoint format and `summarize` still
-//! live in its run engine. When they move to sim-core, that one function changes.
+//! Everything here is `sim-core`'s: a run state's record ([`RunRecord`]) and the function
+//! that judged the run when it finished — no coordinator code is linked.
 
 use std::path::Path;
 
 use proto::v1::RunReport;
+use sim_core::record::{RunRecord, StateError};
 use sim_core::report::RunSummary;
 use sim_core::rundir::RunDir;
 
@@ -48,12 +49,9 @@ fn evidence(run: &RunDir, dir: &Path) -> Result<(Vec<u8>, String), ExitError> {
     }
 }
 
-/// The verdict on a checkpoint body. The one use of the coordinator crate (see the module
-/// docs); its errors are reduced to their message, so a change of their types stays here.
-fn judge(body: &[u8]) -> Result<RunSummary, String> {
-    use coordinator::run::{RunCheckpoint, summarize};
-    let state = RunCheckpoint::from_json(body).map_err(|e| e.to_string())?;
-    summarize(&state).map_err(|e| e.to_string())
+/// The verdict on a state body (`final.json` or a checkpoint).
+fn judge(body: &[u8]) -> Result<RunSummary, StateError> {
+    RunRecord::from_json(body)?.summarize()
 }
 
 /// Say whether the verdict now is the one recorded when the run finished (`report.json`).

@@ -27,20 +27,21 @@ use tracing::{info, warn};
 
 use super::clock::{RunClock, millis};
 use super::faults::FaultState;
-use super::{ActiveRun, Engine, Phase, StartError, WorkerView, now_us, tracker_config};
+use super::{ActiveRun, Engine, Phase, StartError, WorkerView, now_us};
 use crate::assignment_log::AssignmentLog;
 use crate::placement::Placement;
 use sim_core::config::Config;
 use sim_core::events::{EndReason, EventKind, RunEvent};
 use sim_core::ownership::OwnershipCheck;
-use sim_core::report::RunSummary;
+use sim_core::record::{read_state, tracker_config};
 use sim_core::rundir::RunDir;
 use sim_core::tracker::{Tracker, TrackerState, WorkerRef};
-use sim_core::verdict::{Evidence, Failure, judge};
+use sim_core::verdict::Failure;
 
-/// The shape of [`RunCheckpoint`] this build writes and reads. Files without a `format`
-/// are format 1 (failures and events as plain text); 2 typed them.
-pub const CHECKPOINT_FORMAT: u32 = 2;
+/// The shape of [`RunCheckpoint`] this build writes and reads (`sim_core::record`'s: the
+/// record the verdict reads is part of this state). Files without a `format` are format 1
+/// (failures and events as plain text); 2 typed them.
+pub use sim_core::record::{STATE_FORMAT as CHECKPOINT_FORMAT, StateError};
 
 /// The state of a run, as written to `checkpoints/ckpt-*.json` and `final.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,58 +79,13 @@ pub struct RunCheckpoint<'a> {
     applied: Cow<'a, BTreeMap<String, (u64, u64)>>,
 }
 
-/// Why a run's state cannot be read or judged.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// Written by a build with another state format: its fields would be misread.
-    #[error("checkpoint format {found}, this build reads format {CHECKPOINT_FORMAT}")]
-    Format {
-        /// The file's format.
-        found: u32,
-    },
-    /// Not a run state (the JSON path of the problem is named).
-    #[error("at {path}: {message}")]
-    Invalid {
-        /// Where in the JSON.
-        path: String,
-        /// What is wrong there.
-        message: String,
-    },
-    /// The tracker's part does not import (a damaged or foreign file).
-    #[error("tracker state: {0}")]
-    Tracker(#[from] sim_core::tracker::CheckpointError),
-}
-
-/// Only the format of a checkpoint body, read before the rest.
-#[derive(Deserialize)]
-struct FormatProbe {
-    /// Absent in format 1, the last format without the field.
-    #[serde(default = "format_one")]
-    format: u32,
-}
-
-fn format_one() -> u32 {
-    1
-}
-
 impl RunCheckpoint<'_> {
     /// Read one from a checkpoint body.
     ///
     /// # Errors
     /// The body is of another format, or not a run state.
     pub fn from_json(body: &[u8]) -> Result<RunCheckpoint<'static>, StateError> {
-        // The format first: a body of another format fails on some field or other, and
-        // "checkpoint format 1" says more than the name of that field.
-        if let Ok(FormatProbe { format }) = serde_json::from_slice(body)
-            && format != CHECKPOINT_FORMAT
-        {
-            return Err(StateError::Format { found: format });
-        }
-        let mut deserializer = serde_json::Deserializer::from_slice(body);
-        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| StateError::Invalid {
-            path: e.path().to_string(),
-            message: e.inner().to_string(),
-        })
+        read_state(body)
     }
 
     /// The run id.
@@ -174,42 +130,6 @@ impl<'a> RunCheckpoint<'a> {
             applied: Cow::Borrowed(&run.applied),
         }
     }
-}
-
-/// The verdict and report of a run's state: the same function judges a finishing run and,
-/// offline, its `final.json` (`simctl report --run-dir`).
-///
-/// # Errors
-/// The tracker state does not import (a damaged or foreign file).
-pub fn summarize(state: &RunCheckpoint<'_>) -> Result<RunSummary, StateError> {
-    let tracker = Tracker::import(tracker_config(&state.config), state.tracker.clone())?;
-    let snapshot = tracker.snapshot(state.written_unix_us);
-    let log = &state.assignment_log;
-    let judgement = judge(&Evidence {
-        tracker: &snapshot,
-        strict_duplicates: state.config.coordinator.strict_duplicates,
-        recorded: &state.failures,
-        assignment_violations: &log.violations,
-        ownership_violations: &state.ownership.violations(),
-    });
-    Ok(RunSummary {
-        run_id: state.run_id.to_string(),
-        judgement,
-        end: state.end.unwrap_or(EndReason::Unfinished),
-        elapsed_s: Duration::from_millis(state.elapsed_ms).as_secs_f64(),
-        duration_s: state.config.simulation.duration.as_secs_f64(),
-        partitions: state.config.partitions.count,
-        producers: state.placement.producers.len(),
-        workers: state.placement.workers.len(),
-        tracker: snapshot,
-        worker_names: state.worker_names.to_vec(),
-        events: state.events.to_vec(),
-        fault_stats: sim_core::chaos::stats(&state.faults.records),
-        faults: state.faults.records.clone(),
-        assignment_versions: log.versions,
-        partition_moves: log.moves,
-        leaders: log.leaders.clone(),
-    })
 }
 
 /// Whether the run config text `text` is `wanted` (seeds aside: `simctl start --resume`

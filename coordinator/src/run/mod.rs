@@ -22,7 +22,7 @@ mod checkpoint;
 mod clock;
 mod faults;
 
-pub use checkpoint::{RunCheckpoint, summarize};
+pub use checkpoint::RunCheckpoint;
 pub use faults::InjectOptions;
 
 use clock::RunClock;
@@ -34,9 +34,10 @@ use sim_core::chaos::FaultOutcome;
 use sim_core::config::{ChaosEvent, Config};
 use sim_core::events::{EndReason, EventKind, RunEvent};
 use sim_core::ownership::OwnershipCheck;
+use sim_core::record::{RunRecord, tracker_config};
 use sim_core::report::{Outcome, RunSummary};
 use sim_core::rundir::RunDir;
-use sim_core::tracker::{Processed, Sent, Tracker, TrackerConfig, WorkerRef};
+use sim_core::tracker::{Processed, Sent, Tracker, WorkerRef};
 use sim_core::verdict::{ExitStatus, Failure, Judgement};
 
 /// Why a run could not start.
@@ -840,22 +841,31 @@ impl Engine {
         run.faults.prepare_checkpoint();
         let run: &ActiveRun = run;
         let state = checkpoint::RunCheckpoint::capture(run, Some(reason));
-        let summary = summarize(&state).unwrap_or_else(|error| {
-            // Cannot happen short of a bug: the state was exported just now.
-            warn!(%error, "judging the exported state failed");
-            RunSummary::bare(
-                fallback.1.clone(),
-                Judgement::new(vec![Failure::Internal {
-                    error: error.to_string(),
-                }]),
-                reason,
-                fallback.0.clone(),
-            )
-        });
+        // Judged from the very bytes written as `final.json`: `simctl report --run-dir`
+        // reads the same record of the same file with the same function.
+        let body = serde_json::to_vec(&state).map_err(|e| e.to_string());
+        let summary = body
+            .as_deref()
+            .map_err(Clone::clone)
+            .and_then(|body| {
+                RunRecord::from_json(body)
+                    .and_then(|record| record.summarize())
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap_or_else(|error| {
+                // Cannot happen short of a bug: the state was exported just now.
+                warn!(%error, "judging the exported state failed");
+                RunSummary::bare(
+                    fallback.1.clone(),
+                    Judgement::new(vec![Failure::Internal { error }]),
+                    reason,
+                    fallback.0.clone(),
+                )
+            });
         info!(run = %run.id, outcome = ?summary.judgement.outcome, "run finished");
         let report = proto::v1::RunReport::from(&summary);
-        let files = match serde_json::to_vec(&state) {
-            Ok(body) => run.dir.write_final(&body),
+        let files = match &body {
+            Ok(body) => run.dir.write_final(body),
             Err(error) => {
                 warn!(%error, "final state not serializable");
                 Ok(())
@@ -956,14 +966,6 @@ fn save_child_log(run: &ActiveRun, agent: &str, log: &proto::v1::ChildLog) {
 }
 
 /// The tracker's settings for `config`.
-fn tracker_config(config: &Config) -> TrackerConfig {
-    TrackerConfig {
-        validation_window_us: i64::try_from(config.coordinator.validation_window.as_micros())
-            .unwrap_or(i64::MAX),
-        ..TrackerConfig::default()
-    }
-}
-
 /// After a resume, loss detection waits at least this long once every agent is back (their
 /// resent batches arrive in the first moments of a session)…
 const RESUME_SETTLE: Duration = Duration::from_secs(5);
