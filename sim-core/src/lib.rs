@@ -6,15 +6,18 @@
 //! - [`config`]: the YAML run configuration (the plan's schema), defaults and validation.
 //! - [`tracker`]: per-partition message accounting and the verdict's evidence.
 //! - [`ownership`]: processing without ownership (statuses vs processed reports).
+//! - [`assignment`]: parti's assignment history, judged version by version.
 //! - [`chaos`]: the seeded fault schedule, fault records and their outcomes.
 //! - [`events`]: the run's events, typed by kind, and how a run ended.
 //! - [`verdict`]: the verdict: every failure, typed, and `judge` (PASS / FAIL /
 //!   infrastructure).
 //! - [`rundir`]: a run's directory: config, events, checkpoints, final state, reports.
+//! - [`record`]: what judging needs, read from a run state (checkpoint or `final.json`).
 //! - [`report`]: the final report (text, JSON, JUnit).
 
 #![forbid(unsafe_code)]
 
+pub mod assignment;
 pub mod chaos;
 pub mod config;
 pub mod events;

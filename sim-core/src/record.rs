@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
+use crate::assignment::AssignmentLog;
 use crate::chaos::{FaultRecord, stats};
 use crate::config::Config;
 use crate::events::{EndReason, RunEvent};
@@ -123,7 +124,7 @@ pub struct RunRecord {
     /// Every fault, injected or not.
     pub faults: FaultRecords,
     /// What parti's assignment history showed.
-    pub assignment_log: AssignmentSummary,
+    pub assignment_log: AssignmentLog,
 }
 
 /// A state's placement, reduced to what the report shows: how many of each.
@@ -140,19 +141,6 @@ pub struct PlacementCounts {
 pub struct FaultRecords {
     /// Every fault, in order.
     pub records: Vec<FaultRecord>,
-}
-
-/// A state's assignment log, reduced to what the verdict and the report use.
-#[derive(Debug, Clone, Deserialize)]
-pub struct AssignmentSummary {
-    /// Assignment versions seen.
-    pub versions: u64,
-    /// Partition moves counted across versions.
-    pub moves: u64,
-    /// Leaders in order of succession.
-    pub leaders: Vec<String>,
-    /// What broke the rules (two owners, versions going back, two acting leaders).
-    pub violations: Vec<String>,
 }
 
 impl RunRecord {
@@ -206,6 +194,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::{RunRecord, STATE_FORMAT, StateError};
+    use crate::assignment::AssignmentLog;
     use crate::config::Config;
     use crate::ownership::OwnershipCheck;
     use crate::report::Outcome;
@@ -243,6 +232,10 @@ mod tests {
             }
         }
         tracker.finish(10_000_000);
+        let mut assignment_log = AssignmentLog::default();
+        assignment_log.versions = 3;
+        assignment_log.moves = 1;
+        assignment_log.leaders.push("worker-0".into());
         json!({
             "format": STATE_FORMAT,
             "run_id": "run-record",
@@ -257,7 +250,7 @@ mod tests {
             "events": [],
             "ownership": OwnershipCheck::default(),
             "faults": {"records": [], "engine_only": true},
-            "assignment_log": {"versions": 3, "moves": 1, "leaders": ["worker-0"], "violations": [], "last_kv_revision": 9},
+            "assignment_log": assignment_log,
             "applied": {"host-1": [1, 2]},
         })
     }
