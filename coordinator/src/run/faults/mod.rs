@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use super::{ActiveRun, Engine, Phase};
 use crate::placement::Placement;
 use nats_server::restart_nats_server;
-use plan::{Action, plan_fault};
+use plan::{Action, NoDraw, Plan, PlanInput, Skip};
 use recovery::{Measure, fully_owned};
 use sim_core::chaos::{ChaosPlan, ChaosPlanState, FaultOutcome, FaultRecord, RESPAWN_AFTER};
 use sim_core::config::{ChaosEvent, Config};
@@ -34,8 +34,10 @@ use sim_core::events::{EventKind, RunEvent};
 use sim_core::verdict::{Failure, Unrecovered};
 
 mod nats_server;
+mod network;
 mod partitions;
 mod plan;
+mod process;
 mod recovery;
 
 /// Chaos and healing state of one run. Every time in it is run time (since the run
@@ -469,7 +471,12 @@ impl Engine {
         now: Duration,
         options: InjectOptions,
     ) -> (String, FaultOutcome) {
-        let no_run = || (String::new(), FaultOutcome::Skipped("no run".into()));
+        let no_run = || {
+            (
+                String::new(),
+                FaultOutcome::Skipped(Skip::NoRun.to_string()),
+            )
+        };
         let Some(run) = self.run.as_mut() else {
             return no_run();
         };
@@ -477,7 +484,16 @@ impl Engine {
         run.faults.close_duplicates(duplicates);
         run.faults.duplicates_at_last = Some(duplicates);
         let index = run.faults.records.len();
-        let (planned, outcome) = match plan_fault(run, event, now, &options) {
+        let planned = plan_fault(run, event, now, &options).and_then(|mut plan| {
+            plan::apply(
+                &mut plan,
+                &mut run.faults,
+                &mut run.tracker,
+                &mut run.partition_map,
+            )?;
+            Ok(plan)
+        });
+        let (planned, outcome) = match planned {
             Ok(planned) => {
                 if let Some(awaiting_heal) = planned.measure {
                     let timeout = run.config.coordinator.rebalance_timeout;
@@ -493,7 +509,7 @@ impl Engine {
                 }
                 (Some(planned), FaultOutcome::Injected)
             }
-            Err(why) => (None, FaultOutcome::Skipped(why)),
+            Err(skip) => (None, FaultOutcome::Skipped(skip.to_string())),
         };
         run.faults.records.push(FaultRecord {
             at_s: now.as_secs_f64(),
@@ -576,7 +592,7 @@ impl Engine {
                     run.faults.measuring = None;
                 }
                 run.faults.records[index].outcome =
-                    FaultOutcome::Skipped("the target's agent went away".into());
+                    FaultOutcome::Skipped(Skip::AgentGone.to_string());
             }
         }
         let Some(run) = self.run.as_mut() else {
@@ -647,6 +663,36 @@ impl Engine {
             warn!(run = %run.id, "run ended while a recovery was still being measured");
         }
     }
+}
+
+/// Plan `event` on `run` (see [`plan::plan`]), drawing from the run's seeded schedule.
+fn plan_fault(
+    run: &mut ActiveRun,
+    event: ChaosEvent,
+    now: Duration,
+    options: &InjectOptions,
+) -> Result<Plan, Skip> {
+    // The schedule is the one part of the state the plan draws from (mutably): taken out
+    // while the rest is lent read-only.
+    let mut schedule = run.faults.plan.take();
+    let input = PlanInput {
+        workers: &run.workers,
+        producers_alive: &run.producers_alive,
+        placement: &run.placement,
+        partition_map: &run.partition_map,
+        faults: &run.faults,
+        nats_servers: run
+            .nats_cluster
+            .as_ref()
+            .map(|cluster| (0..cluster.size()).map(|i| cluster.is_running(i)).collect()),
+        now,
+    };
+    let planned = match schedule.as_mut() {
+        Some(schedule) => plan::plan(&input, schedule, event, options),
+        None => plan::plan(&input, &mut NoDraw, event, options),
+    };
+    run.faults.plan = schedule;
+    planned
 }
 
 #[cfg(test)]

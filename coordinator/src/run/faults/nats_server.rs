@@ -6,51 +6,48 @@ use sim_core::events::{EventKind, RunEvent};
 use tracing::{info, warn};
 
 use super::super::ActiveRun;
-use super::plan::{Action, Planned, choose};
+use super::plan::{Action, Draw, Effect, Plan, PlanInput, Skip, choose};
 use super::recovery::TargetDone;
-use super::{InjectOptions, NATS_KILL_FOR, NATS_RESTART_GRACE, NatsDown};
+use super::{InjectOptions, NATS_KILL_FOR, NATS_RESTART_GRACE};
 
 /// Kill one server of the managed cluster (seeded choice, or `--target n<i>`) for a while.
-pub(super) fn kill_nats_server(
-    run: &mut ActiveRun,
-    now: Duration,
+pub(super) fn plan_kill(
+    input: &PlanInput<'_>,
+    draw: &mut dyn Draw,
     options: &InjectOptions,
-) -> Result<Planned, String> {
-    let Some(cluster) = run.nats_cluster.as_ref() else {
-        return Err("no managed NATS cluster (nats.cluster_size 3 or 5 with simctl run)".into());
+) -> Result<Plan, Skip> {
+    let Some(running) = input.nats_servers.as_deref() else {
+        return Err(Skip::NoManagedCluster);
     };
-    let size = cluster.size();
+    let size = running.len();
     if size < 3 {
-        return Err("a cluster of fewer than three servers has no quorum without one".into());
+        return Err(Skip::ClusterTooSmall);
     }
     // One server down at a time: a second one would cost the quorum.
-    if let Some(down) = (0..size).find(|i| !cluster.is_running(*i)) {
-        return Err(format!("NATS server n{down} is not running"));
+    if let Some(down) = running.iter().position(|running| !running) {
+        return Err(Skip::NatsServerNotRunning(down));
     }
-    if run
+    if input
         .faults
         .nats_down
         .values()
-        .any(|d| d.restart_at.is_some())
+        .any(|down| down.restart_at.is_some())
     {
-        return Err("a NATS server is still down".into());
+        return Err(Skip::NatsServerStillDown);
     }
     let names: Vec<String> = (0..size).map(|i| format!("n{i}")).collect();
-    let target = choose(run, &names, options)?;
+    let target = choose(draw, &names, options)?;
     let index = names.iter().position(|n| *n == target).unwrap_or(0);
     let lasts = options.duration.unwrap_or(NATS_KILL_FOR);
-    run.faults.nats_down.insert(
-        index,
-        NatsDown {
-            restart_at: Some(now + lasts),
-            excused_until: None,
-        },
-    );
-    Ok(Planned {
+    Ok(Plan {
         ideal_moves: None,
         target_done: TargetDone::NatsServerBack(index),
         detail: format!("SIGKILL, restarted after {lasts:?}"),
         action: Action::KillNatsServer(index),
+        effects: vec![Effect::NatsDown {
+            index,
+            restart_at: input.now + lasts,
+        }],
         target,
         measure: Some(false),
         lasts,

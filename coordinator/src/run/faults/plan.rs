@@ -1,35 +1,118 @@
-//! Planning an injection: choosing a target and what to do to it.
+//! Planning an injection without touching anything: which target, which command, and what
+//! the run must write down about it.
+//!
+//! [`plan`] reads a [`PlanInput`] (borrowed views of the run) and draws from the seeded
+//! schedule ([`Draw`]); it returns a [`Plan`] or a typed [`Skip`]. Nothing changes until
+//! [`apply`]. The engine then records and checkpoints the fault before it sends the command
+//! (write-ahead), so the split keeps that order while making the choice testable without
+//! NATS, agents or a clock.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use proto::v1::{NetworkFault, NetworkFaultKind, Signal, Spawn, coordinator_message, spawn};
-use sim_core::chaos::{
-    ChaosPlan, DEGRADE_DELAY_MS, DEGRADE_FOR, DEGRADE_LOSS, DEGRADE_RATE_KBIT, PAUSE_FOR,
-};
+use proto::v1::{PartitionMap, Signal, Spawn, coordinator_message};
+use sim_core::chaos::ChaosPlan;
 use sim_core::config::ChaosEvent;
+use sim_core::tracker::{InputError, Tracker};
 
-use super::super::ActiveRun;
-use super::nats_server::kill_nats_server;
-use super::partitions::change_partitions;
+use super::super::WorkerView;
+use super::partitions::{self, PartitionChange};
 use super::recovery::TargetDone;
-use super::{HostFault, InjectOptions};
+use super::{FaultState, HostFault, InjectOptions, NatsDown, nats_server, network, process};
+use crate::placement::Placement;
 
-/// What an injection will do.
-pub(super) struct Planned {
+/// Everything a plan reads, borrowed from the run.
+pub(super) struct PlanInput<'a> {
+    /// Workers as they last reported.
+    pub(super) workers: &'a BTreeMap<String, WorkerView>,
+    /// Producer processes and whether they run.
+    pub(super) producers_alive: &'a BTreeMap<String, bool>,
+    /// The run's processes (producer ids for partition changes).
+    pub(super) placement: &'a Placement,
+    /// The partitions that exist now.
+    pub(super) partition_map: &'a PartitionMap,
+    /// Chaos bookkeeping so far (pauses, expected exits, host faults, slots …).
+    pub(super) faults: &'a FaultState,
+    /// Per managed NATS server, whether it runs; `None`: no managed cluster.
+    pub(super) nats_servers: Option<Vec<bool>>,
+    /// Run time now.
+    pub(super) now: Duration,
+}
+
+impl PlanInput<'_> {
+    /// Workers alive, not paused and not already on their way out: fair game for a fault.
+    pub(super) fn live_workers(&self) -> Vec<String> {
+        self.workers
+            .iter()
+            .filter(|(process, view)| {
+                view.alive
+                    && !self.faults.paused.contains_key(*process)
+                    && !self.faults.expect_exit.contains(*process)
+            })
+            .map(|(process, _)| process.clone())
+            .collect()
+    }
+
+    /// The index the fault's record will get (also a network fault's id).
+    pub(super) fn record_index(&self) -> usize {
+        self.faults.records.len()
+    }
+}
+
+/// The seeded choices a plan makes: the run's [`ChaosPlan`], or scripted in tests.
+pub(super) trait Draw {
+    /// An index below `len` (0 when `len` is 0).
+    fn pick(&mut self, len: usize) -> usize;
+    /// How long a `nats_disconnect` lasts.
+    fn disconnect_duration(&mut self) -> Duration;
+}
+
+impl Draw for ChaosPlan {
+    fn pick(&mut self, len: usize) -> usize {
+        ChaosPlan::pick(self, len)
+    }
+    fn disconnect_duration(&mut self) -> Duration {
+        ChaosPlan::disconnect_duration(self)
+    }
+}
+
+/// No schedule (`simctl chaos` on a run without one): the first candidate, default lengths.
+pub(super) struct NoDraw;
+
+/// Disconnect length when no plan draws one (`simctl chaos` without `--duration` and
+/// without a schedule).
+const DISCONNECT_DEFAULT: Duration = Duration::from_secs(10);
+
+impl Draw for NoDraw {
+    fn pick(&mut self, _len: usize) -> usize {
+        0
+    }
+    fn disconnect_duration(&mut self) -> Duration {
+        DISCONNECT_DEFAULT
+    }
+}
+
+/// What an injection will do, and what the run must remember about it.
+#[derive(Debug)]
+pub(super) struct Plan {
+    /// Process, agent or server (`n<i>`); empty for partition changes.
     pub(super) target: String,
     pub(super) action: Action,
+    /// For the record ([`apply`] completes it for a partition removal).
     pub(super) detail: String,
     /// Measure recovery: `Some(awaiting_heal)`; `None`: nothing to measure.
     pub(super) measure: Option<bool>,
     /// How long the fault itself lasts (the deadline starts after it).
     pub(super) lasts: Duration,
-    /// See [`FaultRecord::ideal_moves`].
+    /// See [`sim_core::chaos::FaultRecord::ideal_moves`].
     pub(super) ideal_moves: Option<u64>,
     /// See [`TargetDone`].
     pub(super) target_done: TargetDone,
+    /// The bookkeeping the injection implies, applied by [`apply`] in this order.
+    pub(super) effects: Vec<Effect>,
 }
 
+/// The command an injection sends.
 #[derive(Debug)]
 pub(super) enum Action {
     /// Signal the target process.
@@ -38,249 +121,195 @@ pub(super) enum Action {
     KillNatsServer(usize),
     /// Send this to an agent.
     Send(String, Box<coordinator_message::Body>),
-    /// Publish the run's partition map (already updated in the run).
+    /// Publish the run's partition map (already updated by [`apply`]).
     PublishMap,
 }
 
-/// Choose a target and decide what to do; records the expectations (exits, pauses,
-/// retirements, host faults) the injection creates. `Err`: why the fault is skipped.
-pub(super) fn plan_fault(
-    run: &mut ActiveRun,
+/// One piece of bookkeeping; see [`FaultState`] for where each lands.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Effect {
+    /// The process's next exit is the chaos's doing.
+    ExpectExit(String),
+    /// Scaled down: its slot is not healed.
+    Retire(String),
+    /// SIGSTOPped until this run time.
+    Pause(String, Duration),
+    /// Restarted: its next incarnation must keep this stable id.
+    Restart {
+        process: String,
+        worker_id: String,
+        incarnation: u64,
+    },
+    /// This agent's host is under a network fault.
+    HostFault(String),
+    /// This managed NATS server is killed until `restart_at`.
+    NatsDown { index: usize, restart_at: Duration },
+    /// A new worker slot (scale_up); the next one gets the following number.
+    AddSlot { agent: String, spawn: Box<Spawn> },
+    /// The partition map changes (the tracker learns of it first).
+    Partitions(PartitionChange),
+}
+
+/// Why a fault is skipped; the text is what the record and the events say.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(super) enum Skip {
+    /// No run to inject into.
+    #[error("no run")]
+    NoRun,
+    /// A worker fault needs a survivor to take over.
+    #[error("fewer than two live workers")]
+    FewerThanTwoLive,
+    /// No live leader, or nobody to succeed it.
+    #[error("no leader among two or more live workers")]
+    NoLeader,
+    /// Every producer is down already.
+    #[error("no live producer")]
+    NoLiveProducer,
+    /// scale_up copies a worker's spec onto an agent; there is none.
+    #[error("no worker to copy")]
+    NoWorkerToCopy,
+    /// scale_up's `--target` is not an agent of the run.
+    #[error("no agent {0}")]
+    NoAgent(String),
+    /// Every host has a network fault already.
+    #[error("every host is already impaired")]
+    EveryHostImpaired,
+    /// nats_server_kill needs a cluster the daemon manages.
+    #[error("no managed NATS cluster (nats.cluster_size 3 or 5 with simctl run)")]
+    NoManagedCluster,
+    /// Killing one server of fewer than three would lose the quorum.
+    #[error("a cluster of fewer than three servers has no quorum without one")]
+    ClusterTooSmall,
+    /// One server down at a time: this one is not running.
+    #[error("NATS server n{0} is not running")]
+    NatsServerNotRunning(usize),
+    /// A killed server has not been asked to restart yet.
+    #[error("a NATS server is still down")]
+    NatsServerStillDown,
+    /// partition_changes with no producer to publish a new partition.
+    #[error("no producer")]
+    NoProducer,
+    /// The tracker refused the partition change.
+    #[error("tracker refused {} {partition}: {error}", if *.adding { "adding" } else { "removing" })]
+    TrackerRefused {
+        adding: bool,
+        partition: u32,
+        error: InputError,
+    },
+    /// `--target` is not among the candidates.
+    #[error("target {target} is not one of [{}]", candidates.join(", "))]
+    NotACandidate {
+        target: String,
+        candidates: Vec<String>,
+    },
+    /// The draw fell outside the candidates.
+    #[error("no candidate")]
+    NoCandidate,
+    /// The command could not be delivered.
+    #[error("the target's agent went away")]
+    AgentGone,
+}
+
+/// Plan `event` (see the module docs): a [`Plan`], or why the fault is skipped.
+pub(super) fn plan(
+    input: &PlanInput<'_>,
+    draw: &mut dyn Draw,
     event: ChaosEvent,
-    now: Duration,
     options: &InjectOptions,
-) -> Result<Planned, String> {
-    let live: Vec<String> = run
-        .workers
-        .iter()
-        .filter(|(process, view)| {
-            view.alive
-                && !run.faults.paused.contains_key(*process)
-                && !run.faults.expect_exit.contains(*process)
-        })
-        .map(|(process, _)| process.clone())
-        .collect();
-    let index = run.faults.records.len();
-    let held: BTreeMap<String, u64> = run
-        .workers
-        .iter()
-        .map(|(process, view)| (process.clone(), view.partitions.len() as u64))
-        .collect();
-    let process_fault = |target: String, signal: Signal, measure: Option<bool>| Planned {
-        ideal_moves: measure.and_then(|_| held.get(&target).copied()),
-        target_done: TargetDone::Nothing,
-        target,
-        action: Action::Signal(signal),
-        detail: String::new(),
-        measure,
-        lasts: Duration::ZERO,
-    };
+) -> Result<Plan, Skip> {
     match event {
         ChaosEvent::WorkerCrash
         | ChaosEvent::WorkerRestart
         | ChaosEvent::ScaleDown
-        | ChaosEvent::WorkerPause => {
-            if live.len() < 2 {
-                return Err("fewer than two live workers".into());
-            }
-            let target = choose(run, &live, options)?;
-            let signal = match event {
-                ChaosEvent::WorkerCrash => Signal::Kill,
-                ChaosEvent::WorkerPause => Signal::Stop,
-                _ => Signal::Term,
-            };
-            let mut planned = process_fault(target.clone(), signal, Some(false));
-            if event == ChaosEvent::ScaleDown {
-                run.faults.retired.insert(target.clone());
-                planned.target_done = TargetDone::Exited(target.clone());
-            }
-            if event == ChaosEvent::WorkerRestart
-                && let Some(view) = run.workers.get(&target)
-            {
-                run.faults.restarts.insert(
-                    target.clone(),
-                    (index, view.worker_id.clone(), view.incarnation),
-                );
-                planned.target_done = TargetDone::Reincarnated(target.clone(), view.incarnation);
-            }
-            if event == ChaosEvent::WorkerPause {
-                let pause = options.duration.unwrap_or(PAUSE_FOR);
-                run.faults.paused.insert(target.clone(), now + pause);
-                planned.detail = format!("SIGSTOP for {pause:?}");
-                planned.lasts = pause;
-            }
-            run.faults.expect_exit.insert(target);
-            Ok(planned)
-        }
+        | ChaosEvent::WorkerPause => process::worker_fault(input, draw, event, options),
         ChaosEvent::LeaderFailure | ChaosEvent::LeaderPause => {
-            let leader: Vec<String> = run
-                .workers
-                .iter()
-                .filter(|(p, v)| v.leader && live.contains(p))
-                .map(|(p, _)| p.clone())
-                .collect();
-            if live.len() < 2 || leader.is_empty() {
-                return Err("no leader among two or more live workers".into());
-            }
-            let target = choose(run, &leader, options)?;
-            let mut planned = if event == ChaosEvent::LeaderFailure {
-                process_fault(target.clone(), Signal::Kill, Some(false))
-            } else {
-                let pause = options.duration.unwrap_or(PAUSE_FOR);
-                run.faults.paused.insert(target.clone(), now + pause);
-                let mut planned = process_fault(target.clone(), Signal::Stop, Some(false));
-                planned.detail = format!("SIGSTOP for {pause:?}");
-                planned.lasts = pause;
-                planned
-            };
-            planned.detail = if planned.detail.is_empty() {
-                "the leader".into()
-            } else {
-                format!("the leader, {}", planned.detail)
-            };
-            run.faults.expect_exit.insert(target);
-            Ok(planned)
+            process::leader_fault(input, draw, event, options)
         }
-        ChaosEvent::ProducerCrash => {
-            let producers: Vec<String> = run
-                .producers_alive
-                .iter()
-                .filter(|(_, alive)| **alive)
-                .map(|(p, _)| p.clone())
-                .collect();
-            if producers.is_empty() {
-                return Err("no live producer".into());
-            }
-            let target = choose(run, &producers, options)?;
-            run.faults.expect_exit.insert(target.clone());
-            Ok(process_fault(target, Signal::Kill, None))
-        }
-        ChaosEvent::ScaleUp => {
-            let template = run
-                .faults
-                .slots
-                .values()
-                .find_map(|(_, spawn)| match &spawn.spec {
-                    Some(spawn::Spec::Worker(spec)) => Some(spec.clone()),
-                    _ => None,
-                });
-            let (Some(mut spec), false) = (template, run.faults.agents.is_empty()) else {
-                return Err("no worker to copy".into());
-            };
-            let agent = match &options.target {
-                Some(agent) if run.faults.agents.contains(agent) => agent.clone(),
-                Some(other) => return Err(format!("no agent {other}")),
-                None => run.faults.agents[run.faults.next_worker % run.faults.agents.len()].clone(),
-            };
-            let process = format!("worker-{}", run.faults.next_worker);
-            run.faults.next_worker += 1;
-            spec.identity_token = process.clone();
-            let spawn = Spawn {
-                process: process.clone(),
-                spec: Some(spawn::Spec::Worker(spec)),
-            };
-            run.faults
-                .slots
-                .insert(process.clone(), (agent.clone(), spawn.clone()));
-            let partitions = run.partition_map.partitions.len() as u64;
-            Ok(Planned {
-                ideal_moves: Some(partitions / (live.len() as u64 + 1)),
-                target_done: TargetDone::Owning(process.clone()),
-                target: process,
-                detail: format!("on {agent}"),
-                action: Action::Send(agent, Box::new(coordinator_message::Body::Spawn(spawn))),
-                measure: Some(false),
-                lasts: Duration::ZERO,
-            })
-        }
+        ChaosEvent::ProducerCrash => process::producer_crash(input, draw, options),
+        ChaosEvent::ScaleUp => process::scale_up(input, options),
         ChaosEvent::NatsDisconnect | ChaosEvent::NetworkDegrade => {
-            let free: Vec<String> = run
-                .faults
-                .agents
-                .iter()
-                .filter(|agent| !run.faults.host_faults.contains_key(*agent))
-                .cloned()
-                .collect();
-            if free.is_empty() {
-                return Err("every host is already impaired".into());
-            }
-            let target = choose(run, &free, options)?;
-            let (kind, lasts, loss, rate, delay) = if event == ChaosEvent::NatsDisconnect {
-                let lasts = options.duration.unwrap_or_else(|| {
-                    run.faults
-                        .plan
-                        .as_mut()
-                        .map_or(DISCONNECT_DEFAULT, ChaosPlan::disconnect_duration)
-                });
-                (NetworkFaultKind::Disconnect, lasts, 0.0, 0, 0)
-            } else {
-                (
-                    NetworkFaultKind::Degrade,
-                    options.duration.unwrap_or(DEGRADE_FOR),
-                    DEGRADE_LOSS,
-                    DEGRADE_RATE_KBIT,
-                    DEGRADE_DELAY_MS,
-                )
-            };
-            let fault = NetworkFault {
-                id: index as u64,
-                kind: kind as i32,
-                nats_endpoints: run.faults.nats_endpoints.clone(),
-                duration_ms: u64::try_from(lasts.as_millis()).unwrap_or(u64::MAX),
-                loss_probability: loss,
-                rate_kbit: rate,
-                delay_ms: delay,
-            };
-            run.faults.host_faults.insert(
-                target.clone(),
-                HostFault {
-                    record: index,
-                    excused_until: None,
-                },
-            );
-            Ok(Planned {
-                ideal_moves: None,
-                target_done: TargetDone::Nothing,
-                detail: format!("for {lasts:?}"),
-                action: Action::Send(
-                    target.clone(),
-                    Box::new(coordinator_message::Body::NetworkFault(fault)),
-                ),
-                target,
-                measure: Some(true),
-                lasts,
-            })
+            network::host_fault(input, draw, event, options)
         }
-        ChaosEvent::PartitionChanges => change_partitions(run),
-        ChaosEvent::NatsServerKill => kill_nats_server(run, now, options),
+        ChaosEvent::PartitionChanges => partitions::plan(input, draw),
+        ChaosEvent::NatsServerKill => nats_server::plan_kill(input, draw, options),
     }
+}
+
+/// Write `plan`'s bookkeeping into the run (`faults`, and for a partition change the
+/// `tracker` and `partition_map`). The fault's record is the next one pushed.
+///
+/// # Errors
+/// [`Skip::TrackerRefused`]: the partition change did not happen.
+pub(super) fn apply(
+    plan: &mut Plan,
+    faults: &mut FaultState,
+    tracker: &mut Tracker,
+    partition_map: &mut PartitionMap,
+) -> Result<(), Skip> {
+    let record = faults.records.len();
+    for effect in &plan.effects {
+        match effect.clone() {
+            Effect::ExpectExit(process) => {
+                faults.expect_exit.insert(process);
+            }
+            Effect::Retire(process) => {
+                faults.retired.insert(process);
+            }
+            Effect::Pause(process, until) => {
+                faults.paused.insert(process, until);
+            }
+            Effect::Restart {
+                process,
+                worker_id,
+                incarnation,
+            } => {
+                faults
+                    .restarts
+                    .insert(process, (record, worker_id, incarnation));
+            }
+            Effect::HostFault(agent) => {
+                let fault = HostFault {
+                    record,
+                    excused_until: None,
+                };
+                faults.host_faults.insert(agent, fault);
+            }
+            Effect::NatsDown { index, restart_at } => {
+                let down = NatsDown {
+                    restart_at: Some(restart_at),
+                    excused_until: None,
+                };
+                faults.nats_down.insert(index, down);
+            }
+            Effect::AddSlot { agent, spawn } => {
+                faults.next_worker += 1;
+                faults.slots.insert(spawn.process.clone(), (agent, *spawn));
+            }
+            Effect::Partitions(change) => {
+                if let Some(detail) = partitions::apply(&change, faults, tracker, partition_map)? {
+                    plan.detail = detail;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A named target must be one of `from`; otherwise one is drawn from the seeded plan.
 pub(super) fn choose(
-    run: &mut ActiveRun,
+    draw: &mut dyn Draw,
     from: &[String],
     options: &InjectOptions,
-) -> Result<String, String> {
+) -> Result<String, Skip> {
     match &options.target {
         Some(target) if from.contains(target) => Ok(target.clone()),
-        Some(target) => Err(format!(
-            "target {target} is not one of [{}]",
-            from.join(", ")
-        )),
-        None => {
-            let index = run
-                .faults
-                .plan
-                .as_mut()
-                .map_or(0, |plan| plan.pick(from.len()));
-            from.get(index)
-                .cloned()
-                .ok_or_else(|| "no candidate".to_string())
-        }
+        Some(target) => Err(Skip::NotACandidate {
+            target: target.clone(),
+            candidates: from.to_vec(),
+        }),
+        None => from
+            .get(draw.pick(from.len()))
+            .cloned()
+            .ok_or(Skip::NoCandidate),
     }
 }
-
-/// Disconnect length when no plan draws one (`simctl chaos` without `--duration` and
-/// without a schedule).
-const DISCONNECT_DEFAULT: Duration = Duration::from_secs(10);
