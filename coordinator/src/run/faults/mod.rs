@@ -37,6 +37,8 @@ mod nats_server;
 mod network;
 mod partitions;
 mod plan;
+#[cfg(test)]
+mod plan_tests;
 mod process;
 mod recovery;
 
