@@ -12,6 +12,17 @@
 //! recovery is measured from the moment the agent reports the network healed; while a host
 //! is impaired (and for [`HOST_FAULT_GRACE`] after), its processes exiting is expected —
 //! a worker that lost its leases is fenced and restarts, as designed.
+//!
+//! An injection is planned without side effects ([`plan`]: target, command, bookkeeping),
+//! applied to the state, recorded and checkpointed, and only then sent (write-ahead).
+//!
+//! Layout:
+//! - this module: [`FaultState`] and the engine's orchestration (`fault_tick`, `inject`,
+//!   `heal_all`, `on_network_report`);
+//! - `plan`: the pure planner (`PlanInput` → `Plan` or `Skip`) and `apply`;
+//! - `process`, `network`, `partitions`, `nats_server`: what is particular to each fault
+//!   family;
+//! - `recovery`: measuring the time to recover (`Measure`, `TargetDone`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -26,12 +37,13 @@ use tracing::{info, warn};
 use super::{ActiveRun, Engine, Phase};
 use crate::placement::Placement;
 use nats_server::restart_nats_server;
+use network::nats_endpoints;
 use plan::{Action, NoDraw, Plan, PlanInput, Skip};
-use recovery::{Measure, fully_owned};
+use recovery::Measure;
 use sim_core::chaos::{ChaosPlan, ChaosPlanState, FaultOutcome, FaultRecord, RESPAWN_AFTER};
 use sim_core::config::{ChaosEvent, Config};
 use sim_core::events::{EventKind, RunEvent};
-use sim_core::verdict::{Failure, Unrecovered};
+use sim_core::verdict::Failure;
 
 mod nats_server;
 mod network;
@@ -113,27 +125,6 @@ pub struct InjectOptions {
     pub target: Option<String>,
     /// Fault duration; `None`: the default.
     pub duration: Option<Duration>,
-}
-
-/// `host:port` for each server in a comma-separated NATS URL list.
-pub(super) fn nats_endpoints(urls: &str) -> Vec<String> {
-    urls.split(',')
-        .map(str::trim)
-        .filter(|url| !url.is_empty())
-        .map(|url| {
-            let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-            let rest = rest.trim_end_matches('/');
-            if rest
-                .rsplit_once(':')
-                .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
-            {
-                rest.to_string()
-            } else {
-                format!("{rest}:4222")
-            }
-        })
-        .collect()
 }
 
 impl FaultState {
@@ -338,45 +329,7 @@ impl Engine {
         run.faults
             .host_faults
             .retain(|_, fault| fault.excused_until.is_none_or(|until| now <= until));
-        if let Some(measure) = run.faults.measuring.clone() {
-            let received = run.tracker.progress_marker().0;
-            if !measure.awaiting_heal
-                && measure.target_done.reached(run)
-                && fully_owned(run)
-                && received > measure.received_at_since
-            {
-                let took = now.saturating_sub(measure.since).as_secs_f64();
-                let record = &mut run.faults.records[measure.index];
-                record.rebalance_s = Some(took);
-                record.moved = Some(run.assignment_log.moves - measure.moves_at_start);
-                run.faults.measuring = None;
-                info!(run = %run.id, event = %record.event, took, "recovered");
-                let line = format!(
-                    "recovered from {} {} in {took:.1}s ({} partition moves)",
-                    record.event,
-                    record.target,
-                    record.moved.unwrap_or(0)
-                );
-                run.events.push(RunEvent::new(EventKind::Recovery, line));
-            } else if now > measure.deadline {
-                let record = &run.faults.records[measure.index];
-                let failure = Failure::RebalanceTimeout {
-                    event: record.event,
-                    target: record.target.clone(),
-                    at_s: record.at_s,
-                    stuck: if measure.awaiting_heal {
-                        Unrecovered::NetworkNotHealed
-                    } else {
-                        Unrecovered::NotOwnedAndConsuming
-                    },
-                    timeout: run.config.coordinator.rebalance_timeout,
-                };
-                run.events
-                    .push(RunEvent::new(EventKind::Recovery, failure.to_string()));
-                run.failures.push(failure);
-                run.faults.measuring = None;
-            }
-        }
+        recovery::check(run, now);
         if run.phase != Phase::Running || run.faults.measuring.is_some() {
             // One fault at a time: the next waits until the previous one has healed, so each
             // rebalance time belongs to one fault.
@@ -544,39 +497,8 @@ impl Engine {
                     Self::signal(&self.registry, run, &planned.target, signal).await
                 }
                 Action::Send(agent, body) => self.registry.send(&agent, *body).await,
-                Action::KillNatsServer(index) => match run.nats_cluster.as_ref() {
-                    Some(cluster) => {
-                        let dir = cluster.dir().to_path_buf();
-                        let killed = tokio::task::spawn_blocking(move || {
-                            nats_cluster::NatsCluster::open(&dir)
-                                .and_then(|cluster| cluster.kill(index))
-                        })
-                        .await;
-                        match killed {
-                            Ok(Ok(())) => true,
-                            Ok(Err(error)) => {
-                                warn!(run = %run.id, %error, "NATS server not killed");
-                                false
-                            }
-                            Err(error) => {
-                                warn!(run = %run.id, %error, "NATS kill task failed");
-                                false
-                            }
-                        }
-                    }
-                    None => false,
-                },
-                Action::PublishMap => {
-                    match crate::stream::publish_partition_map(&run.sim_kv, &run.partition_map)
-                        .await
-                    {
-                        Ok(()) => true,
-                        Err(error) => {
-                            warn!(run = %run.id, %error, "partition map not published");
-                            false
-                        }
-                    }
-                }
+                Action::KillNatsServer(index) => nats_server::kill(run, index).await,
+                Action::PublishMap => partitions::publish(run).await,
             };
             if !sent {
                 if let Some(index) = killed_nats {
@@ -695,17 +617,4 @@ fn plan_fault(
     };
     run.faults.plan = schedule;
     planned
-}
-
-#[cfg(test)]
-mod tests {
-    use super::nats_endpoints;
-
-    #[test]
-    fn endpoints_from_urls() {
-        assert_eq!(
-            nats_endpoints("nats://10.0.0.1:4222, tls://user:pw@nats.example:7422,localhost"),
-            vec!["10.0.0.1:4222", "nats.example:7422", "localhost:4222"]
-        );
-    }
 }

@@ -81,3 +81,27 @@ pub(super) fn restart_nats_server(run: &mut ActiveRun, index: usize, now: Durati
         }
     });
 }
+
+/// SIGKILL managed server `index` (blocking file and process work, off the runtime);
+/// whether it was killed.
+pub(super) async fn kill(run: &ActiveRun, index: usize) -> bool {
+    let Some(cluster) = run.nats_cluster.as_ref() else {
+        return false;
+    };
+    let dir = cluster.dir().to_path_buf();
+    let killed = tokio::task::spawn_blocking(move || {
+        nats_cluster::NatsCluster::open(&dir).and_then(|cluster| cluster.kill(index))
+    })
+    .await;
+    match killed {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            warn!(run = %run.id, %error, "NATS server not killed");
+            false
+        }
+        Err(error) => {
+            warn!(run = %run.id, %error, "NATS kill task failed");
+            false
+        }
+    }
+}

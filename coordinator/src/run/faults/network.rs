@@ -65,3 +65,37 @@ pub(super) fn host_fault(
         lasts,
     })
 }
+
+/// `host:port` for each server in a comma-separated NATS URL list.
+pub(super) fn nats_endpoints(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            let rest = rest.trim_end_matches('/');
+            if rest
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+            {
+                rest.to_string()
+            } else {
+                format!("{rest}:4222")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nats_endpoints;
+
+    #[test]
+    fn endpoints_from_urls() {
+        assert_eq!(
+            nats_endpoints("nats://10.0.0.1:4222, tls://user:pw@nats.example:7422,localhost"),
+            vec!["10.0.0.1:4222", "nats.example:7422", "localhost:4222"]
+        );
+    }
+}

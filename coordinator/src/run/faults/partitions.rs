@@ -9,6 +9,9 @@ use std::time::Duration;
 use proto::v1::{PartitionEntry, PartitionMap};
 use sim_core::tracker::Tracker;
 
+use tracing::warn;
+
+use super::super::ActiveRun;
 use super::FaultState;
 use super::plan::{Action, Draw, Effect, Plan, PlanInput, Skip};
 use super::recovery::TargetDone;
@@ -117,4 +120,15 @@ pub(super) fn apply(
     };
     map.version += 1;
     Ok(detail)
+}
+
+/// Publish the run's (already edited) partition map; whether it went out.
+pub(super) async fn publish(run: &ActiveRun) -> bool {
+    match crate::stream::publish_partition_map(&run.sim_kv, &run.partition_map).await {
+        Ok(()) => true,
+        Err(error) => {
+            warn!(run = %run.id, %error, "partition map not published");
+            false
+        }
+    }
 }

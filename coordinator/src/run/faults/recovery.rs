@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sim_core::events::{EventKind, RunEvent};
+use sim_core::verdict::{Failure, Unrecovered};
+use tracing::info;
 
 use super::super::ActiveRun;
 
@@ -64,7 +67,7 @@ impl TargetDone {
     }
 }
 
-pub(super) fn fully_owned(run: &ActiveRun) -> bool {
+fn fully_owned(run: &ActiveRun) -> bool {
     let mut owners: BTreeMap<u32, u8> = run
         .partition_map
         .partitions
@@ -84,4 +87,48 @@ pub(super) fn fully_owned(run: &ActiveRun) -> bool {
         }
     }
     owners.values().all(|count| *count == 1)
+}
+
+/// The fault being measured has recovered (its time goes into the record) or is over its
+/// deadline (a rebalance failure); either way the next fault may come.
+pub(super) fn check(run: &mut ActiveRun, now: Duration) {
+    if let Some(measure) = run.faults.measuring.clone() {
+        let received = run.tracker.progress_marker().0;
+        if !measure.awaiting_heal
+            && measure.target_done.reached(run)
+            && fully_owned(run)
+            && received > measure.received_at_since
+        {
+            let took = now.saturating_sub(measure.since).as_secs_f64();
+            let record = &mut run.faults.records[measure.index];
+            record.rebalance_s = Some(took);
+            record.moved = Some(run.assignment_log.moves - measure.moves_at_start);
+            run.faults.measuring = None;
+            info!(run = %run.id, event = %record.event, took, "recovered");
+            let line = format!(
+                "recovered from {} {} in {took:.1}s ({} partition moves)",
+                record.event,
+                record.target,
+                record.moved.unwrap_or(0)
+            );
+            run.events.push(RunEvent::new(EventKind::Recovery, line));
+        } else if now > measure.deadline {
+            let record = &run.faults.records[measure.index];
+            let failure = Failure::RebalanceTimeout {
+                event: record.event,
+                target: record.target.clone(),
+                at_s: record.at_s,
+                stuck: if measure.awaiting_heal {
+                    Unrecovered::NetworkNotHealed
+                } else {
+                    Unrecovered::NotOwnedAndConsuming
+                },
+                timeout: run.config.coordinator.rebalance_timeout,
+            };
+            run.events
+                .push(RunEvent::new(EventKind::Recovery, failure.to_string()));
+            run.failures.push(failure);
+            run.faults.measuring = None;
+        }
+    }
 }
