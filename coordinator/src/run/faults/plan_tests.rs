@@ -105,6 +105,22 @@ fn view(alive: bool, leader: bool, partitions: Vec<u32>) -> WorkerView {
     }
 }
 
+/// Producers `producer-<i>` (producer id `p<i>`) on agent `a0`, no workers.
+fn producers_placement(count: usize) -> Placement {
+    Placement {
+        producers: (0..count)
+            .map(|i| {
+                let spec = ProducerSpec {
+                    producer_id: format!("p{i}"),
+                    ..ProducerSpec::default()
+                };
+                ("a0".to_string(), format!("producer-{i}"), spec)
+            })
+            .collect(),
+        workers: Vec::new(),
+    }
+}
+
 /// `workers` (alive) on two agents, producers `p<i>` with their partitions.
 fn run(workers: &[(&str, bool)], producers: &[&[u32]]) -> Run {
     let names: Vec<&str> = workers.iter().map(|(name, _)| *name).collect();
@@ -129,18 +145,7 @@ fn run(workers: &[(&str, bool)], producers: &[&[u32]]) -> Run {
         producers_alive: (0..producers.len())
             .map(|i| (format!("producer-{i}"), true))
             .collect(),
-        placement: Placement {
-            producers: (0..producers.len())
-                .map(|i| {
-                    let spec = ProducerSpec {
-                        producer_id: format!("p{i}"),
-                        ..ProducerSpec::default()
-                    };
-                    ("a0".to_string(), format!("producer-{i}"), spec)
-                })
-                .collect(),
-            workers: Vec::new(),
-        },
+        placement: producers_placement(producers.len()),
         partition_map: PartitionMap {
             version: 1,
             partitions: entries,
@@ -391,18 +396,7 @@ fn arb_run() -> impl Strategy<Value = (Run, Vec<usize>, Option<String>)> {
                         .enumerate()
                         .map(|(i, (alive, _))| (format!("producer-{i}"), *alive))
                         .collect(),
-                    placement: Placement {
-                        producers: (0..producers.len())
-                            .map(|i| {
-                                let spec = ProducerSpec {
-                                    producer_id: format!("p{i}"),
-                                    ..ProducerSpec::default()
-                                };
-                                ("a0".to_string(), format!("producer-{i}"), spec)
-                            })
-                            .collect(),
-                        workers: Vec::new(),
-                    },
+                    placement: producers_placement(producers.len()),
                     partition_map: PartitionMap {
                         version: 1,
                         partitions: entries,
