@@ -5,14 +5,17 @@
 //! the drain timeout) → `finished` (verdict). A run whose messages stop flowing fails with
 //! a stall instead of waiting forever; a run that loses all its agents fails as an
 //! infrastructure error.
+//!
+//! Layout: this module holds the run's state and the engine loop (`tick`, drain, status);
+//! `start`, `ingest` (agents' report batches, exits) and `finish` (the verdict written
+//! out) the rest of a run's life; `faults` the chaos; `checkpoint` resuming; `clock` run
+//! time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use proto::v1::{
-    ProcessKind, RunReport, RunStatus, Signal, SignalProcess, Verdict, coordinator_message, report,
-};
+use proto::v1::{RunReport, RunStatus, Signal, SignalProcess, Verdict, coordinator_message};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -21,6 +24,9 @@ use tracing::{info, warn};
 mod checkpoint;
 mod clock;
 mod faults;
+mod finish;
+mod ingest;
+mod start;
 
 pub use checkpoint::RunCheckpoint;
 pub use faults::InjectOptions;
@@ -29,16 +35,14 @@ use clock::RunClock;
 
 use crate::agents::{AgentRegistry, IngestBatch};
 use crate::assignment_log::AssignmentLog;
-use crate::placement::{self, PlacedSpawn, Placement};
+use crate::placement::{PlacedSpawn, Placement};
 use sim_core::chaos::FaultOutcome;
 use sim_core::config::{ChaosEvent, Config};
 use sim_core::events::{EndReason, EventKind, RunEvent};
 use sim_core::ownership::OwnershipCheck;
-use sim_core::record::{RunRecord, tracker_config};
-use sim_core::report::{Outcome, RunSummary};
 use sim_core::rundir::RunDir;
-use sim_core::tracker::{Processed, Sent, Tracker, WorkerRef};
-use sim_core::verdict::{ExitStatus, Failure, Judgement};
+use sim_core::tracker::{Tracker, WorkerRef};
+use sim_core::verdict::Failure;
 
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
@@ -365,238 +369,6 @@ impl Engine {
         }
     }
 
-    async fn start(&mut self, config: Config, seed: u64) -> Result<String, StartError> {
-        if let Some(run) = &self.run
-            && run.phase != Phase::Finished
-        {
-            return Err(StartError::Busy(run.id.clone()));
-        }
-        let agents = self.registry.connected().await;
-        if agents.is_empty() {
-            return Err(StartError::Infrastructure("no agent is connected".into()));
-        }
-        let nats_url = self
-            .nats_url
-            .clone()
-            .unwrap_or_else(|| config.nats.url.clone());
-        let sim_kv = crate::stream::prepare(&nats_url, &config)
-            .await
-            .map_err(|e| {
-                StartError::Infrastructure(format!("preparing JetStream at {nats_url}: {e:#}"))
-            })?;
-        let placement = placement::place(&config, seed, &agents, &nats_url);
-        let partition_map = placement.partition_map(config.partitions.count);
-        crate::stream::publish_partition_map(&sim_kv, &partition_map)
-            .await
-            .map_err(|e| StartError::Infrastructure(format!("{e:#}")))?;
-        let id = format!("run-{}-{seed:x}", now_us() / 1_000_000);
-        let dir = RunDir::new(&self.runs_dir, &id, &config.checkpointing.path);
-        dir.create(&config.effective_yaml(), seed)
-            .map_err(|e| StartError::Infrastructure(format!("creating the run directory: {e}")))?;
-        info!(run = %id, dir = %dir.root().display(), agents = agents.len(), producers = placement.producers.len(), workers = placement.workers.len(), "starting run");
-        // Workers join in two waves, so every run moves partitions at least once and
-        // exercises the handoff (a run where nothing ever moves proves little).
-        let mut first_wave = placement.worker_spawns();
-        let second_wave = first_wave.split_off(first_wave.len().div_ceil(2));
-        let now = Instant::now();
-        self.report_tx.send_replace(None);
-        let faults = faults::FaultState::new(&config, seed, &placement, &nats_url);
-        self.registry
-            .set_checkpointing(config.checkpointing.enabled);
-        self.run = Some(ActiveRun {
-            id: id.clone(),
-            seed,
-            duration: config.simulation.duration,
-            tracker: Tracker::new(tracker_config(&config), config.partitions.count),
-            producers_alive: placement
-                .producers
-                .iter()
-                .map(|(_, p, _)| (p.clone(), true))
-                .collect(),
-            config,
-            placement: placement.clone(),
-            clock: RunClock::start(),
-            phase: Phase::Running,
-            worker_refs: HashMap::new(),
-            worker_names: Vec::new(),
-            workers: BTreeMap::new(),
-            progress: (0, now),
-            failures: Vec::new(),
-            events: Vec::new(),
-            second_wave: Some((SECOND_WAVE_AFTER, second_wave)),
-            ownership: OwnershipCheck::default(),
-            faults,
-            sim_kv,
-            partition_map,
-            assignment_log: AssignmentLog::default(),
-            assignments: crate::assignment_log::watch(nats_url.clone()),
-            nats_url,
-            dir,
-            applied: BTreeMap::new(),
-            checkpoints: (0, now),
-            events_logged: 0,
-            resume_hold: None,
-            checkpoint_stats: CheckpointStats::default(),
-            gaps_seen: self.registry.gaps().len(),
-            checkpointed: BTreeMap::new(),
-            nats_cluster: self.open_nats_cluster(),
-        });
-        // Write-ahead: the run exists on disk before any process does, so a coordinator
-        // killed from here on can be resumed.
-        self.write_checkpoint("start").await;
-        for (agent, spawn) in first_wave.into_iter().chain(placement.producer_spawns()) {
-            if !self
-                .registry
-                .send(&agent, coordinator_message::Body::Spawn(spawn))
-                .await
-            {
-                self.run = None;
-                return Err(StartError::Infrastructure(format!(
-                    "agent {agent} went away"
-                )));
-            }
-        }
-        // Visible before Start returns, so a watcher never sees the previous phase.
-        self.publish_status();
-        Ok(id)
-    }
-
-    async fn ingest(&mut self, batch: IngestBatch) {
-        if !self.ingest_delay.is_zero() {
-            tokio::time::sleep(self.ingest_delay).await;
-        }
-        let Some(run) = self.run.as_mut() else { return };
-        if run.phase == Phase::Finished {
-            // Only the logs a failed run asked for still count.
-            for report in batch.reports {
-                if let Some(report::Body::ChildLog(log)) = report.body {
-                    save_child_log(run, &batch.agent, &log);
-                }
-            }
-            return;
-        }
-        run.applied
-            .insert(batch.agent.clone(), (batch.boot_id, batch.number));
-        for report in batch.reports {
-            let Some(body) = report.body else { continue };
-            if let report::Body::Network(network) = &body {
-                self.on_network_report(&batch.agent, network);
-                continue;
-            }
-            let Some(run) = self.run.as_mut() else { return };
-            match body {
-                report::Body::Network(_) => {}
-                report::Body::ChildLog(log) => save_child_log(run, &batch.agent, &log),
-                report::Body::Sent(sent) => {
-                    if let Err(error) = run.tracker.sent(Sent {
-                        partition: sent.partition,
-                        seq: sent.seq,
-                        at_us: sent.published_us,
-                    }) {
-                        warn!(%error, "invalid sent report");
-                    }
-                }
-                report::Body::Processed(processed) => {
-                    let worker = run.worker_ref(
-                        &processed.process,
-                        processed.incarnation,
-                        &processed.worker_id,
-                    );
-                    run.ownership.processed(
-                        &processed.process,
-                        processed.incarnation,
-                        processed.assignment_version,
-                        processed.partition,
-                    );
-                    let observed = run.tracker.processed(Processed {
-                        partition: processed.partition,
-                        seq: processed.seq,
-                        worker,
-                        delivered: processed.delivered,
-                        published_us: processed.published_us,
-                        received_us: processed.received_us,
-                        processed_us: processed.processed_us,
-                    });
-                    if let Err(error) = observed {
-                        warn!(%error, "invalid processed report");
-                    }
-                }
-                report::Body::Malformed(malformed) => {
-                    warn!(process = %malformed.process, subject = %malformed.subject, "malformed message");
-                    let worker = run.worker_ref(&malformed.process, 0, "");
-                    run.tracker.malformed(worker);
-                }
-                report::Body::Status(status) => {
-                    run.ownership.status(
-                        &status.process,
-                        status.incarnation,
-                        &status.worker_id,
-                        status.assignment_version,
-                        &status.partitions,
-                    );
-                    run.faults.check_restarted_identity(
-                        &status.process,
-                        &status.worker_id,
-                        status.incarnation,
-                        &mut run.failures,
-                    );
-                    let view = run.workers.entry(status.process.clone()).or_default();
-                    view.worker_id = status.worker_id;
-                    view.incarnation = status.incarnation;
-                    view.leader = status.leader;
-                    view.state = status.state;
-                    view.alive = true;
-                    view.partitions = status.partitions;
-                }
-                report::Body::Started(started) => {
-                    self.registry.count_process(&batch.agent, 1).await;
-                    run.events.push(RunEvent::new(
-                        EventKind::Process,
-                        format!("{} started (pid {})", started.process, started.pid),
-                    ));
-                    if started.kind == ProcessKind::Producer as i32 {
-                        // A respawned producer counts again until the drain stops it.
-                        run.producers_alive.insert(started.process.clone(), true);
-                    }
-                }
-                report::Body::Exited(exited) => {
-                    self.registry.count_process(&batch.agent, -1).await;
-                    let status = ExitStatus::from(&exited);
-                    let now = run.clock.now();
-                    let caused_by_chaos = run.faults.expect_exit.remove(&exited.process)
-                        || run.faults.host_faulted(&exited.process, now);
-                    let expected = caused_by_chaos
-                        || (matches!(run.phase, Phase::Draining { .. } | Phase::Finished)
-                            && exited.code == Some(0));
-                    let line = format!("{} (pid {}) exited: {status}", exited.process, exited.pid);
-                    if !expected {
-                        warn!(run = %run.id, "{line}");
-                    }
-                    let kind = if expected {
-                        EventKind::Process
-                    } else {
-                        EventKind::Unexpected
-                    };
-                    run.events.push(RunEvent::new(kind, line));
-                    run.faults
-                        .on_exit(&exited.process, run.phase == Phase::Running, now);
-                    if exited.kind == ProcessKind::Producer as i32 {
-                        run.producers_alive.insert(exited.process.clone(), false);
-                        if !matches!(run.phase, Phase::Draining { .. }) && !caused_by_chaos {
-                            run.failures.push(Failure::ProducerDied {
-                                process: exited.process.clone(),
-                                status,
-                            });
-                        }
-                    } else if let Some(view) = run.workers.get_mut(&exited.process) {
-                        view.alive = false;
-                        view.leader = false;
-                    }
-                }
-            }
-        }
-    }
-
     async fn begin_drain(&mut self, why: DrainReason) {
         let Some(run) = self.run.as_mut() else { return };
         if run.phase != Phase::Running {
@@ -793,138 +565,6 @@ impl Engine {
             verdict: Verdict::Unspecified as i32,
         });
     }
-
-    async fn finish(&mut self, reason: EndReason) {
-        let agents = self.registry.connected().await;
-        let Some(run) = self.run.as_mut() else { return };
-        run.tracker.finish(now_us());
-        run.phase = Phase::Finished;
-        let duplicates = run.tracker.snapshot(now_us()).duplicates();
-        run.faults.close_duplicates(duplicates);
-        run.events.push(RunEvent::new(
-            EventKind::Phase,
-            format!("finished: {reason}"),
-        ));
-        // The evidence as judged: `simctl report --run-dir` re-judges this very state.
-        let Some(run) = self.run.as_mut() else { return };
-        let stats = run.checkpoint_stats;
-        if stats.count > 0 {
-            run.events.push(RunEvent::new(
-                EventKind::Checkpoint,
-                format!(
-                    "checkpoints: {} written, last {} bytes, slowest {} ms",
-                    stats.count,
-                    stats.last_bytes,
-                    stats.slowest.as_millis()
-                ),
-            ));
-        }
-        let fallback = (run.tracker.snapshot(now_us()), run.id.clone());
-        // The anomalies behind the verdict, with partition and sequence, in the event log.
-        for anomaly in &fallback.0.anomalies {
-            let name = |w: Option<WorkerRef>| {
-                w.and_then(|w| run.worker_names.get(w.0 as usize).cloned())
-                    .unwrap_or_default()
-            };
-            run.events.push(RunEvent::new(
-                EventKind::Anomaly,
-                format!(
-                    "anomaly {:?}: partition {} seq {} {} {}",
-                    anomaly.kind,
-                    anomaly.partition,
-                    anomaly.seq,
-                    name(anomaly.worker),
-                    name(anomaly.other_worker)
-                ),
-            ));
-        }
-        run.faults.prepare_checkpoint();
-        let run: &ActiveRun = run;
-        let state = checkpoint::RunCheckpoint::capture(run, Some(reason));
-        // Judged from the very bytes written as `final.json`: `simctl report --run-dir`
-        // reads the same record of the same file with the same function.
-        let body = serde_json::to_vec(&state).map_err(|e| e.to_string());
-        let summary = body
-            .as_deref()
-            .map_err(Clone::clone)
-            .and_then(|body| {
-                RunRecord::from_json(body)
-                    .and_then(|record| record.summarize())
-                    .map_err(|e| e.to_string())
-            })
-            .unwrap_or_else(|error| {
-                // Cannot happen short of a bug: the state was exported just now.
-                warn!(%error, "judging the exported state failed");
-                RunSummary::bare(
-                    fallback.1.clone(),
-                    Judgement::new(vec![Failure::Internal { error }]),
-                    reason,
-                    fallback.0.clone(),
-                )
-            });
-        info!(run = %run.id, outcome = ?summary.judgement.outcome, "run finished");
-        let report = proto::v1::RunReport::from(&summary);
-        let files = match &body {
-            Ok(body) => run.dir.write_final(body),
-            Err(error) => {
-                warn!(%error, "final state not serializable");
-                Ok(())
-            }
-        }
-        .and_then(|()| run.dir.write_file("report.txt", report.text.as_bytes()))
-        .and_then(|()| {
-            run.dir
-                .write_file("report.junit.xml", report.junit.as_bytes())
-        })
-        // Last: its presence marks the run finished (not resumable).
-        .and_then(|()| run.dir.write_file("report.json", report.json.as_bytes()));
-        if let Err(error) = files {
-            warn!(run = %run.id, %error, "run directory incomplete");
-        }
-        // The final state is durable: agents may drop everything the run applied.
-        for (agent, (boot_id, number)) in &run.applied {
-            self.registry.release(agent, *boot_id, *number);
-        }
-        // A failed run keeps its processes' logs (they arrive as ChildLog reports, written
-        // to logs/ in the run directory); then every process stops.
-        let failed = summary.judgement.outcome != Outcome::Pass;
-        for agent in &agents {
-            if failed {
-                let collect = proto::v1::CollectLogs {
-                    max_bytes_per_process: CHILD_LOG_TAIL,
-                };
-                self.registry
-                    .send(agent, coordinator_message::Body::CollectLogs(collect))
-                    .await;
-            }
-            self.registry
-                .send(
-                    agent,
-                    coordinator_message::Body::Shutdown(proto::v1::Shutdown {}),
-                )
-                .await;
-        }
-        self.log_events();
-        self.publish_status();
-        self.status_tx
-            .send_modify(|status| status.verdict = report.verdict);
-        self.report_tx.send_replace(Some(report));
-    }
-}
-
-impl Engine {
-    /// The managed NATS cluster the daemon was pointed at, if any (a cluster that cannot be
-    /// opened is logged: its `nats_server_kill` faults are then skipped, saying why).
-    fn open_nats_cluster(&self) -> Option<nats_cluster::NatsCluster> {
-        let dir = self.nats_cluster_dir.as_ref()?;
-        match nats_cluster::NatsCluster::open(dir) {
-            Ok(cluster) => Some(cluster),
-            Err(error) => {
-                warn!(%error, "managed NATS cluster not usable");
-                None
-            }
-        }
-    }
 }
 
 /// Report batches of one agent not yet covered by a checkpoint that trigger one before the
@@ -934,38 +574,6 @@ const CHECKPOINT_AFTER_BATCHES: u64 = 1024;
 /// How much of each child's log a failed run keeps.
 const CHILD_LOG_TAIL: u64 = 256 * 1024;
 
-/// Write a collected child log to `logs/<agent>-<process>.log` in the run directory.
-fn save_child_log(run: &ActiveRun, agent: &str, log: &proto::v1::ChildLog) {
-    let safe = |name: &str| -> String {
-        name.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
-    let name = format!("logs/{}-{}.log", safe(agent), safe(&log.process));
-    let mut text = String::new();
-    if log.truncated {
-        text.push_str("[... earlier output not collected ...]\n");
-    }
-    text.push_str(&log.tail);
-    let written = std::fs::create_dir_all(run.dir.root().join("logs"))
-        .map_err(|e| e.to_string())
-        .and_then(|()| {
-            run.dir
-                .write_file(&name, text.as_bytes())
-                .map_err(|e| e.to_string())
-        });
-    if let Err(error) = written {
-        warn!(run = %run.id, %error, "child log not saved");
-    }
-}
-
-/// The tracker's settings for `config`.
 /// After a resume, loss detection waits at least this long once every agent is back (their
 /// resent batches arrive in the first moments of a session)…
 const RESUME_SETTLE: Duration = Duration::from_secs(5);

@@ -1,0 +1,134 @@
+//! Measuring recovery: when a fault counts as healed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sim_core::events::{EventKind, RunEvent};
+use sim_core::verdict::{Failure, Unrecovered};
+use tracing::info;
+
+use super::super::ActiveRun;
+
+/// The recovery being measured (one fault at a time).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Measure {
+    /// Index into `records`.
+    pub(super) index: usize,
+    /// Recovery is measured from here.
+    pub(super) since: Duration,
+    /// Over this: a rebalance failure.
+    pub(super) deadline: Duration,
+    /// A network fault still in place: recovery has not begun.
+    pub(super) awaiting_heal: bool,
+    /// The tracker's received count at `since`: recovered means more were processed since.
+    pub(super) received_at_since: u64,
+    /// The assignment log's move count at injection.
+    pub(super) moves_at_start: u64,
+    /// What must have happened to the target before recovery can count.
+    pub(super) target_done: TargetDone,
+}
+
+/// The fault's own effect that recovery must wait for: a graceful leave or restart takes a
+/// second or two, during which the target still owns its partitions and "fully owned"
+/// would be true before anything moved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) enum TargetDone {
+    /// Nothing to wait for (crashes and pauses: the target is down or paused at once).
+    Nothing,
+    /// The killed NATS server (index) runs again.
+    NatsServerBack(usize),
+    /// The process has exited (scale_down).
+    Exited(String),
+    /// The process reported an incarnation other than this one (worker_restart).
+    Reincarnated(String, u64),
+    /// The process reported owning partitions (scale_up).
+    Owning(String),
+}
+
+impl TargetDone {
+    pub(super) fn reached(&self, run: &ActiveRun) -> bool {
+        match self {
+            Self::Nothing => true,
+            Self::NatsServerBack(index) => run
+                .nats_cluster
+                .as_ref()
+                .is_some_and(|cluster| cluster.is_running(*index)),
+            Self::Exited(process) => run.workers.get(process).is_none_or(|view| !view.alive),
+            Self::Reincarnated(process, before) => run
+                .workers
+                .get(process)
+                .is_some_and(|view| view.alive && view.incarnation != *before),
+            Self::Owning(process) => run
+                .workers
+                .get(process)
+                .is_some_and(|view| view.alive && !view.partitions.is_empty()),
+        }
+    }
+}
+
+fn fully_owned(run: &ActiveRun) -> bool {
+    let mut owners: BTreeMap<u32, u8> = run
+        .partition_map
+        .partitions
+        .iter()
+        .map(|entry| (entry.id, 0))
+        .collect();
+    for (process, view) in &run.workers {
+        if !view.alive || run.faults.paused.contains_key(process) {
+            continue;
+        }
+        for partition in &view.partitions {
+            match owners.get_mut(partition) {
+                Some(count) => *count = count.saturating_add(1),
+                // Owns a partition that no longer exists: not settled yet.
+                None => return false,
+            }
+        }
+    }
+    owners.values().all(|count| *count == 1)
+}
+
+/// The fault being measured has recovered (its time goes into the record) or is over its
+/// deadline (a rebalance failure); either way the next fault may come.
+pub(super) fn check(run: &mut ActiveRun, now: Duration) {
+    if let Some(measure) = run.faults.measuring.clone() {
+        let received = run.tracker.progress_marker().0;
+        if !measure.awaiting_heal
+            && measure.target_done.reached(run)
+            && fully_owned(run)
+            && received > measure.received_at_since
+        {
+            let took = now.saturating_sub(measure.since).as_secs_f64();
+            let record = &mut run.faults.records[measure.index];
+            record.rebalance_s = Some(took);
+            record.moved = Some(run.assignment_log.moves - measure.moves_at_start);
+            run.faults.measuring = None;
+            info!(run = %run.id, event = %record.event, took, "recovered");
+            let line = format!(
+                "recovered from {} {} in {took:.1}s ({} partition moves)",
+                record.event,
+                record.target,
+                record.moved.unwrap_or(0)
+            );
+            run.events.push(RunEvent::new(EventKind::Recovery, line));
+        } else if now > measure.deadline {
+            let record = &run.faults.records[measure.index];
+            let failure = Failure::RebalanceTimeout {
+                event: record.event,
+                target: record.target.clone(),
+                at_s: record.at_s,
+                stuck: if measure.awaiting_heal {
+                    Unrecovered::NetworkNotHealed
+                } else {
+                    Unrecovered::NotOwnedAndConsuming
+                },
+                timeout: run.config.coordinator.rebalance_timeout,
+            };
+            run.events
+                .push(RunEvent::new(EventKind::Recovery, failure.to_string()));
+            run.failures.push(failure);
+            run.faults.measuring = None;
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Ending a run: the final state judged and written, agents released and stopped.
+
+use proto::v1::coordinator_message;
+use tracing::{info, warn};
+
+use super::{ActiveRun, CHILD_LOG_TAIL, Engine, Phase, checkpoint, now_us};
+use sim_core::events::{EndReason, EventKind, RunEvent};
+use sim_core::record::RunRecord;
+use sim_core::report::{Outcome, RunSummary};
+use sim_core::tracker::WorkerRef;
+use sim_core::verdict::{Failure, Judgement};
+
+impl Engine {
+    pub(super) async fn finish(&mut self, reason: EndReason) {
+        let agents = self.registry.connected().await;
+        let Some(run) = self.run.as_mut() else { return };
+        run.tracker.finish(now_us());
+        run.phase = Phase::Finished;
+        let duplicates = run.tracker.snapshot(now_us()).duplicates();
+        run.faults.close_duplicates(duplicates);
+        run.events.push(RunEvent::new(
+            EventKind::Phase,
+            format!("finished: {reason}"),
+        ));
+        // The evidence as judged: `simctl report --run-dir` re-judges this very state.
+        let Some(run) = self.run.as_mut() else { return };
+        let stats = run.checkpoint_stats;
+        if stats.count > 0 {
+            run.events.push(RunEvent::new(
+                EventKind::Checkpoint,
+                format!(
+                    "checkpoints: {} written, last {} bytes, slowest {} ms",
+                    stats.count,
+                    stats.last_bytes,
+                    stats.slowest.as_millis()
+                ),
+            ));
+        }
+        let fallback = (run.tracker.snapshot(now_us()), run.id.clone());
+        // The anomalies behind the verdict, with partition and sequence, in the event log.
+        for anomaly in &fallback.0.anomalies {
+            let name = |w: Option<WorkerRef>| {
+                w.and_then(|w| run.worker_names.get(w.0 as usize).cloned())
+                    .unwrap_or_default()
+            };
+            run.events.push(RunEvent::new(
+                EventKind::Anomaly,
+                format!(
+                    "anomaly {:?}: partition {} seq {} {} {}",
+                    anomaly.kind,
+                    anomaly.partition,
+                    anomaly.seq,
+                    name(anomaly.worker),
+                    name(anomaly.other_worker)
+                ),
+            ));
+        }
+        run.faults.prepare_checkpoint();
+        let run: &ActiveRun = run;
+        let state = checkpoint::RunCheckpoint::capture(run, Some(reason));
+        // Judged from the very bytes written as `final.json`: `simctl report --run-dir`
+        // reads the same record of the same file with the same function.
+        let body = serde_json::to_vec(&state).map_err(|e| e.to_string());
+        let summary = body
+            .as_deref()
+            .map_err(Clone::clone)
+            .and_then(|body| {
+                RunRecord::from_json(body)
+                    .and_then(|record| record.summarize())
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap_or_else(|error| {
+                // Cannot happen short of a bug: the state was exported just now.
+                warn!(%error, "judging the exported state failed");
+                RunSummary::bare(
+                    fallback.1.clone(),
+                    Judgement::new(vec![Failure::Internal { error }]),
+                    reason,
+                    fallback.0.clone(),
+                )
+            });
+        info!(run = %run.id, outcome = ?summary.judgement.outcome, "run finished");
+        let report = proto::v1::RunReport::from(&summary);
+        let files = match &body {
+            Ok(body) => run.dir.write_final(body),
+            Err(error) => {
+                warn!(%error, "final state not serializable");
+                Ok(())
+            }
+        }
+        .and_then(|()| run.dir.write_file("report.txt", report.text.as_bytes()))
+        .and_then(|()| {
+            run.dir
+                .write_file("report.junit.xml", report.junit.as_bytes())
+        })
+        // Last: its presence marks the run finished (not resumable).
+        .and_then(|()| run.dir.write_file("report.json", report.json.as_bytes()));
+        if let Err(error) = files {
+            warn!(run = %run.id, %error, "run directory incomplete");
+        }
+        // The final state is durable: agents may drop everything the run applied.
+        for (agent, (boot_id, number)) in &run.applied {
+            self.registry.release(agent, *boot_id, *number);
+        }
+        // A failed run keeps its processes' logs (they arrive as ChildLog reports, written
+        // to logs/ in the run directory); then every process stops.
+        let failed = summary.judgement.outcome != Outcome::Pass;
+        for agent in &agents {
+            if failed {
+                let collect = proto::v1::CollectLogs {
+                    max_bytes_per_process: CHILD_LOG_TAIL,
+                };
+                self.registry
+                    .send(agent, coordinator_message::Body::CollectLogs(collect))
+                    .await;
+            }
+            self.registry
+                .send(
+                    agent,
+                    coordinator_message::Body::Shutdown(proto::v1::Shutdown {}),
+                )
+                .await;
+        }
+        self.log_events();
+        self.publish_status();
+        self.status_tx
+            .send_modify(|status| status.verdict = report.verdict);
+        self.report_tx.send_replace(Some(report));
+    }
+}

@@ -1,0 +1,179 @@
+//! Applying agents' report batches: processes, workers, producers, exits and logs.
+
+use proto::v1::{ProcessKind, report};
+use tracing::warn;
+
+use super::{ActiveRun, Engine, Phase};
+use crate::agents::IngestBatch;
+use sim_core::events::{EventKind, RunEvent};
+use sim_core::tracker::{Processed, Sent};
+use sim_core::verdict::{ExitStatus, Failure};
+
+impl Engine {
+    pub(super) async fn ingest(&mut self, batch: IngestBatch) {
+        if !self.ingest_delay.is_zero() {
+            tokio::time::sleep(self.ingest_delay).await;
+        }
+        let Some(run) = self.run.as_mut() else { return };
+        if run.phase == Phase::Finished {
+            // Only the logs a failed run asked for still count.
+            for report in batch.reports {
+                if let Some(report::Body::ChildLog(log)) = report.body {
+                    save_child_log(run, &batch.agent, &log);
+                }
+            }
+            return;
+        }
+        run.applied
+            .insert(batch.agent.clone(), (batch.boot_id, batch.number));
+        for report in batch.reports {
+            let Some(body) = report.body else { continue };
+            if let report::Body::Network(network) = &body {
+                self.on_network_report(&batch.agent, network);
+                continue;
+            }
+            let Some(run) = self.run.as_mut() else { return };
+            match body {
+                report::Body::Network(_) => {}
+                report::Body::ChildLog(log) => save_child_log(run, &batch.agent, &log),
+                report::Body::Sent(sent) => {
+                    if let Err(error) = run.tracker.sent(Sent {
+                        partition: sent.partition,
+                        seq: sent.seq,
+                        at_us: sent.published_us,
+                    }) {
+                        warn!(%error, "invalid sent report");
+                    }
+                }
+                report::Body::Processed(processed) => {
+                    let worker = run.worker_ref(
+                        &processed.process,
+                        processed.incarnation,
+                        &processed.worker_id,
+                    );
+                    run.ownership.processed(
+                        &processed.process,
+                        processed.incarnation,
+                        processed.assignment_version,
+                        processed.partition,
+                    );
+                    let observed = run.tracker.processed(Processed {
+                        partition: processed.partition,
+                        seq: processed.seq,
+                        worker,
+                        delivered: processed.delivered,
+                        published_us: processed.published_us,
+                        received_us: processed.received_us,
+                        processed_us: processed.processed_us,
+                    });
+                    if let Err(error) = observed {
+                        warn!(%error, "invalid processed report");
+                    }
+                }
+                report::Body::Malformed(malformed) => {
+                    warn!(process = %malformed.process, subject = %malformed.subject, "malformed message");
+                    let worker = run.worker_ref(&malformed.process, 0, "");
+                    run.tracker.malformed(worker);
+                }
+                report::Body::Status(status) => {
+                    run.ownership.status(
+                        &status.process,
+                        status.incarnation,
+                        &status.worker_id,
+                        status.assignment_version,
+                        &status.partitions,
+                    );
+                    run.faults.check_restarted_identity(
+                        &status.process,
+                        &status.worker_id,
+                        status.incarnation,
+                        &mut run.failures,
+                    );
+                    let view = run.workers.entry(status.process.clone()).or_default();
+                    view.worker_id = status.worker_id;
+                    view.incarnation = status.incarnation;
+                    view.leader = status.leader;
+                    view.state = status.state;
+                    view.alive = true;
+                    view.partitions = status.partitions;
+                }
+                report::Body::Started(started) => {
+                    self.registry.count_process(&batch.agent, 1).await;
+                    run.events.push(RunEvent::new(
+                        EventKind::Process,
+                        format!("{} started (pid {})", started.process, started.pid),
+                    ));
+                    if started.kind == ProcessKind::Producer as i32 {
+                        // A respawned producer counts again until the drain stops it.
+                        run.producers_alive.insert(started.process.clone(), true);
+                    }
+                }
+                report::Body::Exited(exited) => {
+                    self.registry.count_process(&batch.agent, -1).await;
+                    let status = ExitStatus::from(&exited);
+                    let now = run.clock.now();
+                    let caused_by_chaos = run.faults.expect_exit.remove(&exited.process)
+                        || run.faults.host_faulted(&exited.process, now);
+                    let expected = caused_by_chaos
+                        || (matches!(run.phase, Phase::Draining { .. } | Phase::Finished)
+                            && exited.code == Some(0));
+                    let line = format!("{} (pid {}) exited: {status}", exited.process, exited.pid);
+                    if !expected {
+                        warn!(run = %run.id, "{line}");
+                    }
+                    let kind = if expected {
+                        EventKind::Process
+                    } else {
+                        EventKind::Unexpected
+                    };
+                    run.events.push(RunEvent::new(kind, line));
+                    run.faults
+                        .on_exit(&exited.process, run.phase == Phase::Running, now);
+                    if exited.kind == ProcessKind::Producer as i32 {
+                        run.producers_alive.insert(exited.process.clone(), false);
+                        if !matches!(run.phase, Phase::Draining { .. }) && !caused_by_chaos {
+                            run.failures.push(Failure::ProducerDied {
+                                process: exited.process.clone(),
+                                status,
+                            });
+                        }
+                    } else if let Some(view) = run.workers.get_mut(&exited.process) {
+                        view.alive = false;
+                        view.leader = false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Write a collected child log to `logs/<agent>-<process>.log` in the run directory.
+fn save_child_log(run: &ActiveRun, agent: &str, log: &proto::v1::ChildLog) {
+    let safe = |name: &str| -> String {
+        name.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let name = format!("logs/{}-{}.log", safe(agent), safe(&log.process));
+    let mut text = String::new();
+    if log.truncated {
+        text.push_str("[... earlier output not collected ...]\n");
+    }
+    text.push_str(&log.tail);
+    let written = std::fs::create_dir_all(run.dir.root().join("logs"))
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            run.dir
+                .write_file(&name, text.as_bytes())
+                .map_err(|e| e.to_string())
+        });
+    if let Err(error) = written {
+        warn!(run = %run.id, %error, "child log not saved");
+    }
+}

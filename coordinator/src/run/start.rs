@@ -1,0 +1,132 @@
+//! Starting a run: placement, the run directory, the NATS state, the first spawns.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proto::v1::coordinator_message;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::clock::RunClock;
+use super::{
+    ActiveRun, CheckpointStats, Engine, Phase, SECOND_WAVE_AFTER, StartError, faults, now_us,
+};
+use crate::assignment_log::AssignmentLog;
+use crate::placement;
+use sim_core::config::Config;
+use sim_core::ownership::OwnershipCheck;
+use sim_core::record::tracker_config;
+use sim_core::rundir::RunDir;
+use sim_core::tracker::Tracker;
+
+impl Engine {
+    pub(super) async fn start(&mut self, config: Config, seed: u64) -> Result<String, StartError> {
+        if let Some(run) = &self.run
+            && run.phase != Phase::Finished
+        {
+            return Err(StartError::Busy(run.id.clone()));
+        }
+        let agents = self.registry.connected().await;
+        if agents.is_empty() {
+            return Err(StartError::Infrastructure("no agent is connected".into()));
+        }
+        let nats_url = self
+            .nats_url
+            .clone()
+            .unwrap_or_else(|| config.nats.url.clone());
+        let sim_kv = crate::stream::prepare(&nats_url, &config)
+            .await
+            .map_err(|e| {
+                StartError::Infrastructure(format!("preparing JetStream at {nats_url}: {e:#}"))
+            })?;
+        let placement = placement::place(&config, seed, &agents, &nats_url);
+        let partition_map = placement.partition_map(config.partitions.count);
+        crate::stream::publish_partition_map(&sim_kv, &partition_map)
+            .await
+            .map_err(|e| StartError::Infrastructure(format!("{e:#}")))?;
+        let id = format!("run-{}-{seed:x}", now_us() / 1_000_000);
+        let dir = RunDir::new(&self.runs_dir, &id, &config.checkpointing.path);
+        dir.create(&config.effective_yaml(), seed)
+            .map_err(|e| StartError::Infrastructure(format!("creating the run directory: {e}")))?;
+        info!(run = %id, dir = %dir.root().display(), agents = agents.len(), producers = placement.producers.len(), workers = placement.workers.len(), "starting run");
+        // Workers join in two waves, so every run moves partitions at least once and
+        // exercises the handoff (a run where nothing ever moves proves little).
+        let mut first_wave = placement.worker_spawns();
+        let second_wave = first_wave.split_off(first_wave.len().div_ceil(2));
+        let now = Instant::now();
+        self.report_tx.send_replace(None);
+        let faults = faults::FaultState::new(&config, seed, &placement, &nats_url);
+        self.registry
+            .set_checkpointing(config.checkpointing.enabled);
+        self.run = Some(ActiveRun {
+            id: id.clone(),
+            seed,
+            duration: config.simulation.duration,
+            tracker: Tracker::new(tracker_config(&config), config.partitions.count),
+            producers_alive: placement
+                .producers
+                .iter()
+                .map(|(_, p, _)| (p.clone(), true))
+                .collect(),
+            config,
+            placement: placement.clone(),
+            clock: RunClock::start(),
+            phase: Phase::Running,
+            worker_refs: HashMap::new(),
+            worker_names: Vec::new(),
+            workers: BTreeMap::new(),
+            progress: (0, now),
+            failures: Vec::new(),
+            events: Vec::new(),
+            second_wave: Some((SECOND_WAVE_AFTER, second_wave)),
+            ownership: OwnershipCheck::default(),
+            faults,
+            sim_kv,
+            partition_map,
+            assignment_log: AssignmentLog::default(),
+            assignments: crate::assignment_log::watch(nats_url.clone()),
+            nats_url,
+            dir,
+            applied: BTreeMap::new(),
+            checkpoints: (0, now),
+            events_logged: 0,
+            resume_hold: None,
+            checkpoint_stats: CheckpointStats::default(),
+            gaps_seen: self.registry.gaps().len(),
+            checkpointed: BTreeMap::new(),
+            nats_cluster: self.open_nats_cluster(),
+        });
+        // Write-ahead: the run exists on disk before any process does, so a coordinator
+        // killed from here on can be resumed.
+        self.write_checkpoint("start").await;
+        for (agent, spawn) in first_wave.into_iter().chain(placement.producer_spawns()) {
+            if !self
+                .registry
+                .send(&agent, coordinator_message::Body::Spawn(spawn))
+                .await
+            {
+                self.run = None;
+                return Err(StartError::Infrastructure(format!(
+                    "agent {agent} went away"
+                )));
+            }
+        }
+        // Visible before Start returns, so a watcher never sees the previous phase.
+        self.publish_status();
+        Ok(id)
+    }
+}
+
+impl Engine {
+    /// The managed NATS cluster the daemon was pointed at, if any (a cluster that cannot be
+    /// opened is logged: its `nats_server_kill` faults are then skipped, saying why).
+    pub(super) fn open_nats_cluster(&self) -> Option<nats_cluster::NatsCluster> {
+        let dir = self.nats_cluster_dir.as_ref()?;
+        match nats_cluster::NatsCluster::open(dir) {
+            Ok(cluster) => Some(cluster),
+            Err(error) => {
+                warn!(%error, "managed NATS cluster not usable");
+                None
+            }
+        }
+    }
+}
