@@ -10,7 +10,7 @@
 //! - [`placement`]: which process runs where, with which spec.
 //! - [`stream`]: the JetStream stream of a run.
 //! - [`control`]: the `Control` gRPC service for simctl.
-//! - [`assignment_log`]: parti's assignment history, watched and checked.
+//! - [`assignment_log`]: the watch of parti's assignment document (its checks are sim-core's).
 
 #![forbid(unsafe_code)]
 

@@ -144,11 +144,14 @@ fn run_with_kills(
             offset,
             Duration::from_secs(120),
         );
+        // The drain's line comes before its write-ahead checkpoint: wait for a checkpoint
+        // written after it (the engine writes none in between, so it is a draining one).
+        let offset = daemons.wait_log("checkpoint written", offset, Duration::from_secs(30));
         daemons.kill_coordinator();
         std::thread::sleep(Duration::from_secs(2));
         daemons.restart_coordinator(true);
-        // The checkpoint it resumed from was taken while draining (the drain's own
-        // write-ahead checkpoint or a later one): the kill landed inside the drain.
+        // The checkpoint it resumed from was taken while draining: the kill landed inside
+        // the drain.
         daemons.wait_log("resuming run", offset, Duration::from_secs(10));
         let log = std::fs::read_to_string(daemons.coordinator_log()).expect("coordinator log");
         let resumed = log[usize::try_from(offset).expect("offset")..]

@@ -65,7 +65,8 @@ fn compare_with_recorded(dir: &Path, now: &RunSummary) {
             eprintln!("parti-sim: same verdict as recorded ({recorded})");
         }
         recorded => {
-            eprintln!("parti-sim: WARNING: recorded verdict {recorded:?}, re-judged {now:?}")
+            let recorded = recorded.map_or_else(|| "none".to_string(), |o| o.to_string());
+            eprintln!("parti-sim: WARNING: recorded verdict {recorded}, re-judged {now}")
         }
     }
 }

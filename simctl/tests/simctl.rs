@@ -108,11 +108,11 @@ fn dropping_acked_messages_fails_with_loss() {
         outcome.json["tracker"]["lost"].as_u64().unwrap_or(0) > 0,
         "loss counted"
     );
-    assert!(
-        outcome.stdout.to_lowercase().contains("lost"),
-        "reason names the loss:\n{}",
-        outcome.stdout
-    );
+    let kinds: Vec<&str> = outcome.json["failures"]
+        .as_array()
+        .map(|failures| failures.iter().filter_map(|f| f["kind"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(kinds, ["loss"], "only loss fails it:\n{}", outcome.stdout);
 }
 
 #[test]

@@ -265,7 +265,6 @@ impl FaultState {
     }
 }
 
-/// Every partition of the map owned by exactly one live, unpaused worker.
 impl Engine {
     /// Heal, inject, and measure; called on every engine tick.
     pub(super) async fn fault_tick(&mut self) {

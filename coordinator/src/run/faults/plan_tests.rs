@@ -334,8 +334,8 @@ fn arb_run() -> impl Strategy<Value = (Run, Vec<usize>, Option<String>)> {
         any::<bool>(),
         prop::collection::vec(0usize..100, 0..4),
         prop::option::of(prop::sample::select(vec![
-            "w0",
-            "w9",
+            "worker-0",
+            "worker-9",
             "a0",
             "n1",
             "producer-0",
@@ -343,14 +343,16 @@ fn arb_run() -> impl Strategy<Value = (Run, Vec<usize>, Option<String>)> {
     )
         .prop_map(
             |(workers, agents, producers, cluster, nats_down, draws, target)| {
-                let names: Vec<String> = (0..workers.len()).map(|i| format!("w{i}")).collect();
+                // Named as the engine names worker slots, so a scale_up that reused one would show.
+                let names: Vec<String> =
+                    (0..workers.len()).map(|i| format!("worker-{i}")).collect();
                 let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
                 let agent_names: Vec<String> = (0..agents.len()).map(|i| format!("a{i}")).collect();
                 let agent_refs: Vec<&str> = agent_names.iter().map(String::as_str).collect();
                 let mut faults = fault_state(&agent_refs, &name_refs);
                 let mut views = BTreeMap::new();
                 for (i, (alive, paused, leaving, leader, held)) in workers.into_iter().enumerate() {
-                    let name = format!("w{i}");
+                    let name = format!("worker-{i}");
                     if paused {
                         faults.paused.insert(name.clone(), Duration::from_secs(90));
                     }

@@ -67,6 +67,7 @@ impl TargetDone {
     }
 }
 
+/// Every partition of the map owned by exactly one live, unpaused worker.
 fn fully_owned(run: &ActiveRun) -> bool {
     let mut owners: BTreeMap<u32, u8> = run
         .partition_map
