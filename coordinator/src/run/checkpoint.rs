@@ -87,11 +87,6 @@ impl RunCheckpoint<'_> {
     pub fn from_json(body: &[u8]) -> Result<RunCheckpoint<'static>, StateError> {
         read_state(body)
     }
-
-    /// The run id.
-    pub fn run_id(&self) -> &str {
-        &self.run_id
-    }
 }
 
 impl<'a> RunCheckpoint<'a> {

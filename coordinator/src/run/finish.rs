@@ -61,24 +61,20 @@ impl Engine {
         // Judged from the very bytes written as `final.json`: `simctl report --run-dir`
         // reads the same record of the same file with the same function.
         let body = serde_json::to_vec(&state).map_err(|e| e.to_string());
-        let summary = body
-            .as_deref()
-            .map_err(Clone::clone)
-            .and_then(|body| {
-                RunRecord::from_json(body)
-                    .and_then(|record| record.summarize())
-                    .map_err(|e| e.to_string())
-            })
-            .unwrap_or_else(|error| {
-                // Cannot happen short of a bug: the state was exported just now.
-                warn!(%error, "judging the exported state failed");
-                RunSummary::bare(
-                    fallback.1.clone(),
-                    Judgement::new(vec![Failure::Internal { error }]),
-                    reason,
-                    fallback.0.clone(),
-                )
-            });
+        let judged = match &body {
+            Ok(body) => judge(body),
+            Err(error) => Err(error.clone()),
+        };
+        let summary = judged.unwrap_or_else(|error| {
+            // Cannot happen short of a bug: the state was exported just now.
+            warn!(%error, "judging the exported state failed");
+            RunSummary::bare(
+                fallback.1.clone(),
+                Judgement::new(vec![Failure::Internal { error }]),
+                reason,
+                fallback.0.clone(),
+            )
+        });
         info!(run = %run.id, outcome = ?summary.judgement.outcome, "run finished");
         let report = proto::v1::RunReport::from(&summary);
         let files = match &body {
@@ -127,4 +123,12 @@ impl Engine {
             .send_modify(|status| status.verdict = report.verdict);
         self.report_tx.send_replace(Some(report));
     }
+}
+
+/// The verdict on a run state body: its record, summarized (what `simctl report --run-dir`
+/// does with the same file).
+fn judge(body: &[u8]) -> Result<RunSummary, String> {
+    RunRecord::from_json(body)
+        .and_then(|record| record.summarize())
+        .map_err(|e| e.to_string())
 }
