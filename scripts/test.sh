@@ -17,6 +17,10 @@ deny_checks=(licenses bans sources)
 if [ -d "${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" ]; then
   deny_checks+=(advisories)
 fi
+# cargo-deny reads the metadata of every platform's dependencies (Windows-only crates too),
+# which a Linux build never downloads: fetch them all first (crates.io, as cargo build does),
+# or a fresh machine fails here with "--offline was specified".
+cargo fetch --locked
 ./.tools/bin/cargo-deny --locked --offline check "${deny_checks[@]}"
 # Integration tests start other packages' binaries (the coordinator's tests fork `agent`), and
 # `cargo test` only builds the binaries of the package under test: build them all first.

@@ -15,116 +15,97 @@
 //! command it sent (it may, rarely, believe in one that was never sent: a fault recorded
 //! but not injected, which costs nothing but a quiet entry in the report).
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use proto::v1::PartitionMap;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::clock::{RunClock, millis};
-use super::faults::FaultState;
-use super::{ActiveRun, Engine, Phase, StartError, WorkerView, now_us};
-use crate::assignment_log::AssignmentLog;
-use crate::placement::Placement;
+use super::state::RunState;
+use super::{ActiveRun, Engine, Local, Phase, RunIo, StartError, now_us};
 use sim_core::config::Config;
-use sim_core::events::{EndReason, EventKind, RunEvent};
-use sim_core::ownership::OwnershipCheck;
+use sim_core::events::{EventKind, RunEvent};
 use sim_core::record::{read_state, tracker_config};
 use sim_core::rundir::RunDir;
-use sim_core::tracker::{Tracker, TrackerState, WorkerRef};
-use sim_core::verdict::Failure;
+use sim_core::tracker::{Tracker, TrackerState};
 
-/// The shape of [`RunCheckpoint`] this build writes and reads (`sim_core::record`'s: the
-/// record the verdict reads is part of this state). Files without a `format` are format 1
+/// The shape of a run state file this build writes and reads (`sim_core::record`'s: the
+/// record the verdict reads is part of this file). Files without a `format` are format 1
 /// (failures and events as plain text); 2 typed them.
 pub use sim_core::record::{STATE_FORMAT as CHECKPOINT_FORMAT, StateError};
 
-/// The state of a run, as written to `checkpoints/ckpt-*.json` and `final.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunCheckpoint<'a> {
-    /// [`CHECKPOINT_FORMAT`] when written.
-    format: u32,
-    run_id: Cow<'a, str>,
-    seed: u64,
-    nats_url: Cow<'a, str>,
-    config: Cow<'a, Config>,
+/// A run state file (`checkpoints/ckpt-*.json`, `final.json`): the [`RunState`] with, beside
+/// it, what the engine keeps in another form — the tracker's books (versioned on their own)
+/// and the run clock as "run time, wall clock" at writing.
+#[derive(Debug, Serialize)]
+struct StateFile<'a> {
     /// Run time at the checkpoint.
     elapsed_ms: u64,
     /// Wall clock at the checkpoint (µs since the epoch): a resumed run adds the time the
     /// coordinator was down to its run time.
     written_unix_us: i64,
-    phase: Phase,
-    /// How the run ended (the final state only).
-    end: Option<EndReason>,
-    placement: Cow<'a, Placement>,
     tracker: TrackerState,
-    /// (process, incarnation, tracker reference).
-    worker_refs: Vec<(String, u64, u32)>,
-    worker_names: Cow<'a, [String]>,
-    workers: Cow<'a, BTreeMap<String, WorkerView>>,
-    producers_alive: Cow<'a, BTreeMap<String, bool>>,
-    failures: Cow<'a, [Failure]>,
-    events: Cow<'a, [RunEvent]>,
-    ownership: Cow<'a, OwnershipCheck>,
-    faults: Cow<'a, FaultState>,
-    /// When the second wave of workers starts (run time, ms), while it has not.
-    second_wave_at_ms: Option<u64>,
-    partition_map: Cow<'a, PartitionMap>,
-    assignment_log: Cow<'a, AssignmentLog>,
-    /// Per agent: (boot id, last batch number applied).
-    applied: Cow<'a, BTreeMap<String, (u64, u64)>>,
+    #[serde(flatten)]
+    state: &'a RunState,
 }
 
-impl RunCheckpoint<'_> {
+/// A run state file as read back (see [`StateFile`]).
+#[derive(Debug)]
+pub(super) struct SavedRun {
+    elapsed_ms: u64,
+    written_unix_us: i64,
+    tracker: TrackerState,
+    state: RunState,
+}
+
+/// The part of a state file beside the [`RunState`].
+#[derive(Debug, Deserialize)]
+struct Beside {
+    elapsed_ms: u64,
+    written_unix_us: i64,
+    tracker: TrackerState,
+}
+
+impl SavedRun {
     /// Read one from a checkpoint body.
+    ///
+    /// The state and what is beside it are read in two passes over the body rather than
+    /// through `#[serde(flatten)]`, which buffers the fields and then cannot read maps with
+    /// integer keys (JSON writes them as strings). Resuming is rare; the second pass is cheap.
     ///
     /// # Errors
     /// The body is of another format, or not a run state.
-    pub fn from_json(body: &[u8]) -> Result<RunCheckpoint<'static>, StateError> {
-        read_state(body)
+    pub(super) fn from_json(body: &[u8]) -> Result<Self, StateError> {
+        let state: RunState = read_state(body)?;
+        let beside: Beside = read_state(body)?;
+        Ok(Self {
+            elapsed_ms: beside.elapsed_ms,
+            written_unix_us: beside.written_unix_us,
+            tracker: beside.tracker,
+            state,
+        })
     }
 }
 
-impl<'a> RunCheckpoint<'a> {
-    /// The state of `run` now; `end` for the final state. Call
-    /// `run.faults.prepare_checkpoint()` first.
-    pub(super) fn capture(run: &'a ActiveRun, end: Option<EndReason>) -> Self {
-        let mut worker_refs: Vec<(String, u64, u32)> = run
-            .worker_refs
-            .iter()
-            .map(|((process, incarnation), worker)| (process.clone(), *incarnation, worker.0))
-            .collect();
-        worker_refs.sort_by_key(|entry| entry.2);
-        Self {
-            format: CHECKPOINT_FORMAT,
-            run_id: Cow::Borrowed(&run.id),
-            seed: run.seed,
-            nats_url: Cow::Borrowed(&run.nats_url),
-            config: Cow::Borrowed(&run.config),
-            elapsed_ms: millis(run.clock.now()),
-            written_unix_us: now_us(),
-            phase: run.phase,
-            end,
-            placement: Cow::Borrowed(&run.placement),
-            tracker: run.tracker.export(),
-            worker_refs,
-            worker_names: Cow::Borrowed(&run.worker_names),
-            workers: Cow::Borrowed(&run.workers),
-            producers_alive: Cow::Borrowed(&run.producers_alive),
-            failures: Cow::Borrowed(&run.failures),
-            events: Cow::Borrowed(&run.events),
-            ownership: Cow::Borrowed(&run.ownership),
-            faults: Cow::Borrowed(&run.faults),
-            second_wave_at_ms: run.second_wave.as_ref().map(|(at, _)| millis(*at)),
-            partition_map: Cow::Borrowed(&run.partition_map),
-            assignment_log: Cow::Borrowed(&run.assignment_log),
-            applied: Cow::Borrowed(&run.applied),
-        }
-    }
+/// The state file of `run` now (call `run.state.faults.prepare_checkpoint()` first).
+pub(super) fn state_body(run: &ActiveRun) -> Result<Vec<u8>, serde_json::Error> {
+    encode(&run.state, &run.tracker, run.clock.now())
+}
+
+/// The state file of `state` with `tracker`'s books, at run time `elapsed`.
+fn encode(
+    state: &RunState,
+    tracker: &Tracker,
+    elapsed: Duration,
+) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&StateFile {
+        elapsed_ms: millis(elapsed),
+        written_unix_us: now_us(),
+        tracker: tracker.export(),
+        state,
+    })
 }
 
 /// Whether the run config text `text` is `wanted` (seeds aside: `simctl start --resume`
@@ -144,61 +125,60 @@ impl Engine {
     /// agent which of its batches it may drop.
     pub(super) async fn write_checkpoint(&mut self, why: &str) {
         let Some(run) = self.run.as_mut() else { return };
-        if !run.config.checkpointing.enabled {
+        if !run.state.config.checkpointing.enabled {
             return;
         }
-        let generation = run.checkpoints.0 + 1;
+        let generation = run.local.checkpoints.0 + 1;
         let started = std::time::Instant::now();
-        run.faults.prepare_checkpoint();
-        let state = RunCheckpoint::capture(run, None);
-        let body = match serde_json::to_vec(&state) {
+        run.state.faults.prepare_checkpoint();
+        let body = match state_body(run) {
             Ok(body) => body,
             Err(error) => {
-                warn!(run = %run.id, %error, "checkpoint not serializable");
+                warn!(run = %run.state.id, %error, "checkpoint not serializable");
                 return;
             }
         };
-        let positions = run.applied.clone();
-        let dir = run.dir.clone();
+        let positions = run.state.applied.clone();
+        let dir = run.io.dir.clone();
         let bytes = body.len();
         let written =
             tokio::task::spawn_blocking(move || dir.write_checkpoint(generation, &body)).await;
         let took = started.elapsed();
         match written {
             Ok(Ok(path)) => {
-                run.checkpoints = (generation, Instant::now());
-                run.checkpointed.clone_from(&positions);
-                run.checkpoint_stats.record(bytes, took);
-                info!(run = %run.id, generation, why, bytes, ms = took.as_millis(), path = %path.display(), "checkpoint written");
+                run.local.checkpoints = (generation, Instant::now());
+                run.local.checkpointed.clone_from(&positions);
+                run.local.checkpoint_stats.record(bytes, took);
+                info!(run = %run.state.id, generation, why, bytes, ms = took.as_millis(), path = %path.display(), "checkpoint written");
                 for (agent, (boot_id, number)) in positions {
                     self.registry.release(&agent, boot_id, number);
                 }
             }
             Ok(Err(error)) => {
-                warn!(run = %run.id, %error, "checkpoint failed");
-                run.events.push(RunEvent::new(
+                warn!(run = %run.state.id, %error, "checkpoint failed");
+                run.state.events.push(RunEvent::new(
                     EventKind::Checkpoint,
                     format!("checkpoint {generation} failed: {error}"),
                 ));
             }
-            Err(error) => warn!(run = %run.id, %error, "checkpoint task failed"),
+            Err(error) => warn!(run = %run.state.id, %error, "checkpoint task failed"),
         }
     }
 
     /// Append the events not yet in `events.log`.
     pub(super) fn log_events(&mut self) {
         let Some(run) = self.run.as_mut() else { return };
-        if run.events_logged >= run.events.len() {
+        if run.local.events_logged >= run.state.events.len() {
             return;
         }
         let at = run.clock.now().as_secs_f64();
-        let lines: Vec<String> = run.events[run.events_logged..]
+        let lines: Vec<String> = run.state.events[run.local.events_logged..]
             .iter()
             .map(|line| format!("[{at:8.1}s] {line}"))
             .collect();
-        match run.dir.append_events(lines.iter().map(String::as_str)) {
-            Ok(()) => run.events_logged = run.events.len(),
-            Err(error) => warn!(run = %run.id, %error, "events.log not written"),
+        match run.io.dir.append_events(lines.iter().map(String::as_str)) {
+            Ok(()) => run.local.events_logged = run.state.events.len(),
+            Err(error) => warn!(run = %run.state.id, %error, "events.log not written"),
         }
     }
 
@@ -209,9 +189,9 @@ impl Engine {
         config: Option<Config>,
     ) -> Result<String, StartError> {
         if let Some(run) = &self.run
-            && run.phase != Phase::Finished
+            && run.state.phase != Phase::Finished
         {
-            return Err(StartError::Busy(run.id.clone()));
+            return Err(StartError::Busy(run.state.id.clone()));
         }
         let root = match run_dir {
             Some(dir) => dir,
@@ -242,13 +222,13 @@ impl Engine {
         let (generation, body) = dir
             .latest_checkpoint()
             .map_err(|e| StartError::Config(e.to_string()))?;
-        let state = RunCheckpoint::from_json(&body).map_err(|e| {
+        let saved = SavedRun::from_json(&body).map_err(|e| {
             StartError::Config(format!(
                 "checkpoint {generation} in {}: {e}",
                 root.display()
             ))
         })?;
-        if state.phase == Phase::Finished {
+        if saved.state.phase == Phase::Finished {
             return Err(StartError::Config(format!(
                 "{} already finished",
                 root.display()
@@ -257,30 +237,35 @@ impl Engine {
         let nats_url = self
             .nats_url
             .clone()
-            .unwrap_or_else(|| state.nats_url.to_string());
+            .unwrap_or_else(|| saved.state.nats_url.clone());
         let sim_kv = crate::stream::open_sim_kv(&nats_url)
             .await
             .map_err(|e| StartError::Infrastructure(format!("reopening {nats_url}: {e:#}")))?;
+        let io = RunIo {
+            sim_kv,
+            assignments: crate::assignment_log::watch(nats_url.clone()),
+            dir,
+            nats_cluster: self.open_nats_cluster(),
+        };
         let downtime =
-            Duration::from_micros(u64::try_from(now_us() - state.written_unix_us).unwrap_or(0));
-        let mut run = restore(state, dir, sim_kv, nats_url, downtime)
+            Duration::from_micros(u64::try_from(now_us() - saved.written_unix_us).unwrap_or(0));
+        let mut run = restore(saved, io, nats_url, downtime)
             .map_err(|e| StartError::Config(format!("checkpoint {generation}: {e}")))?;
-        run.nats_cluster = self.open_nats_cluster();
-        run.checkpoints.0 = generation;
-        run.events.push(RunEvent::new(
+        run.local.checkpoints.0 = generation;
+        run.local.gaps_seen = self.registry.gaps().len();
+        run.state.events.push(RunEvent::new(
             EventKind::Resume,
             format!(
                 "resumed from checkpoint {generation} (written {:.1}s before; reports after it are resent by the agents)",
                 downtime.as_secs_f64()
             ),
         ));
-        let id = run.id.clone();
-        let phase = run.phase.name();
+        let id = run.state.id.clone();
+        let phase = run.state.phase.name();
         info!(run = %id, generation, phase, downtime_s = downtime.as_secs_f64(), "resuming run");
         // Agents resend what this checkpoint did not cover; those already connected are
         // made to reconnect so they do.
-        run.gaps_seen = self.registry.gaps().len();
-        self.registry.restore(run.applied.clone());
+        self.registry.restore(run.state.applied.clone());
         self.registry.set_checkpointing(true);
         self.report_tx.send_replace(None);
         self.run = Some(run);
@@ -290,73 +275,47 @@ impl Engine {
     }
 }
 
-/// Rebuild a running run from its checkpoint.
+/// Rebuild a running run from its saved state; `downtime`: how long no coordinator ran it.
 fn restore(
-    state: RunCheckpoint<'static>,
-    dir: RunDir,
-    sim_kv: async_nats::jetstream::kv::Store,
+    saved: SavedRun,
+    io: RunIo,
     nats_url: String,
     downtime: Duration,
 ) -> Result<ActiveRun, String> {
-    let config = state.config.into_owned();
-    let tracker = Tracker::import(tracker_config(&config), state.tracker)
+    let mut state = saved.state;
+    let tracker = Tracker::import(tracker_config(&state.config), saved.tracker)
         .map_err(|e| format!("tracker state: {e}"))?;
-    let mut faults = state.faults.into_owned();
-    faults.restore_plan(&config, state.seed)?;
-    faults.shift_deadlines(downtime);
-    let placement = state.placement.into_owned();
-    let second_wave = state.second_wave_at_ms.map(|at| {
-        let mut workers = placement.worker_spawns();
-        let second = workers.split_off(workers.len().div_ceil(2));
-        (Duration::from_millis(at), second)
-    });
-    let worker_refs: HashMap<(String, u64), WorkerRef> = state
-        .worker_refs
-        .into_iter()
-        .map(|(process, incarnation, reference)| ((process, incarnation), WorkerRef(reference)))
-        .collect();
+    state.faults.restore_plan(&state.config, state.seed)?;
+    state.faults.shift_deadlines(downtime);
+    state.nats_url = nats_url;
     let now = Instant::now();
-    let events = state.events.into_owned();
-    let applied = state.applied.into_owned();
-    Ok(ActiveRun {
-        id: state.run_id.into_owned(),
-        seed: state.seed,
-        nats_url: nats_url.clone(),
-        duration: config.simulation.duration,
-        clock: RunClock::at(Duration::from_millis(state.elapsed_ms) + downtime),
-        phase: state.phase,
+    let local = Local {
         progress: (tracker.progress_marker().0, now),
+        events_logged: state.events.len(),
+        resume_hold: Some((state.applied.keys().cloned().collect(), now)),
+        checkpointed: state.applied.clone(),
+        ..Local::new(0)
+    };
+    Ok(ActiveRun {
+        clock: RunClock::at(Duration::from_millis(saved.elapsed_ms) + downtime),
         tracker,
-        worker_refs,
-        worker_names: state.worker_names.into_owned(),
-        workers: state.workers.into_owned(),
-        producers_alive: state.producers_alive.into_owned(),
-        failures: state.failures.into_owned(),
-        events_logged: events.len(),
-        events,
-        ownership: state.ownership.into_owned(),
-        faults,
-        second_wave,
-        sim_kv,
-        partition_map: state.partition_map.into_owned(),
-        assignment_log: state.assignment_log.into_owned(),
-        assignments: crate::assignment_log::watch(nats_url),
-        resume_hold: Some((applied.keys().cloned().collect(), now)),
-        checkpointed: applied.clone(),
-        applied,
-        checkpoints: (0, now),
-        checkpoint_stats: super::CheckpointStats::default(),
-        gaps_seen: 0,
-        nats_cluster: None,
-        dir,
-        placement,
-        config,
+        state,
+        io,
+        local,
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{CHECKPOINT_FORMAT, RunCheckpoint, StateError};
+    use std::time::Duration;
+
+    use super::{CHECKPOINT_FORMAT, SavedRun, StateError, encode};
+    use crate::run::state::{Phase, RunState};
+    use sim_core::config::Config;
+    use sim_core::events::{EventKind, RunEvent};
+    use sim_core::record::{RunRecord, tracker_config};
+    use sim_core::tracker::{Processed, Sent, Tracker};
+    use sim_core::verdict::Failure;
 
     /// A state of another format is refused before any field is read, naming both formats:
     /// format 1 (no `format` field) held failures and events as text, which this build
@@ -365,7 +324,7 @@ mod tests {
     fn a_checkpoint_of_another_format_is_refused() {
         let format_one = br#"{"run_id": "run-1", "seed": 7, "extra_failures": ["stall: ..."],
             "infrastructure": [], "events": ["UNEXPECTED: worker-0 exited"]}"#;
-        let error = RunCheckpoint::from_json(format_one).expect_err("format 1");
+        let error = SavedRun::from_json(format_one).expect_err("format 1");
         assert!(
             matches!(error, StateError::Format { found: 1 }),
             "{error:?}"
@@ -378,7 +337,7 @@ mod tests {
             r#"{{"format": {}, "run_id": "run-1"}}"#,
             CHECKPOINT_FORMAT + 1
         );
-        let error = RunCheckpoint::from_json(newer.as_bytes()).expect_err("newer");
+        let error = SavedRun::from_json(newer.as_bytes()).expect_err("newer");
         assert_eq!(
             error.to_string(),
             format!(
@@ -388,16 +347,110 @@ mod tests {
         );
     }
 
-    /// A body of this format with a bad field names where it is.
+    /// A body of this format with a bad field is refused, naming the field.
     #[test]
     fn a_damaged_checkpoint_names_the_field() {
-        let body = format!(r#"{{"format": {CHECKPOINT_FORMAT}, "run_id": 5}}"#);
-        let error = RunCheckpoint::from_json(body.as_bytes()).expect_err("damaged");
+        let (state, tracker) = sample();
+        let body = encode(&state, &tracker, Duration::from_secs(1)).expect("encoded");
+        let mut value: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        value["run_id"] = serde_json::json!(5);
+        let damaged = serde_json::to_vec(&value).expect("json");
+        let error = SavedRun::from_json(&damaged).expect_err("damaged");
         assert!(
-            matches!(&error, StateError::Invalid { path, .. } if path == "run_id"),
+            matches!(&error, StateError::Invalid { message, .. } if message.contains("expected a string")),
             "{error:?}"
         );
-        let error = RunCheckpoint::from_json(b"not json").expect_err("not json");
+        value["run_id"] = serde_json::json!("run-1");
+        value["tracker"]["tick"] = serde_json::json!("many");
+        let damaged = serde_json::to_vec(&value).expect("json");
+        let error = SavedRun::from_json(&damaged).expect_err("damaged tracker");
+        assert!(
+            matches!(&error, StateError::Invalid { path, .. } if path == "tracker.tick"),
+            "{error:?}"
+        );
+        let error = SavedRun::from_json(b"not json").expect_err("not json");
         assert!(matches!(error, StateError::Invalid { .. }), "{error:?}");
+    }
+
+    /// A run state as a run has it a minute in, built without NATS: a worker known to the
+    /// tracker, a message sent and processed, a recorded failure and event, the drain begun.
+    fn sample() -> (RunState, Tracker) {
+        let config = Config::from_yaml_str(
+            "simulation: {duration: 1m}\n\
+             partitions: {count: 4, message_rate_per_partition: 1}\n\
+             workers: {count: 2}\n",
+        )
+        .expect("config");
+        let url = "nats://127.0.0.1:4222";
+        let placement = crate::placement::place(&config, 7, &["a".into()], url);
+        let mut state = RunState::new("run-1".into(), config.clone(), 7, placement, url.into());
+        let worker = state.worker_ref("worker-0", 1, "w0");
+        state.failures.push(Failure::AgentsLost);
+        state
+            .events
+            .push(RunEvent::new(EventKind::Phase, "drain: duration reached"));
+        state.phase = Phase::Draining {
+            since: Duration::from_secs(60),
+        };
+        state.applied.insert("a".into(), (3, 17));
+        // Maps with integer keys (versions here), which JSON writes as strings.
+        state.ownership.status("worker-0", 1, "w0", 3, &[1, 2]);
+        state.ownership.processed("worker-0", 1, 3, 1);
+        state.faults.prepare_checkpoint();
+        let mut tracker = Tracker::new(tracker_config(&config), 4);
+        tracker
+            .sent(Sent {
+                partition: 1,
+                seq: 1,
+                at_us: 1_000,
+            })
+            .expect("sent");
+        tracker
+            .processed(Processed {
+                partition: 1,
+                seq: 1,
+                worker,
+                delivered: 1,
+                published_us: 1_000,
+                received_us: 2_000,
+                processed_us: 3_000,
+            })
+            .expect("processed");
+        (state, tracker)
+    }
+
+    /// Without the write time, which differs on every write.
+    fn without_write_time(body: &[u8]) -> serde_json::Value {
+        let mut value: serde_json::Value = serde_json::from_slice(body).expect("json");
+        value
+            .as_object_mut()
+            .expect("object")
+            .remove("written_unix_us");
+        value
+    }
+
+    /// The whole state survives its file: read back and written again, it is the same file
+    /// (so every field is both written and read), and the record the verdict reads finds its
+    /// fields in it.
+    #[test]
+    fn a_run_state_round_trips_through_its_file() {
+        let (state, tracker) = sample();
+        let body = encode(&state, &tracker, Duration::from_millis(61_000)).expect("encoded");
+        let saved = SavedRun::from_json(&body).expect("read back");
+        assert_eq!(saved.elapsed_ms, 61_000);
+        let tracker = Tracker::import(tracker_config(&saved.state.config), saved.tracker)
+            .expect("tracker imports");
+        let again = encode(&saved.state, &tracker, Duration::from_millis(61_000)).expect("again");
+        assert_eq!(without_write_time(&body), without_write_time(&again));
+        assert_eq!(saved.state.worker_refs.len(), 1);
+        assert_eq!(saved.state.phase.name(), "draining");
+
+        let record = RunRecord::from_json(&body).expect("record");
+        assert_eq!(record.run_id, "run-1");
+        assert_eq!(record.elapsed_ms, 61_000);
+        assert_eq!(record.worker_names, vec!["w0/worker-0".to_string()]);
+        assert_eq!(record.failures, vec![Failure::AgentsLost]);
+        assert_eq!(record.events.len(), 1);
+        assert!(record.end.is_none());
     }
 }

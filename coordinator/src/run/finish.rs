@@ -15,18 +15,19 @@ impl Engine {
         let agents = self.registry.connected().await;
         let Some(run) = self.run.as_mut() else { return };
         run.tracker.finish(now_us());
-        run.phase = Phase::Finished;
+        run.state.phase = Phase::Finished;
+        run.state.end = Some(reason);
         let duplicates = run.tracker.snapshot(now_us()).duplicates();
-        run.faults.close_duplicates(duplicates);
-        run.events.push(RunEvent::new(
+        run.state.faults.close_duplicates(duplicates);
+        run.state.events.push(RunEvent::new(
             EventKind::Phase,
             format!("finished: {reason}"),
         ));
         // The evidence as judged: `simctl report --run-dir` re-judges this very state.
         let Some(run) = self.run.as_mut() else { return };
-        let stats = run.checkpoint_stats;
+        let stats = run.local.checkpoint_stats;
         if stats.count > 0 {
-            run.events.push(RunEvent::new(
+            run.state.events.push(RunEvent::new(
                 EventKind::Checkpoint,
                 format!(
                     "checkpoints: {} written, last {} bytes, slowest {} ms",
@@ -36,14 +37,14 @@ impl Engine {
                 ),
             ));
         }
-        let fallback = (run.tracker.snapshot(now_us()), run.id.clone());
+        let fallback = (run.tracker.snapshot(now_us()), run.state.id.clone());
         // The anomalies behind the verdict, with partition and sequence, in the event log.
         for anomaly in &fallback.0.anomalies {
             let name = |w: Option<WorkerRef>| {
-                w.and_then(|w| run.worker_names.get(w.0 as usize).cloned())
+                w.and_then(|w| run.state.worker_names.get(w.0 as usize).cloned())
                     .unwrap_or_default()
             };
-            run.events.push(RunEvent::new(
+            run.state.events.push(RunEvent::new(
                 EventKind::Anomaly,
                 format!(
                     "anomaly {:?}: partition {} seq {} {} {}",
@@ -55,12 +56,11 @@ impl Engine {
                 ),
             ));
         }
-        run.faults.prepare_checkpoint();
+        run.state.faults.prepare_checkpoint();
         let run: &ActiveRun = run;
-        let state = checkpoint::RunCheckpoint::capture(run, Some(reason));
         // Judged from the very bytes written as `final.json`: `simctl report --run-dir`
         // reads the same record of the same file with the same function.
-        let body = serde_json::to_vec(&state).map_err(|e| e.to_string());
+        let body = checkpoint::state_body(run).map_err(|e| e.to_string());
         let judged = match &body {
             Ok(body) => judge(body),
             Err(error) => Err(error.clone()),
@@ -75,27 +75,28 @@ impl Engine {
                 fallback.0.clone(),
             )
         });
-        info!(run = %run.id, outcome = ?summary.judgement.outcome, "run finished");
+        info!(run = %run.state.id, outcome = ?summary.judgement.outcome, "run finished");
         let report = proto::v1::RunReport::from(&summary);
         let files = match &body {
-            Ok(body) => run.dir.write_final(body),
+            Ok(body) => run.io.dir.write_final(body),
             Err(error) => {
                 warn!(%error, "final state not serializable");
                 Ok(())
             }
         }
-        .and_then(|()| run.dir.write_file("report.txt", report.text.as_bytes()))
+        .and_then(|()| run.io.dir.write_file("report.txt", report.text.as_bytes()))
         .and_then(|()| {
-            run.dir
+            run.io
+                .dir
                 .write_file("report.junit.xml", report.junit.as_bytes())
         })
         // Last: its presence marks the run finished (not resumable).
-        .and_then(|()| run.dir.write_file("report.json", report.json.as_bytes()));
+        .and_then(|()| run.io.dir.write_file("report.json", report.json.as_bytes()));
         if let Err(error) = files {
-            warn!(run = %run.id, %error, "run directory incomplete");
+            warn!(run = %run.state.id, %error, "run directory incomplete");
         }
         // The final state is durable: agents may drop everything the run applied.
-        for (agent, (boot_id, number)) in &run.applied {
+        for (agent, (boot_id, number)) in &run.state.applied {
             self.registry.release(agent, *boot_id, *number);
         }
         // A failed run keeps its processes' logs (they arrive as ChildLog reports, written

@@ -15,7 +15,7 @@ impl Engine {
             tokio::time::sleep(self.ingest_delay).await;
         }
         let Some(run) = self.run.as_mut() else { return };
-        if run.phase == Phase::Finished {
+        if run.state.phase == Phase::Finished {
             // Only the logs a failed run asked for still count.
             for report in batch.reports {
                 if let Some(report::Body::ChildLog(log)) = report.body {
@@ -24,7 +24,8 @@ impl Engine {
             }
             return;
         }
-        run.applied
+        run.state
+            .applied
             .insert(batch.agent.clone(), (batch.boot_id, batch.number));
         for report in batch.reports {
             let Some(body) = report.body else { continue };
@@ -46,12 +47,12 @@ impl Engine {
                     }
                 }
                 report::Body::Processed(processed) => {
-                    let worker = run.worker_ref(
+                    let worker = run.state.worker_ref(
                         &processed.process,
                         processed.incarnation,
                         &processed.worker_id,
                     );
-                    run.ownership.processed(
+                    run.state.ownership.processed(
                         &processed.process,
                         processed.incarnation,
                         processed.assignment_version,
@@ -72,24 +73,24 @@ impl Engine {
                 }
                 report::Body::Malformed(malformed) => {
                     warn!(process = %malformed.process, subject = %malformed.subject, "malformed message");
-                    let worker = run.worker_ref(&malformed.process, 0, "");
+                    let worker = run.state.worker_ref(&malformed.process, 0, "");
                     run.tracker.malformed(worker);
                 }
                 report::Body::Status(status) => {
-                    run.ownership.status(
+                    run.state.ownership.status(
                         &status.process,
                         status.incarnation,
                         &status.worker_id,
                         status.assignment_version,
                         &status.partitions,
                     );
-                    run.faults.check_restarted_identity(
+                    run.state.faults.check_restarted_identity(
                         &status.process,
                         &status.worker_id,
                         status.incarnation,
-                        &mut run.failures,
+                        &mut run.state.failures,
                     );
-                    let view = run.workers.entry(status.process.clone()).or_default();
+                    let view = run.state.workers.entry(status.process.clone()).or_default();
                     view.worker_id = status.worker_id;
                     view.incarnation = status.incarnation;
                     view.leader = status.leader;
@@ -99,45 +100,52 @@ impl Engine {
                 }
                 report::Body::Started(started) => {
                     self.registry.count_process(&batch.agent, 1).await;
-                    run.events.push(RunEvent::new(
+                    run.state.events.push(RunEvent::new(
                         EventKind::Process,
                         format!("{} started (pid {})", started.process, started.pid),
                     ));
                     if started.kind == ProcessKind::Producer as i32 {
                         // A respawned producer counts again until the drain stops it.
-                        run.producers_alive.insert(started.process.clone(), true);
+                        run.state
+                            .producers_alive
+                            .insert(started.process.clone(), true);
                     }
                 }
                 report::Body::Exited(exited) => {
                     self.registry.count_process(&batch.agent, -1).await;
                     let status = ExitStatus::from(&exited);
                     let now = run.clock.now();
-                    let caused_by_chaos = run.faults.expect_exit.remove(&exited.process)
-                        || run.faults.host_faulted(&exited.process, now);
+                    let caused_by_chaos = run.state.faults.expect_exit.remove(&exited.process)
+                        || run.state.faults.host_faulted(&exited.process, now);
                     let expected = caused_by_chaos
-                        || (matches!(run.phase, Phase::Draining { .. } | Phase::Finished)
+                        || (matches!(run.state.phase, Phase::Draining { .. } | Phase::Finished)
                             && exited.code == Some(0));
                     let line = format!("{} (pid {}) exited: {status}", exited.process, exited.pid);
                     if !expected {
-                        warn!(run = %run.id, "{line}");
+                        warn!(run = %run.state.id, "{line}");
                     }
                     let kind = if expected {
                         EventKind::Process
                     } else {
                         EventKind::Unexpected
                     };
-                    run.events.push(RunEvent::new(kind, line));
-                    run.faults
-                        .on_exit(&exited.process, run.phase == Phase::Running, now);
+                    run.state.events.push(RunEvent::new(kind, line));
+                    run.state.faults.on_exit(
+                        &exited.process,
+                        run.state.phase == Phase::Running,
+                        now,
+                    );
                     if exited.kind == ProcessKind::Producer as i32 {
-                        run.producers_alive.insert(exited.process.clone(), false);
-                        if !matches!(run.phase, Phase::Draining { .. }) && !caused_by_chaos {
-                            run.failures.push(Failure::ProducerDied {
+                        run.state
+                            .producers_alive
+                            .insert(exited.process.clone(), false);
+                        if !matches!(run.state.phase, Phase::Draining { .. }) && !caused_by_chaos {
+                            run.state.failures.push(Failure::ProducerDied {
                                 process: exited.process.clone(),
                                 status,
                             });
                         }
-                    } else if let Some(view) = run.workers.get_mut(&exited.process) {
+                    } else if let Some(view) = run.state.workers.get_mut(&exited.process) {
                         view.alive = false;
                         view.leader = false;
                     }
@@ -166,14 +174,15 @@ fn save_child_log(run: &ActiveRun, agent: &str, log: &proto::v1::ChildLog) {
         text.push_str("[... earlier output not collected ...]\n");
     }
     text.push_str(&log.tail);
-    let written = std::fs::create_dir_all(run.dir.root().join("logs"))
+    let written = std::fs::create_dir_all(run.io.dir.root().join("logs"))
         .map_err(|e| e.to_string())
         .and_then(|()| {
-            run.dir
+            run.io
+                .dir
                 .write_file(&name, text.as_bytes())
                 .map_err(|e| e.to_string())
         });
     if let Err(error) = written {
-        warn!(run = %run.id, %error, "child log not saved");
+        warn!(run = %run.state.id, %error, "child log not saved");
     }
 }

@@ -1,19 +1,13 @@
 //! Starting a run: placement, the run directory, the NATS state, the first spawns.
 
-use std::collections::{BTreeMap, HashMap};
-
 use proto::v1::coordinator_message;
-use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::clock::RunClock;
-use super::{
-    ActiveRun, CheckpointStats, Engine, Phase, SECOND_WAVE_AFTER, StartError, faults, now_us,
-};
-use crate::assignment_log::AssignmentLog;
+use super::state::RunState;
+use super::{ActiveRun, Engine, Local, Phase, RunIo, StartError, now_us};
 use crate::placement;
 use sim_core::config::Config;
-use sim_core::ownership::OwnershipCheck;
 use sim_core::record::tracker_config;
 use sim_core::rundir::RunDir;
 use sim_core::tracker::Tracker;
@@ -21,9 +15,9 @@ use sim_core::tracker::Tracker;
 impl Engine {
     pub(super) async fn start(&mut self, config: Config, seed: u64) -> Result<String, StartError> {
         if let Some(run) = &self.run
-            && run.phase != Phase::Finished
+            && run.state.phase != Phase::Finished
         {
-            return Err(StartError::Busy(run.id.clone()));
+            return Err(StartError::Busy(run.state.id.clone()));
         }
         let agents = self.registry.connected().await;
         if agents.is_empty() {
@@ -48,57 +42,28 @@ impl Engine {
         dir.create(&config.effective_yaml(), seed)
             .map_err(|e| StartError::Infrastructure(format!("creating the run directory: {e}")))?;
         info!(run = %id, dir = %dir.root().display(), agents = agents.len(), producers = placement.producers.len(), workers = placement.workers.len(), "starting run");
-        // Workers join in two waves, so every run moves partitions at least once and
-        // exercises the handoff (a run where nothing ever moves proves little).
-        let mut first_wave = placement.worker_spawns();
-        let second_wave = first_wave.split_off(first_wave.len().div_ceil(2));
-        let now = Instant::now();
+        let state = RunState::new(id.clone(), config, seed, placement, nats_url.clone());
+        let (first_wave, _) = state.worker_waves();
+        let producers = state.placement.producer_spawns();
         self.report_tx.send_replace(None);
-        let faults = faults::FaultState::new(&config, seed, &placement, &nats_url);
         self.registry
-            .set_checkpointing(config.checkpointing.enabled);
+            .set_checkpointing(state.config.checkpointing.enabled);
         self.run = Some(ActiveRun {
-            id: id.clone(),
-            seed,
-            duration: config.simulation.duration,
-            tracker: Tracker::new(tracker_config(&config), config.partitions.count),
-            producers_alive: placement
-                .producers
-                .iter()
-                .map(|(_, p, _)| (p.clone(), true))
-                .collect(),
-            config,
-            placement: placement.clone(),
+            tracker: Tracker::new(tracker_config(&state.config), state.config.partitions.count),
             clock: RunClock::start(),
-            phase: Phase::Running,
-            worker_refs: HashMap::new(),
-            worker_names: Vec::new(),
-            workers: BTreeMap::new(),
-            progress: (0, now),
-            failures: Vec::new(),
-            events: Vec::new(),
-            second_wave: Some((SECOND_WAVE_AFTER, second_wave)),
-            ownership: OwnershipCheck::default(),
-            faults,
-            sim_kv,
-            partition_map,
-            assignment_log: AssignmentLog::default(),
-            assignments: crate::assignment_log::watch(nats_url.clone()),
-            nats_url,
-            dir,
-            applied: BTreeMap::new(),
-            checkpoints: (0, now),
-            events_logged: 0,
-            resume_hold: None,
-            checkpoint_stats: CheckpointStats::default(),
-            gaps_seen: self.registry.gaps().len(),
-            checkpointed: BTreeMap::new(),
-            nats_cluster: self.open_nats_cluster(),
+            io: RunIo {
+                sim_kv,
+                assignments: crate::assignment_log::watch(nats_url),
+                dir,
+                nats_cluster: self.open_nats_cluster(),
+            },
+            local: Local::new(self.registry.gaps().len()),
+            state,
         });
         // Write-ahead: the run exists on disk before any process does, so a coordinator
         // killed from here on can be resumed.
         self.write_checkpoint("start").await;
-        for (agent, spawn) in first_wave.into_iter().chain(placement.producer_spawns()) {
+        for (agent, spawn) in first_wave.into_iter().chain(producers) {
             if !self
                 .registry
                 .send(&agent, coordinator_message::Body::Spawn(spawn))

@@ -57,19 +57,19 @@ pub(super) fn plan_kill(
 /// Start killed server `index` again (in the background: it takes seconds to rejoin); exits
 /// stay excused for a while after.
 pub(super) fn restart_nats_server(run: &mut ActiveRun, index: usize, now: Duration) {
-    let Some(down) = run.faults.nats_down.get_mut(&index) else {
+    let Some(down) = run.state.faults.nats_down.get_mut(&index) else {
         return;
     };
     down.restart_at = None;
     down.excused_until = Some(now + NATS_RESTART_GRACE);
-    let Some(dir) = run.nats_cluster.as_ref().map(|c| c.dir().to_path_buf()) else {
+    let Some(dir) = run.io.nats_cluster.as_ref().map(|c| c.dir().to_path_buf()) else {
         return;
     };
-    run.events.push(RunEvent::new(
+    run.state.events.push(RunEvent::new(
         EventKind::Fault,
         format!("NATS server n{index} restarted"),
     ));
-    let id = run.id.clone();
+    let id = run.state.id.clone();
     tokio::spawn(async move {
         let result = match nats_cluster::NatsCluster::open(&dir) {
             Ok(cluster) => cluster.restart(index).await,
@@ -85,7 +85,7 @@ pub(super) fn restart_nats_server(run: &mut ActiveRun, index: usize, now: Durati
 /// SIGKILL managed server `index` (blocking file and process work, off the runtime);
 /// whether it was killed.
 pub(super) async fn kill(run: &ActiveRun, index: usize) -> bool {
-    let Some(cluster) = run.nats_cluster.as_ref() else {
+    let Some(cluster) = run.io.nats_cluster.as_ref() else {
         return false;
     };
     let dir = cluster.dir().to_path_buf();
@@ -96,11 +96,11 @@ pub(super) async fn kill(run: &ActiveRun, index: usize) -> bool {
     match killed {
         Ok(Ok(())) => true,
         Ok(Err(error)) => {
-            warn!(run = %run.id, %error, "NATS server not killed");
+            warn!(run = %run.state.id, %error, "NATS server not killed");
             false
         }
         Err(error) => {
-            warn!(run = %run.id, %error, "NATS kill task failed");
+            warn!(run = %run.state.id, %error, "NATS kill task failed");
             false
         }
     }

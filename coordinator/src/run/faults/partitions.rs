@@ -124,10 +124,10 @@ pub(super) fn apply(
 
 /// Publish the run's (already edited) partition map; whether it went out.
 pub(super) async fn publish(run: &ActiveRun) -> bool {
-    match crate::stream::publish_partition_map(&run.sim_kv, &run.partition_map).await {
+    match crate::stream::publish_partition_map(&run.io.sim_kv, &run.state.partition_map).await {
         Ok(()) => true,
         Err(error) => {
-            warn!(run = %run.id, %error, "partition map not published");
+            warn!(run = %run.state.id, %error, "partition map not published");
             false
         }
     }

@@ -74,23 +74,11 @@ fn fault_state(agents: &[&str], workers: &[&str]) -> FaultState {
         })
         .collect();
     FaultState {
-        plan: None,
-        plan_state: None,
-        expect_exit: HashSet::new(),
-        retired: HashSet::new(),
-        paused: BTreeMap::new(),
-        respawn: BTreeMap::new(),
         slots,
         agents: agents.iter().map(|a| (*a).to_string()).collect(),
         next_worker: workers.len(),
-        records: Vec::new(),
-        measuring: None,
         nats_endpoints: vec!["127.0.0.1:4222".into()],
-        host_faults: BTreeMap::new(),
-        next_partition: 0,
-        duplicates_at_last: None,
-        restarts: BTreeMap::new(),
-        nats_down: BTreeMap::new(),
+        ..FaultState::default()
     }
 }
 

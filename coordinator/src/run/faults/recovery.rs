@@ -51,15 +51,22 @@ impl TargetDone {
         match self {
             Self::Nothing => true,
             Self::NatsServerBack(index) => run
+                .io
                 .nats_cluster
                 .as_ref()
                 .is_some_and(|cluster| cluster.is_running(*index)),
-            Self::Exited(process) => run.workers.get(process).is_none_or(|view| !view.alive),
+            Self::Exited(process) => run
+                .state
+                .workers
+                .get(process)
+                .is_none_or(|view| !view.alive),
             Self::Reincarnated(process, before) => run
+                .state
                 .workers
                 .get(process)
                 .is_some_and(|view| view.alive && view.incarnation != *before),
             Self::Owning(process) => run
+                .state
                 .workers
                 .get(process)
                 .is_some_and(|view| view.alive && !view.partitions.is_empty()),
@@ -70,13 +77,14 @@ impl TargetDone {
 /// Every partition of the map owned by exactly one live, unpaused worker.
 fn fully_owned(run: &ActiveRun) -> bool {
     let mut owners: BTreeMap<u32, u8> = run
+        .state
         .partition_map
         .partitions
         .iter()
         .map(|entry| (entry.id, 0))
         .collect();
-    for (process, view) in &run.workers {
-        if !view.alive || run.faults.paused.contains_key(process) {
+    for (process, view) in &run.state.workers {
+        if !view.alive || run.state.faults.paused.contains_key(process) {
             continue;
         }
         for partition in &view.partitions {
@@ -93,7 +101,7 @@ fn fully_owned(run: &ActiveRun) -> bool {
 /// The fault being measured has recovered (its time goes into the record) or is over its
 /// deadline (a rebalance failure); either way the next fault may come.
 pub(super) fn check(run: &mut ActiveRun, now: Duration) {
-    if let Some(measure) = run.faults.measuring.clone() {
+    if let Some(measure) = run.state.faults.measuring.clone() {
         let received = run.tracker.progress_marker().0;
         if !measure.awaiting_heal
             && measure.target_done.reached(run)
@@ -101,20 +109,22 @@ pub(super) fn check(run: &mut ActiveRun, now: Duration) {
             && received > measure.received_at_since
         {
             let took = now.saturating_sub(measure.since).as_secs_f64();
-            let record = &mut run.faults.records[measure.index];
+            let record = &mut run.state.faults.records[measure.index];
             record.rebalance_s = Some(took);
-            record.moved = Some(run.assignment_log.moves - measure.moves_at_start);
-            run.faults.measuring = None;
-            info!(run = %run.id, event = %record.event, took, "recovered");
+            record.moved = Some(run.state.assignment_log.moves - measure.moves_at_start);
+            run.state.faults.measuring = None;
+            info!(run = %run.state.id, event = %record.event, took, "recovered");
             let line = format!(
                 "recovered from {} {} in {took:.1}s ({} partition moves)",
                 record.event,
                 record.target,
                 record.moved.unwrap_or(0)
             );
-            run.events.push(RunEvent::new(EventKind::Recovery, line));
+            run.state
+                .events
+                .push(RunEvent::new(EventKind::Recovery, line));
         } else if now > measure.deadline {
-            let record = &run.faults.records[measure.index];
+            let record = &run.state.faults.records[measure.index];
             let failure = Failure::RebalanceTimeout {
                 event: record.event,
                 target: record.target.clone(),
@@ -124,12 +134,13 @@ pub(super) fn check(run: &mut ActiveRun, now: Duration) {
                 } else {
                     Unrecovered::NotOwnedAndConsuming
                 },
-                timeout: run.config.coordinator.rebalance_timeout,
+                timeout: run.state.config.coordinator.rebalance_timeout,
             };
-            run.events
+            run.state
+                .events
                 .push(RunEvent::new(EventKind::Recovery, failure.to_string()));
-            run.failures.push(failure);
-            run.faults.measuring = None;
+            run.state.failures.push(failure);
+            run.state.faults.measuring = None;
         }
     }
 }

@@ -1,0 +1,217 @@
+//! The chaos bookkeeping of one run: what was injected, what is expected of it (exits,
+//! pauses, respawns, impaired hosts, killed NATS servers) and the recovery being measured.
+//! Plain data, checkpointed with the run; the engine's orchestration is in the parent.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use proto::v1::{Spawn, spawn};
+use serde::{Deserialize, Serialize};
+
+use super::network::nats_endpoints;
+use super::recovery::Measure;
+use crate::placement::Placement;
+use sim_core::chaos::{ChaosPlan, ChaosPlanState, FaultRecord, RESPAWN_AFTER};
+use sim_core::config::Config;
+use sim_core::verdict::Failure;
+
+/// Chaos and healing state of one run. Every time in it is run time (since the run
+/// started, on the run's clock), so the whole state goes into a checkpoint as it is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(in crate::run) struct FaultState {
+    /// Rebuilt from the config and seed on resume (see [`ChaosPlanState`]).
+    #[serde(skip)]
+    pub(super) plan: Option<ChaosPlan>,
+    pub(super) plan_state: Option<ChaosPlanState>,
+    /// Processes whose next exit the chaos caused.
+    pub(in crate::run) expect_exit: HashSet<String>,
+    pub(super) retired: HashSet<String>,
+    pub(super) paused: BTreeMap<String, Duration>,
+    pub(super) respawn: BTreeMap<String, Duration>,
+    pub(super) slots: BTreeMap<String, (String, Spawn)>,
+    pub(super) agents: Vec<String>,
+    pub(super) next_worker: usize,
+    /// What was injected.
+    pub(in crate::run) records: Vec<FaultRecord>,
+    pub(super) measuring: Option<Measure>,
+    /// `host:port` of every NATS server, for network faults.
+    pub(super) nats_endpoints: Vec<String>,
+    /// Hosts (agents) under a network fault.
+    pub(super) host_faults: BTreeMap<String, HostFault>,
+    /// The id the next added partition gets.
+    pub(super) next_partition: u32,
+    /// The tracker's duplicate count when the last fault was injected.
+    pub(super) duplicates_at_last: Option<u64>,
+    /// Restarted workers awaiting their next incarnation: process → (record, stable id,
+    /// incarnation before the restart).
+    pub(super) restarts: BTreeMap<String, (usize, String, u64)>,
+    /// Managed NATS servers killed by `nats_server_kill`, by index.
+    #[serde(default)]
+    pub(super) nats_down: BTreeMap<usize, NatsDown>,
+}
+
+/// A NATS server killed by the chaos.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(super) struct NatsDown {
+    /// When it is started again; `None` once that was asked for.
+    pub(super) restart_at: Option<Duration>,
+    /// Until then, any process's exit is excused (every client of the killed server
+    /// reconnects elsewhere, and a worker may lose its leases meanwhile); `None` while down.
+    pub(super) excused_until: Option<Duration>,
+}
+
+/// How long a `nats_server_kill` keeps its server down by default: past parti's heartbeat
+/// lease (6 s), so clients of that server must fail over in time or be fenced.
+pub(super) const NATS_KILL_FOR: Duration = Duration::from_secs(10);
+/// After a killed server was asked to restart, exits stay excused this long (its start-up,
+/// up to the cluster's ready timeout, plus the usual grace).
+pub(super) const NATS_RESTART_GRACE: Duration = Duration::from_secs(50);
+
+/// How long after a network fault healed the exits of that host's processes still count as
+/// caused by it (a fenced worker notices, reports and exits within seconds).
+pub(super) const HOST_FAULT_GRACE: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(super) struct HostFault {
+    /// Index into `records` (also the fault id sent to the agent).
+    pub(super) record: usize,
+    /// Exits on this host are expected until then; `None` while the fault is in place.
+    pub(super) excused_until: Option<Duration>,
+}
+
+impl FaultState {
+    pub(in crate::run) fn new(
+        config: &Config,
+        seed: u64,
+        placement: &Placement,
+        nats_url: &str,
+    ) -> Self {
+        let slots: BTreeMap<String, (String, Spawn)> = placement
+            .producer_spawns()
+            .into_iter()
+            .chain(placement.worker_spawns())
+            .map(|(agent, spawn)| (spawn.process.clone(), (agent, spawn)))
+            .collect();
+        let mut agents: Vec<String> = slots.values().map(|(agent, _)| agent.clone()).collect();
+        agents.sort();
+        agents.dedup();
+        Self {
+            plan: ChaosPlan::new(&config.chaos, seed, Duration::ZERO),
+            slots,
+            agents,
+            next_worker: placement.workers.len(),
+            nats_endpoints: nats_endpoints(nats_url),
+            next_partition: config.partitions.count,
+            ..Self::default()
+        }
+    }
+
+    /// Ready for a checkpoint: the plan's position is copied into the serialized state.
+    pub(in crate::run) fn prepare_checkpoint(&mut self) {
+        self.plan_state = self.plan.as_ref().map(ChaosPlan::state);
+    }
+
+    /// After loading from a checkpoint: rebuild the plan from `config` and `seed`.
+    pub(in crate::run) fn restore_plan(
+        &mut self,
+        config: &Config,
+        seed: u64,
+    ) -> Result<(), String> {
+        self.plan = match &self.plan_state {
+            Some(state) => ChaosPlan::restore(&config.chaos, seed, state)?,
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// A resumed run's coordinator was away for `downtime`: a recovery measured across it
+    /// gets its deadline moved by as much (nothing could be observed meanwhile).
+    pub(in crate::run) fn shift_deadlines(&mut self, downtime: Duration) {
+        if let Some(measure) = &mut self.measuring {
+            measure.deadline += downtime;
+        }
+    }
+
+    /// The previous fault's duplicates end here (`duplicates`: the tracker's count now).
+    pub(in crate::run) fn close_duplicates(&mut self, duplicates: u64) {
+        if let (Some(start), Some(last)) = (self.duplicates_at_last, self.records.last_mut()) {
+            last.duplicates = Some(duplicates.saturating_sub(start));
+        }
+    }
+
+    /// A restarted worker's slot reports again: its new incarnation must hold the same stable
+    /// id (the agent hands it the slot's identity token, parti gives the id back at once).
+    pub(in crate::run) fn check_restarted_identity(
+        &mut self,
+        process: &str,
+        worker_id: &str,
+        incarnation: u64,
+        failures: &mut Vec<Failure>,
+    ) {
+        let Some((record, old_id, old_incarnation)) = self.restarts.get(process).cloned() else {
+            return;
+        };
+        if incarnation == old_incarnation || worker_id.is_empty() {
+            return;
+        }
+        self.restarts.remove(process);
+        let note = if worker_id == old_id {
+            format!("kept stable id {worker_id}")
+        } else {
+            failures.push(Failure::Identity {
+                process: process.to_string(),
+                before: old_id.clone(),
+                after: worker_id.to_string(),
+            });
+            format!("stable id changed: {old_id} → {worker_id}")
+        };
+        if let Some(record) = self.records.get_mut(record) {
+            record.detail = if record.detail.is_empty() {
+                note
+            } else {
+                format!("{}; {note}", record.detail)
+            };
+        }
+    }
+
+    /// Whether `process` runs on a host whose network fault excuses its exit.
+    /// Also true for every process while a killed NATS server is down or restarting.
+    pub(in crate::run) fn host_faulted(&self, process: &str, now: Duration) -> bool {
+        let nats_down = self
+            .nats_down
+            .values()
+            .any(|down| down.excused_until.is_none_or(|until| now <= until));
+        nats_down
+            || self
+                .slots
+                .get(process)
+                .and_then(|(agent, _)| self.host_faults.get(agent))
+                .is_some_and(|fault| fault.excused_until.is_none_or(|until| now <= until))
+    }
+
+    /// The drain begins: producers waiting to be restarted stay down.
+    pub(in crate::run) fn cancel_producer_respawns(&mut self) {
+        let slots = &self.slots;
+        self.respawn.retain(|process, _| {
+            !matches!(
+                slots.get(process),
+                Some((
+                    _,
+                    Spawn {
+                        spec: Some(spawn::Spec::Producer(_)),
+                        ..
+                    }
+                ))
+            )
+        });
+    }
+
+    /// A process exited: heal its slot later, unless it was retired or the run is ending.
+    pub(in crate::run) fn on_exit(&mut self, process: &str, running: bool, now: Duration) {
+        self.paused.remove(process);
+        if running && !self.retired.contains(process) && self.slots.contains_key(process) {
+            self.respawn
+                .insert(process.to_string(), now + RESPAWN_AFTER);
+        }
+    }
+}

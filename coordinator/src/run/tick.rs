@@ -1,0 +1,200 @@
+//! The engine's periodic step, phase by phase: faults, the second wave, the end of a
+//! resume's hold, expiry and report gaps, the end conditions (agents lost, stall, drain
+//! done), status, and a checkpoint when one is due.
+
+use proto::v1::coordinator_message;
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::{
+    ActiveRun, CHECKPOINT_AFTER_BATCHES, DrainReason, Engine, Phase, RESUME_HOLD_MAX,
+    RESUME_SETTLE, now_us,
+};
+use crate::agents::AgentRegistry;
+use sim_core::events::{EndReason, EventKind, RunEvent};
+use sim_core::verdict::Failure;
+
+/// What the end conditions say the run does next.
+enum Next {
+    /// Keep going.
+    Continue,
+    /// The duration is up: begin the drain.
+    Drain,
+    /// The run ends now.
+    End(EndReason),
+}
+
+impl Engine {
+    pub(super) async fn tick(&mut self) {
+        self.fault_tick().await;
+        let now = Instant::now();
+        let agents = self.registry.connected().await;
+        if !self
+            .run
+            .as_ref()
+            .is_some_and(|run| run.state.phase != Phase::Finished)
+        {
+            return;
+        }
+        self.start_second_wave().await;
+        let Some(run) = self.run.as_mut() else { return };
+        end_resume_hold(run, &agents, now);
+        if run.local.resume_hold.is_none() {
+            run.tracker.expire(now_us());
+        }
+        record_report_gaps(run, &self.registry);
+        let next = end_conditions(run, &agents, now);
+        if matches!(next, Next::Drain) {
+            self.begin_drain(DrainReason::DurationReached).await;
+        }
+        self.publish_status();
+        if let Next::End(reason) = next {
+            self.finish(reason).await;
+            return;
+        }
+        self.log_events();
+        if let Some(why) = self.run.as_ref().and_then(|run| checkpoint_due(run, now)) {
+            self.write_checkpoint(why).await;
+        }
+    }
+
+    /// The second wave of workers, when its time has come.
+    async fn start_second_wave(&mut self) {
+        let Some(run) = self.run.as_mut() else { return };
+        let due = run
+            .state
+            .second_wave_at_ms
+            .is_some_and(|at| super::clock::millis(run.clock.now()) >= at);
+        if !due {
+            return;
+        }
+        // Write-ahead: the spawns are recorded as done before they are sent.
+        run.state.second_wave_at_ms = None;
+        let (_, workers) = run.state.worker_waves();
+        if !workers.is_empty() {
+            run.state.events.push(RunEvent::new(
+                EventKind::Phase,
+                format!("second wave: {} workers join", workers.len()),
+            ));
+        }
+        self.write_checkpoint("second wave").await;
+        let Some(run) = self.run.as_ref() else { return };
+        for (agent, spawn) in workers {
+            if !self
+                .registry
+                .send(&agent, coordinator_message::Body::Spawn(spawn))
+                .await
+            {
+                warn!(run = %run.state.id, %agent, "second-wave worker not started: agent went away");
+            }
+        }
+    }
+}
+
+/// After a resume, messages the checkpoint saw unprocessed may have been processed while the
+/// coordinator was away; the agents resend those reports when they are back. Until then
+/// (bounded), nothing is declared lost.
+fn end_resume_hold(run: &mut ActiveRun, agents: &[String], now: Instant) {
+    let Some((expected, since)) = &run.local.resume_hold else {
+        return;
+    };
+    let back = expected.iter().all(|agent| agents.contains(agent));
+    let waited = now.duration_since(*since);
+    if (back && waited >= RESUME_SETTLE) || waited >= RESUME_HOLD_MAX {
+        run.state.events.push(RunEvent::new(
+            EventKind::Resume,
+            format!(
+                "resume: {} agent(s) back after {:.1}s, loss detection on again",
+                expected.iter().filter(|a| agents.contains(a)).count(),
+                waited.as_secs_f64()
+            ),
+        ));
+        run.local.resume_hold = None;
+    }
+}
+
+/// Reports that can never arrive (an agent dropped batches a restored checkpoint did not
+/// hold, or restarted while the coordinator was away): the books are incomplete, which no
+/// verdict may hide.
+fn record_report_gaps(run: &mut ActiveRun, registry: &AgentRegistry) {
+    let gaps = registry.gaps();
+    for gap in gaps.iter().skip(run.local.gaps_seen) {
+        warn!(run = %run.state.id, %gap, "report gap");
+        run.state.failures.push(Failure::ReportGap(gap.clone()));
+    }
+    run.local.gaps_seen = gaps.len();
+}
+
+/// Whether the run goes on, drains, or ends now: all agents gone, messages stalled, or the
+/// drain done (caught up and settled) or timed out. Failures found are recorded.
+fn end_conditions(run: &mut ActiveRun, agents: &[String], now: Instant) -> Next {
+    let snapshot = run.tracker.snapshot(now_us());
+    let marker = run.tracker.progress_marker().0;
+    if marker != run.local.progress.0 {
+        run.local.progress = (marker, now);
+    }
+    let stalled_for = now.duration_since(run.local.progress.1);
+    let coordinator = &run.state.config.coordinator;
+    // A resumed coordinator starts before its agents have reconnected.
+    if agents.is_empty() && run.local.resume_hold.is_none() {
+        run.state.failures.push(Failure::AgentsLost);
+        return Next::End(EndReason::AgentsLost);
+    }
+    if stalled_for >= coordinator.stall_timeout
+        && (snapshot.in_flight > 0 || matches!(run.state.phase, Phase::Running))
+    {
+        let failure = Failure::Stall {
+            stalled_for,
+            in_flight: snapshot.in_flight,
+            sent: snapshot.sent,
+            received: snapshot.received,
+        };
+        warn!(run = %run.state.id, "{failure}");
+        run.state.failures.push(failure);
+        return Next::End(EndReason::Stall);
+    }
+    let run_time = run.clock.now();
+    match run.state.phase {
+        Phase::Running if run_time >= run.state.duration() => Next::Drain,
+        Phase::Draining { since } => {
+            let producers_done = run.state.producers_alive.values().all(|alive| !alive);
+            let caught_up = producers_done && snapshot.in_flight == 0 && snapshot.missing == 0;
+            let draining_for = run_time.saturating_sub(since);
+            if caught_up && draining_for >= coordinator.drain_settle {
+                Next::End(EndReason::Drained)
+            } else if draining_for >= coordinator.drain_timeout {
+                Next::End(if caught_up {
+                    EndReason::Drained
+                } else {
+                    EndReason::DrainTimeout
+                })
+            } else {
+                Next::Continue
+            }
+        }
+        _ => Next::Continue,
+    }
+}
+
+/// Why a checkpoint is due now, if one is.
+fn checkpoint_due(run: &ActiveRun, now: Instant) -> Option<&'static str> {
+    let checkpointing = &run.state.config.checkpointing;
+    if !checkpointing.enabled {
+        return None;
+    }
+    if now.duration_since(run.local.checkpoints.1) >= checkpointing.interval {
+        return Some("interval");
+    }
+    // Agents keep every batch until a checkpoint covers it: a long interval at a high report
+    // rate must not fill their outbox and stall the children.
+    let backlog = run.state.applied.iter().any(|(agent, (boot, number))| {
+        let covered = run
+            .local
+            .checkpointed
+            .get(agent)
+            .filter(|(covered_boot, _)| covered_boot == boot)
+            .map_or(0, |(_, covered)| *covered);
+        number.saturating_sub(covered) >= CHECKPOINT_AFTER_BATCHES
+    });
+    backlog.then_some("agent backlog")
+}
