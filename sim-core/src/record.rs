@@ -23,6 +23,7 @@ use crate::events::{EndReason, RunEvent};
 use crate::ownership::OwnershipCheck;
 use crate::report::RunSummary;
 use crate::tracker::{CheckpointError, Tracker, TrackerConfig, TrackerState};
+use crate::tracker::Rules;
 use crate::verdict::{Evidence, Failure, judge};
 
 /// The format of run states this build writes and reads. Format 1 had no `format` field.
@@ -163,7 +164,10 @@ impl RunRecord {
         let log = &self.assignment_log;
         let judgement = judge(&Evidence {
             tracker: &snapshot,
-            strict_duplicates: self.config.coordinator.strict_duplicates,
+            rules: Rules {
+                strict_duplicates: self.config.coordinator.strict_duplicates,
+                ordered: self.config.workers.ordered,
+            },
             recorded: &self.failures,
             assignment_violations: &log.violations,
             ownership_violations: &self.ownership.violations(),

@@ -56,6 +56,8 @@ pub(crate) fn check_name(kind: FailureKind) -> &'static str {
         FailureKind::Loss => "no_loss",
         FailureKind::ConcurrentProcessing => "no_concurrent_processing",
         FailureKind::Duplicates => "no_duplicates",
+        FailureKind::Late => "within_validation_window",
+        FailureKind::Order => "in_order",
         FailureKind::InvalidReports => "valid_reports",
         FailureKind::Stall => "no_stall",
         FailureKind::RebalanceTimeout => "recovery_within_timeout",

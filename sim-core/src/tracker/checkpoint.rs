@@ -102,6 +102,10 @@ pub struct SavedCounters {
     pub lost: u64,
     /// Seqs processed after being declared lost.
     pub late: u64,
+    /// Worst publish→processed delay of those (µs); absent in states written before it was
+    /// kept.
+    #[serde(default)]
+    pub late_worst_us: i64,
     /// Seqs currently excused by a partition removal.
     pub excused: u64,
     /// Duplicates not overlapping another worker.
@@ -110,7 +114,7 @@ pub struct SavedCounters {
     pub dup_concurrent: u64,
     /// Processed reports overlapping another worker's activity.
     pub overlaps: u64,
-    /// First deliveries below the partition's highest processed seq.
+    /// First processings below the partition's highest processed seq.
     pub order_violations: u64,
     /// Repeated Sent reports.
     pub duplicate_sent: u64,
@@ -558,6 +562,7 @@ impl From<Counters> for SavedCounters {
             sent_written_off: c.sent_written_off,
             lost: c.lost,
             late: c.late,
+            late_worst_us: c.late_worst_us,
             excused: c.excused,
             dup_redelivery: c.dup_redelivery,
             dup_concurrent: c.dup_concurrent,
@@ -580,6 +585,7 @@ impl From<SavedCounters> for Counters {
             lost: c.lost,
             late: c.late,
             excused: c.excused,
+            late_worst_us: c.late_worst_us,
             dup_redelivery: c.dup_redelivery,
             dup_concurrent: c.dup_concurrent,
             overlaps: c.overlaps,

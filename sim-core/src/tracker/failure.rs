@@ -12,6 +12,16 @@ use super::snapshot::{Anomaly, AnomalyKind, TrackerSnapshot};
 /// How many examples a one-line reason names; the JSON report carries the full sample.
 const EXAMPLES: usize = 3;
 
+/// The rules the tracker's evidence is judged by that the run's config chooses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Rules {
+    /// `coordinator.strict_duplicates`: redeliveries fail the run too.
+    pub strict_duplicates: bool,
+    /// `workers.ordered`: the system under test promises order within a partition, so an
+    /// order violation fails the run.
+    pub ordered: bool,
+}
+
 /// One reason the tracker's evidence fails the run, with a sample of that evidence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
@@ -41,6 +51,22 @@ pub enum TrackerFailure {
         /// Of which concurrent.
         concurrent: u64,
         /// Duplicates as first seen.
+        sample: Vec<Anomaly>,
+    },
+    /// Messages processed, but later than the validation window allows.
+    Late {
+        /// Messages processed after being declared lost.
+        count: u64,
+        /// The worst publish→processed delay among them (µs).
+        worst_delay_us: i64,
+        /// Late messages as first seen.
+        sample: Vec<Anomaly>,
+    },
+    /// Messages first processed after a successor in their partition (ordered workers).
+    OrderViolation {
+        /// Messages processed out of order.
+        count: u64,
+        /// Violations as first seen.
         sample: Vec<Anomaly>,
     },
     /// Reports were refused, so the evidence is incomplete and cannot prove a pass.
@@ -98,6 +124,22 @@ impl fmt::Display for TrackerFailure {
                  ({redelivered} redelivered, {concurrent} by two workers at once){}",
                 Examples(sample)
             ),
+            TrackerFailure::Late {
+                count,
+                worst_delay_us,
+                sample,
+            } => write!(
+                f,
+                "late: {count} message(s) processed after the validation window (worst \
+                 {:.1}s after publishing){}",
+                *worst_delay_us as f64 / 1e6,
+                Examples(sample)
+            ),
+            TrackerFailure::OrderViolation { count, sample } => write!(
+                f,
+                "order: {count} message(s) processed after a successor in their partition{}",
+                Examples(sample)
+            ),
             TrackerFailure::InvalidReports { count, sample } => write!(
                 f,
                 "invalid reports: {count} report(s) refused, the evidence is incomplete{}",
@@ -110,7 +152,7 @@ impl fmt::Display for TrackerFailure {
 impl TrackerSnapshot {
     /// Every reason this evidence fails the run; empty means it passes. Judge the snapshot
     /// taken after [`Tracker::finish`], when every missing message has been written off.
-    pub fn failures(&self, strict_duplicates: bool) -> Vec<TrackerFailure> {
+    pub fn failures(&self, rules: Rules) -> Vec<TrackerFailure> {
         let pick = |kinds: &[AnomalyKind]| -> Vec<Anomaly> {
             self.anomalies
                 .iter()
@@ -135,8 +177,21 @@ impl TrackerSnapshot {
                 ]),
             });
         }
+        if self.late > 0 {
+            out.push(TrackerFailure::Late {
+                count: self.late,
+                worst_delay_us: self.late_worst_us,
+                sample: pick(&[AnomalyKind::Late]),
+            });
+        }
+        if rules.ordered && self.order_violations > 0 {
+            out.push(TrackerFailure::OrderViolation {
+                count: self.order_violations,
+                sample: pick(&[AnomalyKind::OrderViolation]),
+            });
+        }
         let duplicates = self.duplicates_redelivery + self.duplicates_concurrent;
-        if strict_duplicates && duplicates > 0 {
+        if rules.strict_duplicates && duplicates > 0 {
             out.push(TrackerFailure::Duplicates {
                 count: duplicates,
                 redelivered: self.duplicates_redelivery,
@@ -160,7 +215,7 @@ impl TrackerSnapshot {
 impl Tracker {
     /// [`TrackerSnapshot::failures`] of a snapshot at the tracker's latest `now`; the
     /// failures do not depend on the snapshot time, only the counters and samples do.
-    pub fn failures(&self, strict_duplicates: bool) -> Vec<TrackerFailure> {
-        self.snapshot(self.now_us()).failures(strict_duplicates)
+    pub fn failures(&self, rules: Rules) -> Vec<TrackerFailure> {
+        self.snapshot(self.now_us()).failures(rules)
     }
 }

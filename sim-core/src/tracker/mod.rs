@@ -10,16 +10,21 @@
 //!   when the *coordinator* learned of the seq: reports held up in transit (an agent
 //!   reconnecting) must not turn into false losses.
 //! - **Late arrivals.** A seq declared lost that is processed later is moved from `lost` to
-//!   `late`. The verdict judges `lost` in the snapshot taken after [`Tracker::finish`], so a
-//!   message that was merely slow does not fail the run, while `late` and the anomaly
-//!   sample keep it visible.
+//!   `late`, with the worst publish→processed delay kept. Late fails the run like lost (the
+//!   validation window is the promise, DESIGN §5), but is reported apart: it says "slow",
+//!   not "gone".
 //! - **Removed partitions.** Seqs missing when a partition is removed, or that become known
 //!   while it is removed, are *excused*: never lost, counted separately, and counted as
 //!   received if they still arrive. Sequences continue when the partition is added back.
 //! - **Concurrency.** Each partition remembers the latest activity span of its last few
 //!   workers (see [`TrackerConfig::activity_gap_us`]). A processed report overlapping
-//!   another worker's span counts as an ownership overlap; a duplicate that does so is
-//!   `concurrent`, any other duplicate a `redelivery`.
+//!   another worker's span counts as an ownership overlap. A duplicate is a `redelivery` only
+//!   when its delivery count says the broker delivered it again (> 1) and it overlaps no
+//!   other worker; a second first delivery is `concurrent` however far apart in time (two
+//!   consumers each got it once).
+//! - **Order.** A message processed for the first time below the partition's highest
+//!   processed seq is an order violation, whatever its delivery count: a redelivery that
+//!   comes back after its successors were processed broke the partition's order too.
 //! - **in_flight** counts confirmed-sent messages that are neither processed nor written
 //!   off, so lost messages do not inflate it forever.
 //! - **Latency** is measured on first-time processing only: a redelivery's latency says
@@ -44,7 +49,7 @@ mod tests;
 use hdrhistogram::Histogram;
 
 pub use checkpoint::{CheckpointError, TrackerState};
-pub use failure::TrackerFailure;
+pub use failure::{Rules, TrackerFailure};
 use partition::{EXCUSED, LOST, PartitionState, ProcessedOutcome, Recovered, SentOutcome};
 pub use snapshot::{Anomaly, AnomalyKind, LatencySummary, TrackerSnapshot, WorkerLoad};
 pub use types::{
@@ -70,6 +75,8 @@ struct Counters {
     sent_written_off: u64,
     lost: u64,
     late: u64,
+    /// Worst publish→processed delay of a late message (µs).
+    late_worst_us: i64,
     excused: u64,
     dup_redelivery: u64,
     dup_concurrent: u64,
@@ -192,6 +199,10 @@ impl Tracker {
                         obs.late = true;
                         self.counters.lost -= 1;
                         self.counters.late += 1;
+                        self.counters.late_worst_us = self
+                            .counters
+                            .late_worst_us
+                            .max(r.processed_us.saturating_sub(r.published_us));
                         self.counters.sent_written_off -= u64::from(sent);
                         self.note(AnomalyKind::Late, &r, None);
                     }
@@ -201,9 +212,9 @@ impl Tracker {
                     }
                     None => {}
                 }
-                // Redeliveries come back out of order by nature; only a first delivery
-                // arriving below what was already processed says the stream reordered.
-                if r.delivered <= 1 && r.seq < highest_before {
+                // First processed after a successor: the partition's order is broken, be
+                // it a reordered delivery or a redelivery that came back too late.
+                if r.seq < highest_before {
                     obs.order_violation = true;
                     self.counters.order_violations += 1;
                     self.note(AnomalyKind::OrderViolation, &r, None);
@@ -216,7 +227,8 @@ impl Tracker {
                     .saturating_record(latency.max(0).unsigned_abs());
             }
             ProcessedOutcome::Duplicate => {
-                let (kind, sample_kind) = if overlap.is_some() {
+                // Two first deliveries of one message can only be two consumers.
+                let (kind, sample_kind) = if overlap.is_some() || r.delivered <= 1 {
                     self.counters.dup_concurrent += 1;
                     (DuplicateKind::Concurrent, AnomalyKind::DuplicateConcurrent)
                 } else {
@@ -337,6 +349,7 @@ impl Tracker {
             oldest_missing_age_us: oldest.map(|t| now_us.saturating_sub(t).max(0)),
             lost: c.lost,
             late: c.late,
+            late_worst_us: c.late_worst_us,
             excused: c.excused,
             duplicates_redelivery: c.dup_redelivery,
             duplicates_concurrent: c.dup_concurrent,

@@ -144,7 +144,7 @@ proptest! {
         prop_assert_eq!(s.received, messages);
         prop_assert_eq!((s.in_flight, s.missing, s.received_unconfirmed), (0, 0, 0));
         prop_assert_eq!(s.duplicates_redelivery + s.duplicates_concurrent, duplicates);
-        let loss = s.failures(false).iter().any(|f| matches!(f, TrackerFailure::Loss { .. }));
+        let loss = s.failures(Rules::default()).iter().any(|f| matches!(f, TrackerFailure::Loss { .. }));
         prop_assert!(!loss, "a loss failure was reported");
         for p in 0..4 {
             prop_assert_eq!(t.window_len(p), 0);
@@ -234,8 +234,9 @@ proptest! {
         }
         prop_assert_eq!(original.finish(now), resumed.finish(now));
         prop_assert_eq!(resumed.snapshot(now), original.snapshot(now));
-        for strict in [false, true] {
-            prop_assert_eq!(resumed.failures(strict), original.failures(strict));
+        for (strict_duplicates, ordered) in [(false, false), (true, true)] {
+            let rules = Rules { strict_duplicates, ordered };
+            prop_assert_eq!(resumed.failures(rules), original.failures(rules));
         }
         prop_assert_eq!(resumed.export(), original.export());
     }

@@ -129,6 +129,8 @@ pub struct TrackerSnapshot {
     pub lost: u64,
     /// Messages that arrived after being declared lost (no longer counted in `lost`).
     pub late: u64,
+    /// Worst publish→processed delay of a late message (µs; 0 when none was late).
+    pub late_worst_us: i64,
     /// Messages missing when their partition was removed: not loss.
     pub excused: u64,
     /// Duplicates not overlapping another worker.
@@ -137,7 +139,7 @@ pub struct TrackerSnapshot {
     pub duplicates_concurrent: u64,
     /// Processed reports overlapping another worker's activity on the same partition.
     pub ownership_overlaps: u64,
-    /// First-delivery messages processed below the partition's highest processed seq.
+    /// Messages first processed below the partition's highest processed seq.
     pub order_violations: u64,
     /// Sent reports repeated for an already confirmed seq (ignored).
     pub duplicate_sent: u64,

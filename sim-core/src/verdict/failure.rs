@@ -94,6 +94,10 @@ pub enum FailureKind {
     ConcurrentProcessing,
     /// Messages processed more than once (strict mode only).
     Duplicates,
+    /// Messages processed later than the validation window.
+    Late,
+    /// Messages processed after a successor (ordered workers).
+    Order,
     /// Reports were refused: the books are incomplete.
     InvalidReports,
     /// Messages stopped flowing.
@@ -113,10 +117,12 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, in report order.
-    pub const ALL: [FailureKind; 10] = [
+    pub const ALL: [FailureKind; 12] = [
         Self::Loss,
         Self::ConcurrentProcessing,
         Self::Duplicates,
+        Self::Late,
+        Self::Order,
         Self::InvalidReports,
         Self::Stall,
         Self::RebalanceTimeout,
@@ -132,6 +138,8 @@ impl FailureKind {
             Self::Loss => "loss",
             Self::ConcurrentProcessing => "concurrent_processing",
             Self::Duplicates => "duplicates",
+            Self::Late => "late",
+            Self::Order => "order",
             Self::InvalidReports => "invalid_reports",
             Self::Stall => "stall",
             Self::RebalanceTimeout => "rebalance_timeout",
@@ -158,6 +166,8 @@ impl Failure {
                 FailureKind::ConcurrentProcessing
             }
             Self::Tracker(TrackerFailure::Duplicates { .. }) => FailureKind::Duplicates,
+            Self::Tracker(TrackerFailure::Late { .. }) => FailureKind::Late,
+            Self::Tracker(TrackerFailure::OrderViolation { .. }) => FailureKind::Order,
             Self::Tracker(TrackerFailure::InvalidReports { .. }) => FailureKind::InvalidReports,
             Self::Stall { .. } => FailureKind::Stall,
             Self::RebalanceTimeout { .. } => FailureKind::RebalanceTimeout,

@@ -30,6 +30,7 @@ pub use failure::{ExitStatus, Failure, FailureKind, MissingReports, ReportGap, U
 
 use crate::ownership::Violation;
 use crate::tracker::TrackerSnapshot;
+use crate::tracker::Rules;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,8 +67,8 @@ pub struct Evidence<'a> {
     /// The tracker's books, taken after [`crate::tracker::Tracker::finish`] for a finished
     /// run (before that, messages in flight are not lost yet).
     pub tracker: &'a TrackerSnapshot,
-    /// `coordinator.strict_duplicates`: redeliveries fail the run too.
-    pub strict_duplicates: bool,
+    /// The config's choices among the tracker's rules (strict duplicates, order).
+    pub rules: Rules,
     /// Failures the run recorded as they happened, in that order (stalls, recoveries over
     /// the bound, lost identities, infrastructure trouble).
     pub recorded: &'a [Failure],
@@ -90,7 +91,7 @@ pub struct Judgement {
 pub fn judge(evidence: &Evidence<'_>) -> Judgement {
     let mut failures: Vec<Failure> = evidence
         .tracker
-        .failures(evidence.strict_duplicates)
+        .failures(evidence.rules)
         .into_iter()
         .map(Failure::from)
         .collect();

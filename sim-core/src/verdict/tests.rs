@@ -27,7 +27,7 @@ fn anomaly(kind: AnomalyKind, seq: u64) -> Anomaly {
 /// Evidence with one thing wrong, and what judging it must say.
 struct Case {
     books: TrackerSnapshot,
-    strict: bool,
+    rules: Rules,
     recorded: Vec<Failure>,
     assignment: Vec<String>,
     ownership: Vec<Violation>,
@@ -41,7 +41,7 @@ impl Case {
     fn new(kind: FailureKind, outcome: Outcome, text: &'static str) -> Self {
         Self {
             books: clean_books(),
-            strict: false,
+            rules: Rules::default(),
             recorded: Vec::new(),
             assignment: Vec::new(),
             ownership: Vec::new(),
@@ -64,7 +64,7 @@ impl Case {
     fn evidence(&self) -> Evidence<'_> {
         Evidence {
             tracker: &self.books,
-            strict_duplicates: self.strict,
+            rules: self.rules,
             recorded: &self.recorded,
             assignment_violations: &self.assignment,
             ownership_violations: &self.ownership,
@@ -95,7 +95,18 @@ fn cases() -> Vec<Case> {
         b.duplicates_redelivery = 2;
         b.anomalies = vec![anomaly(AnomalyKind::DuplicateRedelivery, 7)];
     });
-    strict.strict = true;
+    strict.rules.strict_duplicates = true;
+    let mut order = Case::new(
+        K::Order,
+        Fail,
+        "order: 3 message(s) processed after a successor in their partition, e.g. partition 0 \
+         seq 5 (w1)",
+    )
+    .books(|b| {
+        b.order_violations = 3;
+        b.anomalies = vec![anomaly(AnomalyKind::OrderViolation, 5)];
+    });
+    order.rules.ordered = true;
     let mut assignment = Case::new(
         K::Assignment,
         Fail,
@@ -135,6 +146,18 @@ fn cases() -> Vec<Case> {
         )
         .books(|b| b.ownership_overlaps = 1),
         strict,
+        Case::new(
+            K::Late,
+            Fail,
+            "late: 2 message(s) processed after the validation window (worst 42.5s after \
+             publishing), e.g. partition 0 seq 4 (w1)",
+        )
+        .books(|b| {
+            b.late = 2;
+            b.late_worst_us = 42_500_000;
+            b.anomalies = vec![anomaly(AnomalyKind::Late, 4)];
+        }),
+        order,
         Case::new(
             K::InvalidReports,
             Fail,
@@ -278,7 +301,7 @@ fn clean_evidence_passes() {
         "{}",
         summary.junit()
     );
-    assert!(summary.junit().contains("tests=\"11\" failures=\"0\""));
+    assert!(summary.junit().contains("tests=\"13\" failures=\"0\""));
 }
 
 #[test]
