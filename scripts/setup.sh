@@ -40,6 +40,18 @@ if ! have_version; then
   have_version || { log "nats-server $NATS_SERVER_VERSION did not install"; exit 1; }
 fi
 
+# --- nats-py, pinned: the tests' foreign NATS client -------------------------------------
+# A check fed only by our own worker can be blind to the same defect from elsewhere: tests
+# play a user's buggy consumer with a NATS client that is not ours (simctl/tests/foreign.py).
+NATS_PY_VERSION="2.16.0"
+if [ ! -x "$tools/venv/bin/pip" ]; then
+  python3 -m venv "$tools/venv"
+fi
+if ! "$tools/venv/bin/python" -c "import importlib.metadata as m; assert m.version('nats-py') == '$NATS_PY_VERSION'" 2>/dev/null; then
+  log "installing nats-py $NATS_PY_VERSION into $tools/venv"
+  "$tools/venv/bin/pip" install -q --disable-pip-version-check "nats-py==$NATS_PY_VERSION"
+fi
+
 # --- cargo-deny, pinned (licenses, duplicate versions, sources; scripts/test.sh) ----------
 # Built from crates.io (no binary registry is reachable); without default features it needs no
 # git or TLS stack of its own and builds in about 3 minutes on two cores.
@@ -52,4 +64,4 @@ fi
 # --- Rust test runner ---------------------------------------------------------------------
 # cargo-nextest is on the machine image; plain `cargo test` works too, so it is optional.
 
-log "ok: $("$tools/bin/nats-server" --version), $("$tools/bin/cargo-deny" --version), $(iptables --version 2>/dev/null || echo 'iptables missing')"
+log "ok: $("$tools/bin/nats-server" --version), nats-py $NATS_PY_VERSION, $("$tools/bin/cargo-deny" --version), $(iptables --version 2>/dev/null || echo 'iptables missing')"

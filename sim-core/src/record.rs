@@ -22,8 +22,8 @@ use crate::config::Config;
 use crate::events::{EndReason, RunEvent};
 use crate::ownership::OwnershipCheck;
 use crate::report::RunSummary;
-use crate::tracker::{CheckpointError, Tracker, TrackerConfig, TrackerState};
 use crate::tracker::Rules;
+use crate::tracker::{CheckpointError, Tracker, TrackerConfig, TrackerState};
 use crate::verdict::{Evidence, Failure, judge};
 
 /// The format of run states this build writes and reads. Format 1 had no `format` field.

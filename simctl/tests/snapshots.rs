@@ -79,7 +79,7 @@ fn report_text_of_a_failed_run() {
     let books = tracker.snapshot(10_000_000);
     let judgement = judge(&Evidence {
         tracker: &books,
-        strict_duplicates: false,
+        rules: sim_core::tracker::Rules::default(),
         recorded: &[],
         assignment_violations: &[],
         ownership_violations: &[],

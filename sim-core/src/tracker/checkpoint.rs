@@ -213,6 +213,10 @@ pub struct SavedSpan {
     pub end: i64,
     /// Tick of the last update; the least recently touched span is evicted first.
     pub touched: u64,
+    /// The highest seq the worker processed on the partition (absent in states written
+    /// before order was judged per worker).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub high: u64,
 }
 
 fn is_zero(value: &u64) -> bool {

@@ -22,9 +22,12 @@
 //!   when its delivery count says the broker delivered it again (> 1) and it overlaps no
 //!   other worker; a second first delivery is `concurrent` however far apart in time (two
 //!   consumers each got it once).
-//! - **Order.** A message processed for the first time below the partition's highest
-//!   processed seq is an order violation, whatever its delivery count: a redelivery that
-//!   comes back after its successors were processed broke the partition's order too.
+//! - **Order.** A message processed for the first time by a worker that already processed
+//!   one of its successors is an order violation, whatever its delivery count: a redelivery
+//!   that comes back after its successors broke the partition's order too. Per worker,
+//!   because one worker's reports arrive in the order it sent them, while two workers'
+//!   reports interleave however their agents happened to read them (a handoff's last report
+//!   of the old owner may arrive after the new owner's first).
 //! - **in_flight** counts confirmed-sent messages that are neither processed nor written
 //!   off, so lost messages do not inflate it forever.
 //! - **Latency** is measured on first-time processing only: a redelivery's latency says
@@ -170,7 +173,6 @@ impl Tracker {
         );
         let part = &mut self.partitions[idx];
         part.learn(r.seq, r.processed_us.max(self.now_us));
-        let highest_before = part.processed_max();
         let outcome = part.mark_processed(r.seq);
         let overlap = part.observe(
             r.worker,
@@ -180,6 +182,7 @@ impl Tracker {
             gap,
             tolerance,
         );
+        let after_successor = part.processed_after_successor(r.worker, r.seq);
 
         let mut obs = Observation {
             overlap_with: overlap,
@@ -212,9 +215,10 @@ impl Tracker {
                     }
                     None => {}
                 }
-                // First processed after a successor: the partition's order is broken, be
-                // it a reordered delivery or a redelivery that came back too late.
-                if r.seq < highest_before {
+                // First processed by a worker after it processed a successor: the
+                // partition's order is broken, be it a reordered delivery or a redelivery
+                // that came back too late.
+                if after_successor {
                     obs.order_violation = true;
                     self.counters.order_violations += 1;
                     self.note(AnomalyKind::OrderViolation, &r, None);

@@ -66,6 +66,10 @@ struct Span {
     end: i64,
     /// Tracker-wide report counter at the last update: least recently used is evicted.
     touched: u64,
+    /// The highest seq this worker processed on this partition (order is judged per worker:
+    /// its reports arrive in the order it sent them, while two workers' reports interleave
+    /// however the agents happened to read them).
+    high: u64,
 }
 
 /// What marking a seq as sent did.
@@ -160,11 +164,6 @@ impl PartitionState {
     #[cfg(test)]
     pub fn window_capacity(&self) -> usize {
         self.window.capacity()
-    }
-
-    /// Highest seq processed so far.
-    pub fn processed_max(&self) -> u64 {
-        self.processed_max
     }
 
     /// Records that every seq up to `seq` exists, as of `at_us`.
@@ -364,6 +363,7 @@ impl PartitionState {
                         start,
                         end,
                         touched: tick,
+                        high: s.high,
                     };
                 }
                 // An older, disjoint interval arriving late is checked but not kept.
@@ -374,10 +374,22 @@ impl PartitionState {
                     start,
                     end,
                     touched: tick,
+                    high: 0,
                 });
             }
         }
         overlap
+    }
+
+    /// Whether `worker` processing `seq` comes after it processed a successor of `seq`
+    /// here; remembers `seq`. Call after [`Self::observe`], which keeps the worker's span.
+    pub fn processed_after_successor(&mut self, worker: WorkerRef, seq: u64) -> bool {
+        let Some(span) = self.spans.iter_mut().flatten().find(|s| s.worker == worker) else {
+            return false;
+        };
+        let after = seq < span.high;
+        span.high = span.high.max(seq);
+        after
     }
 
     fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
@@ -479,6 +491,7 @@ impl PartitionState {
                     start: s.start,
                     end: s.end,
                     touched: s.touched,
+                    high: s.high,
                 })
             })
             .collect();
@@ -667,6 +680,7 @@ impl PartitionState {
                 start: s.start,
                 end: s.end,
                 touched: s.touched,
+                high: s.high,
             });
         }
         Ok((part, tally))

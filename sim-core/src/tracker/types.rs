@@ -139,7 +139,8 @@ pub struct Observation {
     pub duplicate: Option<DuplicateKind>,
     /// The seq had already been declared lost; it is now recovered late.
     pub late: bool,
-    /// First processing of a seq below the partition's highest processed seq, on delivery 1.
+    /// First processing of a seq below the partition's highest processed seq, whatever its
+    /// delivery count.
     pub order_violation: bool,
     /// Another worker whose processing interval on this partition overlaps this one.
     pub overlap_with: Option<WorkerRef>,

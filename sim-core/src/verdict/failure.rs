@@ -17,7 +17,8 @@ use crate::tracker::TrackerFailure;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Failure {
-    /// The tracker's books: loss, concurrent processing, duplicates (strict), refused reports.
+    /// The tracker's books: loss, late, order (ordered workers), concurrent processing,
+    /// duplicates (strict), refused reports.
     Tracker(TrackerFailure),
     /// Messages stopped flowing while some were still expected.
     Stall {

@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize, Serializer};
 pub use failure::{ExitStatus, Failure, FailureKind, MissingReports, ReportGap, Unrecovered};
 
 use crate::ownership::Violation;
-use crate::tracker::TrackerSnapshot;
 use crate::tracker::Rules;
+use crate::tracker::TrackerSnapshot;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

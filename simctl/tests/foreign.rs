@@ -1,0 +1,205 @@
+//! The verdict against defects that do not come from our worker: a NATS client that is not
+//! ours (`tests/foreign.py`, nats-py) misbehaves on a `simctl run` with an external
+//! nats-server, the way a user's own buggy service would.
+//!
+//! One run carries three defects, each on a partition of its own, and each check must name
+//! exactly its partition:
+//! - partition 0: one message nakked with a 25 s delay under quick.yaml's 15 s validation
+//!   window — it is processed, but late, and after its successors (late *and* order);
+//! - partition 1: one message nakked with a 3 s delay — processed in time, after its
+//!   successors (order only);
+//! - partition 2: a second consumer of the partition reporting 20 messages it processed,
+//!   each on its first delivery, like our worker did: two first deliveries of one message
+//!   are concurrent processing, however far apart in time.
+//!
+//! The config is quick.yaml with one worker and `workers.ordered: true`. One worker, because
+//! parti does not keep a partition's order across a handoff yet (docs/VERDICT.md, "order"):
+//! with a second wave of workers a clean run can reorder and the test would not isolate the
+//! defects. The clean control runs the same config without the foreign client: PASS.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use test_support::NatsServer;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `foreign.py` with the project's virtualenv (scripts/setup.sh installs nats-py there).
+fn foreign(args: &[&str]) -> std::process::Child {
+    let python = workspace().join(".tools/venv/bin/python");
+    Command::new(&python)
+        .arg(workspace().join("simctl/tests/foreign.py"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", python.display()))
+}
+
+#[track_caller]
+fn succeeded(what: &str, output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The partitions a failure of `kind` names in its sample.
+fn sampled_partitions(json: &serde_json::Value, kind: &str) -> BTreeSet<u64> {
+    let anomalies = json["tracker"]["anomalies"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    anomalies
+        .iter()
+        .filter(|a| a["kind"] == kind)
+        .filter_map(|a| a["partition"].as_u64())
+        .collect()
+}
+
+fn failure_kinds(json: &serde_json::Value) -> BTreeSet<String> {
+    json["failures"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|f| f["kind"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn run_dir_socket(run_dir: &Path) -> PathBuf {
+    // `simctl run`'s agent is "local" and keeps its report socket in its directory.
+    run_dir.join("local").join("reports.sock")
+}
+
+/// quick.yaml against the external server `url`, with one worker that promises order.
+fn config(url: &str) -> String {
+    let config = std::fs::read_to_string(workspace().join("configs/quick.yaml"))
+        .expect("quick.yaml")
+        .replace(
+            "nats:\n  mode: embedded\n",
+            &format!("nats:\n  mode: external\n  url: {url}\n"),
+        )
+        .replace(
+            "workers:\n  count: 3\n",
+            "workers:\n  count: 1\n  ordered: true\n",
+        );
+    assert!(
+        config.contains("mode: external") && config.contains("ordered: true"),
+        "quick.yaml's layout moved"
+    );
+    config
+}
+
+/// A `simctl run` of `config` in `dir`, started (not awaited).
+fn start_run(dir: &Path, config: &str) -> std::process::Child {
+    let config_path = dir.join("config.yaml");
+    std::fs::write(&config_path, config).expect("write config");
+    Command::new(env!("CARGO_BIN_EXE_simctl"))
+        .current_dir(workspace())
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .args(["--duration", "45s", "--seed", "7", "--json"])
+        .arg(dir.join("report.json"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("simctl run")
+}
+
+/// Wait for the run; its exit code, stdout and report.
+fn finish_run(dir: &Path, run: std::process::Child) -> (Option<i32>, String, serde_json::Value) {
+    let run = run.wait_with_output().expect("simctl");
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    eprintln!(
+        "--- simctl stdout ---\n{stdout}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json = std::fs::read_to_string(dir.join("report.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (run.status.code(), stdout, json)
+}
+
+#[test]
+fn the_same_run_without_the_foreign_client_passes() {
+    test_support::workspace_binary("agent");
+    let nats = NatsServer::start();
+    let dir = tempfile::Builder::new()
+        .prefix("simctl-foreign-control-")
+        .tempdir()
+        .expect("tempdir");
+    let run = start_run(dir.path(), &config(&nats.url()));
+    let (code, stdout, json) = finish_run(dir.path(), run);
+    assert_eq!(code, Some(0), "expected PASS:\n{stdout}");
+    let sent = json["tracker"]["sent"].as_u64().unwrap_or(0);
+    assert!(sent > 1000, "a run with traffic: {sent}");
+    assert_eq!(json["tracker"]["received"].as_u64(), Some(sent));
+    for counter in ["late", "order_violations", "duplicates_concurrent"] {
+        assert_eq!(json["tracker"][counter], 0, "{counter}:\n{stdout}");
+    }
+}
+
+#[test]
+fn late_reordered_and_doubly_consumed_messages_from_a_foreign_client_fail_for_their_reasons() {
+    test_support::workspace_binary("agent");
+    let nats = NatsServer::start();
+    let dir = tempfile::Builder::new()
+        .prefix("simctl-foreign-")
+        .tempdir()
+        .expect("tempdir");
+    let config = config(&nats.url());
+    let stream = sim_core::config::Config::from_yaml_str(&config)
+        .expect("config")
+        .nats
+        .stream;
+    let run = start_run(dir.path(), &config);
+    // Each waits (with a deadline) for the partition's durable, i.e. for a worker to own it.
+    let url = nats.url();
+    let late = foreign(&["nak", &url, &stream, "sim-0", "25"]);
+    let reordered = foreign(&["nak", &url, &stream, "sim-1", "3"]);
+    let socket = run_dir_socket(&dir.path().join("run"));
+    let socket = socket.to_str().expect("utf-8 path");
+    let rogue = foreign(&["rogue", &url, &stream, "sim-2", socket, "rogue-2", "20"]);
+    let late = late.wait_with_output().expect("nak 0");
+    let reordered = reordered.wait_with_output().expect("nak 1");
+    let rogue = rogue.wait_with_output().expect("rogue");
+    let (code, stdout, json) = finish_run(dir.path(), run);
+    for (what, output) in [("nak 0", &late), ("nak 1", &reordered), ("rogue", &rogue)] {
+        eprintln!("{what}: {}", succeeded(what, output).trim());
+    }
+
+    assert_eq!(code, Some(1), "expected FAIL:\n{stdout}");
+    assert_eq!(
+        failure_kinds(&json),
+        ["concurrent_processing", "late", "order"]
+            .map(String::from)
+            .into(),
+        "each defect fails its own check, and nothing else fails:\n{stdout}"
+    );
+    assert_eq!(json["tracker"]["lost"], 0, "late is not lost");
+    assert_eq!(json["tracker"]["late"], 1);
+    assert_eq!(sampled_partitions(&json, "late"), [0].into());
+    // Both nakked messages came back after their successors; the other partitions are in
+    // order (the rogue reads partition 2 from its start, in order).
+    assert_eq!(sampled_partitions(&json, "order_violation"), [0, 1].into());
+    assert_eq!(
+        sampled_partitions(&json, "duplicate_concurrent"),
+        [2].into(),
+        "the rogue's partition only"
+    );
+    // Each of the rogue's 20 messages was processed by our worker too, on its first delivery
+    // to our durable (one worker, no handoff), so each duplicate is two first deliveries.
+    assert_eq!(json["tracker"]["duplicates_concurrent"], 20, "{stdout}");
+    assert_eq!(json["tracker"]["duplicates_redelivery"], 0, "{stdout}");
+}
