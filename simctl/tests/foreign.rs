@@ -131,14 +131,19 @@ fn finish_run(dir: &Path, run: std::process::Child) -> (Option<i32>, String, ser
     (run.status.code(), stdout, json)
 }
 
-#[test]
-fn the_same_run_without_the_foreign_client_passes() {
+/// A nats-server of the test's own and a directory for the run.
+fn set_up(name: &str) -> (NatsServer, tempfile::TempDir) {
     test_support::workspace_binary("agent");
-    let nats = NatsServer::start();
     let dir = tempfile::Builder::new()
-        .prefix("simctl-foreign-control-")
+        .prefix(&format!("simctl-{name}-"))
         .tempdir()
         .expect("tempdir");
+    (NatsServer::start(), dir)
+}
+
+#[test]
+fn the_same_run_without_the_foreign_client_passes() {
+    let (nats, dir) = set_up("foreign-control");
     let run = start_run(dir.path(), &config(&nats.url()));
     let (code, stdout, json) = finish_run(dir.path(), run);
     assert_eq!(code, Some(0), "expected PASS:\n{stdout}");
@@ -152,12 +157,7 @@ fn the_same_run_without_the_foreign_client_passes() {
 
 #[test]
 fn late_reordered_and_doubly_consumed_messages_from_a_foreign_client_fail_for_their_reasons() {
-    test_support::workspace_binary("agent");
-    let nats = NatsServer::start();
-    let dir = tempfile::Builder::new()
-        .prefix("simctl-foreign-")
-        .tempdir()
-        .expect("tempdir");
+    let (nats, dir) = set_up("foreign");
     let config = config(&nats.url());
     let stream = sim_core::config::Config::from_yaml_str(&config)
         .expect("config")
