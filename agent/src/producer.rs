@@ -102,12 +102,26 @@ async fn follow_map(
             partition: *partition,
             weight: (*weight).max(1),
             next_seq,
-            credit: 0.0,
+            credit: phase(*partition),
             in_flight: false,
             active: true,
         });
     }
     Ok(())
+}
+
+/// A partition's starting credit in [0, 1), fixed per partition id. Starting every
+/// partition at 0 would make a partition at 0.01 messages/s publish its first message only
+/// after 100 s, and all such partitions in the same instant; a spread phase makes slow
+/// partitions publish evenly over time from the start, as independent sources do.
+fn phase(partition: u32) -> f64 {
+    // splitmix64: a well-mixed 64-bit value from the id.
+    let mut z = u64::from(partition).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    // The top 53 bits as a fraction of 2^53: exactly representable, below 1.
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Global rate multiplier: a triangle wave between min and max over `ramp_interval`.
@@ -380,6 +394,26 @@ mod tests {
             .expect("ack");
         assert_eq!(resume_seq(&stream, "resume.1").await.expect("resume"), 7);
         assert_eq!(resume_seq(&stream, "resume.2").await.expect("resume"), 0);
+    }
+
+    #[test]
+    fn phases_are_spread_over_the_unit_interval() {
+        let phases: Vec<f64> = (0..1000).map(phase).collect();
+        assert!(phases.iter().all(|p| (0.0..1.0).contains(p)));
+        // Each tenth of [0, 1) holds about a tenth of them.
+        for decile in 0..10 {
+            let low = f64::from(decile) / 10.0;
+            let n = phases
+                .iter()
+                .filter(|p| (low..low + 0.1).contains(*p))
+                .count();
+            assert!((60..=140).contains(&n), "decile {decile}: {n}");
+        }
+        assert_eq!(
+            phase(7).to_bits(),
+            phase(7).to_bits(),
+            "fixed per partition"
+        );
     }
 
     #[test]

@@ -177,11 +177,19 @@ impl SimHandler {
                 return Ok(());
             }
             tokio::time::sleep(self.delay()).await;
-            // The commit point: only report while this worker may still process.
-            if !may_commit() && !faults.process_after_revoke {
+            // The commit point: only report while this worker may still process. Its time is
+            // taken first, so that a pause right after the check cannot date the processing
+            // after a successor's grant.
+            let processed_us = now_us();
+            let keep_consuming = faults.process_after_revoke || faults.stalled_assignment_watch;
+            if !may_commit() && !keep_consuming {
                 return Err("fenced before commit".into());
             }
-            let assignment_version = *self.version.borrow();
+            let assignment_version = if faults.stalled_assignment_watch {
+                0
+            } else {
+                *self.version.borrow()
+            };
             self.reports
                 .send(ChildReport::Processed {
                     partition: message.partition_id,
@@ -193,7 +201,7 @@ impl SimHandler {
                     assignment_version,
                     published_us: message.timestamp,
                     received_us,
-                    processed_us: now_us(),
+                    processed_us,
                 })
                 .await?;
             Ok(())
@@ -265,7 +273,8 @@ pub async fn run(
     let consumer_config = ConsumerConfig {
         durable_prefix: "sim".into(),
         ack_wait: Duration::from_secs(10),
-        fault_keep_consuming_after_revoke: faults.process_after_revoke,
+        fault_keep_consuming_after_revoke: faults.process_after_revoke
+            || faults.stalled_assignment_watch,
         ..ConsumerConfig::new(
             spec.stream.clone(),
             format!("{}.{{partition}}", spec.subject_prefix),

@@ -15,11 +15,21 @@ pub const PARTI_BUCKET: &str = "parti";
 /// See [`PARTI_BUCKET`].
 pub const ASSIGNMENT_KEY: &str = "assignment";
 
+/// One version of the document, as the watch read it.
+#[derive(Debug, Clone)]
+pub struct Version {
+    /// Its KV revision (a resumed run skips revisions its checkpoint already saw).
+    pub revision: u64,
+    /// When the server stored it (µs since the epoch): the time ownership is judged by.
+    pub written_us: i64,
+    /// The document.
+    pub doc: Value,
+}
+
 /// Watch the assignment document at `url` (one URL or a comma-separated list of a cluster's
-/// servers; retrying until parti has created its bucket), sending every version with its KV
-/// revision, in order, until the receiver is dropped (a resumed run skips revisions its
-/// checkpoint already saw).
-pub fn watch(url: String) -> mpsc::Receiver<(u64, Value)> {
+/// servers; retrying until parti has created its bucket), sending every version in order,
+/// until the receiver is dropped.
+pub fn watch(url: String) -> mpsc::Receiver<Version> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         let Ok(client) = async_nats::connect(proto::nats_servers(&url)).await else {
@@ -48,8 +58,17 @@ pub fn watch(url: String) -> mpsc::Receiver<(u64, Value)> {
             if entry.operation != jetstream::kv::Operation::Put {
                 continue;
             }
+            let written_us =
+                i64::try_from(entry.created.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
             if let Ok(doc) = serde_json::from_slice::<Value>(&entry.value)
-                && tx.send((entry.revision, doc)).await.is_err()
+                && tx
+                    .send(Version {
+                        revision: entry.revision,
+                        written_us,
+                        doc,
+                    })
+                    .await
+                    .is_err()
             {
                 return;
             }

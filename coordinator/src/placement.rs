@@ -136,6 +136,7 @@ pub fn place(config: &Config, seed: u64, agents: &[String], nats_url: &str) -> P
                 process_after_revoke: faults.process_after_revoke,
                 ack_then_crash_after: faults.ack_then_crash_after,
                 go_style_handoff: faults.go_style_handoff,
+                stalled_assignment_watch: faults.stalled_assignment_watch,
             }),
             seed: seed ^ u64::from(index),
         };

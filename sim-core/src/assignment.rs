@@ -41,7 +41,8 @@ pub struct AssignmentLog {
     pub last_kv_revision: u64,
 }
 
-fn partition_id(value: &Value) -> Option<u32> {
+/// A partition id as parti writes it: a string, or `{"keys": [...]}` joined by dots.
+pub(crate) fn partition_id(value: &Value) -> Option<u32> {
     match value {
         Value::String(id) => id.parse().ok(),
         Value::Object(map) => map

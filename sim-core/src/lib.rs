@@ -7,6 +7,8 @@
 //! - [`tracker`]: per-partition message accounting and the verdict's evidence.
 //! - [`ownership`]: processing without ownership (statuses vs processed reports).
 //! - [`assignment`]: parti's assignment history, judged version by version.
+//! - [`authority`]: processing judged against that history (the oracle a worker cannot
+//!   bend).
 //! - [`chaos`]: the seeded fault schedule, fault records and their outcomes.
 //! - [`events`]: the run's events, typed by kind, and how a run ended.
 //! - [`verdict`]: the verdict: every failure, typed, and `judge` (PASS / FAIL /
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod assignment;
+pub mod authority;
 pub mod chaos;
 pub mod config;
 pub mod events;

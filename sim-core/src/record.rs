@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::assignment::AssignmentLog;
+use crate::authority::AuthorityCheck;
 use crate::chaos::{FaultRecord, stats};
 use crate::config::Config;
 use crate::events::{EndReason, RunEvent};
@@ -122,6 +123,10 @@ pub struct RunRecord {
     pub events: Vec<RunEvent>,
     /// Processing without ownership.
     pub ownership: OwnershipCheck,
+    /// Processing judged against the assignment document (absent in states written before
+    /// this check existed).
+    #[serde(default)]
+    pub authority: AuthorityCheck,
     /// Every fault, injected or not.
     pub faults: FaultRecords,
     /// What parti's assignment history showed.
@@ -162,6 +167,7 @@ impl RunRecord {
         let tracker = Tracker::import(tracker_config(&self.config), self.tracker.clone())?;
         let snapshot = tracker.snapshot(self.written_unix_us);
         let log = &self.assignment_log;
+        let unowned = self.authority.violations();
         let judgement = judge(&Evidence {
             tracker: &snapshot,
             rules: Rules {
@@ -171,6 +177,7 @@ impl RunRecord {
             recorded: &self.failures,
             assignment_violations: &log.violations,
             ownership_violations: &self.ownership.violations(),
+            unowned: &unowned,
         });
         Ok(RunSummary {
             run_id: self.run_id.clone(),
@@ -189,6 +196,8 @@ impl RunRecord {
             assignment_versions: log.versions,
             partition_moves: log.moves,
             leaders: log.leaders.clone(),
+            unowned,
+            unjudged_ownership: self.authority.unjudged(),
         })
     }
 }

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::authority::Unowned;
 use crate::chaos::{FaultRecord, FaultStats};
 use crate::events::{EndReason, RunEvent};
 use crate::tracker::TrackerSnapshot;
@@ -47,6 +48,10 @@ pub struct RunSummary {
     pub partition_moves: u64,
     /// Leaders, in order of first appearance.
     pub leaders: Vec<String>,
+    /// Processing the assignment document did not allow, per worker and partition.
+    pub unowned: Vec<Unowned>,
+    /// Processings the assignment document could not judge (versions not seen).
+    pub unjudged_ownership: u64,
 }
 
 /// The JUnit test case of each kind of failure. Names that CI histories already track
@@ -94,6 +99,8 @@ impl RunSummary {
             assignment_versions: 0,
             partition_moves: 0,
             leaders: Vec::new(),
+            unowned: Vec::new(),
+            unjudged_ownership: 0,
         }
     }
 
@@ -161,6 +168,18 @@ impl RunSummary {
                 self.leaders.join(" → ")
             }
         );
+        if !self.unowned.is_empty() || self.unjudged_ownership > 0 {
+            let _ = writeln!(
+                out,
+                "  processing the assignment document did not allow: {} worker/partition pair(s); \
+                 not judged (versions not seen): {}",
+                self.unowned.len(),
+                self.unjudged_ownership
+            );
+            for unowned in self.unowned.iter().take(5) {
+                let _ = writeln!(out, "    {unowned}");
+            }
+        }
         if !self.faults.is_empty() {
             let _ = writeln!(
                 out,

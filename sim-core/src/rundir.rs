@@ -56,6 +56,9 @@ pub enum RunDirError {
     /// No usable checkpoint.
     #[error("no valid checkpoint in {0}")]
     NoCheckpoint(PathBuf),
+    /// The run directory exists already: another run took this id.
+    #[error("{0} exists already")]
+    Taken(PathBuf),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RunDirError + 'a {
@@ -115,11 +118,18 @@ impl RunDir {
     }
 
     /// Create the directories and write the run's effective config and seed.
-    ///
-    /// # Errors
-    /// Any file error, naming the path.
+    /// The root is created exclusively, so two runs never share a directory: if it exists,
+    /// [`RunDirError::Taken`] (and nothing is written).
     pub fn create(&self, config_yaml: &str, seed: u64) -> Result<(), RunDirError> {
-        fs::create_dir_all(&self.root).map_err(io("creating", &self.root))?;
+        if let Some(parent) = self.root.parent() {
+            fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        }
+        match fs::create_dir(&self.root) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(RunDirError::Taken(self.root.clone()));
+            }
+            result => result.map_err(io("creating", &self.root))?,
+        }
         fs::create_dir_all(&self.checkpoints).map_err(io("creating", &self.checkpoints))?;
         write_atomic(&self.root.join("config.yaml"), config_yaml.as_bytes())?;
         write_atomic(&self.root.join("seed"), format!("{seed}\n").as_bytes())

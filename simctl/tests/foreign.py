@@ -14,6 +14,11 @@ the stream through a plain NATS client (nats-py), the way a foreign service woul
       agent's report socket under PROCESS (the child contract, docs in agent/src/report.rs),
       each with the delivery count the broker gave it.
 
+  foreign.py steal URL STREAM DURABLE SOCKET PROCESS COUNT
+      The same, bound to DURABLE itself beside the worker that owns the partition: the
+      broker hands each message to one of the two, so nothing is processed twice, and
+      the reports carry assignment version 0. Only the assignment document can tell.
+
 Each prints one JSON line saying what it did. Waits have deadlines; nothing is retried
 forever.
 """
@@ -70,13 +75,16 @@ async def nak(url, stream, durable, delay_s):
     await nc.drain()
 
 
-async def rogue(url, stream, durable, socket_path, process, count):
+async def rogue(url, stream, durable, socket_path, process, count, bind=False):
     nc = await nats.connect(url)
     js = nc.jetstream()
     info = await consumer_info(js, stream, durable)
     subject = info.config.filter_subject
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT)
-    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    if bind:
+        sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+    else:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT)
+        sub = await js.pull_subscribe(subject, stream=stream, config=config)
     reports = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     reports.connect(socket_path)
     reports.sendall((json.dumps({"type": "hello", "process": process}) + "\n").encode())
@@ -103,15 +111,16 @@ async def rogue(url, stream, durable, socket_path, process, count):
         await msg.ack()
         seqs.append(report["seq"])
     reports.close()
-    print(json.dumps({"rogue": {"subject": subject, "seqs": seqs}}), flush=True)
+    mode = "steal" if bind else "rogue"
+    print(json.dumps({mode: {"subject": subject, "seqs": seqs}}), flush=True)
     await nc.drain()
 
 
 def main(argv):
     if len(argv) >= 5 and argv[0] == "nak":
         asyncio.run(nak(*argv[1:5]))
-    elif len(argv) >= 7 and argv[0] == "rogue":
-        asyncio.run(rogue(*argv[1:7]))
+    elif len(argv) >= 7 and argv[0] in ("rogue", "steal"):
+        asyncio.run(rogue(*argv[1:7], bind=argv[0] == "steal"))
     else:
         raise SystemExit(__doc__)
 

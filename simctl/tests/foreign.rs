@@ -2,7 +2,7 @@
 //! ours (`tests/foreign.py`, nats-py) misbehaves on a `simctl run` with an external
 //! nats-server, the way a user's own buggy service would.
 //!
-//! One run carries three defects, each on a partition of its own, and each check must name
+//! One run carries four defects, each on a partition of its own, and each check must name
 //! exactly its partition:
 //! - partition 0: one message nakked with a 25 s delay under quick.yaml's 15 s validation
 //!   window — it is processed, but late, and after its successors (late *and* order);
@@ -10,7 +10,12 @@
 //!   successors (order only);
 //! - partition 2: a second consumer of the partition reporting 20 messages it processed,
 //!   each on its first delivery, like our worker did: two first deliveries of one message
-//!   are concurrent processing, however far apart in time.
+//!   are concurrent processing, however far apart in time; and processing by a worker no
+//!   assignment named (ownership);
+//! - partition 3: a consumer bound to the partition's own durable beside our worker,
+//!   reporting 20 messages under assignment version 0: the broker hands each message to one
+//!   of the two, so nothing is duplicated, and its own statuses say nothing. The assignment
+//!   document convicts it at its first message, whatever the rate (ownership).
 //!
 //! The config is quick.yaml with one worker and `workers.ordered: true`. One worker, because
 //! parti does not keep a partition's order across a handoff yet (docs/VERDICT.md, "order"):
@@ -171,21 +176,48 @@ fn late_reordered_and_doubly_consumed_messages_from_a_foreign_client_fail_for_th
     let socket = run_dir_socket(&dir.path().join("run"));
     let socket = socket.to_str().expect("utf-8 path");
     let rogue = foreign(&["rogue", &url, &stream, "sim-2", socket, "rogue-2", "20"]);
+    let steal = foreign(&["steal", &url, &stream, "sim-3", socket, "rogue-3", "20"]);
     let late = late.wait_with_output().expect("nak 0");
     let reordered = reordered.wait_with_output().expect("nak 1");
     let rogue = rogue.wait_with_output().expect("rogue");
+    let steal = steal.wait_with_output().expect("steal");
     let (code, stdout, json) = finish_run(dir.path(), run);
-    for (what, output) in [("nak 0", &late), ("nak 1", &reordered), ("rogue", &rogue)] {
+    for (what, output) in [
+        ("nak 0", &late),
+        ("nak 1", &reordered),
+        ("rogue", &rogue),
+        ("steal", &steal),
+    ] {
         eprintln!("{what}: {}", succeeded(what, output).trim());
     }
 
     assert_eq!(code, Some(1), "expected FAIL:\n{stdout}");
     assert_eq!(
         failure_kinds(&json),
-        ["concurrent_processing", "late", "order"]
+        ["concurrent_processing", "late", "order", "ownership"]
             .map(String::from)
             .into(),
         "each defect fails its own check, and nothing else fails:\n{stdout}"
+    );
+    // Both foreign consumers, and nobody else, processed what no assignment allowed: each of
+    // their 20 messages, from the first.
+    let unowned: Vec<(String, u64, u64)> = json["unowned"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|u| {
+            (
+                u["worker"].as_str().unwrap_or_default().to_string(),
+                u["partition"].as_u64().unwrap_or(u64::MAX),
+                u["count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        unowned,
+        [("rogue".to_string(), 2, 20), ("rogue".to_string(), 3, 20)],
+        "{stdout}"
     );
     assert_eq!(json["tracker"]["lost"], 0, "late is not lost");
     assert_eq!(json["tracker"]["late"], 1);

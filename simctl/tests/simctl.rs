@@ -48,16 +48,28 @@ impl Drop for KeepOnFailure {
 
 /// Run quick.yaml, with fault knobs inserted under `workers:` when given.
 fn run_quick(name: &str, faults: Option<&str>, duration: &str) -> Outcome {
+    run_edited(name, |config| with_faults(config, faults), duration)
+}
+
+/// `config` with fault knobs inserted under `workers:` when given.
+fn with_faults(config: String, faults: Option<&str>) -> String {
+    match faults {
+        Some(faults) => {
+            config.replacen("workers:\n", &format!("workers:\n  faults:\n{faults}\n"), 1)
+        }
+        None => config,
+    }
+}
+
+/// Run quick.yaml as `edit` changes it.
+fn run_edited(name: &str, edit: impl FnOnce(String) -> String, duration: &str) -> Outcome {
     let dir = tempfile::Builder::new()
         .prefix(&format!("simctl-{name}-"))
         .tempdir()
         .expect("tempdir");
     let dir = KeepOnFailure(Some(dir));
-    let mut config =
-        std::fs::read_to_string(workspace().join("configs/quick.yaml")).expect("quick.yaml");
-    if let Some(faults) = faults {
-        config = config.replacen("workers:\n", &format!("workers:\n  faults:\n{faults}\n"), 1);
-    }
+    let config =
+        edit(std::fs::read_to_string(workspace().join("configs/quick.yaml")).expect("quick.yaml"));
     let config_path = dir.path().join("config.yaml");
     std::fs::write(&config_path, config).expect("write config");
     let json_path = dir.path().join("report.json");
@@ -134,6 +146,134 @@ fn processing_after_revoke_fails_with_an_ownership_violation() {
         "the reason names it:\n{}",
         outcome.stdout
     );
+}
+
+/// quick.yaml with 256 partitions: 248 at 0.01 messages/s and 8 at 50 (weight 5000), dealt
+/// round-robin, so the second wave of workers moves partitions of both rates.
+fn two_rates(config: String) -> String {
+    let edited = config
+        .replacen("count: 16\n", "count: 256\n", 1)
+        .replacen(
+            "message_rate_per_partition: 5",
+            "message_rate_per_partition: 0.01",
+            1,
+        )
+        .replacen("extreme_percent: 0.125", "extreme_percent: 0.03125", 1)
+        .replacen("extreme_weight: 10", "extreme_weight: 5000", 1)
+        .replacen(
+            "partitions_per_producer: 8",
+            "partitions_per_producer: 128",
+            1,
+        )
+        .replacen(
+            "assignment_strategy: WeightedConsistentHash",
+            "assignment_strategy: RoundRobin",
+            1,
+        );
+    assert_eq!(
+        edited.matches("256").count() + edited.matches("5000").count(),
+        2,
+        "quick.yaml's layout moved: update two_rates"
+    );
+    edited
+}
+
+/// Which partitions of a two-rate run ran at 50 messages/s.
+fn fast_partitions(seed: u64) -> std::collections::BTreeSet<u64> {
+    let config = std::fs::read_to_string(workspace().join("configs/quick.yaml")).expect("quick");
+    let config = sim_core::config::Config::from_yaml_str(&two_rates(config)).expect("config");
+    config
+        .partition_weights(seed)
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| **w > 1)
+        .map(|(p, _)| p as u64)
+        .collect()
+}
+
+/// A worker whose assignment watch stalled: it confirms every version (so parti hands its
+/// partitions on) but keeps consuming them, and labels its work with version 0, so its own
+/// statuses cannot convict it. The assignment document does, at 0.01 and at 50 messages/s per
+/// partition, and nothing else fails: the server hands each message of a shared durable to
+/// one consumer, so there is no loss and no duplicate.
+#[test]
+fn a_stalled_assignment_watch_fails_for_ownership_at_low_and_high_rates() {
+    let outcome = run_edited(
+        "stalled-watch",
+        |config| {
+            with_faults(
+                two_rates(config),
+                Some("    stalled_assignment_watch: true"),
+            )
+        },
+        "40s",
+    );
+    assert_eq!(outcome.code, 1, "expected FAIL:\n{}", outcome.stdout);
+    let reasons: Vec<&str> = outcome.json["reasons"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|r| r.as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("ownership violation") && r.contains("assignment document")),
+        "convicted by the document, not by its own statuses:\n{}",
+        outcome.stdout
+    );
+    let fast = fast_partitions(7);
+    // At 50 messages/s the two consumers' processing also overlaps in time, which the
+    // tracker sees; at 0.01 only the document does.
+    let kinds: std::collections::BTreeSet<&str> = outcome.json["failures"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|f| f["kind"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        kinds
+            .iter()
+            .all(|k| ["ownership", "concurrent_processing"].contains(k)),
+        "nothing else fails: {kinds:?}\n{}",
+        outcome.stdout
+    );
+    let overlapping: Vec<u64> = outcome.json["tracker"]["anomalies"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|a| a["kind"] == "ownership_overlap")
+                .filter_map(|a| a["partition"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        overlapping.iter().all(|p| fast.contains(p)),
+        "overlaps at the slow rate? {overlapping:?}"
+    );
+    let unowned: Vec<u64> = outcome.json["unowned"]
+        .as_array()
+        .map(|u| u.iter().filter_map(|u| u["partition"].as_u64()).collect())
+        .unwrap_or_default();
+    assert!(
+        unowned.iter().any(|p| fast.contains(p)),
+        "caught at 50 messages/s: {unowned:?} (fast: {fast:?})"
+    );
+    assert!(
+        unowned.iter().any(|p| !fast.contains(p)),
+        "caught at 0.01 messages/s: {unowned:?} (fast: {fast:?})"
+    );
+    assert_eq!(outcome.json["tracker"]["lost"], 0, "{}", outcome.stdout);
+}
+
+/// The control: the same two-rate run with no defect passes, every processing allowed by
+/// the document.
+#[test]
+fn the_two_rate_run_without_a_defect_passes() {
+    // Another seed than the defect's run: two runs started in the same second with one seed
+    // would get one run id.
+    let outcome = run_edited("two-rates", two_rates, "40s");
+    assert_eq!(outcome.code, 0, "expected PASS:\n{}", outcome.stdout);
+    assert_eq!(outcome.json["unowned"], serde_json::json!([]));
+    assert_eq!(outcome.json["unjudged_ownership"], 0);
+    let moves = outcome.json["partition_moves"].as_u64().unwrap_or(0);
+    assert!(moves > 20, "partitions moved: {moves}");
 }
 
 #[test]

@@ -83,6 +83,7 @@ fn report_text_of_a_failed_run() {
         recorded: &[],
         assignment_violations: &[],
         ownership_violations: &[],
+        unowned: &[],
     });
     assert_eq!(judgement.outcome, Outcome::Fail);
     let summary = RunSummary {
@@ -105,6 +106,8 @@ fn report_text_of_a_failed_run() {
         assignment_versions: 3,
         partition_moves: 1,
         leaders: vec!["worker-0".into()],
+        unowned: Vec::new(),
+        unjudged_ownership: 0,
     };
     check("report-fail.txt", &summary.text());
     let junit = summary.junit();

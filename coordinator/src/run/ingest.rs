@@ -58,6 +58,12 @@ impl Engine {
                         processed.assignment_version,
                         processed.partition,
                     );
+                    run.state.authority.processed(
+                        &processed.worker_id,
+                        &processed.process,
+                        processed.partition,
+                        processed.processed_us,
+                    );
                     let observed = run.tracker.processed(Processed {
                         partition: processed.partition,
                         seq: processed.seq,

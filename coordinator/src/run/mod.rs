@@ -139,7 +139,7 @@ struct RunIo {
     /// The run's KV bucket (partition map).
     sim_kv: async_nats::jetstream::kv::Store,
     /// parti's assignment documents, as the watch delivers them.
-    assignments: mpsc::Receiver<(u64, serde_json::Value)>,
+    assignments: mpsc::Receiver<crate::assignment_log::Version>,
     /// Where the run's files go.
     dir: RunDir,
     /// The managed NATS cluster, when the daemon was given one (`nats_server_kill`).
@@ -255,7 +255,7 @@ struct Engine {
 }
 
 /// The next assignment document of the current run (pending while there is none).
-async fn next_assignment(run: &mut Option<ActiveRun>) -> Option<(u64, serde_json::Value)> {
+async fn next_assignment(run: &mut Option<ActiveRun>) -> Option<crate::assignment_log::Version> {
     match run {
         Some(run) => run.io.assignments.recv().await,
         None => std::future::pending().await,
@@ -303,14 +303,15 @@ impl Engine {
                     Some(batch) => self.ingest(batch).await,
                     None => return,
                 },
-                Some((revision, doc)) = next_assignment(&mut self.run) => {
+                Some(version) = next_assignment(&mut self.run) => {
                     if let Some(run) = self.run.as_mut() {
                         // A resumed run's watch replays the document the checkpoint saw.
                         if run.state.phase != Phase::Finished
-                            && revision > run.state.assignment_log.last_kv_revision
+                            && version.revision > run.state.assignment_log.last_kv_revision
                         {
-                            run.state.assignment_log.last_kv_revision = revision;
-                            run.state.assignment_log.observe(&doc);
+                            run.state.assignment_log.last_kv_revision = version.revision;
+                            run.state.assignment_log.observe(&version.doc);
+                            run.state.authority.document(version.written_us, &version.doc);
                         }
                     }
                 }

@@ -9,7 +9,7 @@ use super::{ActiveRun, Engine, Local, Phase, RunIo, StartError, now_us};
 use crate::placement;
 use sim_core::config::Config;
 use sim_core::record::tracker_config;
-use sim_core::rundir::RunDir;
+use sim_core::rundir::{RunDir, RunDirError};
 use sim_core::tracker::Tracker;
 
 impl Engine {
@@ -37,10 +37,26 @@ impl Engine {
         crate::stream::publish_partition_map(&sim_kv, &partition_map)
             .await
             .map_err(|e| StartError::Infrastructure(format!("{e:#}")))?;
-        let id = format!("run-{}-{seed:x}", now_us() / 1_000_000);
-        let dir = RunDir::new(&self.runs_dir, &id, &config.checkpointing.path);
-        dir.create(&config.effective_yaml(), seed)
-            .map_err(|e| StartError::Infrastructure(format!("creating the run directory: {e}")))?;
+        // Two runs started in one second with one seed (two `simctl run`s side by side) get
+        // the same id; the second takes the next free suffix.
+        let base = format!("run-{}-{seed:x}", now_us() / 1_000_000);
+        let mut attempt = 1;
+        let (id, dir) = loop {
+            let id = match attempt {
+                1 => base.clone(),
+                n => format!("{base}-{n}"),
+            };
+            let dir = RunDir::new(&self.runs_dir, &id, &config.checkpointing.path);
+            match dir.create(&config.effective_yaml(), seed) {
+                Ok(()) => break (id, dir),
+                Err(RunDirError::Taken(_)) if attempt < 100 => attempt += 1,
+                Err(e) => {
+                    return Err(StartError::Infrastructure(format!(
+                        "creating the run directory: {e}"
+                    )));
+                }
+            }
+        };
         info!(run = %id, dir = %dir.root().display(), agents = agents.len(), producers = placement.producers.len(), workers = placement.workers.len(), "starting run");
         let state = RunState::new(id.clone(), config, seed, placement, nats_url.clone());
         let (first_wave, _) = state.worker_waves();

@@ -23,6 +23,7 @@ use super::faults::FaultState;
 use super::{CHECKPOINT_FORMAT, SECOND_WAVE_AFTER};
 use crate::placement::{PlacedSpawn, Placement};
 use sim_core::assignment::AssignmentLog;
+use sim_core::authority::AuthorityCheck;
 use sim_core::config::Config;
 use sim_core::events::{EndReason, RunEvent};
 use sim_core::ownership::OwnershipCheck;
@@ -94,6 +95,9 @@ pub(super) struct RunState {
     pub(super) failures: Vec<Failure>,
     pub(super) events: Vec<RunEvent>,
     pub(super) ownership: OwnershipCheck,
+    /// Processing judged against parti's assignment document.
+    #[serde(default)]
+    pub(super) authority: AuthorityCheck,
     pub(super) faults: FaultState,
     /// When the second wave of workers starts (run time, ms), while it has not.
     pub(super) second_wave_at_ms: Option<u64>,
@@ -136,6 +140,7 @@ impl RunState {
             failures: Vec::new(),
             events: Vec::new(),
             ownership: OwnershipCheck::default(),
+            authority: AuthorityCheck::default(),
             faults,
             second_wave_at_ms: Some(super::clock::millis(SECOND_WAVE_AFTER)),
             partition_map,

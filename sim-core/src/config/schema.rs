@@ -318,6 +318,11 @@ pub struct WorkerFaults {
     /// are rewritten on reassignment, no fencing): loses the backlog of moved partitions.
     /// Proves the harness catches that class of bug.
     pub go_style_handoff: bool,
+    /// Confirm every new assignment (the heartbeat says applied) but keep consuming what it
+    /// had, as a worker whose assignment watcher silently stalled would; its processed
+    /// reports carry assignment version 0 (a stalled watcher knows no version), so its own
+    /// statuses cannot convict it and only the assignment document can.
+    pub stalled_assignment_watch: bool,
 }
 
 // === coordinator ===

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::authority::Unowned;
 use crate::config::ChaosEvent;
 use crate::ownership::Violation;
 use crate::tracker::TrackerFailure;
@@ -66,6 +67,14 @@ pub enum Failure {
         count: usize,
         /// The first.
         first: Violation,
+    },
+    /// Processing that parti's assignment document did not allow: the partition was
+    /// granted to another worker by then, or never to this one (`sim_core::authority`).
+    Unowned {
+        /// Processings, over all workers and partitions.
+        count: u64,
+        /// The worker and partition with the earliest of them.
+        first: Unowned,
     },
     /// Infrastructure: reports that can never arrive, so the books have a hole.
     ReportGap(ReportGap),
@@ -174,7 +183,7 @@ impl Failure {
             Self::RebalanceTimeout { .. } => FailureKind::RebalanceTimeout,
             Self::Identity { .. } => FailureKind::Identity,
             Self::Assignment { .. } => FailureKind::Assignment,
-            Self::Ownership { .. } => FailureKind::Ownership,
+            Self::Ownership { .. } | Self::Unowned { .. } => FailureKind::Ownership,
             Self::ReportGap(_)
             | Self::AgentsLost
             | Self::ProducerDied { .. }
@@ -237,6 +246,11 @@ impl fmt::Display for Failure {
                 f,
                 "ownership violation: {count} processing(s) without owning the partition, \
                  e.g. {first}"
+            ),
+            Self::Unowned { count, first } => write!(
+                f,
+                "ownership violation: {count} processing(s) the assignment document did not \
+                 allow, e.g. {first}"
             ),
             Self::ReportGap(gap) => write!(f, "report gap: {gap}"),
             Self::AgentsLost => f.write_str("every agent disconnected"),

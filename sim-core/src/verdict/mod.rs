@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 pub use failure::{ExitStatus, Failure, FailureKind, MissingReports, ReportGap, Unrecovered};
 
+use crate::authority::Unowned;
 use crate::ownership::Violation;
 use crate::tracker::Rules;
 use crate::tracker::TrackerSnapshot;
@@ -76,6 +77,8 @@ pub struct Evidence<'a> {
     pub assignment_violations: &'a [String],
     /// Processing without ownership.
     pub ownership_violations: &'a [Violation],
+    /// Processing the assignment document did not allow, per worker and partition.
+    pub unowned: &'a [Unowned],
 }
 
 /// The verdict and every reason for it.
@@ -105,6 +108,12 @@ pub fn judge(evidence: &Evidence<'_>) -> Judgement {
     if let Some(first) = evidence.ownership_violations.first() {
         failures.push(Failure::Ownership {
             count: evidence.ownership_violations.len(),
+            first: first.clone(),
+        });
+    }
+    if let Some(first) = evidence.unowned.iter().min_by_key(|u| u.first_us) {
+        failures.push(Failure::Unowned {
+            count: evidence.unowned.iter().map(|u| u.count).sum(),
             first: first.clone(),
         });
     }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::authority::Unowned;
 use crate::config::ChaosEvent;
 use crate::events::EndReason;
 use crate::report::RunSummary;
@@ -31,6 +32,7 @@ struct Case {
     recorded: Vec<Failure>,
     assignment: Vec<String>,
     ownership: Vec<Violation>,
+    unowned: Vec<Unowned>,
     kind: FailureKind,
     outcome: Outcome,
     /// The report's line: today's wording, kept.
@@ -45,6 +47,7 @@ impl Case {
             recorded: Vec::new(),
             assignment: Vec::new(),
             ownership: Vec::new(),
+            unowned: Vec::new(),
             kind,
             outcome,
             text,
@@ -68,6 +71,7 @@ impl Case {
             recorded: &self.recorded,
             assignment_violations: &self.assignment,
             ownership_violations: &self.ownership,
+            unowned: &self.unowned,
         }
     }
 }
@@ -128,6 +132,41 @@ fn cases() -> Vec<Case> {
         version: 7,
         partition: 3,
     }];
+    let mut unowned = Case::new(
+        K::Ownership,
+        Fail,
+        "ownership violation: 5 processing(s) the assignment document did not allow, e.g. \
+         rogue (rogue-2) processed partition 2 3 time(s); no assignment had granted it to anyone \
+         before the first",
+    );
+    let stale = Unowned {
+        worker: "w1".into(),
+        process: "worker-1".into(),
+        partition: 4,
+        count: 2,
+        first_us: 9_000_000,
+        holder: Some("w2".into()),
+        version: 6,
+        after_grant_us: 1_500_000,
+    };
+    unowned.unowned = vec![
+        stale.clone(),
+        Unowned {
+            worker: "rogue".into(),
+            process: "rogue-2".into(),
+            partition: 2,
+            count: 3,
+            first_us: 2_000_000,
+            holder: None,
+            version: 0,
+            after_grant_us: 0,
+        },
+    ];
+    assert_eq!(
+        stale.to_string(),
+        "w1 (worker-1) processed partition 4 2 time(s); the first 1.500 s after assignment v6 \
+         had granted it to w2"
+    );
     vec![
         Case::new(
             K::Loss,
@@ -211,6 +250,7 @@ fn cases() -> Vec<Case> {
         }),
         assignment,
         ownership,
+        unowned,
         Case::new(
             K::Infrastructure,
             Infrastructure,
