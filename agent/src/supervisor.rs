@@ -194,6 +194,12 @@ impl Supervisor {
                 Err(_) => (None, None),
             };
             tracing::info!(%process, pid, ?code, ?signal, "exited");
+            let log_tail = read_tail(
+                &supervisor.log_dir.join(format!("{process}.log")),
+                EXIT_LOG_TAIL_BYTES,
+            )
+            .map(|(tail, _)| tail)
+            .unwrap_or_default();
             let _ = supervisor
                 .events
                 .send(Report {
@@ -203,6 +209,7 @@ impl Supervisor {
                         pid,
                         code,
                         signal,
+                        log_tail,
                     })),
                 })
                 .await;
@@ -258,6 +265,9 @@ pub fn child_guard() {
 }
 
 /// The last `max_bytes` of a file, as text, and whether there was more.
+/// How much of a child's log its exit report carries.
+const EXIT_LOG_TAIL_BYTES: u64 = 2048;
+
 fn read_tail(path: &std::path::Path, max_bytes: u64) -> std::io::Result<(String, bool)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path)?;

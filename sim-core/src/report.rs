@@ -69,6 +69,7 @@ pub(crate) fn check_name(kind: FailureKind) -> &'static str {
         FailureKind::Identity => "stable_identity",
         FailureKind::Assignment => "assignment_history",
         FailureKind::Ownership => "no_ownership_violation",
+        FailureKind::UnexpectedExit => "no_unexpected_exit",
         FailureKind::Infrastructure => "infrastructure",
     }
 }

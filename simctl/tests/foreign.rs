@@ -17,6 +17,9 @@
 //!   of the two, so nothing is duplicated, and its own statuses say nothing. The assignment
 //!   document convicts it at its first message, whatever the rate (ownership).
 //!
+//! A second run (quick.yaml as it is) has a worker killed by a signal the harness did not
+//! send, from the test: an unexpected exit, and only that.
+//!
 //! The config is quick.yaml with one worker and `workers.ordered: true`. One worker, because
 //! parti does not keep a partition's order across a handoff yet (docs/VERDICT.md, "order"):
 //! with a second wave of workers a clean run can reorder and the test would not isolate the
@@ -234,4 +237,88 @@ fn late_reordered_and_doubly_consumed_messages_from_a_foreign_client_fail_for_th
     // to our durable (one worker, no handoff), so each duplicate is two first deliveries.
     assert_eq!(json["tracker"]["duplicates_concurrent"], 20, "{stdout}");
     assert_eq!(json["tracker"]["duplicates_redelivery"], 0, "{stdout}");
+}
+
+/// The pid of `process` among the children of the agent whose report socket is `socket`
+/// (so a run of another test is never touched); waits for it with a deadline.
+fn child_pid(socket: &Path, process: &str) -> u32 {
+    let want_process = format!("PARTI_SIM_PROCESS={process}");
+    let want_socket = format!("PARTI_SIM_REPORT_SOCKET={}", socket.display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+            let has = |want: &str| vars.contains(&want.as_bytes());
+            if has(&want_process) && has(&want_socket) {
+                return pid;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{process} never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A worker killed by a signal the harness did not send (as the kernel's OOM killer or an
+/// abort would) fails the run as an unexpected exit naming it, its status and its last log
+/// line, and only for that; its log is kept in the run directory. The control is
+/// `simctl.rs`'s `quick_run_passes` (the same config, nobody killed).
+#[test]
+fn a_worker_dying_of_a_signal_nobody_sent_fails_the_run_naming_it() {
+    let (_nats, dir) = set_up("unexpected-exit");
+    let config = std::fs::read_to_string(workspace().join("configs/quick.yaml")).expect("quick");
+    let run = start_run(dir.path(), &config);
+    let pid = child_pid(&run_dir_socket(&dir.path().join("run")), "worker-1");
+    // Once it is at work (its log says so), so that there are last words to show.
+    let log = dir.path().join("run/local/logs/worker-1.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).is_ok_and(|text| text.contains("worker started")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker-1 never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let killed = Command::new("kill")
+        .args(["-ABRT", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "kill -ABRT {pid}");
+    let (code, stdout, json) = finish_run(dir.path(), run);
+
+    assert_eq!(code, Some(1), "expected FAIL:\n{stdout}");
+    assert_eq!(
+        failure_kinds(&json),
+        ["unexpected_exit".to_string()].into(),
+        "{stdout}"
+    );
+    let reason = json["reasons"][0].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("unexpected exit: worker-1 died (signal 6) and no fault targeted it")
+            && reason.contains("; its log ends: "),
+        "{reason}"
+    );
+    // Its last words are in the run directory.
+    let run_id = json["run_id"].as_str().expect("run id");
+    let logs = workspace().join(format!("runs/{run_id}/logs"));
+    let kept: Vec<String> = std::fs::read_dir(&logs)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let exit_log = format!("local-worker-1-exit-{pid}.log");
+    assert!(kept.contains(&exit_log), "{exit_log} in {kept:?}");
+    let text = std::fs::read_to_string(logs.join(&exit_log)).expect("read");
+    assert!(text.contains("worker-1"), "its own log: {text}");
 }

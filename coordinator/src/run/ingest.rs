@@ -141,16 +141,30 @@ impl Engine {
                         run.state.phase == Phase::Running,
                         now,
                     );
-                    if exited.kind == ProcessKind::Producer as i32 {
+                    // A producer stopped by the drain may exit as it likes; anything else
+                    // no fault explains fails the run, naming the process and its last words.
+                    let producer = exited.kind == ProcessKind::Producer as i32;
+                    let drained_producer =
+                        producer && matches!(run.state.phase, Phase::Draining { .. });
+                    if !expected && !drained_producer {
+                        // Its last words, in the run directory now (a failed run's full
+                        // logs are collected at the end, if the agent is still there).
+                        let last_words = proto::v1::ChildLog {
+                            process: format!("{}-exit-{}", exited.process, exited.pid),
+                            tail: exited.log_tail.clone(),
+                            truncated: true,
+                        };
+                        save_child_log(run, &batch.agent, &last_words);
+                        run.state.failures.push(Failure::UnexpectedExit {
+                            process: exited.process.clone(),
+                            status,
+                            log_tail: exited.log_tail.clone(),
+                        });
+                    }
+                    if producer {
                         run.state
                             .producers_alive
                             .insert(exited.process.clone(), false);
-                        if !matches!(run.state.phase, Phase::Draining { .. }) && !caused_by_chaos {
-                            run.state.failures.push(Failure::ProducerDied {
-                                process: exited.process.clone(),
-                                status,
-                            });
-                        }
                     } else if let Some(view) = run.state.workers.get_mut(&exited.process) {
                         view.alive = false;
                         view.leader = false;

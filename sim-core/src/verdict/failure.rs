@@ -76,11 +76,24 @@ pub enum Failure {
         /// The worker and partition with the earliest of them.
         first: Unowned,
     },
+    /// A worker or producer died when no fault targeted it (a panic, a non-zero exit, a
+    /// signal the harness did not send).
+    UnexpectedExit {
+        /// The process slot.
+        process: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// The end of its log when it exited, as its agent read it.
+        #[serde(default)]
+        log_tail: String,
+    },
     /// Infrastructure: reports that can never arrive, so the books have a hole.
     ReportGap(ReportGap),
     /// Infrastructure: no agent was connected any more.
     AgentsLost,
-    /// Infrastructure: a producer exited without the chaos having caused it.
+    /// Infrastructure: a producer exited without the chaos having caused it. Only in states
+    /// written before such exits failed the run ([`Failure::UnexpectedExit`]); kept so
+    /// they still read.
     ProducerDied {
         /// The producer's process slot.
         process: String,
@@ -120,6 +133,8 @@ pub enum FailureKind {
     Assignment,
     /// Processing without owning the partition.
     Ownership,
+    /// A worker or producer died when no fault targeted it.
+    UnexpectedExit,
     /// The harness could not test (agents, producers or reports lost): not a FAIL of the
     /// system under test.
     Infrastructure,
@@ -127,7 +142,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, in report order.
-    pub const ALL: [FailureKind; 12] = [
+    pub const ALL: [FailureKind; 13] = [
         Self::Loss,
         Self::ConcurrentProcessing,
         Self::Duplicates,
@@ -139,6 +154,7 @@ impl FailureKind {
         Self::Identity,
         Self::Assignment,
         Self::Ownership,
+        Self::UnexpectedExit,
         Self::Infrastructure,
     ];
 
@@ -156,6 +172,7 @@ impl FailureKind {
             Self::Identity => "identity",
             Self::Assignment => "assignment",
             Self::Ownership => "ownership",
+            Self::UnexpectedExit => "unexpected_exit",
             Self::Infrastructure => "infrastructure",
         }
     }
@@ -184,6 +201,7 @@ impl Failure {
             Self::Identity { .. } => FailureKind::Identity,
             Self::Assignment { .. } => FailureKind::Assignment,
             Self::Ownership { .. } | Self::Unowned { .. } => FailureKind::Ownership,
+            Self::UnexpectedExit { .. } => FailureKind::UnexpectedExit,
             Self::ReportGap(_)
             | Self::AgentsLost
             | Self::ProducerDied { .. }
@@ -252,6 +270,20 @@ impl fmt::Display for Failure {
                 "ownership violation: {count} processing(s) the assignment document did not \
                  allow, e.g. {first}"
             ),
+            Self::UnexpectedExit {
+                process,
+                status,
+                log_tail,
+            } => {
+                write!(
+                    f,
+                    "unexpected exit: {process} died ({status}) and no fault targeted it"
+                )?;
+                match last_line(log_tail) {
+                    Some(line) => write!(f, "; its log ends: {line}"),
+                    None => Ok(()),
+                }
+            }
             Self::ReportGap(gap) => write!(f, "report gap: {gap}"),
             Self::AgentsLost => f.write_str("every agent disconnected"),
             Self::ProducerDied { process, status } => {
@@ -262,6 +294,26 @@ impl fmt::Display for Failure {
             }
         }
     }
+}
+
+/// The last non-empty line of a log, without terminal colours, at most 300 characters.
+fn last_line(log: &str) -> Option<String> {
+    let line = log.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    Some(plain.chars().take(300).collect())
 }
 
 /// What a recovery was still waiting for when its deadline passed.

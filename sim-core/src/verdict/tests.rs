@@ -292,6 +292,29 @@ fn cases() -> Vec<Case> {
             status: ExitStatus::Signal(9),
         }),
         Case::new(
+            K::UnexpectedExit,
+            Fail,
+            "unexpected exit: worker-1 died (signal 6) and no fault targeted it; its log ends: \
+             thread 'main' panicked at agent/src/worker.rs:9:5",
+        )
+        .recorded(Failure::UnexpectedExit {
+            process: "worker-1".into(),
+            status: ExitStatus::Signal(6),
+            log_tail:
+                "started\n\u{1b}[31mthread 'main' panicked at agent/src/worker.rs:9:5\u{1b}[0m\n\n"
+                    .into(),
+        }),
+        Case::new(
+            K::UnexpectedExit,
+            Fail,
+            "unexpected exit: producer-0 died (exit code 1) and no fault targeted it",
+        )
+        .recorded(Failure::UnexpectedExit {
+            process: "producer-0".into(),
+            status: ExitStatus::Code(1),
+            log_tail: String::new(),
+        }),
+        Case::new(
             K::Infrastructure,
             Infrastructure,
             "producer producer-1 died: exit code 2",
@@ -341,7 +364,7 @@ fn clean_evidence_passes() {
         "{}",
         summary.junit()
     );
-    assert!(summary.junit().contains("tests=\"13\" failures=\"0\""));
+    assert!(summary.junit().contains("tests=\"14\" failures=\"0\""));
 }
 
 #[test]
