@@ -271,7 +271,7 @@ pub async fn run(
     };
     let faults = spec.faults.unwrap_or_default();
     let consumer_config = ConsumerConfig {
-        durable_prefix: "sim".into(),
+        durable_prefix: proto::DURABLE_PREFIX.into(),
         ack_wait: Duration::from_secs(10),
         fault_keep_consuming_after_revoke: faults.process_after_revoke
             || faults.stalled_assignment_watch,

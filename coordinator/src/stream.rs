@@ -78,3 +78,49 @@ pub async fn publish_partition_map(store: &kv::Store, map: &PartitionMap) -> any
         .context("writing the partition map")?;
     Ok(())
 }
+
+/// The highest partition sequence `partition`'s durable consumer had acknowledged at its ack
+/// floor (every message up to it acknowledged); 0 when none was.
+///
+/// The floor is a stream sequence; the message stored there says which partition sequence
+/// it carries (the durable filters one partition's subject, whose sequences grow with the
+/// stream's).
+///
+/// # Errors
+/// No such consumer (a worker that does not bind [`proto::partition_durable`]), no server,
+/// or a body at the floor that is not a simulation message.
+pub async fn acked_through(url: &str, stream: &str, partition: u32) -> anyhow::Result<u64> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(proto::nats_servers(url))
+        .await
+        .context("connecting")?;
+    let js = jetstream::new(client);
+    let stream = js
+        .get_stream(stream)
+        .await
+        .with_context(|| format!("stream {stream}"))?;
+    let durable = proto::partition_durable(partition);
+    let mut consumer: jetstream::consumer::PullConsumer = stream
+        .get_consumer(&durable)
+        .await
+        .map_err(|error| anyhow::anyhow!("consumer {durable}: {error}"))?;
+    let floor = consumer
+        .info()
+        .await
+        .with_context(|| format!("consumer {durable}"))?
+        .ack_floor
+        .stream_sequence;
+    if floor == 0 {
+        return Ok(0);
+    }
+    let message = stream
+        .get_raw_message(floor)
+        .await
+        .with_context(|| format!("stream message {floor} (ack floor of {durable})"))?;
+    let body: serde_json::Value = serde_json::from_slice(&message.payload)
+        .with_context(|| format!("stream message {floor} is not JSON"))?;
+    body["partition_sequence"]
+        .as_u64()
+        .with_context(|| format!("stream message {floor} has no partition_sequence"))
+}

@@ -10,6 +10,15 @@ pub const SIM_BUCKET: &str = "parti-sim";
 /// The key of the [`v1::PartitionMap`] (JSON) in [`SIM_BUCKET`].
 pub const PARTITIONS_KEY: &str = "partitions";
 
+/// The prefix of the durable consumer our workers bind per partition (`sim-<partition>`):
+/// the coordinator reads a removed partition's ack floor from it.
+pub const DURABLE_PREFIX: &str = "sim";
+
+/// The durable consumer of `partition` (see [`DURABLE_PREFIX`]).
+pub fn partition_durable(partition: u32) -> String {
+    format!("{DURABLE_PREFIX}-{partition}")
+}
+
 /// The servers named by a `nats_url` field (and by the config's `nats.url`): a
 /// comma-separated list, as the Go client and the `nats` CLI take it, whitespace around each
 /// entry ignored.

@@ -121,8 +121,8 @@ pub struct ChaosArgs {
     /// The fault, as in `chaos.events`.
     #[arg(value_parser = chaos_event())]
     pub event: ChaosEvent,
-    /// A process slot (worker-3, producer-0) or, for network faults and scale_up, an
-    /// agent id; default: drawn at random.
+    /// A process slot (worker-3, producer-0), for network faults and scale_up an agent id,
+    /// for partition_changes a partition to remove (partition-4); default: drawn at random.
     #[arg(long)]
     pub target: Option<String>,
     /// How long pauses and network faults last (e.g. 10s); default: the fault's own.

@@ -19,6 +19,10 @@ the stream through a plain NATS client (nats-py), the way a foreign service woul
       broker hands each message to one of the two, so nothing is processed twice, and
       the reports carry assignment version 0. Only the assignment document can tell.
 
+  foreign.py swallow URL STREAM DURABLE
+      Take one message from a partition's durable and acknowledge it without processing or
+      reporting it: a message somebody took and lost.
+
 Each prints one JSON line saying what it did. Waits have deadlines; nothing is retried
 forever.
 """
@@ -75,6 +79,19 @@ async def nak(url, stream, durable, delay_s):
     await nc.drain()
 
 
+async def swallow(url, stream, durable):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await consumer_info(js, stream, durable)
+    sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+    msg = await fetch_one(sub)
+    await msg.ack_sync()
+    body = json.loads(msg.data)
+    print(json.dumps({"swallowed": {"partition": body["partition_id"],
+                                    "seq": body["partition_sequence"]}}), flush=True)
+    await nc.drain()
+
+
 async def rogue(url, stream, durable, socket_path, process, count, bind=False):
     nc = await nats.connect(url)
     js = nc.jetstream()
@@ -119,6 +136,8 @@ async def rogue(url, stream, durable, socket_path, process, count, bind=False):
 def main(argv):
     if len(argv) >= 5 and argv[0] == "nak":
         asyncio.run(nak(*argv[1:5]))
+    elif len(argv) >= 4 and argv[0] == "swallow":
+        asyncio.run(swallow(*argv[1:4]))
     elif len(argv) >= 7 and argv[0] in ("rogue", "steal"):
         asyncio.run(rogue(*argv[1:7], bind=argv[0] == "steal"))
     else:

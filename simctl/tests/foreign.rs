@@ -2,7 +2,7 @@
 //! ours (`tests/foreign.py`, nats-py) misbehaves on a `simctl run` with an external
 //! nats-server, the way a user's own buggy service would.
 //!
-//! One run carries four defects, each on a partition of its own, and each check must name
+//! One run carries five defects, each on a partition of its own, and each check must name
 //! exactly its partition:
 //! - partition 0: one message nakked with a 25 s delay under quick.yaml's 15 s validation
 //!   window — it is processed, but late, and after its successors (late *and* order);
@@ -16,6 +16,11 @@
 //!   reporting 20 messages under assignment version 0: the broker hands each message to one
 //!   of the two, so nothing is duplicated, and its own statuses say nothing. The assignment
 //!   document convicts it at its first message, whatever the rate (ownership).
+//!
+//! - partition 4: one message taken and acknowledged by a foreign client that never
+//!   reports it, then the partition removed (`simctl chaos partition_changes --target`):
+//!   the removal does not excuse what the durable had acknowledged (loss, that seq only);
+//!   partition 5 is removed with nothing taken, which excuses and fails nothing.
 //!
 //! A second run (quick.yaml as it is) has a worker killed by a signal the harness did not
 //! send, from the test: an unexpected exit, and only that.
@@ -124,6 +129,37 @@ fn start_run(dir: &Path, config: &str) -> std::process::Child {
         .expect("simctl run")
 }
 
+/// The coordinator endpoint a started `simctl run` announces on its stderr. A thread reads
+/// (and echoes) its stderr from then on.
+fn coordinator_of(run: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stderr = run.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split(", coordinator ").nth(1) {
+                let _ = tx.send(rest.split(',').next().unwrap_or_default().to_string());
+            }
+            eprintln!("simctl run: {line}");
+        }
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("simctl run announces its coordinator")
+}
+
+/// `simctl chaos partition_changes --target <target>` against `coordinator`; its output.
+fn remove_partition(coordinator: &str, target: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_simctl"))
+        .args(["--coordinator", coordinator, "chaos", "partition_changes"])
+        .args(["--target", target])
+        .output()
+        .expect("simctl chaos");
+    succeeded(&format!("removing {target}"), &output)
+}
+
 /// Wait for the run; its exit code, stdout and report.
 fn finish_run(dir: &Path, run: std::process::Child) -> (Option<i32>, String, serde_json::Value) {
     let run = run.wait_with_output().expect("simctl");
@@ -171,7 +207,8 @@ fn late_reordered_and_doubly_consumed_messages_from_a_foreign_client_fail_for_th
         .expect("config")
         .nats
         .stream;
-    let run = start_run(dir.path(), &config);
+    let mut run = start_run(dir.path(), &config);
+    let coordinator = coordinator_of(&mut run);
     // Each waits (with a deadline) for the partition's durable, i.e. for a worker to own it.
     let url = nats.url();
     let late = foreign(&["nak", &url, &stream, "sim-0", "25"]);
@@ -180,6 +217,16 @@ fn late_reordered_and_doubly_consumed_messages_from_a_foreign_client_fail_for_th
     let socket = socket.to_str().expect("utf-8 path");
     let rogue = foreign(&["rogue", &url, &stream, "sim-2", socket, "rogue-2", "20"]);
     let steal = foreign(&["steal", &url, &stream, "sim-3", socket, "rogue-3", "20"]);
+    // Partition 4: one message taken and acknowledged, never processed; then the partition
+    // is removed. Partition 5 is removed too, with nothing taken: its removal excuses.
+    let swallowed = foreign(&["swallow", &url, &stream, "sim-4"]);
+    let swallowed = swallowed.wait_with_output().expect("swallow");
+    let swallowed: serde_json::Value =
+        serde_json::from_str(succeeded("swallow", &swallowed).trim()).expect("swallow's line");
+    let swallowed_seq = swallowed["swallowed"]["seq"].as_u64().expect("seq");
+    let removed = remove_partition(&coordinator, "partition-4");
+    let removed_too = remove_partition(&coordinator, "partition-5");
+    eprintln!("{removed}{removed_too}");
     let late = late.wait_with_output().expect("nak 0");
     let reordered = reordered.wait_with_output().expect("nak 1");
     let rogue = rogue.wait_with_output().expect("rogue");
@@ -197,9 +244,15 @@ fn late_reordered_and_doubly_consumed_messages_from_a_foreign_client_fail_for_th
     assert_eq!(code, Some(1), "expected FAIL:\n{stdout}");
     assert_eq!(
         failure_kinds(&json),
-        ["concurrent_processing", "late", "order", "ownership"]
-            .map(String::from)
-            .into(),
+        [
+            "concurrent_processing",
+            "late",
+            "loss",
+            "order",
+            "ownership"
+        ]
+        .map(String::from)
+        .into(),
         "each defect fails its own check, and nothing else fails:\n{stdout}"
     );
     // Both foreign consumers, and nobody else, processed what no assignment allowed: each of
@@ -222,7 +275,34 @@ fn late_reordered_and_doubly_consumed_messages_from_a_foreign_client_fail_for_th
         [("rogue".to_string(), 2, 20), ("rogue".to_string(), 3, 20)],
         "{stdout}"
     );
-    assert_eq!(json["tracker"]["lost"], 0, "late is not lost");
+    // The swallowed message, and only it, is lost: its partition's removal does not excuse
+    // what its durable had acknowledged.
+    assert_eq!(json["tracker"]["lost"], 1, "late is not lost: {stdout}");
+    let lost: Vec<(u64, u64)> = json["tracker"]["anomalies"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|a| a["kind"] == "lost")
+        .map(|a| {
+            (
+                a["partition"].as_u64().unwrap_or(0),
+                a["seq"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(lost, [(4, swallowed_seq)], "{stdout}");
+    assert_eq!(json["tracker"]["partitions_removed"], 2);
+    let details: Vec<&str> = json["faults"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|f| f["detail"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        details
+            .iter()
+            .any(|d| d.starts_with("removed partition 4 (acknowledged through seq")),
+        "the ack floor was read: {details:?}"
+    );
     assert_eq!(json["tracker"]["late"], 1);
     assert_eq!(sampled_partitions(&json, "late"), [0].into());
     // Both nakked messages came back after their successors; the other partitions are in

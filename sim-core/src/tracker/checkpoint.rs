@@ -130,6 +130,9 @@ pub struct SavedPartition {
     /// Removed by a partition change: missing seqs are excused, never lost.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
+    /// Seqs its durable had acknowledged when it was removed: owed, not excused.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub taken_through: u64,
     /// Every seq ≤ watermark is processed or listed in `exceptions`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub watermark: u64,

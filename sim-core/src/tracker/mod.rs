@@ -15,7 +15,10 @@
 //!   not "gone".
 //! - **Removed partitions.** Seqs missing when a partition is removed, or that become known
 //!   while it is removed, are *excused*: never lost, counted separately, and counted as
-//!   received if they still arrive. Sequences continue when the partition is added back.
+//!   received if they still arrive — except those its consumer had already acknowledged
+//!   (`taken_through`, the ack floor at the removal): somebody took them, so they are owed
+//!   and lost after the validation window like any other. Sequences continue when the
+//!   partition is added back.
 //! - **Concurrency.** Each partition remembers the latest activity span of its last few
 //!   workers (see [`TrackerConfig::activity_gap_us`]). A processed report overlapping
 //!   another worker's span counts as an ownership overlap. A duplicate is a `redelivery` only
@@ -53,7 +56,7 @@ use hdrhistogram::Histogram;
 
 pub use checkpoint::{CheckpointError, TrackerState};
 pub use failure::{Rules, TrackerFailure};
-use partition::{EXCUSED, LOST, PartitionState, ProcessedOutcome, Recovered, SentOutcome};
+use partition::{LOST, PartitionState, ProcessedOutcome, Recovered, SentOutcome};
 pub use snapshot::{Anomaly, AnomalyKind, LatencySummary, TrackerSnapshot, WorkerLoad};
 pub use types::{
     DuplicateKind, InputError, Observation, Processed, ProgressMarker, Sent, TrackerConfig,
@@ -261,10 +264,23 @@ impl Tracker {
     ///
     /// # Errors
     /// [`InputError::PartitionOutOfRange`] beyond [`TrackerConfig::max_partitions`].
-    pub fn remove_partition(&mut self, partition: u32) -> Result<u64, InputError> {
-        let idx = self.slot(partition, 0, None)?;
-        self.partitions[idx].removed = true;
-        Ok(self.excuse(idx))
+    ///
+    /// `taken_through`: the highest seq its consumer had acknowledged (the ack floor read
+    /// from the server; 0 if unknown). Those seqs exist and were taken, so a missing one
+    /// among them is owed, not excused: it is lost if it stays missing for the validation
+    /// window like any other.
+    pub fn remove_partition(
+        &mut self,
+        partition: u32,
+        taken_through: u64,
+    ) -> Result<u64, InputError> {
+        let idx = self.slot(partition, taken_through, None)?;
+        let now = self.now_us;
+        let part = &mut self.partitions[idx];
+        part.learn(taken_through, now);
+        part.removed = true;
+        part.taken_through = part.taken_through.max(taken_through);
+        Ok(self.settle_removed(idx, Some(i64::MIN)))
     }
 
     /// Tracks `partition` (again) for loss. Seqs that went missing while it was removed stay
@@ -275,7 +291,8 @@ impl Tracker {
     pub fn add_partition(&mut self, partition: u32) -> Result<(), InputError> {
         let idx = self.slot(partition, 0, None)?;
         if self.partitions[idx].removed {
-            self.excuse(idx);
+            // Owed seqs are judged now rather than mixed with the new ones.
+            self.settle_removed(idx, None);
             self.partitions[idx].removed = false;
         }
         Ok(())
@@ -286,17 +303,23 @@ impl Tracker {
     pub fn expire(&mut self, now_us: i64) -> u64 {
         self.now_us = self.now_us.max(now_us);
         let deadline = now_us.saturating_sub(self.config.validation_window_us);
-        self.write_off(Some(deadline))
+        let mut lost = self.write_off(Some(deadline));
+        for idx in 0..self.partitions.len() {
+            if self.partitions[idx].owes() {
+                lost += self.settle_removed(idx, Some(deadline));
+            }
+        }
+        lost
     }
 
     /// After the drain phase: every still-missing seq of an active partition is lost (of a
     /// removed one, excused). Returns how many became lost.
     pub fn finish(&mut self, now_us: i64) -> u64 {
         self.now_us = self.now_us.max(now_us);
-        let lost = self.write_off(None);
+        let mut lost = self.write_off(None);
         for idx in 0..self.partitions.len() {
             if self.partitions[idx].removed {
-                self.excuse(idx);
+                lost += self.settle_removed(idx, None);
             }
         }
         lost
@@ -448,11 +471,19 @@ impl Tracker {
         lost
     }
 
-    fn excuse(&mut self, idx: usize) -> u64 {
-        let done = self.partitions[idx].write_off(None, EXCUSED);
-        self.counters.excused += done.count;
-        self.counters.sent_written_off += done.sent;
-        done.count
+    /// Write off a removed partition's owed seqs known before `deadline` as lost and, behind
+    /// them, the rest as excused; returns how many became lost (the count excused when
+    /// `deadline` is `Some(i64::MIN)`, as at the removal itself).
+    fn settle_removed(&mut self, idx: usize, deadline: Option<i64>) -> u64 {
+        let (lost, excused) = self.partitions[idx].write_off_removed(deadline);
+        self.counters.lost += lost.count;
+        self.counters.excused += excused.count;
+        self.counters.sent_written_off += lost.sent + excused.sent;
+        if deadline == Some(i64::MIN) {
+            excused.count
+        } else {
+            lost.count
+        }
     }
 
     /// Samples an anomaly revealed by a processed report.

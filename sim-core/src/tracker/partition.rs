@@ -121,8 +121,12 @@ pub(super) struct WriteOff {
 /// All state of one partition.
 #[derive(Debug, Default)]
 pub(super) struct PartitionState {
-    /// Removed by a partition change: missing seqs are excused, never lost.
+    /// Removed by a partition change: missing seqs above `taken_through` are excused,
+    /// never lost.
     pub removed: bool,
+    /// Seqs its durable had acknowledged (below its ack floor) when it was removed: a
+    /// missing one is owed, not excused (somebody took it and did not report it).
+    pub taken_through: u64,
     /// Every seq ≤ watermark is processed or has an entry in `exceptions`.
     watermark: u64,
     /// Seqs `watermark+1 ..= watermark+len`, i.e. up to the highest seq known to exist.
@@ -268,9 +272,14 @@ impl PartitionState {
     /// Writes off the missing seqs that became known at or before `deadline` (all of them
     /// when `None`), flagging them `how` (`LOST` or `EXCUSED`), and slides the window on.
     pub fn write_off(&mut self, deadline: Option<i64>, how: u8) -> WriteOff {
+        self.write_off_through(deadline, how, u64::MAX)
+    }
+
+    /// [`Self::write_off`], stopping after seq `through`.
+    fn write_off_through(&mut self, deadline: Option<i64>, how: u8, through: u64) -> WriteOff {
         let mut done = WriteOff::default();
         while let Some(&slot) = self.window.front() {
-            if deadline.is_some_and(|d| slot.known_at() > d) {
+            if deadline.is_some_and(|d| slot.known_at() > d) || self.watermark >= through {
                 break;
             }
             self.window.pop_front();
@@ -293,6 +302,22 @@ impl PartitionState {
         self.advance();
         self.compact();
         done
+    }
+
+    /// Removed with seqs still owed (taken, not yet processed nor written off).
+    pub fn owes(&self) -> bool {
+        self.removed && self.taken_through > self.watermark
+    }
+
+    /// [`Self::write_off`] for a removed partition: seqs up to `taken_through` are owed and
+    /// written off as lost once known before `deadline` (all when `None`); those above are
+    /// excused, once no owed seq is left in front of them (the window goes in order).
+    pub fn write_off_removed(&mut self, deadline: Option<i64>) -> (WriteOff, WriteOff) {
+        let lost = self.write_off_through(deadline, LOST, self.taken_through);
+        if self.watermark < self.taken_through.min(self.known_max()) {
+            return (lost, WriteOff::default());
+        }
+        (lost, self.write_off(None, EXCUSED))
     }
 
     /// Seqs currently written off as lost, lowest first.
@@ -500,6 +525,7 @@ impl PartitionState {
         }
         SavedPartition {
             removed: self.removed,
+            taken_through: self.taken_through,
             watermark: self.watermark,
             processed_max: self.processed_max,
             window,
@@ -521,6 +547,7 @@ impl PartitionState {
         let mut tally = Tally::default();
         let mut part = Self {
             removed: saved.removed,
+            taken_through: saved.taken_through,
             watermark: saved.watermark,
             processed_max: saved.processed_max,
             ..Self::default()

@@ -26,7 +26,8 @@ enum Event {
         busy: i64,
     },
     Expire,
-    Remove(u32),
+    /// Remove a partition whose consumer had acknowledged seqs up to the second field.
+    Remove(u32, u64),
     Add(u32),
     Malformed(u32),
 }
@@ -70,7 +71,7 @@ fn apply(t: &mut Tracker, event: &Event, now: i64) {
             t.expire(now);
             Ok(())
         }
-        Event::Remove(p) => t.remove_partition(p).map(|_| ()),
+        Event::Remove(p, taken) => t.remove_partition(p, taken).map(|_| ()),
         Event::Add(p) => t.add_partition(p),
         Event::Malformed(worker) => {
             t.malformed(WorkerRef(worker));
@@ -122,7 +123,8 @@ fn any_event() -> impl Strategy<Value = Event> {
             }
         ),
         2 => Just(Event::Expire),
-        1 => (0u32..3).prop_map(Event::Remove),
+        1 => (0u32..3, prop_oneof![Just(0u64), 0u64..=30])
+            .prop_map(|(p, taken)| Event::Remove(p, taken)),
         1 => (0u32..3).prop_map(Event::Add),
         1 => (0u32..5).prop_map(Event::Malformed),
     ]
@@ -171,6 +173,10 @@ proptest! {
                 Event::Processed { partition, seq, .. } => {
                     *processed.entry((partition, seq)).or_default() += 1;
                     known[partition as usize] = known[partition as usize].max(seq);
+                }
+                // Acknowledged seqs exist.
+                Event::Remove(partition, taken) => {
+                    known[partition as usize] = known[partition as usize].max(taken);
                 }
                 _ => {}
             }

@@ -475,7 +475,7 @@ fn removed_partitions_are_not_lost() {
     }
     feed(&mut t, done(1, 1, 1, 0, 1));
     feed(&mut t, done(1, 2, 1, 0, 1));
-    assert_eq!(t.remove_partition(1), Ok(3));
+    assert_eq!(t.remove_partition(1, 0), Ok(3));
     // Stragglers while removed: a Sent (excused at finish) and a missing seq processed.
     feed_sent(&mut t, sent(1, 6, 10));
     let o = feed(&mut t, done(1, 4, 1, 10, 11));
@@ -491,10 +491,58 @@ fn removed_partitions_are_not_lost() {
 }
 
 #[test]
+fn a_removed_partitions_acknowledged_seqs_are_owed_not_excused() {
+    let mut t = tracker(1);
+    for seq in 1..=6 {
+        feed_sent(&mut t, sent(0, seq, 0));
+    }
+    // Seq 2 was taken and acknowledged by somebody who never reported it; 4 and 5 are in
+    // flight with the worker, 6 was never delivered.
+    feed(&mut t, done(0, 1, 1, 0, 1));
+    feed(&mut t, done(0, 3, 1, 0, 1));
+    // The ack floor at the removal: seqs up to 3 were acknowledged.
+    assert_eq!(
+        t.remove_partition(0, 3),
+        Ok(0),
+        "nothing excused in front of an owed seq"
+    );
+    // 4's report arrives after the removal: counted, as for any removed partition.
+    feed(&mut t, done(0, 4, 1, 0, 2));
+    assert_eq!(t.expire(WINDOW / 2), 0, "within the window");
+    assert_eq!(
+        t.expire(WINDOW * 2),
+        1,
+        "the owed seq is lost after the window"
+    );
+    let s = t.snapshot(WINDOW * 2);
+    assert_eq!((s.lost, s.excused), (1, 2), "5 and 6 excused behind it");
+    assert_eq!(s.samples(AnomalyKind::Lost).next().map(|a| a.seq), Some(2));
+    assert_eq!(t.finish(WINDOW * 3), 0);
+
+    // The control: the owed seq's report arrives, late but within the window.
+    let mut t = tracker(1);
+    for seq in 1..=3 {
+        feed_sent(&mut t, sent(0, seq, 0));
+    }
+    feed(&mut t, done(0, 1, 1, 0, 1));
+    assert_eq!(t.remove_partition(0, 2), Ok(0));
+    feed(&mut t, done(0, 2, 1, 0, 2));
+    assert_eq!(t.expire(WINDOW * 2), 0);
+    assert_eq!(t.finish(WINDOW * 2), 0);
+    let s = t.snapshot(WINDOW * 2);
+    assert_eq!((s.lost, s.excused, s.late), (0, 1, 0));
+
+    // An ack floor beyond every report: those seqs exist, and are owed.
+    let mut t = tracker(1);
+    assert_eq!(t.remove_partition(0, 4), Ok(0));
+    assert_eq!(t.finish(10), 4);
+}
+
+#[test]
 fn re_added_partition_is_tracked_again() {
     let mut t = tracker(1);
     feed_sent(&mut t, sent(0, 1, 0));
-    assert_eq!(t.remove_partition(0), Ok(1));
+    assert_eq!(t.remove_partition(0, 0), Ok(1));
     feed_sent(&mut t, sent(0, 2, 5));
     assert_eq!(t.add_partition(0), Ok(()));
     assert_eq!(

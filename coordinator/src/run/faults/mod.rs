@@ -251,7 +251,11 @@ impl Engine {
         run.state.faults.close_duplicates(duplicates);
         run.state.faults.duplicates_at_last = Some(duplicates);
         let index = run.state.faults.records.len();
-        let planned = plan_fault(run, event, now, &options).and_then(|mut plan| {
+        let mut planned = plan_fault(run, event, now, &options);
+        if let Ok(plan) = planned.as_mut() {
+            partitions::ack_floor(plan, run).await;
+        }
+        let planned = planned.and_then(|mut plan| {
             plan::apply(
                 &mut plan,
                 &mut run.state.faults,

@@ -1,7 +1,8 @@
 //! `partition_changes`: the partition map edited during the run. One partition is added
 //! (a new id, weight 1, to the producer publishing the fewest) or removed (never a
 //! producer's last), seeded. The tracker learns of it first: a removed partition's
-//! unprocessed messages are excused, not lost.
+//! unprocessed messages are excused, not lost — except those its durable had already
+//! acknowledged (the ack floor, read from the server just before): somebody took them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,11 +23,50 @@ pub(super) enum PartitionChange {
     /// Partition `id`, published by `producer`; never an id used before.
     Add { id: u32, producer: String },
     /// This partition goes away.
-    Remove(u32),
+    Remove {
+        /// The partition.
+        partition: u32,
+        /// What its durable had acknowledged, read from the server before the change is
+        /// applied ([`ack_floor`]).
+        taken: Taken,
+    },
 }
 
-/// Draw whether to add or remove (and which), then publish the edited map.
-pub(super) fn plan(input: &PlanInput<'_>, draw: &mut dyn Draw) -> Result<Plan, Skip> {
+/// What a removed partition's durable had acknowledged.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Taken {
+    /// Not read yet.
+    Unread,
+    /// Every partition seq up to this one (0: none).
+    Through(u64),
+    /// Could not be read (why); the removal excuses every missing seq, as before.
+    Unknown(String),
+}
+
+/// A partition to remove named by `target` (`partition-<id>`), which must be `removable`.
+fn targeted(target: &str, removable: &[u32]) -> Result<u32, Skip> {
+    let not_one = || Skip::NotACandidate {
+        target: target.to_string(),
+        candidates: removable.iter().map(|p| format!("partition-{p}")).collect(),
+    };
+    let id: u32 = target
+        .strip_prefix("partition-")
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(not_one)?;
+    if removable.contains(&id) {
+        Ok(id)
+    } else {
+        Err(not_one())
+    }
+}
+
+/// Draw whether to add or remove (and which), then publish the edited map. A `target`
+/// (`partition-<id>`) removes that partition.
+pub(super) fn plan(
+    input: &PlanInput<'_>,
+    draw: &mut dyn Draw,
+    options: &super::InjectOptions,
+) -> Result<Plan, Skip> {
     let coin = draw.pick(2);
     let mut per_producer: BTreeMap<String, Vec<u32>> = input
         .placement
@@ -45,13 +85,20 @@ pub(super) fn plan(input: &PlanInput<'_>, draw: &mut dyn Draw) -> Result<Plan, S
         .flatten()
         .copied()
         .collect();
-    let (change, detail) = if coin == 0 && !removable.is_empty() {
-        let partition = removable
-            .get(draw.pick(removable.len()))
-            .copied()
-            .ok_or(Skip::NoCandidate)?;
+    let remove = match &options.target {
+        Some(target) => Some(targeted(target, &removable)?),
+        None if coin == 0 && !removable.is_empty() => Some(
+            removable
+                .get(draw.pick(removable.len()))
+                .copied()
+                .ok_or(Skip::NoCandidate)?,
+        ),
+        None => None,
+    };
+    let (change, detail) = if let Some(partition) = remove {
         // The detail names what the tracker excused; `apply` fills it in.
-        (PartitionChange::Remove(partition), String::new())
+        let taken = Taken::Unread;
+        (PartitionChange::Remove { partition, taken }, String::new())
     } else {
         let Some(producer) = per_producer
             .iter()
@@ -85,19 +132,28 @@ pub(super) fn apply(
     map: &mut PartitionMap,
 ) -> Result<Option<String>, Skip> {
     let detail = match change {
-        PartitionChange::Remove(partition) => {
+        PartitionChange::Remove { partition, taken } => {
             let partition = *partition;
-            let excused =
-                tracker
-                    .remove_partition(partition)
-                    .map_err(|error| Skip::TrackerRefused {
-                        adding: false,
-                        partition,
-                        error,
-                    })?;
+            let through = match taken {
+                Taken::Through(seq) => *seq,
+                Taken::Unread | Taken::Unknown(_) => 0,
+            };
+            let excused = tracker
+                .remove_partition(partition, through)
+                .map_err(|error| Skip::TrackerRefused {
+                    adding: false,
+                    partition,
+                    error,
+                })?;
             map.partitions.retain(|entry| entry.id != partition);
+            let floor = match taken {
+                Taken::Through(seq) => format!("acknowledged through seq {seq}, owed"),
+                Taken::Unread => "ack floor not read".to_string(),
+                Taken::Unknown(why) => format!("ack floor unknown: {why}"),
+            };
             Some(format!(
-                "removed partition {partition} ({excused} unprocessed message(s) excused)"
+                "removed partition {partition} ({floor}; {excused} unprocessed message(s) \
+                 excused)"
             ))
         }
         PartitionChange::Add { id, producer } => {
@@ -120,6 +176,28 @@ pub(super) fn apply(
     };
     map.version += 1;
     Ok(detail)
+}
+
+/// Read what a removal's partition durable had acknowledged, into the plan, before it is
+/// applied (the tracker must know which missing seqs are owed).
+pub(super) async fn ack_floor(plan: &mut Plan, run: &ActiveRun) {
+    for effect in &mut plan.effects {
+        if let Effect::Partitions(PartitionChange::Remove { partition, taken }) = effect {
+            let read = crate::stream::acked_through(
+                &run.state.nats_url,
+                &run.state.config.nats.stream,
+                *partition,
+            );
+            *taken = match tokio::time::timeout(Duration::from_secs(10), read).await {
+                Ok(Ok(seq)) => Taken::Through(seq),
+                Ok(Err(error)) => Taken::Unknown(format!("{error:#}")),
+                Err(_) => Taken::Unknown("no answer within 10s".into()),
+            };
+            if let Taken::Unknown(why) = taken {
+                warn!(run = %run.state.id, partition, %why, "ack floor of a removed partition");
+            }
+        }
+    }
 }
 
 /// Publish the run's (already edited) partition map; whether it went out.

@@ -230,7 +230,7 @@ pub(super) fn plan(
         ChaosEvent::NatsDisconnect | ChaosEvent::NetworkDegrade => {
             network::host_fault(input, draw, event, options)
         }
-        ChaosEvent::PartitionChanges => partitions::plan(input, draw),
+        ChaosEvent::PartitionChanges => partitions::plan(input, draw, options),
         ChaosEvent::NatsServerKill => nats_server::plan_kill(input, draw, options),
     }
 }

@@ -12,7 +12,7 @@ use sim_core::config::ChaosEvent;
 use sim_core::tracker::{Tracker, TrackerConfig};
 
 use super::super::WorkerView;
-use super::partitions::PartitionChange;
+use super::partitions::{PartitionChange, Taken};
 use super::plan::{self, Action, Draw, Effect, NoDraw, Plan, PlanInput, Skip};
 use super::{FaultState, HostFault, InjectOptions, NatsDown};
 use crate::placement::Placement;
@@ -262,13 +262,51 @@ fn partition_changes_never_remove_a_producers_last_partition() {
             )
             .expect("planned");
             match &plan.effects[..] {
-                [Effect::Partitions(PartitionChange::Remove(id))] => assert!(*id != 0),
+                [Effect::Partitions(PartitionChange::Remove { partition, .. })] => {
+                    assert!(*partition != 0);
+                }
                 [Effect::Partitions(PartitionChange::Add { id, producer })] => {
                     assert_eq!((*id, producer.as_str()), (3, "p0"));
                 }
                 other => panic!("unexpected effects {other:?}"),
             }
         }
+    }
+}
+
+#[test]
+fn a_targeted_partition_change_removes_that_partition_or_nothing() {
+    // Partition 0 is p0's last: not removable.
+    let run = run(&[("w0", true), ("w1", true)], &[&[0], &[1, 2]]);
+    let options = |target: &str| InjectOptions {
+        target: Some(target.into()),
+        ..InjectOptions::default()
+    };
+    let plan = plan::plan(
+        &run.input(),
+        &mut Script(vec![1], 0),
+        ChaosEvent::PartitionChanges,
+        &options("partition-1"),
+    )
+    .expect("planned");
+    assert!(matches!(
+        &plan.effects[..],
+        [Effect::Partitions(PartitionChange::Remove {
+            partition: 1,
+            taken: Taken::Unread
+        })]
+    ));
+    for bad in ["partition-0", "partition-99", "worker-0", "partition-x"] {
+        let refused = plan::plan(
+            &run.input(),
+            &mut Script(vec![0], 0),
+            ChaosEvent::PartitionChanges,
+            &options(bad),
+        );
+        assert!(
+            matches!(refused, Err(Skip::NotACandidate { .. })),
+            "{bad}: {refused:?}"
+        );
     }
 }
 
@@ -427,12 +465,14 @@ fn check_target(run: &Run, event: ChaosEvent, plan: &Plan) {
             assert!(!run.faults.host_faults.contains_key(&plan.target));
         }
         ChaosEvent::PartitionChanges => {
-            if let [Effect::Partitions(PartitionChange::Remove(id))] = &plan.effects[..] {
+            if let [Effect::Partitions(PartitionChange::Remove { partition, .. })] =
+                &plan.effects[..]
+            {
                 let producer = run
                     .partition_map
                     .partitions
                     .iter()
-                    .find(|e| e.id == *id)
+                    .find(|e| e.id == *partition)
                     .map(|e| e.producer.clone())
                     .expect("an existing partition");
                 let held = run
