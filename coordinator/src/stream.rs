@@ -20,12 +20,7 @@ use sim_core::config::Config;
 /// config (`bucket_replicas`, see `placement`), since the first worker creates it. `url` is
 /// one URL or a comma-separated list of a cluster's servers.
 pub async fn prepare(url: &str, config: &Config) -> anyhow::Result<kv::Store> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(proto::nats_servers(url))
-        .await
-        .context("connecting")?;
-    let js = jetstream::new(client);
+    let js = jetstream_at(url).await?;
     let name = config.nats.stream.clone();
     let replicas = config.nats.replicas as usize;
     let _ = js.delete_stream(&name).await;
@@ -56,14 +51,20 @@ pub async fn prepare(url: &str, config: &Config) -> anyhow::Result<kv::Store> {
     .with_context(|| format!("creating KV bucket {}", proto::SIM_BUCKET))
 }
 
-/// The run's KV bucket as it is (a resumed run: nothing is deleted or created).
-pub async fn open_sim_kv(url: &str) -> anyhow::Result<kv::Store> {
+/// A JetStream context on the server(s) at `url` (one URL or a comma-separated list).
+async fn jetstream_at(url: &str) -> anyhow::Result<jetstream::Context> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect(proto::nats_servers(url))
         .await
         .context("connecting")?;
-    jetstream::new(client)
+    Ok(jetstream::new(client))
+}
+
+/// The run's KV bucket as it is (a resumed run: nothing is deleted or created).
+pub async fn open_sim_kv(url: &str) -> anyhow::Result<kv::Store> {
+    jetstream_at(url)
+        .await?
         .get_key_value(proto::SIM_BUCKET)
         .await
         .with_context(|| format!("opening KV bucket {}", proto::SIM_BUCKET))
@@ -90,12 +91,7 @@ pub async fn publish_partition_map(store: &kv::Store, map: &PartitionMap) -> any
 /// No such consumer (a worker that does not bind [`proto::partition_durable`]), no server,
 /// or a body at the floor that is not a simulation message.
 pub async fn acked_through(url: &str, stream: &str, partition: u32) -> anyhow::Result<u64> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(proto::nats_servers(url))
-        .await
-        .context("connecting")?;
-    let js = jetstream::new(client);
+    let js = jetstream_at(url).await?;
     let stream = js
         .get_stream(stream)
         .await
