@@ -27,52 +27,78 @@ pub struct Version {
 }
 
 /// Watch the assignment document at `url` (one URL or a comma-separated list of a cluster's
-/// servers; retrying until parti has created its bucket), sending every version in order,
-/// until the receiver is dropped.
+/// servers), sending every version in order until the receiver is dropped.
+///
+/// It never ends silently: it waits for parti to create its bucket, and when the watch
+/// breaks (a server restart, a lost connection) it says so and watches again. The
+/// replayed current version is not sent twice; versions replaced while it was away are
+/// never seen, which the version numbers show (`sim_core::authority` counts them and does
+/// not judge the time they cover).
 pub fn watch(url: String) -> mpsc::Receiver<Version> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
-        let Ok(client) = async_nats::connect(proto::nats_servers(&url)).await else {
-            tracing::warn!(%url, "assignment watch: cannot connect");
-            return;
-        };
-        let js = jetstream::new(client);
-        let store = loop {
-            if tx.is_closed() {
-                return;
-            }
-            match js.get_key_value(PARTI_BUCKET).await {
-                Ok(store) => break store,
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        };
-        let mut watch = match store.watch_with_history(ASSIGNMENT_KEY).await {
-            Ok(watch) => watch,
-            Err(error) => {
-                tracing::warn!(%error, "assignment watch failed");
-                return;
-            }
-        };
-        while let Some(entry) = watch.next().await {
-            let Ok(entry) = entry else { continue };
-            if entry.operation != jetstream::kv::Operation::Put {
-                continue;
-            }
-            let written_us =
-                i64::try_from(entry.created.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
-            if let Ok(doc) = serde_json::from_slice::<Value>(&entry.value)
-                && tx
-                    .send(Version {
-                        revision: entry.revision,
-                        written_us,
-                        doc,
-                    })
-                    .await
-                    .is_err()
-            {
-                return;
+        let mut sent_through = 0;
+        loop {
+            match watch_once(&url, &tx, &mut sent_through).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%url, %error, "assignment watch interrupted; watching again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     });
     rx
+}
+
+/// One watch, from the current version on; `Ok` when the receiver is gone, `Err` saying
+/// why the watch ended otherwise. `sent_through`: the last revision sent.
+async fn watch_once(
+    url: &str,
+    tx: &mpsc::Sender<Version>,
+    sent_through: &mut u64,
+) -> Result<(), String> {
+    let client = async_nats::connect(proto::nats_servers(url))
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let js = jetstream::new(client);
+    let store = loop {
+        if tx.is_closed() {
+            return Ok(());
+        }
+        // parti's first worker creates the bucket.
+        match js.get_key_value(PARTI_BUCKET).await {
+            Ok(store) => break store,
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
+    let mut watch = store
+        .watch_with_history(ASSIGNMENT_KEY)
+        .await
+        .map_err(|e| format!("watch failed: {e}"))?;
+    while let Some(entry) = watch.next().await {
+        let entry = entry.map_err(|e| format!("watch broke: {e}"))?;
+        if entry.operation != jetstream::kv::Operation::Put || entry.revision <= *sent_through {
+            continue;
+        }
+        let written_us =
+            i64::try_from(entry.created.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
+        let Ok(doc) = serde_json::from_slice::<Value>(&entry.value) else {
+            continue;
+        };
+        let version = Version {
+            revision: entry.revision,
+            written_us,
+            doc,
+        };
+        if tx.send(version).await.is_err() {
+            return Ok(());
+        }
+        *sent_through = entry.revision;
+    }
+    if tx.is_closed() {
+        Ok(())
+    } else {
+        Err("the watch ended".into())
+    }
 }

@@ -82,6 +82,9 @@ pub struct AuthorityCheck {
     /// Processing in a blind span or older than the kept grants: not judged.
     #[serde(default)]
     unjudged: u64,
+    /// Versions never seen (the jumps in the version numbers).
+    #[serde(default)]
+    versions_missed: u64,
 }
 
 /// One partition's grants.
@@ -172,6 +175,7 @@ impl AuthorityCheck {
             return;
         }
         if version != self.last_version + 1 {
+            self.versions_missed += version - self.last_version - 1;
             let after = if self.last_version == 0 {
                 i64::MIN
             } else {
@@ -271,6 +275,13 @@ impl AuthorityCheck {
             .map(|p| p.times.len() as u64 + p.overflow)
             .sum();
         self.unjudged + waiting
+    }
+
+    /// Versions of the document never seen (written while the coordinator was away, or
+    /// replaced before its watch read them).
+    #[must_use]
+    pub fn versions_missed(&self) -> u64 {
+        self.versions_missed
     }
 
     /// Pending processing times kept, over all workers and partitions.

@@ -198,6 +198,7 @@ impl RunRecord {
             leaders: log.leaders.clone(),
             unowned,
             unjudged_ownership: self.authority.unjudged(),
+            assignment_versions_missed: self.authority.versions_missed(),
         })
     }
 }

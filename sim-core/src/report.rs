@@ -52,6 +52,9 @@ pub struct RunSummary {
     pub unowned: Vec<Unowned>,
     /// Processings the assignment document could not judge (versions not seen).
     pub unjudged_ownership: u64,
+    /// Versions of the assignment document the coordinator never saw: a gap in the
+    /// evidence, shown rather than hidden.
+    pub assignment_versions_missed: u64,
 }
 
 /// The JUnit test case of each kind of failure. Names that CI histories already track
@@ -102,6 +105,7 @@ impl RunSummary {
             leaders: Vec::new(),
             unowned: Vec::new(),
             unjudged_ownership: 0,
+            assignment_versions_missed: 0,
         }
     }
 
@@ -169,6 +173,13 @@ impl RunSummary {
                 self.leaders.join(" → ")
             }
         );
+        if self.assignment_versions_missed > 0 {
+            let _ = writeln!(
+                out,
+                "  assignment versions never seen: {} (the time they cover is not judged)",
+                self.assignment_versions_missed
+            );
+        }
         if !self.unowned.is_empty() || self.unjudged_ownership > 0 {
             let _ = writeln!(
                 out,

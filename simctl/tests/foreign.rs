@@ -23,7 +23,8 @@
 //!   partition 5 is removed with nothing taken, which excuses and fails nothing.
 //!
 //! A second run (quick.yaml as it is) has a worker killed by a signal the harness did not
-//! send, from the test: an unexpected exit, and only that.
+//! send, from the test: an unexpected exit, and only that. Two more show the last fault's
+//! recovery is judged: waited for when the duration passes, a FAIL when a stop cuts it.
 //!
 //! The config is quick.yaml with one worker and `workers.ordered: true`. One worker, because
 //! parti does not keep a partition's order across a handoff yet (docs/VERDICT.md, "order"):
@@ -111,15 +112,20 @@ fn config(url: &str) -> String {
     config
 }
 
-/// A `simctl run` of `config` in `dir`, started (not awaited).
+/// A `simctl run` of `config` in `dir`, 45 s, started (not awaited).
 fn start_run(dir: &Path, config: &str) -> std::process::Child {
+    start_run_for(dir, config, "45s")
+}
+
+/// A `simctl run` of `config` in `dir` lasting `duration`, started (not awaited).
+fn start_run_for(dir: &Path, config: &str, duration: &str) -> std::process::Child {
     let config_path = dir.join("config.yaml");
     std::fs::write(&config_path, config).expect("write config");
     Command::new(env!("CARGO_BIN_EXE_simctl"))
         .current_dir(workspace())
         .args(["run", "--config"])
         .arg(&config_path)
-        .args(["--duration", "45s", "--seed", "7", "--json"])
+        .args(["--duration", duration, "--seed", "7", "--json"])
         .arg(dir.join("report.json"))
         .arg("--run-dir")
         .arg(dir.join("run"))
@@ -150,14 +156,41 @@ fn coordinator_of(run: &mut std::process::Child) -> String {
         .expect("simctl run announces its coordinator")
 }
 
+/// `simctl --coordinator <coordinator> <args>`.
+fn simctl_at(coordinator: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_simctl"))
+        .args(["--coordinator", coordinator])
+        .args(args)
+        .output()
+        .expect("simctl")
+}
+
 /// `simctl chaos partition_changes --target <target>` against `coordinator`; its output.
 fn remove_partition(coordinator: &str, target: &str) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_simctl"))
-        .args(["--coordinator", coordinator, "chaos", "partition_changes"])
-        .args(["--target", target])
-        .output()
-        .expect("simctl chaos");
+    let output = simctl_at(
+        coordinator,
+        &["chaos", "partition_changes", "--target", target],
+    );
     succeeded(&format!("removing {target}"), &output)
+}
+
+/// `simctl chaos <event> --target <target> --duration <duration>`, again until the
+/// coordinator takes it (a worker is a candidate once its first status arrived).
+fn inject(coordinator: &str, event: &str, target: &str, duration: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let args = ["chaos", event, "--target", target, "--duration", duration];
+        let output = simctl_at(coordinator, &args);
+        if output.status.success() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{event} on {target} never taken: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }
 
 /// Wait for the run; its exit code, stdout and report.
@@ -401,4 +434,52 @@ fn a_worker_dying_of_a_signal_nobody_sent_fails_the_run_naming_it() {
     assert!(kept.contains(&exit_log), "{exit_log} in {kept:?}");
     let text = std::fs::read_to_string(logs.join(&exit_log)).expect("read");
     assert!(text.contains("worker-1"), "its own log: {text}");
+}
+
+/// The last fault's recovery is judged, never dropped. The duration passes while a pause's
+/// recovery is measured: the drain waits for it (and the run passes, with its rebalance
+/// time). A `simctl stop` during a recovery leaves it unjudged: a FAIL saying so.
+#[test]
+fn the_last_recovery_is_waited_for_and_a_stop_during_one_fails_it() {
+    let (_nats, waited) = set_up("recovery-waited");
+    let (_, stopped) = set_up("recovery-stopped");
+    let config = std::fs::read_to_string(workspace().join("configs/quick.yaml")).expect("quick");
+    // 8 s: the pause (injected as soon as two workers are live, in the first seconds)
+    // recovers only after the workers' 6 s lease lapses and its partitions move, past 8 s.
+    let mut waiting = start_run_for(waited.path(), &config, "8s");
+    let mut stopping = start_run(stopped.path(), &config);
+    let (waiting_at, stopping_at) = (coordinator_of(&mut waiting), coordinator_of(&mut stopping));
+    inject(&waiting_at, "worker_pause", "worker-1", "14s");
+    inject(&stopping_at, "worker_pause", "worker-1", "20s");
+    succeeded("stop", &simctl_at(&stopping_at, &["stop"]));
+    let (code, stdout, json) = finish_run(stopped.path(), stopping);
+    assert_eq!(code, Some(1), "expected FAIL:\n{stdout}");
+    assert_eq!(
+        failure_kinds(&json),
+        ["rebalance_timeout".to_string()].into(),
+        "{stdout}"
+    );
+    let reason = json["reasons"][0].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("recovery unfinished: after worker_pause on worker-1"),
+        "{reason}"
+    );
+
+    let (code, stdout, json) = finish_run(waited.path(), waiting);
+    assert_eq!(code, Some(0), "expected PASS:\n{stdout}");
+    let events: Vec<&str> = json["events"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|e| e.as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        events.iter().any(|e| e.contains(
+            "duration reached: the drain waits for the recovery from worker_pause on worker-1"
+        )),
+        "{events:#?}"
+    );
+    let timed = json["fault_stats"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["event"] == "worker_pause"))
+        .and_then(|s| s["rebalance_max_s"].as_f64());
+    assert!(timed.is_some(), "the pause's recovery was timed: {stdout}");
 }

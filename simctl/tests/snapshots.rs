@@ -108,6 +108,7 @@ fn report_text_of_a_failed_run() {
         leaders: vec!["worker-0".into()],
         unowned: Vec::new(),
         unjudged_ownership: 0,
+        assignment_versions_missed: 0,
     };
     check("report-fail.txt", &summary.text());
     let junit = summary.junit();

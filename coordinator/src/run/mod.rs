@@ -166,6 +166,8 @@ struct Local {
     gaps_seen: usize,
     /// `applied` as of the last durable checkpoint.
     checkpointed: BTreeMap<String, (u64, u64)>,
+    /// The duration passed while a recovery was measured, and the event saying so is out.
+    overtime_noted: bool,
 }
 
 impl Local {
@@ -180,6 +182,7 @@ impl Local {
             checkpoint_stats: CheckpointStats::default(),
             gaps_seen,
             checkpointed: BTreeMap::new(),
+            overtime_noted: false,
         }
     }
 }

@@ -155,7 +155,25 @@ fn end_conditions(run: &mut ActiveRun, agents: &[String], now: Instant) -> Next 
     }
     let run_time = run.clock.now();
     match run.state.phase {
-        Phase::Running if run_time >= run.state.duration() => Next::Drain,
+        Phase::Running if run_time >= run.state.duration() => {
+            // The last fault's recovery is judged: the drain waits for it to finish or pass
+            // its deadline (no new fault starts after the duration).
+            match run.state.faults.recovery_in_progress() {
+                Some(recovery) => {
+                    if !run.local.overtime_noted {
+                        run.local.overtime_noted = true;
+                        run.state.events.push(RunEvent::new(
+                            EventKind::Phase,
+                            format!(
+                                "duration reached: the drain waits for the recovery from {recovery}"
+                            ),
+                        ));
+                    }
+                    Next::Continue
+                }
+                None => Next::Drain,
+            }
+        }
         Phase::Draining { since } => {
             let producers_done = run.state.producers_alive.values().all(|alive| !alive);
             let caught_up = producers_done && snapshot.in_flight == 0 && snapshot.missing == 0;

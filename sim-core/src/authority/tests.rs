@@ -137,6 +137,7 @@ fn versions_not_seen_leave_a_span_that_is_not_judged() {
     check.processed("a", "worker-0", 0, 4_000);
     assert!(check.violations().is_empty());
     assert_eq!(check.unjudged(), 2);
+    assert_eq!(check.versions_missed(), 3);
     // After the span, judged again.
     check.processed("a", "worker-0", 0, 5_001);
     assert_eq!(check.violations().len(), 1);

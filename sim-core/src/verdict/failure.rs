@@ -45,6 +45,18 @@ pub enum Failure {
         /// The configured bound.
         timeout: Duration,
     },
+    /// The run was stopped (`simctl stop`) while a fault's recovery was still being
+    /// measured: that recovery was never judged.
+    RecoveryUnfinished {
+        /// The fault.
+        event: ChaosEvent,
+        /// Its target.
+        target: String,
+        /// When it was injected (seconds of run time).
+        at_s: f64,
+        /// When the drain began (seconds of run time).
+        drain_at_s: f64,
+    },
     /// A restarted worker came back under another stable id.
     Identity {
         /// The worker's process slot.
@@ -197,7 +209,9 @@ impl Failure {
             Self::Tracker(TrackerFailure::OrderViolation { .. }) => FailureKind::Order,
             Self::Tracker(TrackerFailure::InvalidReports { .. }) => FailureKind::InvalidReports,
             Self::Stall { .. } => FailureKind::Stall,
-            Self::RebalanceTimeout { .. } => FailureKind::RebalanceTimeout,
+            Self::RebalanceTimeout { .. } | Self::RecoveryUnfinished { .. } => {
+                FailureKind::RebalanceTimeout
+            }
             Self::Identity { .. } => FailureKind::Identity,
             Self::Assignment { .. } => FailureKind::Assignment,
             Self::Ownership { .. } | Self::Unowned { .. } => FailureKind::Ownership,
@@ -247,6 +261,16 @@ impl fmt::Display for Failure {
             } => write!(
                 f,
                 "rebalance: after {event} on {target} at {at_s:.0}s, {stuck} within {timeout:?}"
+            ),
+            Self::RecoveryUnfinished {
+                event,
+                target,
+                at_s,
+                drain_at_s,
+            } => write!(
+                f,
+                "recovery unfinished: after {event} on {target} at {at_s:.0}s, the run was \
+                 stopped at {drain_at_s:.0}s before it had recovered"
             ),
             Self::Identity {
                 process,

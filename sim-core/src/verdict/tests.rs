@@ -239,6 +239,18 @@ fn cases() -> Vec<Case> {
             Unrecovered::NetworkNotHealed,
         )),
         Case::new(
+            K::RebalanceTimeout,
+            Fail,
+            "recovery unfinished: after worker_pause on worker-2 at 40s, the run was stopped at \
+             43s before it had recovered",
+        )
+        .recorded(Failure::RecoveryUnfinished {
+            event: ChaosEvent::WorkerPause,
+            target: "worker-2".into(),
+            at_s: 40.2,
+            drain_at_s: 43.0,
+        }),
+        Case::new(
             K::Identity,
             Fail,
             "identity: worker-2 was restarted as w2 and came back as w9",

@@ -39,6 +39,7 @@ use recovery::Measure;
 use sim_core::chaos::{FaultOutcome, FaultRecord};
 use sim_core::config::ChaosEvent;
 use sim_core::events::{EventKind, RunEvent};
+use sim_core::verdict::Failure;
 
 mod nats_server;
 mod network;
@@ -404,8 +405,19 @@ impl Engine {
         for index in down {
             restart_nats_server(run, index, now);
         }
-        if run.state.faults.measuring.take().is_some() {
-            warn!(run = %run.state.id, "run ended while a recovery was still being measured");
+        // The duration waits for a recovery in progress (`tick`); only a stop by request
+        // gets here with one, and leaves it unjudged: a failure, not a log line.
+        if let Some(measure) = run.state.faults.measuring.take()
+            && let Some(record) = run.state.faults.records.get(measure.index)
+        {
+            let failure = Failure::RecoveryUnfinished {
+                event: record.event,
+                target: record.target.clone(),
+                at_s: record.at_s,
+                drain_at_s: now.as_secs_f64(),
+            };
+            warn!(run = %run.state.id, "{failure}");
+            run.state.failures.push(failure);
         }
     }
 }

@@ -80,6 +80,19 @@ pub(super) struct HostFault {
 }
 
 impl FaultState {
+    /// The recovery being measured, described for the run's events: fault, target and the
+    /// run time of its deadline.
+    pub(in crate::run) fn recovery_in_progress(&self) -> Option<String> {
+        let measure = self.measuring.as_ref()?;
+        let record = self.records.get(measure.index)?;
+        Some(format!(
+            "{} on {} (at most until {:.0}s)",
+            record.event,
+            record.target,
+            measure.deadline.as_secs_f64()
+        ))
+    }
+
     pub(in crate::run) fn new(
         config: &Config,
         seed: u64,
