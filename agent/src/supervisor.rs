@@ -264,10 +264,10 @@ pub fn child_guard() {
     }
 }
 
-/// The last `max_bytes` of a file, as text, and whether there was more.
 /// How much of a child's log its exit report carries.
 const EXIT_LOG_TAIL_BYTES: u64 = 2048;
 
+/// The last `max_bytes` of a file, as text, and whether there was more.
 fn read_tail(path: &std::path::Path, max_bytes: u64) -> std::io::Result<(String, bool)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path)?;

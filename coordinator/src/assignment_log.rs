@@ -77,7 +77,15 @@ async fn watch_once(
         .await
         .map_err(|e| format!("watch failed: {e}"))?;
     while let Some(entry) = watch.next().await {
-        let entry = entry.map_err(|e| format!("watch broke: {e}"))?;
+        // An entry error is reported and skipped (a version lost that way shows as a jump
+        // in the version numbers); only the end of the watch starts a new one.
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(error) => {
+                tracing::warn!(%error, "assignment watch: an entry could not be read");
+                continue;
+            }
+        };
         if entry.operation != jetstream::kv::Operation::Put || entry.revision <= *sent_through {
             continue;
         }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use async_nats::jetstream::{self, kv, stream};
 use proto::v1::PartitionMap;
 
-use sim_core::config::Config;
+use sim_core::config::{Config, NatsConfig};
 
 /// Delete what a previous run left (the stream and parti's control bucket), then create the
 /// stream: limits retention (a restarted producer resumes from the last message of its
@@ -83,19 +83,22 @@ pub async fn publish_partition_map(store: &kv::Store, map: &PartitionMap) -> any
 /// The highest partition sequence `partition`'s durable consumer had acknowledged at its ack
 /// floor (every message up to it acknowledged); 0 when none was.
 ///
-/// The floor is a stream sequence; the message stored there says which partition sequence
-/// it carries (the durable filters one partition's subject, whose sequences grow with the
-/// stream's).
+/// The floor is a stream sequence. Usually the message stored there is one of the
+/// partition's, and says which partition sequence it carries (the durable filters one
+/// partition's subject, whose sequences grow with the stream's). But a consumer that has
+/// caught up moves its floor to the stream's end, onto another partition's message; then
+/// every message of this partition up to the floor was acknowledged, and the partition's
+/// last message (if it is below the floor) gives the sequence.
 ///
 /// # Errors
 /// No such consumer (a worker that does not bind [`proto::partition_durable`]), no server,
-/// or a body at the floor that is not a simulation message.
-pub async fn acked_through(url: &str, stream: &str, partition: u32) -> anyhow::Result<u64> {
+/// or a body that is not a simulation message.
+pub async fn acked_through(url: &str, nats: &NatsConfig, partition: u32) -> anyhow::Result<u64> {
     let js = jetstream_at(url).await?;
     let stream = js
-        .get_stream(stream)
+        .get_stream(&nats.stream)
         .await
-        .with_context(|| format!("stream {stream}"))?;
+        .with_context(|| format!("stream {}", nats.stream))?;
     let durable = proto::partition_durable(partition);
     let mut consumer: jetstream::consumer::PullConsumer = stream
         .get_consumer(&durable)
@@ -110,13 +113,32 @@ pub async fn acked_through(url: &str, stream: &str, partition: u32) -> anyhow::R
     if floor == 0 {
         return Ok(0);
     }
-    let message = stream
+    let subject = format!("{}.{partition}", nats.subject_prefix);
+    let at_floor = stream
         .get_raw_message(floor)
         .await
         .with_context(|| format!("stream message {floor} (ack floor of {durable})"))?;
+    let message = if at_floor.subject.as_str() == subject {
+        at_floor
+    } else {
+        let last = stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .with_context(|| format!("the last message of {subject}"))?;
+        anyhow::ensure!(
+            last.sequence <= floor,
+            "ack floor {floor} is on {} while {subject} has message {} above it",
+            at_floor.subject,
+            last.sequence
+        );
+        last
+    };
     let body: serde_json::Value = serde_json::from_slice(&message.payload)
-        .with_context(|| format!("stream message {floor} is not JSON"))?;
-    body["partition_sequence"]
-        .as_u64()
-        .with_context(|| format!("stream message {floor} has no partition_sequence"))
+        .with_context(|| format!("stream message {} is not JSON", message.sequence))?;
+    body["partition_sequence"].as_u64().with_context(|| {
+        format!(
+            "stream message {} has no partition_sequence",
+            message.sequence
+        )
+    })
 }

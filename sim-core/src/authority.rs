@@ -253,7 +253,7 @@ impl AuthorityCheck {
         let mut all = self.found.clone();
         for (worker, partitions) in &self.pending {
             for (&partition, pending) in partitions {
-                if let Some(found) = self.judge_pending(worker, partition, pending, i64::MAX) {
+                if let (Some(found), _) = self.judge_pending(worker, partition, pending, i64::MAX) {
                     add(&mut all, found);
                 }
             }
@@ -314,42 +314,50 @@ impl AuthorityCheck {
         }
     }
 
-    /// Judge the pending times at or before `through_us` with what is known now; the
-    /// violations among them, as one tally per partition (none if all are held).
+    /// Judge the pending times at or before `through_us` with what is known now: the
+    /// violations among them, as one tally (none if all are held), and how many fell where
+    /// nothing is judged.
     fn judge_pending(
         &self,
         worker: &str,
         partition: u32,
         pending: &Pending,
         through_us: i64,
-    ) -> Option<Unowned> {
+    ) -> (Option<Unowned>, u64) {
         let mut found: Option<Unowned> = None;
+        let mut unjudged = 0;
         let last = pending.times.last().copied();
         let overflow = last.map(|t| (t, pending.overflow)).into_iter();
         let times = pending.times.iter().map(|&t| (t, 1)).chain(overflow);
         for (at_us, weight) in times.filter(|&(t, w)| t <= through_us && w > 0) {
-            if let Standing::Unowned(grant) = self.standing(worker, partition, at_us) {
-                let one = tally(worker, &pending.process, partition, at_us, grant);
-                match &mut found {
-                    Some(found) => {
-                        found.count += weight;
-                        if at_us < found.first_us {
-                            *found = Unowned {
-                                count: found.count,
-                                ..one
-                            };
-                        }
-                    }
-                    None => {
-                        found = Some(Unowned {
-                            count: weight,
+            let grant = match self.standing(worker, partition, at_us) {
+                Standing::Held => continue,
+                Standing::Unjudged => {
+                    unjudged += weight;
+                    continue;
+                }
+                Standing::Unowned(grant) => grant,
+            };
+            let one = tally(worker, &pending.process, partition, at_us, grant);
+            match &mut found {
+                Some(found) => {
+                    found.count += weight;
+                    if at_us < found.first_us {
+                        *found = Unowned {
+                            count: found.count,
                             ..one
-                        })
+                        };
                     }
+                }
+                None => {
+                    found = Some(Unowned {
+                        count: weight,
+                        ..one
+                    });
                 }
             }
         }
-        found
+        (found, unjudged)
     }
 
     /// Make final what the versions seen now decide: pending times at or before the newest
@@ -373,9 +381,11 @@ impl AuthorityCheck {
                     overflow: if with_overflow { entry.overflow } else { 0 },
                     ..entry.clone()
                 };
-                if let Some(found) = self.judge_pending(worker, partition, &settled, through) {
+                let (found, unjudged) = self.judge_pending(worker, partition, &settled, through);
+                if let Some(found) = found {
                     add(&mut self.found, found);
                 }
+                self.unjudged += unjudged;
                 if with_overflow {
                     entry.overflow = 0;
                 }

@@ -216,3 +216,15 @@ fn without_any_version_nothing_is_judged_and_everything_is_counted() {
     assert!(check.violations().is_empty());
     assert_eq!(check.unjudged(), 0);
 }
+
+#[test]
+fn pending_processing_that_lands_in_a_blind_span_is_counted_as_not_judged() {
+    let mut check = AuthorityCheck::default();
+    // Reports before the coordinator saw any version; the first it sees is v3.
+    check.processed("b", "worker-1", 0, 1_000);
+    check.processed("b", "worker-1", 0, 2_000);
+    check.document(5_000, &doc(3, &[("a", &[0])]));
+    assert!(check.violations().is_empty());
+    assert_eq!(check.unjudged(), 2);
+    assert_eq!(check.pending_times(), 0);
+}

@@ -75,7 +75,7 @@ fn eventful() -> Tracker {
     t.expire(T0 + 2_000);
     feed_sent(&mut t, 1, 9, T0 + 2_100);
     feed_processed(&mut t, 2, 3, 1, T0 + 2_200);
-    assert_eq!(t.remove_partition(2, 0), Ok(2));
+    assert_eq!(t.remove_partition(2, 0, 0), Ok(2));
     feed_sent(&mut t, 0, 25, T0 + 2_300);
     t.malformed(WorkerRef(4));
     t

@@ -269,13 +269,29 @@ impl Tracker {
     /// from the server; 0 if unknown). Those seqs exist and were taken, so a missing one
     /// among them is owed, not excused: it is lost if it stays missing for the validation
     /// window like any other.
+    ///
+    /// `now_us` dates the seqs the floor reveals (their validation window starts then).
+    ///
+    /// # Errors
+    /// As for [`Self::add_partition`]; and [`InputError::SequenceJump`] for a floor further
+    /// above the known seqs than a report may reach (a corrupt floor; nothing changes).
     pub fn remove_partition(
         &mut self,
         partition: u32,
         taken_through: u64,
+        now_us: i64,
     ) -> Result<u64, InputError> {
-        let idx = self.slot(partition, taken_through, None)?;
-        let now = self.now_us;
+        let idx = self.slot(partition, 0, None)?;
+        let known = self.partitions[idx].known_max();
+        if taken_through > known.saturating_add(self.config.max_seq_jump) {
+            return Err(InputError::SequenceJump {
+                partition,
+                seq: taken_through,
+                known,
+                limit: self.config.max_seq_jump,
+            });
+        }
+        let now = now_us.max(self.now_us);
         let part = &mut self.partitions[idx];
         part.learn(taken_through, now);
         part.removed = true;
@@ -305,7 +321,7 @@ impl Tracker {
         let deadline = now_us.saturating_sub(self.config.validation_window_us);
         let mut lost = self.write_off(Some(deadline));
         for idx in 0..self.partitions.len() {
-            if self.partitions[idx].owes() {
+            if self.partitions[idx].unsettled() {
                 lost += self.settle_removed(idx, Some(deadline));
             }
         }

@@ -304,9 +304,10 @@ impl PartitionState {
         done
     }
 
-    /// Removed with seqs still owed (taken, not yet processed nor written off).
-    pub fn owes(&self) -> bool {
-        self.removed && self.taken_through > self.watermark
+    /// Removed with seqs still in the window: owed ones waiting for their deadline, or
+    /// others (left behind owed ones, or learnt after the removal) to excuse.
+    pub fn unsettled(&self) -> bool {
+        self.removed && !self.window.is_empty()
     }
 
     /// [`Self::write_off`] for a removed partition: seqs up to `taken_through` are owed and

@@ -71,7 +71,7 @@ fn apply(t: &mut Tracker, event: &Event, now: i64) {
             t.expire(now);
             Ok(())
         }
-        Event::Remove(p, taken) => t.remove_partition(p, taken).map(|_| ()),
+        Event::Remove(p, taken) => t.remove_partition(p, taken, now).map(|_| ()),
         Event::Add(p) => t.add_partition(p),
         Event::Malformed(worker) => {
             t.malformed(WorkerRef(worker));

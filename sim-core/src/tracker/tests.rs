@@ -475,15 +475,16 @@ fn removed_partitions_are_not_lost() {
     }
     feed(&mut t, done(1, 1, 1, 0, 1));
     feed(&mut t, done(1, 2, 1, 0, 1));
-    assert_eq!(t.remove_partition(1, 0), Ok(3));
-    // Stragglers while removed: a Sent (excused at finish) and a missing seq processed.
+    assert_eq!(t.remove_partition(1, 0, 0), Ok(3));
+    // Stragglers while removed: a Sent (excused at the next expiry: a removed partition
+    // keeps nothing in flight) and a missing seq processed.
     feed_sent(&mut t, sent(1, 6, 10));
     let o = feed(&mut t, done(1, 4, 1, 10, 11));
     assert!(o.first && o.duplicate.is_none() && !o.late);
     assert_eq!(t.expire(WINDOW * 100), 0);
     let s = t.snapshot(WINDOW * 100);
     assert_eq!((s.partitions_active, s.partitions_removed), (1, 1));
-    assert_eq!((s.excused, s.received, s.lost), (2, 3, 0));
+    assert_eq!((s.excused, s.received, s.lost, s.in_flight), (3, 3, 0, 0));
     assert_eq!(t.finish(WINDOW * 100), 0);
     let s = t.snapshot(WINDOW * 100);
     assert_eq!((s.excused, s.lost, s.in_flight), (3, 0, 0));
@@ -502,7 +503,7 @@ fn a_removed_partitions_acknowledged_seqs_are_owed_not_excused() {
     feed(&mut t, done(0, 3, 1, 0, 1));
     // The ack floor at the removal: seqs up to 3 were acknowledged.
     assert_eq!(
-        t.remove_partition(0, 3),
+        t.remove_partition(0, 3, 0),
         Ok(0),
         "nothing excused in front of an owed seq"
     );
@@ -525,8 +526,14 @@ fn a_removed_partitions_acknowledged_seqs_are_owed_not_excused() {
         feed_sent(&mut t, sent(0, seq, 0));
     }
     feed(&mut t, done(0, 1, 1, 0, 1));
-    assert_eq!(t.remove_partition(0, 2), Ok(0));
+    assert_eq!(t.remove_partition(0, 2, 0), Ok(0));
     feed(&mut t, done(0, 2, 1, 0, 2));
+    assert_eq!(t.expire(WINDOW / 2), 0);
+    assert_eq!(
+        t.snapshot(WINDOW / 2).in_flight,
+        0,
+        "seq 3 excused once 2 arrived"
+    );
     assert_eq!(t.expire(WINDOW * 2), 0);
     assert_eq!(t.finish(WINDOW * 2), 0);
     let s = t.snapshot(WINDOW * 2);
@@ -534,15 +541,22 @@ fn a_removed_partitions_acknowledged_seqs_are_owed_not_excused() {
 
     // An ack floor beyond every report: those seqs exist, and are owed.
     let mut t = tracker(1);
-    assert_eq!(t.remove_partition(0, 4), Ok(0));
+    assert_eq!(t.remove_partition(0, 4, 0), Ok(0));
     assert_eq!(t.finish(10), 4);
+    // A corrupt floor, further than any report may reach, changes nothing.
+    let mut t = tracker(1);
+    assert!(matches!(
+        t.remove_partition(0, u64::MAX / 2, 0),
+        Err(InputError::SequenceJump { .. })
+    ));
+    assert_eq!(t.snapshot(0).partitions_removed, 0);
 }
 
 #[test]
 fn re_added_partition_is_tracked_again() {
     let mut t = tracker(1);
     feed_sent(&mut t, sent(0, 1, 0));
-    assert_eq!(t.remove_partition(0, 0), Ok(1));
+    assert_eq!(t.remove_partition(0, 0, 0), Ok(1));
     feed_sent(&mut t, sent(0, 2, 5));
     assert_eq!(t.add_partition(0), Ok(()));
     assert_eq!(

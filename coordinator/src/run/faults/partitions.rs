@@ -139,7 +139,7 @@ pub(super) fn apply(
                 Taken::Unread | Taken::Unknown(_) => 0,
             };
             let excused = tracker
-                .remove_partition(partition, through)
+                .remove_partition(partition, through, super::super::now_us())
                 .map_err(|error| Skip::TrackerRefused {
                     adding: false,
                     partition,
@@ -185,13 +185,14 @@ pub(super) async fn ack_floor(plan: &mut Plan, run: &ActiveRun) {
         if let Effect::Partitions(PartitionChange::Remove { partition, taken }) = effect {
             let read = crate::stream::acked_through(
                 &run.state.nats_url,
-                &run.state.config.nats.stream,
+                &run.state.config.nats,
                 *partition,
             );
-            *taken = match tokio::time::timeout(Duration::from_secs(10), read).await {
+            // Bounded: the engine waits for this.
+            *taken = match tokio::time::timeout(Duration::from_secs(3), read).await {
                 Ok(Ok(seq)) => Taken::Through(seq),
                 Ok(Err(error)) => Taken::Unknown(format!("{error:#}")),
-                Err(_) => Taken::Unknown("no answer within 10s".into()),
+                Err(_) => Taken::Unknown("no answer within 3s".into()),
             };
             if let Taken::Unknown(why) = taken {
                 warn!(run = %run.state.id, partition, %why, "ack floor of a removed partition");
