@@ -106,6 +106,7 @@ impl Engine {
                 }
                 report::Body::Started(started) => {
                     self.registry.count_process(&batch.agent, 1).await;
+                    run.state.pids.insert(started.process.clone(), started.pid);
                     run.state.events.push(RunEvent::new(
                         EventKind::Process,
                         format!("{} started (pid {})", started.process, started.pid),
@@ -119,6 +120,15 @@ impl Engine {
                 }
                 report::Body::Exited(exited) => {
                     self.registry.count_process(&batch.agent, -1).await;
+                    // A child of a previous run, stopped as this one began (same slot names).
+                    let ours = match run.state.pids.get(&exited.process) {
+                        Some(pid) => *pid == exited.pid,
+                        None => !run.state.pids_tracked,
+                    };
+                    if !ours {
+                        warn!(run = %run.state.id, process = %exited.process, pid = exited.pid, "exit of a child this run did not start: ignored");
+                        continue;
+                    }
                     let status = ExitStatus::from(&exited);
                     let now = run.clock.now();
                     let caused_by_chaos = run.state.faults.expect_exit.remove(&exited.process)

@@ -98,6 +98,14 @@ pub(super) struct RunState {
     /// Processing judged against parti's assignment document.
     #[serde(default)]
     pub(super) authority: AuthorityCheck,
+    /// Process slot → pid of the child this run started in it (from `Started` reports): an
+    /// exit of any other pid is a leftover of another run, not this run's business.
+    #[serde(default)]
+    pub(super) pids: BTreeMap<String, u32>,
+    /// `pids` holds every child of this run (false in checkpoints written before it was
+    /// kept: then an exit of an unknown slot is still applied).
+    #[serde(default)]
+    pub(super) pids_tracked: bool,
     pub(super) faults: FaultState,
     /// When the second wave of workers starts (run time, ms), while it has not.
     pub(super) second_wave_at_ms: Option<u64>,
@@ -141,6 +149,8 @@ impl RunState {
             events: Vec::new(),
             ownership: OwnershipCheck::default(),
             authority: AuthorityCheck::default(),
+            pids: BTreeMap::new(),
+            pids_tracked: true,
             faults,
             second_wave_at_ms: Some(super::clock::millis(SECOND_WAVE_AFTER)),
             partition_map,
