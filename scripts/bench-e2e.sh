@@ -10,7 +10,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 seconds="${1:-20}"
 partitions="${2:-16}"
-cargo build --release --workspace --examples --locked >/dev/null
+# --bins: the fleet runs target/release/simctl, which starts target/release/agent.
+cargo build --release --workspace --bins --examples --locked >/dev/null
 work="$(mktemp -d)"
 trap 'kill "${nats_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -43,6 +44,11 @@ for per_partition in 100 200 400 800 1600; do
     verdict=PASS
   else
     verdict=FAIL
+  fi
+  if [ ! -s "$work/fleet-$per_partition.json" ]; then
+    echo "fleet run at $per_partition msg/s per partition left no report:" >&2
+    tail -20 "$work/fleet-$per_partition.out" >&2
+    exit 3
   fi
   received=$(python3 -c "import json,sys; print(json.load(open('$work/fleet-$per_partition.json'))['tracker']['received'])")
   rate=$(( received / seconds ))
