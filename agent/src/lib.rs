@@ -5,6 +5,7 @@
 //! - [`session`]: the daemon — report socket, coordinator session, command execution.
 //! - [`outbox`]: report batches kept until the coordinator releases them (checkpoints).
 //! - [`supervisor`]: forking and watching children.
+//! - [`links`]: a child's exit reported only after its last report.
 //! - [`netfault`]: iptables/tc network faults on this host, crash-safe.
 //! - [`report`]: the child → agent report contract (JSON lines over a Unix socket).
 //! - [`producer`], [`worker`]: what the children run.
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod gostyle;
+pub mod links;
 pub mod message;
 pub mod netfault;
 pub mod outbox;

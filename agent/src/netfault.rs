@@ -215,6 +215,8 @@ impl NetworkFaults {
                 phase: phase as i32,
                 detail,
             })),
+            // The host's, not a child's: applied to the current run.
+            run_id: String::new(),
         };
         let _ = self.reports.send(report).await;
     }

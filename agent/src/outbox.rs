@@ -335,6 +335,7 @@ mod tests {
                 published_us: 0,
                 stream_seq: seq,
             })),
+            run_id: String::new(),
         }
     }
 

@@ -343,8 +343,41 @@ pub async fn run(
             }
         }
     }
+    if spec.unreported_tail {
+        unreported_tail(&js, &spec, &mut partitions, producer_seq).await;
+    }
     tracing::info!(producer = %spec.producer_id, "stopped");
     Ok(())
+}
+
+/// Self-test knob `producers.faults.unreported_tail`: one more message on each partition,
+/// confirmed by the server and never reported, as a producer killed between the PubAck and
+/// its report leaves behind. Best effort: a failed publish is only logged.
+async fn unreported_tail(
+    js: &jetstream::Context,
+    spec: &ProducerSpec,
+    partitions: &mut [PartitionState],
+    mut producer_seq: u64,
+) {
+    let mut acks = FuturesUnordered::new();
+    for (index, state) in partitions.iter_mut().enumerate() {
+        if state.active {
+            producer_seq += 1;
+            acks.push(publish(js, spec, index, state, producer_seq));
+        }
+    }
+    while let Some((_, body, result)) = acks.next().await {
+        match result {
+            Ok(_) => tracing::info!(
+                partition = body.partition_id,
+                seq = body.partition_sequence,
+                "published and not reported (unreported_tail)"
+            ),
+            Err(error) => {
+                tracing::warn!(partition = body.partition_id, %error, "unreported tail not published")
+            }
+        }
+    }
 }
 
 #[cfg(test)]

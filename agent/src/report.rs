@@ -8,6 +8,11 @@
 //! (not merely queued in the child's memory) before the message is acknowledged, so a crash
 //! in between yields a redelivery, never a false loss.
 //!
+//! A child need not know its run: the agent stamps every line of a connection it can match
+//! to one of its children (by the peer's pid, else by the `hello` line's process name) with
+//! the run that child was started for, and passes the child's exit on only after the last of
+//! those lines (`crate::links`).
+//!
 //! Which partitions exist is not in the spec alone: `partition_changes` edits the run's
 //! partition map, JSON of `proto::v1::PartitionMap` in the NATS KV bucket `parti-sim` under
 //! the key `partitions`. A worker implementation should read it at start (falling back to
@@ -172,7 +177,10 @@ impl ChildReport {
                 at_us,
             }),
         };
-        Some(Report { body: Some(body) })
+        Some(Report {
+            body: Some(body),
+            run_id: String::new(),
+        })
     }
 }
 

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
+use crate::links::{Connection, Links};
 use crate::netfault::{NetworkCommand, NetworkFaults};
 use crate::outbox::{BATCH_SIZE, OUTBOX_BUDGET, Outbox};
 use crate::report::ChildReport;
@@ -109,7 +110,8 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
         source,
     })?;
     let (reports_tx, reports_rx) = mpsc::channel::<Report>(8192);
-    tokio::spawn(serve_socket(listener, reports_tx.clone()));
+    let links = Links::default();
+    tokio::spawn(serve_socket(listener, reports_tx.clone(), links.clone()));
     let network = NetworkFaults::new(
         options.socket.with_file_name("network-fault-devices"),
         reports_tx.clone(),
@@ -122,6 +124,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
         options.log_dir.clone(),
         options.socket.clone(),
         reports_tx,
+        links,
     );
 
     let boot_id = new_boot_id();
@@ -270,22 +273,42 @@ async fn handle_command(
 }
 
 /// Read JSON lines from each child connection into `reports` (waiting when it is full).
-async fn serve_socket(listener: UnixListener, reports: mpsc::Sender<Report>) {
+/// A connection is linked to its child (see [`crate::links`]) until it is read to its end,
+/// and its reports are stamped with the child's run.
+async fn serve_socket(listener: UnixListener, reports: mpsc::Sender<Report>, links: Links) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let reports = reports.clone();
+        let mut link: Option<Connection> = stream
+            .peer_cred()
+            .ok()
+            .and_then(|cred| cred.pid())
+            .and_then(|pid| u32::try_from(pid).ok())
+            .and_then(|pid| links.connected_pid(pid));
+        let links = links.clone();
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stream).lines();
             let mut process = String::new();
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<ChildReport>(&line) {
-                    Ok(ChildReport::Hello { process: name }) => process = name,
+                    Ok(ChildReport::Hello { process: name }) => {
+                        if link.is_none() {
+                            link = links.connected_name(&name);
+                        }
+                        process = name;
+                    }
                     Ok(report) => {
-                        if let Some(report) = report.into_proto(&process)
-                            && reports.send(report).await.is_err()
-                        {
+                        let Some(mut report) = report.into_proto(&process) else {
+                            continue;
+                        };
+                        // The run its child was started for; unknown for a connection
+                        // that is not one of our children.
+                        if let Some(link) = &link {
+                            report.run_id = link.run_id().to_string();
+                        }
+                        if reports.send(report).await.is_err() {
                             return;
                         }
                     }
@@ -309,4 +332,164 @@ fn hostname() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use proto::v1::{ProducerSpec, Spawn, report, spawn};
+
+    use super::*;
+
+    /// An executable Python child at `path`: it connects to the report socket, says hello as
+    /// `$PARTI_SIM_PROCESS`, then runs `body` (with `send(dict)` at hand).
+    fn python_child(path: &Path, body: &str) {
+        let script = format!(
+            "#!/usr/bin/env python3\n\
+             import json, os, signal, socket, time\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.connect(os.environ['{socket}'])\n\
+             def send(*reports):\n    s.sendall(''.join(json.dumps(r) + '\\n' for r in reports).encode())\n\
+             send({{'type': 'hello', 'process': os.environ['{process}']}})\n\
+             def sent(n):\n    return {{'type': 'sent', 'partition': 0, 'seq': n, 'producer_id': 'p', 'published_us': n, 'stream_seq': n}}\n\
+             {body}\n",
+            socket = crate::report::SOCKET_ENV,
+            process = crate::report::PROCESS_ENV,
+        );
+        std::fs::write(path, script).expect("write child");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    /// A report socket served as the agent does, and a supervisor starting `child`; reports
+    /// go to a small channel, so that reading lags behind the children as under load.
+    fn agent_with(dir: &Path, child: &Path) -> (Supervisor, mpsc::Receiver<Report>) {
+        let socket = dir.join("reports.sock");
+        let listener = UnixListener::bind(&socket).expect("bind");
+        let (tx, rx) = mpsc::channel::<Report>(16);
+        let links = Links::default();
+        tokio::spawn(serve_socket(listener, tx.clone(), links.clone()));
+        let supervisor = Supervisor::new(child.into(), dir.join("logs"), socket, tx, links);
+        (supervisor, rx)
+    }
+
+    fn producer(process: &str, run_id: &str) -> Spawn {
+        Spawn {
+            process: process.into(),
+            spec: Some(spawn::Spec::Producer(ProducerSpec::default())),
+            run_id: run_id.into(),
+        }
+    }
+
+    /// A child that writes many reports and SIGKILLs itself at once: its exit is passed on
+    /// only after every one of them, though `wait()` returns while they are still unread.
+    #[tokio::test]
+    async fn a_killed_childs_exit_comes_after_its_last_report() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = dir.path().join("child");
+        python_child(
+            &child,
+            "send(*[sent(n) for n in range(1, 5001)])\nos.kill(os.getpid(), signal.SIGKILL)",
+        );
+        let (supervisor, mut rx) = agent_with(dir.path(), &child);
+        supervisor
+            .spawn(producer("producer-0", "run-1"))
+            .await
+            .expect("spawn");
+        let mut sent = 0;
+        let exited = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(report) = rx.recv().await {
+                assert_eq!(report.run_id, "run-1", "stamped with its run");
+                match report.body {
+                    Some(report::Body::Sent(_)) => sent += 1,
+                    Some(report::Body::Exited(exited)) => return exited,
+                    _ => {}
+                }
+            }
+            panic!("the channel closed before the exit");
+        })
+        .await
+        .expect("the exit within 60s");
+        assert_eq!(exited.signal, Some(9), "{exited:?}");
+        assert_eq!(sent, 5000, "every report before the exit");
+    }
+
+    /// A child of run-a that ignores SIGTERM and keeps reporting is stopped (killed after the
+    /// grace) before run-b's child starts; every report says which run it belongs to.
+    #[tokio::test]
+    async fn a_new_runs_child_starts_only_after_the_previous_runs_are_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = dir.path().join("child");
+        python_child(
+            &child,
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+             n = 0\n\
+             while True:\n    n += 1\n    send(sent(n))\n    time.sleep(0.01)",
+        );
+        let (supervisor, mut rx) = agent_with(dir.path(), &child);
+        supervisor
+            .spawn(producer("producer-0", "run-a"))
+            .await
+            .expect("spawn a");
+        // Once it reports (so it ignores SIGTERM by now), start run-b's child in the same
+        // slot.
+        let first_sent = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(report) = rx.recv().await {
+                assert_eq!(report.run_id, "run-a");
+                if matches!(report.body, Some(report::Body::Sent(_))) {
+                    return;
+                }
+            }
+        });
+        first_sent.await.expect("a report within 30s");
+        let reader = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(report) = rx.recv().await {
+                let kind = match report.body {
+                    Some(report::Body::Started(_)) => "started",
+                    // SIGKILLed: it ignored the SIGTERM, as it was written to.
+                    Some(report::Body::Exited(exited)) if exited.signal == Some(9) => "killed",
+                    Some(report::Body::Exited(_)) => "exited",
+                    Some(report::Body::Sent(_)) => "sent",
+                    _ => "other",
+                };
+                let done = kind == "started" && report.run_id == "run-b";
+                seen.push((report.run_id, kind));
+                if done {
+                    return seen;
+                }
+            }
+            seen
+        });
+        supervisor
+            .spawn(producer("producer-0", "run-b"))
+            .await
+            .expect("spawn b");
+        let seen = tokio::time::timeout(Duration::from_secs(30), reader)
+            .await
+            .expect("run-b's child started within 30s")
+            .expect("join");
+        let exit_a = seen
+            .iter()
+            .position(|(run, kind)| run == "run-a" && *kind == "killed")
+            .unwrap_or_else(|| {
+                let log = std::fs::read_to_string(dir.path().join("logs/producer-0.log"));
+                panic!("run-a's child killed: {seen:?}; its log: {log:?}")
+            });
+        assert_eq!(
+            seen.last(),
+            Some(&("run-b".to_string(), "started")),
+            "{seen:?}"
+        );
+        assert!(
+            seen[..exit_a].iter().all(|(run, _)| run == "run-a"),
+            "before its exit, only run-a's reports: {seen:?}"
+        );
+        assert!(
+            seen[exit_a + 1..seen.len() - 1].is_empty(),
+            "nothing of run-a after its exit, run-b's start next: {seen:?}"
+        );
+        supervisor.shutdown(Duration::from_secs(1)).await;
+    }
 }

@@ -18,6 +18,7 @@ use proto::v1::{
 };
 use tokio::sync::{Mutex, mpsc};
 
+use crate::links::Links;
 use crate::report::{PROCESS_ENV, SOCKET_ENV, SPEC_ENV};
 
 /// Environment variable a child reads to verify its parent (see `child_guard`).
@@ -60,7 +61,16 @@ pub enum SupervisorError {
 #[derive(Debug)]
 struct Running {
     pid: u32,
+    /// The run it was started for.
+    run_id: String,
+    /// It exited and was reaped; its exit is not reported yet (its last reports first).
+    /// Its pid may belong to another process by now: never signalled.
+    reaped: bool,
 }
+
+/// How long the children of another run get to stop (SIGTERM) before they are killed, when
+/// a child of a new run is about to start.
+const OTHER_RUN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The children of this agent.
 #[derive(Debug, Clone)]
@@ -70,15 +80,18 @@ pub struct Supervisor {
     socket: PathBuf,
     running: Arc<Mutex<HashMap<String, Running>>>,
     events: mpsc::Sender<Report>,
+    links: Links,
 }
 
 impl Supervisor {
-    /// Children are `binary child <kind>`; lifecycle events go to `events`.
+    /// Children are `binary child <kind>`; lifecycle events go to `events`, a child's exit
+    /// after the reports its connection (matched through `links`) carried.
     pub fn new(
         binary: PathBuf,
         log_dir: PathBuf,
         socket: PathBuf,
         events: mpsc::Sender<Report>,
+        links: Links,
     ) -> Self {
         Self {
             binary,
@@ -86,6 +99,7 @@ impl Supervisor {
             socket,
             running: Arc::default(),
             events,
+            links,
         }
     }
 
@@ -114,6 +128,9 @@ impl Supervisor {
                     tail,
                     truncated,
                 })),
+                // A slot's log spans its runs; the coordinator saves it for the run that
+                // asked.
+                run_id: String::new(),
             };
             if self.events.send(report).await.is_err() {
                 return;
@@ -135,6 +152,13 @@ impl Supervisor {
             }
             None => return Err(SupervisorError::NoSpec(process)),
         };
+        let run_id = command.run_id.clone();
+        // One run's processes never live on into the next: whatever is left of another run
+        // stops first (its reports, stamped with its run, are refused by this one).
+        if !run_id.is_empty() {
+            self.stop_where(OTHER_RUN_GRACE, |child| child.run_id != run_id)
+                .await;
+        }
         let spec_json = spec_json.map_err(|e| SupervisorError::Io {
             action: "encode spec",
             process: process.clone(),
@@ -172,7 +196,15 @@ impl Supervisor {
             .spawn()
             .map_err(io("spawn"))?;
         let pid = child.id().unwrap_or_default();
-        running.insert(process.clone(), Running { pid });
+        let gate = self.links.started(&process, pid, &run_id);
+        running.insert(
+            process.clone(),
+            Running {
+                pid,
+                run_id: run_id.clone(),
+                reaped: false,
+            },
+        );
         drop(running);
         tracing::info!(%process, pid, mode, "started");
         let _ = self
@@ -183,12 +215,19 @@ impl Supervisor {
                     kind: kind as i32,
                     pid,
                 })),
+                run_id: run_id.clone(),
             })
             .await;
         let supervisor = self.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
-            supervisor.running.lock().await.remove(&process);
+            if let Some(child) = supervisor.running.lock().await.get_mut(&process) {
+                child.reaped = true;
+            }
+            // Its last reports first: they may still be in its socket.
+            if !gate.passed().await {
+                tracing::warn!(%process, pid, "its report connection stayed open after it exited; exit reported anyway");
+            }
             let (code, signal) = match &status {
                 Ok(status) => (status.code(), status.signal()),
                 Err(_) => (None, None),
@@ -204,15 +243,18 @@ impl Supervisor {
                 .events
                 .send(Report {
                     body: Some(report::Body::Exited(ProcessExited {
-                        process,
+                        process: process.clone(),
                         kind: kind as i32,
                         pid,
                         code,
                         signal,
                         log_tail,
                     })),
+                    run_id,
                 })
                 .await;
+            // Gone only now: a new run's children start after this exit is reported.
+            supervisor.running.lock().await.remove(&process);
         });
         Ok(())
     }
@@ -224,6 +266,7 @@ impl Supervisor {
             .lock()
             .await
             .get(process)
+            .filter(|r| !r.reaped)
             .map(|r| r.pid)
             .ok_or_else(|| SupervisorError::Unknown(process.to_string()))?;
         let pid = i32::try_from(pid).map_err(|_| SupervisorError::Unknown(process.to_string()))?;
@@ -240,15 +283,38 @@ impl Supervisor {
 
     /// SIGTERM everything, wait up to `grace`, then SIGKILL what is left.
     pub async fn shutdown(&self, grace: std::time::Duration) {
-        for process in self.processes().await {
-            let _ = self.signal(&process, Signal::SIGTERM).await;
+        self.stop_where(grace, |_| true).await;
+    }
+
+    /// SIGTERM the children `which` selects, wait up to `grace`, SIGKILL what is left of
+    /// them and wait until they are gone (a SIGKILLed child is reaped at once).
+    async fn stop_where(&self, grace: std::time::Duration, which: impl Fn(&Running) -> bool) {
+        let selected = || async {
+            let running = self.running.lock().await;
+            running
+                .iter()
+                .filter(|(_, child)| which(child))
+                .map(|(process, _)| process.clone())
+                .collect::<Vec<_>>()
+        };
+        let first = selected().await;
+        if first.is_empty() {
+            return;
+        }
+        tracing::info!(processes = ?first, "stopping");
+        for process in &first {
+            let _ = self.signal(process, Signal::SIGTERM).await;
         }
         let deadline = tokio::time::Instant::now() + grace;
-        while !self.running.lock().await.is_empty() && tokio::time::Instant::now() < deadline {
+        while !selected().await.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        for process in self.processes().await {
+        for process in selected().await {
             let _ = self.signal(&process, Signal::SIGKILL).await;
+        }
+        let reaped = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !selected().await.is_empty() && tokio::time::Instant::now() < reaped {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 }

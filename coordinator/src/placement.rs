@@ -31,6 +31,8 @@ impl Placement {
                 Spawn {
                     process: process.clone(),
                     spec,
+                    // Stamped when sent (`run::spawn_for`).
+                    run_id: String::new(),
                 },
             )
         };
@@ -46,6 +48,8 @@ impl Placement {
                 Spawn {
                     process: process.clone(),
                     spec,
+                    // Stamped when sent (`run::spawn_for`).
+                    run_id: String::new(),
                 },
             )
         };
@@ -103,6 +107,7 @@ pub fn place(config: &Config, seed: u64, agents: &[String], nats_url: &str) -> P
             max_multiplier: variation.max_multiplier,
             ramp_interval_ms: u64::try_from(variation.ramp_interval.as_millis())
                 .unwrap_or(u64::MAX),
+            unreported_tail: config.producers.faults.unreported_tail,
         };
         placement
             .producers

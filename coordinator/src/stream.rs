@@ -133,6 +133,46 @@ pub async fn acked_through(url: &str, nats: &NatsConfig, partition: u32) -> anyh
         );
         last
     };
+    partition_sequence(&message)
+}
+
+/// The partition sequence of each of `partitions`' last stored message (0: none stored), or
+/// why it could not be read — the stream as the ground truth at the end of a run
+/// (`sim_core::stream_check`). Read 16 at a time.
+///
+/// # Errors
+/// No server, or no stream.
+pub async fn stored_through(
+    url: &str,
+    nats: &NatsConfig,
+    partitions: &[u32],
+) -> anyhow::Result<Vec<(u32, Result<u64, String>)>> {
+    use futures::StreamExt;
+    let js = jetstream_at(url).await?;
+    let stream = js
+        .get_stream(&nats.stream)
+        .await
+        .with_context(|| format!("stream {}", nats.stream))?;
+    let stream = &stream;
+    Ok(futures::stream::iter(partitions.iter().copied())
+        .map(|partition| async move {
+            let subject = format!("{}.{partition}", nats.subject_prefix);
+            let last = match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(message) => partition_sequence(&message).map_err(|e| format!("{e:#}")),
+                Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                    Ok(0)
+                }
+                Err(error) => Err(format!("the last message of {subject}: {error}")),
+            };
+            (partition, last)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await)
+}
+
+/// The `partition_sequence` a stored simulation message carries.
+fn partition_sequence(message: &jetstream::message::StreamMessage) -> anyhow::Result<u64> {
     let body: serde_json::Value = serde_json::from_slice(&message.payload)
         .with_context(|| format!("stream message {} is not JSON", message.sequence))?;
     body["partition_sequence"].as_u64().with_context(|| {

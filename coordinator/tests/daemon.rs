@@ -41,6 +41,11 @@ fn separate_daemons_run_watch_stop_and_report() {
     ]);
     assert!(started.status.success(), "start: {}", text(&started));
     assert!(text(&started).contains("started run-"));
+    let first_run = text(&started)
+        .split_whitespace()
+        .find(|word| word.starts_with("run-"))
+        .expect("run id")
+        .to_string();
     let busy = fleet.simctl(&["start", "--config", config]);
     assert_eq!(
         busy.status.code(),
@@ -99,12 +104,29 @@ fn separate_daemons_run_watch_stop_and_report() {
     assert!(fleet.simctl(&["stop"]).status.success());
     let watched = fleet.simctl(&["watch"]);
     assert!(watched.status.success());
-    let report = fleet.simctl(&["report"]);
+    let report = fleet.simctl(&["report", "--json", json_path.to_str().expect("utf8")]);
     assert_eq!(
         report.status.code(),
         Some(0),
         "PASS after stop: {}",
         text(&report)
+    );
+    // What the first run's processes reported after it ended (their exits, as the agent
+    // stopped them) may reach this run: refused and counted, never applied.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("json")).expect("parse");
+    let foreign = &json["foreign_reports"];
+    let runs = foreign["runs"].as_array().cloned().unwrap_or_default();
+    assert!(
+        runs.iter()
+            .all(|run| run.as_str() == Some(first_run.as_str())),
+        "only the first run's: {foreign}"
+    );
+    let events = json["events"].to_string();
+    assert_eq!(
+        events.matches(" exited: ").count(),
+        2,
+        "only this run's producers' exits are in its events: {events}"
     );
     assert!(
         text(&report).contains("ended: drained"),

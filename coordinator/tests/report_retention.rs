@@ -244,6 +244,7 @@ fn reports_after_the_checkpoint_survive_a_coordinator_restart_exactly_once() {
                 coordinator_message::Body::Spawn(Spawn {
                     process: "producer-0".into(),
                     spec: Some(spawn::Spec::Producer(spec)),
+                    run_id: "run-1".into(),
                 }),
             )
             .await;

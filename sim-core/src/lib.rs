@@ -10,6 +10,8 @@
 //! - [`authority`]: processing judged against that history (the oracle a worker cannot
 //!   bend).
 //! - [`chaos`]: the seeded fault schedule, fault records and their outcomes.
+//! - [`stream_check`]: the stream read as the ground truth once the producers stopped.
+//! - [`foreign_reports`]: reports of another run's children, refused and counted.
 //! - [`events`]: the run's events, typed by kind, and how a run ended.
 //! - [`verdict`]: the verdict: every failure, typed, and `judge` (PASS / FAIL /
 //!   infrastructure).
@@ -24,9 +26,11 @@ pub mod authority;
 pub mod chaos;
 pub mod config;
 pub mod events;
+pub mod foreign_reports;
 pub mod ownership;
 pub mod record;
 pub mod report;
 pub mod rundir;
+pub mod stream_check;
 pub mod tracker;
 pub mod verdict;

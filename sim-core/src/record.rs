@@ -21,8 +21,10 @@ use crate::authority::AuthorityCheck;
 use crate::chaos::{FaultRecord, stats};
 use crate::config::Config;
 use crate::events::{EndReason, RunEvent};
+use crate::foreign_reports::ForeignReports;
 use crate::ownership::OwnershipCheck;
 use crate::report::RunSummary;
+use crate::stream_check::StreamCheck;
 use crate::tracker::Rules;
 use crate::tracker::{CheckpointError, Tracker, TrackerConfig, TrackerState};
 use crate::verdict::{Evidence, Failure, judge};
@@ -127,6 +129,12 @@ pub struct RunRecord {
     /// this check existed).
     #[serde(default)]
     pub authority: AuthorityCheck,
+    /// The stream read as the ground truth (absent in older states: not read).
+    #[serde(default)]
+    pub stream_check: StreamCheck,
+    /// Reports of other runs' children, refused (absent in older states: none).
+    #[serde(default)]
+    pub foreign_reports: ForeignReports,
     /// Every fault, injected or not.
     pub faults: FaultRecords,
     /// What parti's assignment history showed.
@@ -199,6 +207,8 @@ impl RunRecord {
             unowned,
             unjudged_ownership: self.authority.unjudged(),
             assignment_versions_missed: self.authority.versions_missed(),
+            stream_check: self.stream_check.clone(),
+            foreign_reports: self.foreign_reports.clone(),
         })
     }
 }

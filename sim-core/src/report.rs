@@ -5,6 +5,8 @@ use serde::Serialize;
 use crate::authority::Unowned;
 use crate::chaos::{FaultRecord, FaultStats};
 use crate::events::{EndReason, RunEvent};
+use crate::foreign_reports::ForeignReports;
+use crate::stream_check::StreamCheck;
 use crate::tracker::TrackerSnapshot;
 use crate::verdict::{FailureKind, Judgement};
 
@@ -55,6 +57,10 @@ pub struct RunSummary {
     /// Versions of the assignment document the coordinator never saw: a gap in the
     /// evidence, shown rather than hidden.
     pub assignment_versions_missed: u64,
+    /// The stream read as the ground truth once the producers stopped.
+    pub stream_check: StreamCheck,
+    /// Reports of other runs' children that reached this run: refused, counted.
+    pub foreign_reports: ForeignReports,
 }
 
 /// The JUnit test case of each kind of failure. Names that CI histories already track
@@ -106,6 +112,8 @@ impl RunSummary {
             unowned: Vec::new(),
             unjudged_ownership: 0,
             assignment_versions_missed: 0,
+            stream_check: StreamCheck::default(),
+            foreign_reports: ForeignReports::default(),
         }
     }
 
@@ -173,6 +181,28 @@ impl RunSummary {
                 self.leaders.join(" → ")
             }
         );
+        let stream = &self.stream_check;
+        if !stream.read {
+            let _ = writeln!(
+                out,
+                "  stream not read at the end (the run ended before its producers stopped): \
+                 messages beyond the last reports are not verified"
+            );
+        } else if stream.unannounced > 0 || stream.unread > 0 {
+            let _ = writeln!(
+                out,
+                "  stream at the end: {} message(s) beyond the reports ({} lost); {} partition(s) not verified",
+                stream.unannounced, stream.unannounced_lost, stream.unread
+            );
+        }
+        if self.foreign_reports.count > 0 {
+            let _ = writeln!(
+                out,
+                "  reports of other runs' processes refused: {} (from {})",
+                self.foreign_reports.count,
+                self.foreign_reports.runs.join(", ")
+            );
+        }
         if self.assignment_versions_missed > 0 {
             let _ = writeln!(
                 out,

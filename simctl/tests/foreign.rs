@@ -31,11 +31,13 @@
 //! with a second wave of workers a clean run can reorder and the test would not isolate the
 //! defects. The clean control runs the same config without the foreign client: PASS.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use std::time::Duration;
+
 use test_support::NatsServer;
+use test_support::report::{anomaly_partitions, elements, failure_kinds, reasons, strings};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -65,29 +67,6 @@ fn succeeded(what: &str, output: &Output) -> String {
     stdout
 }
 
-/// The partitions a failure of `kind` names in its sample.
-fn sampled_partitions(json: &serde_json::Value, kind: &str) -> BTreeSet<u64> {
-    let anomalies = json["tracker"]["anomalies"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    anomalies
-        .iter()
-        .filter(|a| a["kind"] == kind)
-        .filter_map(|a| a["partition"].as_u64())
-        .collect()
-}
-
-fn failure_kinds(json: &serde_json::Value) -> BTreeSet<String> {
-    json["failures"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|f| f["kind"].as_str().map(str::to_string))
-        .collect()
-}
-
 fn run_dir_socket(run_dir: &Path) -> PathBuf {
     // `simctl run`'s agent is "local" and keeps its report socket in its directory.
     run_dir.join("local").join("reports.sock")
@@ -95,21 +74,17 @@ fn run_dir_socket(run_dir: &Path) -> PathBuf {
 
 /// quick.yaml against the external server `url`, with one worker that promises order.
 fn config(url: &str) -> String {
-    let config = std::fs::read_to_string(workspace().join("configs/quick.yaml"))
-        .expect("quick.yaml")
-        .replace(
-            "nats:\n  mode: embedded\n",
-            &format!("nats:\n  mode: external\n  url: {url}\n"),
-        )
-        .replace(
-            "workers:\n  count: 3\n",
-            "workers:\n  count: 1\n  ordered: true\n",
-        );
-    assert!(
-        config.contains("mode: external") && config.contains("ordered: true"),
-        "quick.yaml's layout moved"
-    );
-    config
+    let external = format!("nats:\n  mode: external\n  url: {url}\n");
+    test_support::edited_config(
+        "quick.yaml",
+        &[
+            ("nats:\n  mode: embedded\n", &external),
+            (
+                "workers:\n  count: 3\n",
+                "workers:\n  count: 1\n  ordered: true\n",
+            ),
+        ],
+    )
 }
 
 /// A `simctl run` of `config` in `dir`, 45 s, started (not awaited).
@@ -177,20 +152,19 @@ fn remove_partition(coordinator: &str, target: &str) -> String {
 /// `simctl chaos <event> --target <target> --duration <duration>`, again until the
 /// coordinator takes it (a worker is a candidate once its first status arrived).
 fn inject(coordinator: &str, event: &str, target: &str, duration: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let args = ["chaos", event, "--target", target, "--duration", duration];
-        let output = simctl_at(coordinator, &args);
-        if output.status.success() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{event} on {target} never taken: {}",
-            String::from_utf8_lossy(&output.stdout)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    let args = ["chaos", event, "--target", target, "--duration", duration];
+    test_support::wait_until(
+        &format!("{event} on {target} taken"),
+        Duration::from_secs(60),
+        || {
+            let output = simctl_at(coordinator, &args);
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(test_support::output_text(&output))
+            }
+        },
+    );
 }
 
 /// Wait for the run; its exit code, stdout and report.
@@ -290,10 +264,7 @@ fn late_reordered_and_doubly_consumed_messages_from_a_foreign_client_fail_for_th
     );
     // Both foreign consumers, and nobody else, processed what no assignment allowed: each of
     // their 20 messages, from the first.
-    let unowned: Vec<(String, u64, u64)> = json["unowned"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let unowned: Vec<(String, u64, u64)> = elements(&json["unowned"])
         .iter()
         .map(|u| {
             (
@@ -311,10 +282,7 @@ fn late_reordered_and_doubly_consumed_messages_from_a_foreign_client_fail_for_th
     // The swallowed message, and only it, is lost: its partition's removal does not excuse
     // what its durable had acknowledged.
     assert_eq!(json["tracker"]["lost"], 1, "late is not lost: {stdout}");
-    let lost: Vec<(u64, u64)> = json["tracker"]["anomalies"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let lost: Vec<(u64, u64)> = elements(&json["tracker"]["anomalies"])
         .iter()
         .filter(|a| a["kind"] == "lost")
         .map(|a| {
@@ -326,10 +294,10 @@ fn late_reordered_and_doubly_consumed_messages_from_a_foreign_client_fail_for_th
         .collect();
     assert_eq!(lost, [(4, swallowed_seq)], "{stdout}");
     assert_eq!(json["tracker"]["partitions_removed"], 2);
-    let details: Vec<&str> = json["faults"]
-        .as_array()
-        .map(|f| f.iter().filter_map(|f| f["detail"].as_str()).collect())
-        .unwrap_or_default();
+    let details: Vec<&str> = elements(&json["faults"])
+        .iter()
+        .filter_map(|f| f["detail"].as_str())
+        .collect();
     assert!(
         details
             .iter()
@@ -337,12 +305,12 @@ fn late_reordered_and_doubly_consumed_messages_from_a_foreign_client_fail_for_th
         "the ack floor was read: {details:?}"
     );
     assert_eq!(json["tracker"]["late"], 1);
-    assert_eq!(sampled_partitions(&json, "late"), [0].into());
+    assert_eq!(anomaly_partitions(&json, "late"), [0].into());
     // Both nakked messages came back after their successors; the other partitions are in
     // order (the rogue reads partition 2 from its start, in order).
-    assert_eq!(sampled_partitions(&json, "order_violation"), [0, 1].into());
+    assert_eq!(anomaly_partitions(&json, "order_violation"), [0, 1].into());
     assert_eq!(
-        sampled_partitions(&json, "duplicate_concurrent"),
+        anomaly_partitions(&json, "duplicate_concurrent"),
         [2].into(),
         "the rogue's partition only"
     );
@@ -357,40 +325,38 @@ fn late_reordered_and_doubly_consumed_messages_from_a_foreign_client_fail_for_th
 fn child_pid(socket: &Path, process: &str) -> u32 {
     let want_process = format!("PARTI_SIM_PROCESS={process}");
     let want_socket = format!("PARTI_SIM_REPORT_SOCKET={}", socket.display());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-                continue;
-            };
-            let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-            let has = |want: &str| vars.contains(&want.as_bytes());
-            if has(&want_process) && has(&want_socket) {
-                return pid;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{process} never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let find = || {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .find_map(|entry| {
+                let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+                let environ = std::fs::read(entry.path().join("environ")).ok()?;
+                let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+                let has = |want: &str| vars.contains(&want.as_bytes());
+                (has(&want_process) && has(&want_socket)).then_some(pid)
+            })
+    };
+    let mut pid = None;
+    test_support::wait_for(
+        &format!("{process} started"),
+        Duration::from_secs(60),
+        || {
+            pid = find();
+            pid.is_some()
+        },
+    );
+    pid.expect("found")
 }
 
 /// Wait (with a deadline) until `process`'s log in the run of `dir` contains `needle`.
 fn wait_for_log(dir: &Path, process: &str, needle: &str) {
     let log = dir.join(format!("run/local/logs/{process}.log"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !std::fs::read_to_string(&log).is_ok_and(|text| text.contains(needle)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{process}'s log never said {needle:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    test_support::wait_for(
+        &format!("{process}'s log saying {needle:?}"),
+        Duration::from_secs(60),
+        || std::fs::read_to_string(&log).is_ok_and(|text| text.contains(needle)),
+    );
 }
 
 /// A worker killed by a signal the harness did not send (as the kernel's OOM killer or an
@@ -400,8 +366,7 @@ fn wait_for_log(dir: &Path, process: &str, needle: &str) {
 #[test]
 fn a_worker_dying_of_a_signal_nobody_sent_fails_the_run_naming_it() {
     let (_nats, dir) = set_up("unexpected-exit");
-    let config = std::fs::read_to_string(workspace().join("configs/quick.yaml")).expect("quick");
-    let run = start_run(dir.path(), &config);
+    let run = start_run(dir.path(), &test_support::edited_config("quick.yaml", &[]));
     let pid = child_pid(&run_dir_socket(&dir.path().join("run")), "worker-1");
     // Once it is at work, so that there are last words to show.
     wait_for_log(dir.path(), "worker-1", "worker started");
@@ -418,7 +383,7 @@ fn a_worker_dying_of_a_signal_nobody_sent_fails_the_run_naming_it() {
         ["unexpected_exit".to_string()].into(),
         "{stdout}"
     );
-    let reason = json["reasons"][0].as_str().unwrap_or_default();
+    let reason = reasons(&json).join("\n");
     assert!(
         reason.starts_with("unexpected exit: worker-1 died (signal 6) and no fault targeted it")
             && reason.contains("; its log ends: "),
@@ -451,12 +416,9 @@ fn the_last_recovery_is_waited_for_and_a_stop_during_one_fails_it() {
     // A paused worker strands the messages it had fetched until their 10 s ack wait ends;
     // with the leader paused too, they come back later than quick.yaml's 15 s window. This
     // test is about the recovery, so the window is wide.
-    let config = std::fs::read_to_string(workspace().join("configs/quick.yaml"))
-        .expect("quick")
-        .replacen("validation_window: 15s", "validation_window: 60s", 1);
-    assert!(
-        config.contains("validation_window: 60s"),
-        "quick.yaml's layout moved"
+    let config = test_support::edited_config(
+        "quick.yaml",
+        &[("validation_window: 15s", "validation_window: 60s")],
     );
     // 8 s: the pause (injected as soon as two workers are live, in the first seconds)
     // recovers only after the workers' 6 s lease lapses and its partitions move, past 8 s.
@@ -477,7 +439,7 @@ fn the_last_recovery_is_waited_for_and_a_stop_during_one_fails_it() {
         ["rebalance_timeout".to_string()].into(),
         "{stdout}"
     );
-    let reason = json["reasons"][0].as_str().unwrap_or_default();
+    let reason = reasons(&json).join("\n");
     assert!(
         reason.starts_with("recovery unfinished: after worker_pause on worker-1"),
         "{reason}"
@@ -485,19 +447,16 @@ fn the_last_recovery_is_waited_for_and_a_stop_during_one_fails_it() {
 
     let (code, stdout, json) = finish_run(waited.path(), waiting);
     assert_eq!(code, Some(0), "expected PASS:\n{stdout}");
-    let events: Vec<&str> = json["events"]
-        .as_array()
-        .map(|e| e.iter().filter_map(|e| e.as_str()).collect())
-        .unwrap_or_default();
+    let events = strings(&json["events"]);
     assert!(
         events.iter().any(|e| e.contains(
             "duration reached: the drain waits for the recovery from worker_pause on worker-1"
         )),
         "{events:#?}"
     );
-    let timed = json["fault_stats"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["event"] == "worker_pause"))
+    let timed = elements(&json["fault_stats"])
+        .iter()
+        .find(|s| s["event"] == "worker_pause")
         .and_then(|s| s["rebalance_max_s"].as_f64());
     assert!(timed.is_some(), "the pause's recovery was timed: {stdout}");
 }

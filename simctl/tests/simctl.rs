@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use test_support::report::{anomaly_partitions, elements, failure_kinds, reasons};
+
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -68,8 +70,7 @@ fn run_edited(name: &str, edit: impl FnOnce(String) -> String, duration: &str) -
         .tempdir()
         .expect("tempdir");
     let dir = KeepOnFailure(Some(dir));
-    let config =
-        edit(std::fs::read_to_string(workspace().join("configs/quick.yaml")).expect("quick.yaml"));
+    let config = edit(test_support::edited_config("quick.yaml", &[]));
     let config_path = dir.path().join("config.yaml");
     std::fs::write(&config_path, config).expect("write config");
     let json_path = dir.path().join("report.json");
@@ -110,6 +111,79 @@ fn quick_run_passes() {
         Some(sent),
         "received distinct == sent"
     );
+    // The stream, read once the producers stopped, agrees with the reports.
+    let check = &outcome.json["stream_check"];
+    assert_eq!(
+        (&check["read"], &check["partitions_read"], &check["unread"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(16),
+            &serde_json::json!(0)
+        ),
+        "{check}"
+    );
+}
+
+/// quick.yaml whose producers leave one message per partition in the stream that no report
+/// announced (`producers.faults.unreported_tail`), with worker fault knobs when given.
+fn with_an_unreported_tail(config: String, faults: Option<&str>) -> String {
+    let config = test_support::edit(
+        &config,
+        &[(
+            "producers:\n",
+            "producers:\n  faults:\n    unreported_tail: true\n",
+        )],
+    );
+    with_faults(config, faults)
+}
+
+/// The stream is the ground truth at the end: messages a producer published and never
+/// reported (as one killed between the PubAck and its report would) are processed in a
+/// clean run and balance the books; when a worker drops them, they are lost, which the
+/// reports alone could not show (nothing after them on their partition).
+#[test]
+fn an_unreported_tail_processed_passes() {
+    let outcome = run_edited(
+        "unreported-tail",
+        |config| with_an_unreported_tail(config, None),
+        "20s",
+    );
+    assert_eq!(outcome.code, 0, "expected PASS:\n{}", outcome.stdout);
+    let tracker = &outcome.json["tracker"];
+    assert_eq!(tracker["lost"], 0);
+    // One per partition, processed, never announced by a `sent` report.
+    assert_eq!(tracker["received_unconfirmed"], 16, "{}", outcome.stdout);
+    assert_eq!(
+        tracker["received"].as_u64(),
+        tracker["sent"].as_u64().map(|sent| sent + 16)
+    );
+    assert_eq!(outcome.json["stream_check"]["read"], true);
+    assert_eq!(outcome.json["stream_check"]["unread"], 0);
+    assert_eq!(outcome.json["stream_check"]["unannounced_lost"], 0);
+}
+
+/// See [`an_unreported_tail_processed_passes`]: the same tail, half of everything dropped
+/// by the workers (acknowledged, never processed).
+#[test]
+fn an_unreported_tail_dropped_is_lost() {
+    let outcome = run_edited(
+        "unreported-tail-dropped",
+        |config| with_an_unreported_tail(config, Some("    drop_and_ack_one_in: 2")),
+        "20s",
+    );
+    assert_eq!(outcome.code, 1, "expected FAIL:\n{}", outcome.stdout);
+    assert_eq!(
+        failure_kinds(&outcome.json),
+        ["loss".to_string()].into(),
+        "{}",
+        outcome.stdout
+    );
+    let check = &outcome.json["stream_check"];
+    assert_eq!(check["read"], true);
+    // Every second delivery is dropped: of 16 tail messages, some are; only the stream
+    // knew they existed.
+    let tail_lost = check["unannounced_lost"].as_u64().unwrap_or(0);
+    assert!(tail_lost >= 1, "{check}\n{}", outcome.stdout);
 }
 
 #[test]
@@ -120,11 +194,12 @@ fn dropping_acked_messages_fails_with_loss() {
         outcome.json["tracker"]["lost"].as_u64().unwrap_or(0) > 0,
         "loss counted"
     );
-    let kinds: Vec<&str> = outcome.json["failures"]
-        .as_array()
-        .map(|failures| failures.iter().filter_map(|f| f["kind"].as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(kinds, ["loss"], "only loss fails it:\n{}", outcome.stdout);
+    assert_eq!(
+        failure_kinds(&outcome.json),
+        ["loss".to_string()].into(),
+        "only loss fails it:\n{}",
+        outcome.stdout
+    );
 }
 
 #[test]
@@ -153,40 +228,30 @@ fn processing_after_revoke_fails_with_an_ownership_violation() {
 /// in all, processed in 1 ms: light enough for a 2-core machine running two such runs at
 /// once (a backlog would fail them as late, not only for their defect).
 fn two_rates(config: String) -> String {
-    let edited = config
-        .replacen("count: 16\n", "count: 128\n", 1)
-        .replacen(
-            "message_rate_per_partition: 5",
-            "message_rate_per_partition: 0.01",
-            1,
-        )
-        .replacen("extreme_percent: 0.125", "extreme_percent: 0.03125", 1)
-        .replacen("extreme_weight: 10", "extreme_weight: 5000", 1)
-        .replacen(
-            "partitions_per_producer: 8",
-            "partitions_per_producer: 64",
-            1,
-        )
-        .replacen("max: 5ms", "max: 1ms", 1)
-        .replacen(
-            "assignment_strategy: WeightedConsistentHash",
-            "assignment_strategy: RoundRobin",
-            1,
-        );
-    assert_eq!(
-        edited.matches("128").count()
-            + edited.matches("5000").count()
-            + edited.matches("max: 1ms").count(),
-        3,
-        "quick.yaml's layout moved: update two_rates"
-    );
-    edited
+    test_support::edit(
+        &config,
+        &[
+            ("count: 16\n", "count: 128\n"),
+            (
+                "message_rate_per_partition: 5",
+                "message_rate_per_partition: 0.01",
+            ),
+            ("extreme_percent: 0.125", "extreme_percent: 0.03125"),
+            ("extreme_weight: 10", "extreme_weight: 5000"),
+            ("partitions_per_producer: 8", "partitions_per_producer: 64"),
+            ("max: 5ms", "max: 1ms"),
+            (
+                "assignment_strategy: WeightedConsistentHash",
+                "assignment_strategy: RoundRobin",
+            ),
+        ],
+    )
 }
 
 /// Which partitions of a two-rate run ran at 50 messages/s.
 fn fast_partitions(seed: u64) -> std::collections::BTreeSet<u64> {
-    let config = std::fs::read_to_string(workspace().join("configs/quick.yaml")).expect("quick");
-    let config = sim_core::config::Config::from_yaml_str(&two_rates(config)).expect("config");
+    let config = two_rates(test_support::edited_config("quick.yaml", &[]));
+    let config = sim_core::config::Config::from_yaml_str(&config).expect("config");
     config
         .partition_weights(seed)
         .iter()
@@ -214,12 +279,8 @@ fn a_stalled_assignment_watch_fails_for_ownership_at_low_and_high_rates() {
         "40s",
     );
     assert_eq!(outcome.code, 1, "expected FAIL:\n{}", outcome.stdout);
-    let reasons: Vec<&str> = outcome.json["reasons"]
-        .as_array()
-        .map(|r| r.iter().filter_map(|r| r.as_str()).collect())
-        .unwrap_or_default();
     assert!(
-        reasons
+        reasons(&outcome.json)
             .iter()
             .any(|r| r.starts_with("ownership violation") && r.contains("assignment document")),
         "convicted by the document, not by its own statuses:\n{}",
@@ -228,34 +289,23 @@ fn a_stalled_assignment_watch_fails_for_ownership_at_low_and_high_rates() {
     let fast = fast_partitions(7);
     // At 50 messages/s the two consumers' processing also overlaps in time, which the
     // tracker sees; at 0.01 only the document does.
-    let kinds: std::collections::BTreeSet<&str> = outcome.json["failures"]
-        .as_array()
-        .map(|f| f.iter().filter_map(|f| f["kind"].as_str()).collect())
-        .unwrap_or_default();
+    let kinds = failure_kinds(&outcome.json);
     assert!(
         kinds
             .iter()
-            .all(|k| ["ownership", "concurrent_processing"].contains(k)),
+            .all(|k| ["ownership", "concurrent_processing"].contains(&k.as_str())),
         "nothing else fails: {kinds:?}\n{}",
         outcome.stdout
     );
-    let overlapping: Vec<u64> = outcome.json["tracker"]["anomalies"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|a| a["kind"] == "ownership_overlap")
-                .filter_map(|a| a["partition"].as_u64())
-                .collect()
-        })
-        .unwrap_or_default();
+    let overlapping = anomaly_partitions(&outcome.json, "ownership_overlap");
     assert!(
         overlapping.iter().all(|p| fast.contains(p)),
         "overlaps at the slow rate? {overlapping:?}"
     );
-    let unowned: Vec<u64> = outcome.json["unowned"]
-        .as_array()
-        .map(|u| u.iter().filter_map(|u| u["partition"].as_u64()).collect())
-        .unwrap_or_default();
+    let unowned: Vec<u64> = elements(&outcome.json["unowned"])
+        .iter()
+        .filter_map(|u| u["partition"].as_u64())
+        .collect();
     assert!(
         unowned.iter().any(|p| fast.contains(p)),
         "caught at 50 messages/s: {unowned:?} (fast: {fast:?})"
@@ -271,8 +321,6 @@ fn a_stalled_assignment_watch_fails_for_ownership_at_low_and_high_rates() {
 /// the document.
 #[test]
 fn the_two_rate_run_without_a_defect_passes() {
-    // Another seed than the defect's run: two runs started in the same second with one seed
-    // would get one run id.
     let outcome = run_edited("two-rates", two_rates, "40s");
     assert_eq!(outcome.code, 0, "expected PASS:\n{}", outcome.stdout);
     assert_eq!(outcome.json["unowned"], serde_json::json!([]));
@@ -285,10 +333,10 @@ fn the_two_rate_run_without_a_defect_passes() {
 fn invalid_config_exits_2_naming_the_field_and_starts_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bad.yaml");
-    let config =
-        std::fs::read_to_string(workspace().join("configs/quick.yaml")).expect("quick.yaml");
-    let bad = config.replacen("workers:\n  count: 3", "workers:\n  count: 0", 1);
-    assert_ne!(bad, config, "quick.yaml layout changed: update this test");
+    let bad = test_support::edited_config(
+        "quick.yaml",
+        &[("workers:\n  count: 3", "workers:\n  count: 0")],
+    );
     std::fs::write(&path, bad).expect("write");
     let run_dir = dir.path().join("run");
     let output = Command::new(simctl())
@@ -317,18 +365,16 @@ fn chaos_run_with_process_faults_passes() {
         .tempdir()
         .expect("tempdir");
     let dir = KeepOnFailure(Some(dir));
-    let config = std::fs::read_to_string(workspace().join("configs/quick.yaml"))
-        .expect("quick.yaml")
-        .replacen(
-            "chaos:\n  enabled: false",
-            "chaos:\n  enabled: true\n  events: [worker_crash, worker_restart, leader_failure, producer_crash, worker_pause, leader_pause, scale_up, scale_down]\n  interval: 3s-5s",
-            1,
-        )
-        .replacen("workers:\n  count: 3", "workers:\n  count: 4", 1)
-        .replacen("validation_window: 15s", "validation_window: 30s", 1);
-    assert!(
-        config.contains("interval: 3s-5s") && config.contains("count: 4"),
-        "quick.yaml layout changed"
+    let config = test_support::edited_config(
+        "quick.yaml",
+        &[
+            (
+                "chaos:\n  enabled: false",
+                "chaos:\n  enabled: true\n  events: [worker_crash, worker_restart, leader_failure, producer_crash, worker_pause, leader_pause, scale_up, scale_down]\n  interval: 3s-5s",
+            ),
+            ("workers:\n  count: 3", "workers:\n  count: 4"),
+            ("validation_window: 15s", "validation_window: 30s"),
+        ],
     );
     let path = dir.path().join("chaos.yaml");
     std::fs::write(&path, config).expect("write");
@@ -352,7 +398,7 @@ fn chaos_run_with_process_faults_passes() {
     );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).expect("json")).expect("parse");
-    let faults = json["faults"].as_array().cloned().unwrap_or_default();
+    let faults = elements(&json["faults"]);
     let injected: Vec<&serde_json::Value> = faults
         .iter()
         .filter(|f| f["outcome"] == "injected")
@@ -428,9 +474,7 @@ nats:
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).expect("json")).expect("json");
     assert_eq!(json["tracker"]["lost"], 0);
-    let kills: Vec<&serde_json::Value> = json["faults"]
-        .as_array()
-        .expect("faults")
+    let kills: Vec<&serde_json::Value> = elements(&json["faults"])
         .iter()
         .filter(|f| f["event"] == "nats_server_kill" && f["outcome"] == "injected")
         .collect();

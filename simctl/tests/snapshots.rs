@@ -109,6 +109,12 @@ fn report_text_of_a_failed_run() {
         unowned: Vec::new(),
         unjudged_ownership: 0,
         assignment_versions_missed: 0,
+        stream_check: sim_core::stream_check::StreamCheck {
+            read: true,
+            partitions_read: 16,
+            ..Default::default()
+        },
+        foreign_reports: sim_core::foreign_reports::ForeignReports::default(),
     };
     check("report-fail.txt", &summary.text());
     let junit = summary.junit();

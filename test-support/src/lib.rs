@@ -3,9 +3,12 @@
 //! Layout:
 //! - [`NatsServer`]: a real `nats-server -js` on a free loopback port with a temporary store,
 //!   killed on drop; restartable on the same port and store (for outage tests).
+//! - [`edited_config`] / [`edit`]: a config of `configs/` with text replaced, refusing an edit
+//!   that no longer matches.
 //! - [`eventually`]: wait for a condition with a deadline instead of sleeping and hoping
 //!   (async); [`wait_until`] / [`wait_for`] / [`wait_for_line`] are the blocking ones.
 //! - [`fleet`]: a coordinator daemon and an agent on loopback ([`LocalFleet`]).
+//! - [`report`]: reading a run's JSON report in assertions.
 //! - [`lab`]: a hub and N hosts as network namespaces on a private bridge, so faults (iptables,
 //!   tc) hit one host at a time; torn down on drop.
 //!
@@ -14,6 +17,7 @@
 
 pub mod fleet;
 pub mod lab;
+pub mod report;
 
 pub use fleet::{LocalFleet, status_number, wait_for, wait_for_line, wait_until};
 
@@ -61,6 +65,32 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The workspace's `configs/<name>` with `edits` made (see [`edit`]).
+#[track_caller]
+pub fn edited_config(name: &str, edits: &[(&str, &str)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    edit(&text, edits)
+}
+
+/// `config` with the first occurrence of each `from` replaced by its `to`, in order. Panics
+/// naming an edit whose text is not there: the config's layout moved, and a test must never
+/// run a config other than the one it means.
+#[track_caller]
+pub fn edit(config: &str, edits: &[(&str, &str)]) -> String {
+    let mut config = config.to_string();
+    for (from, to) in edits {
+        assert!(
+            config.contains(from),
+            "the config's layout moved: {from:?} is not in it (update the test)"
+        );
+        config = config.replacen(from, to, 1);
+    }
+    config
 }
 
 /// Run `simctl --coordinator <endpoint> <args>` to completion.

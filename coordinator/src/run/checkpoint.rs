@@ -249,10 +249,10 @@ impl Engine {
         };
         let downtime =
             Duration::from_micros(u64::try_from(now_us() - saved.written_unix_us).unwrap_or(0));
-        let mut run = restore(saved, io, nats_url, downtime)
+        let gaps_seen = self.registry.gaps().len();
+        let mut run = restore(saved, io, nats_url, downtime, gaps_seen)
             .map_err(|e| StartError::Config(format!("checkpoint {generation}: {e}")))?;
         run.local.checkpoints.0 = generation;
-        run.local.gaps_seen = self.registry.gaps().len();
         run.state.events.push(RunEvent::new(
             EventKind::Resume,
             format!(
@@ -281,6 +281,7 @@ fn restore(
     io: RunIo,
     nats_url: String,
     downtime: Duration,
+    gaps_seen: usize,
 ) -> Result<ActiveRun, String> {
     let mut state = saved.state;
     let tracker = Tracker::import(tracker_config(&state.config), saved.tracker)
@@ -294,7 +295,7 @@ fn restore(
         events_logged: state.events.len(),
         resume_hold: Some((state.applied.keys().cloned().collect(), now)),
         checkpointed: state.applied.clone(),
-        ..Local::new(0)
+        ..Local::new(gaps_seen)
     };
     Ok(ActiveRun {
         clock: RunClock::at(Duration::from_millis(saved.elapsed_ms) + downtime),
@@ -383,7 +384,14 @@ mod tests {
         .expect("config");
         let url = "nats://127.0.0.1:4222";
         let placement = crate::placement::place(&config, 7, &["a".into()], url);
-        let mut state = RunState::new("run-1".into(), config.clone(), 7, placement, url.into());
+        let map = placement.partition_map(config.partitions.count);
+        let mut state = RunState::new(
+            "run-1".into(),
+            config.clone(),
+            7,
+            (placement, map),
+            url.into(),
+        );
         let worker = state.worker_ref("worker-0", 1, "w0");
         state.failures.push(Failure::AgentsLost);
         state

@@ -15,6 +15,7 @@ impl Engine {
         let agents = self.registry.connected().await;
         let Some(run) = self.run.as_mut() else { return };
         run.tracker.finish(now_us());
+        super::ground_truth::count_unannounced_lost(run);
         run.state.phase = Phase::Finished;
         run.state.end = Some(reason);
         let duplicates = run.tracker.snapshot(now_us()).duplicates();

@@ -28,6 +28,17 @@ impl Engine {
             .applied
             .insert(batch.agent.clone(), (batch.boot_id, batch.number));
         for report in batch.reports {
+            let Some(run) = self.run.as_mut() else { return };
+            if !run
+                .state
+                .foreign_reports
+                .admits(&run.state.id, &report.run_id)
+            {
+                if run.state.foreign_reports.count == 1 {
+                    warn!(run = %run.state.id, from = %report.run_id, "a report of another run's process refused (further ones are counted)");
+                }
+                continue;
+            }
             let Some(body) = report.body else { continue };
             if let report::Body::Network(network) = &body {
                 self.on_network_report(&batch.agent, network);

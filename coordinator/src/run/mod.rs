@@ -9,7 +9,7 @@
 //! Layout: this module holds the engine loop, the drain and status; `state` the run's
 //! state (what a checkpoint holds); `tick` the periodic step, phase by phase; `start`,
 //! `ingest` (agents' report batches, exits) and `finish` (the verdict written out) the rest
-//! of a run's life; `faults` the chaos; `checkpoint` writing and resuming; `clock` run time.
+//! of a run's life; `ground_truth` the stream read once the producers stopped; `faults` the chaos; `checkpoint` writing and resuming; `clock` run time.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +24,7 @@ mod checkpoint;
 mod clock;
 mod faults;
 mod finish;
+mod ground_truth;
 mod ingest;
 mod start;
 mod state;
@@ -101,6 +102,15 @@ pub struct EngineHandle {
     pub status: watch::Receiver<RunStatus>,
     /// The final report, once there is one.
     pub report: watch::Receiver<Option<RunReport>>,
+}
+
+/// A spawn command for run `run_id`: the agent stamps the child's reports with it, and stops
+/// every child of another run before it starts this one.
+fn spawn_for(run_id: &str, spawn: proto::v1::Spawn) -> coordinator_message::Body {
+    coordinator_message::Body::Spawn(proto::v1::Spawn {
+        run_id: run_id.to_string(),
+        ..spawn
+    })
 }
 
 /// Why the drain began.

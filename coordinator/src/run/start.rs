@@ -1,6 +1,5 @@
 //! Starting a run: placement, the run directory, the NATS state, the first spawns.
 
-use proto::v1::coordinator_message;
 use tracing::{info, warn};
 
 use super::clock::RunClock;
@@ -58,7 +57,13 @@ impl Engine {
             }
         };
         info!(run = %id, dir = %dir.root().display(), agents = agents.len(), producers = placement.producers.len(), workers = placement.workers.len(), "starting run");
-        let state = RunState::new(id.clone(), config, seed, placement, nats_url.clone());
+        let state = RunState::new(
+            id.clone(),
+            config,
+            seed,
+            (placement, partition_map),
+            nats_url.clone(),
+        );
         let (first_wave, _) = state.worker_waves();
         let producers = state.placement.producer_spawns();
         self.report_tx.send_replace(None);
@@ -82,7 +87,7 @@ impl Engine {
         for (agent, spawn) in first_wave.into_iter().chain(producers) {
             if !self
                 .registry
-                .send(&agent, coordinator_message::Body::Spawn(spawn))
+                .send(&agent, super::spawn_for(&id, spawn))
                 .await
             {
                 self.run = None;

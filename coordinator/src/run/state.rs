@@ -26,7 +26,9 @@ use sim_core::assignment::AssignmentLog;
 use sim_core::authority::AuthorityCheck;
 use sim_core::config::Config;
 use sim_core::events::{EndReason, RunEvent};
+use sim_core::foreign_reports::ForeignReports;
 use sim_core::ownership::OwnershipCheck;
+use sim_core::stream_check::StreamCheck;
 use sim_core::tracker::WorkerRef;
 use sim_core::verdict::Failure;
 
@@ -98,6 +100,12 @@ pub(super) struct RunState {
     /// Processing judged against parti's assignment document.
     #[serde(default)]
     pub(super) authority: AuthorityCheck,
+    /// The stream read as the ground truth once the producers stopped (docs/VERDICT.md).
+    #[serde(default)]
+    pub(super) stream_check: StreamCheck,
+    /// Reports of another run's children: refused, counted.
+    #[serde(default)]
+    pub(super) foreign_reports: ForeignReports,
     /// Process slot → pid of the child this run started in it (from `Started` reports): an
     /// exit of any other pid is a leftover of another run, not this run's business.
     #[serde(default)]
@@ -120,14 +128,14 @@ pub(super) struct RunState {
 
 impl RunState {
     /// A run about to start: nothing happened yet, every producer is (about to be) alive.
+    /// `partition_map` is the one published for it (`placement`'s).
     pub(super) fn new(
         id: String,
         config: Config,
         seed: u64,
-        placement: Placement,
+        (placement, partition_map): (Placement, PartitionMap),
         nats_url: String,
     ) -> Self {
-        let partition_map = placement.partition_map(config.partitions.count);
         let faults = FaultState::new(&config, seed, &placement, &nats_url);
         Self {
             format: CHECKPOINT_FORMAT,
@@ -149,6 +157,8 @@ impl RunState {
             events: Vec::new(),
             ownership: OwnershipCheck::default(),
             authority: AuthorityCheck::default(),
+            stream_check: StreamCheck::default(),
+            foreign_reports: ForeignReports::default(),
             pids: BTreeMap::new(),
             pids_tracked: true,
             faults,

@@ -2,7 +2,6 @@
 //! resume's hold, expiry and report gaps, the end conditions (agents lost, stall, drain
 //! done), status, and a checkpoint when one is due.
 
-use proto::v1::coordinator_message;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -29,10 +28,10 @@ impl Engine {
         self.fault_tick().await;
         let now = Instant::now();
         let agents = self.registry.connected().await;
-        if !self
+        if self
             .run
             .as_ref()
-            .is_some_and(|run| run.state.phase != Phase::Finished)
+            .is_none_or(|run| run.state.phase == Phase::Finished)
         {
             return;
         }
@@ -43,6 +42,8 @@ impl Engine {
             run.tracker.expire(now_us());
         }
         record_report_gaps(run, &self.registry);
+        self.read_stream_once().await;
+        let Some(run) = self.run.as_mut() else { return };
         let next = end_conditions(run, &agents, now);
         if matches!(next, Next::Drain) {
             self.begin_drain(DrainReason::DurationReached).await;
@@ -82,7 +83,7 @@ impl Engine {
         for (agent, spawn) in workers {
             if !self
                 .registry
-                .send(&agent, coordinator_message::Body::Spawn(spawn))
+                .send(&agent, super::spawn_for(&run.state.id, spawn))
                 .await
             {
                 warn!(run = %run.state.id, %agent, "second-wave worker not started: agent went away");

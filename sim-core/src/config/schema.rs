@@ -157,6 +157,8 @@ pub struct ProducersConfig {
     pub partitions_per_producer: Option<u32>,
     /// Slow global swings of the publish rate.
     pub rate_variation: RateVariation,
+    /// Self-test knobs (extension): harness-side mishaps the verdict must see through.
+    pub faults: ProducerFaults,
 }
 
 impl Default for ProducersConfig {
@@ -165,8 +167,21 @@ impl Default for ProducersConfig {
             count: 1,
             partitions_per_producer: None,
             rate_variation: RateVariation::default(),
+            faults: ProducerFaults::default(),
         }
     }
+}
+
+/// `producers.faults` (extension): what a producer does wrong on purpose, to test the
+/// harness itself. All off by default.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducerFaults {
+    /// At its graceful stop, publish one more message on each partition and exit without
+    /// reporting it, as a producer killed between the PubAck and its `sent` report would:
+    /// messages in the stream that no report announced. The stream read at the end must
+    /// find them (processed: PASS; not processed: lost).
+    pub unreported_tail: bool,
 }
 
 /// `producers.rate_variation`: the rate multiplier drifts between the bounds.

@@ -50,6 +50,8 @@ mod checkpoint_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod stored_tests;
+#[cfg(test)]
 mod tests;
 
 use hdrhistogram::Histogram;
@@ -281,22 +283,62 @@ impl Tracker {
         taken_through: u64,
         now_us: i64,
     ) -> Result<u64, InputError> {
+        let (idx, _) = self.learn_from_server(partition, taken_through, now_us)?;
+        let part = &mut self.partitions[idx];
+        part.removed = true;
+        part.taken_through = part.taken_through.max(taken_through);
+        Ok(self.settle_removed(idx, Some(i64::MIN)))
+    }
+
+    /// The stream, read after the producers stopped, holds `partition`'s messages up to
+    /// `seq`. Every one of them exists whether or not a report announced it (a producer
+    /// killed between the PubAck and its `sent` report): those beyond the reports become
+    /// known now, as of `now_us`, and are missing until processed — lost if never. Returns
+    /// how many became known.
+    ///
+    /// # Errors
+    /// As for [`Self::remove_partition`] (a stored seq further above the reports than a
+    /// report may reach: nothing changes).
+    pub fn stored_through(
+        &mut self,
+        partition: u32,
+        seq: u64,
+        now_us: i64,
+    ) -> Result<u64, InputError> {
+        let (_, known) = self.learn_from_server(partition, seq, now_us)?;
+        Ok(seq.saturating_sub(known))
+    }
+
+    /// Every seq of `partition` up to `seq` exists, as the server says (an ack floor, the
+    /// last stored message), as of `now_us`; returns the partition's index and the highest
+    /// seq known before. A seq further above the reports than a report may reach is refused
+    /// (a corrupt answer): nothing changes.
+    fn learn_from_server(
+        &mut self,
+        partition: u32,
+        seq: u64,
+        now_us: i64,
+    ) -> Result<(usize, u64), InputError> {
         let idx = self.slot(partition, 0, None)?;
         let known = self.partitions[idx].known_max();
-        if taken_through > known.saturating_add(self.config.max_seq_jump) {
+        if seq > known.saturating_add(self.config.max_seq_jump) {
             return Err(InputError::SequenceJump {
                 partition,
-                seq: taken_through,
+                seq,
                 known,
                 limit: self.config.max_seq_jump,
             });
         }
-        let now = now_us.max(self.now_us);
-        let part = &mut self.partitions[idx];
-        part.learn(taken_through, now);
-        part.removed = true;
-        part.taken_through = part.taken_through.max(taken_through);
-        Ok(self.settle_removed(idx, Some(i64::MIN)))
+        self.partitions[idx].learn(seq, now_us.max(self.now_us));
+        Ok((idx, known))
+    }
+
+    /// How many of `partition`'s seqs in `above+1 ..= through` are lost now.
+    #[must_use]
+    pub fn lost_between(&self, partition: u32, above: u64, through: u64) -> u64 {
+        self.partitions
+            .get(partition as usize)
+            .map_or(0, |part| part.lost_between(above, through))
     }
 
     /// Tracks `partition` (again) for loss. Seqs that went missing while it was removed stay

@@ -158,6 +158,19 @@ impl PartitionState {
         self.window.front().map(|s| s.known_at())
     }
 
+    /// How many seqs in `above+1 ..= through` are written off as lost.
+    pub fn lost_between(&self, above: u64, through: u64) -> u64 {
+        if through <= above {
+            return 0;
+        }
+        let written_off = self
+            .exceptions
+            .range(above + 1..=through)
+            .filter(|(_, flags)| **flags & LOST != 0)
+            .count();
+        written_off as u64
+    }
+
     /// Current window length; tests use it to prove memory stays bounded.
     #[cfg(test)]
     pub fn window_len(&self) -> usize {

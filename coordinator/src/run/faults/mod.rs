@@ -84,7 +84,7 @@ impl Engine {
             if let Some((agent, spawn)) = run.state.faults.slots.get(&process).cloned() {
                 if self
                     .registry
-                    .send(&agent, coordinator_message::Body::Spawn(spawn))
+                    .send(&agent, super::spawn_for(&run.state.id, spawn))
                     .await
                 {
                     run.state.events.push(RunEvent::new(
@@ -313,7 +313,15 @@ impl Engine {
                 Action::Signal(signal) => {
                     Self::signal(&self.registry, run, &planned.target, signal).await
                 }
-                Action::Send(agent, body) => self.registry.send(&agent, *body).await,
+                Action::Send(agent, body) => {
+                    let body = match *body {
+                        coordinator_message::Body::Spawn(spawn) => {
+                            super::spawn_for(&run.state.id, spawn)
+                        }
+                        other => other,
+                    };
+                    self.registry.send(&agent, body).await
+                }
                 Action::KillNatsServer(index) => nats_server::kill(run, index).await,
                 Action::PublishMap => partitions::publish(run).await,
             };

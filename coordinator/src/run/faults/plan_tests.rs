@@ -68,6 +68,7 @@ fn fault_state(agents: &[&str], workers: &[&str]) -> FaultState {
             let spawn = Spawn {
                 process: (*process).to_string(),
                 spec: Some(spawn::Spec::Worker(WorkerSpec::default())),
+                run_id: String::new(),
             };
             let agent = agents.get(i % agents.len().max(1)).copied().unwrap_or("a0");
             ((*process).to_string(), (agent.to_string(), spawn))

@@ -150,6 +150,8 @@ pub(super) fn scale_up(input: &PlanInput<'_>, options: &InjectOptions) -> Result
     let spawn = Spawn {
         process: process.clone(),
         spec: Some(spawn::Spec::Worker(spec)),
+        // Stamped when sent.
+        run_id: String::new(),
     };
     let partitions = input.partition_map.partitions.len() as u64;
     Ok(Plan {

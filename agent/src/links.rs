@@ -1,0 +1,188 @@
+//! Which report connection belongs to which child, so that a child's exit is reported only
+//! after its last report.
+//!
+//! A child's reports and its exit reach the agent by two paths: the reports over its report
+//! socket, the exit from `wait()`. A producer SIGKILLed right after writing its last `sent`
+//! lines leaves them in the socket while `wait()` already returns; sent on at once, the exit
+//! would overtake them, and the coordinator would stop waiting for a producer whose last
+//! messages it has not heard of yet. So the exit waits for the child's connection to reach
+//! its end (everything the child wrote has been read and passed on), and a child's reports
+//! and exit arrive at the coordinator in the order they happened.
+//!
+//! The connection is matched to the child by the peer's pid (`SO_PEERCRED`), or, for a
+//! child whose reports come from another process (a wrapper script starting the real
+//! consumer), by the `hello` line's process name. The match also says which run the child
+//! was started for: its reports are stamped with that run id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// How long an exited child's connection may take to be accepted: a child that never
+/// connected (it failed at start) has its exit reported after this.
+const ACCEPT_GRACE: Duration = Duration::from_secs(2);
+/// How long an exited child's connection may take to be read to its end. Reading waits
+/// while the agent's outbox is full, so this is generous; past it (a grandchild holding the
+/// socket open) the exit is reported anyway, with a warning.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Connected,
+    Closed,
+}
+
+/// The children whose report connection has not been accepted yet, by pid.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    pending: Arc<Mutex<HashMap<u32, Pending>>>,
+}
+
+/// A started child whose connection has not been accepted yet.
+#[derive(Debug)]
+struct Pending {
+    process: String,
+    run_id: String,
+    state: watch::Sender<State>,
+}
+
+/// The end of a child's link its exit waits on.
+#[derive(Debug)]
+pub struct ExitGate {
+    pid: u32,
+    state: watch::Receiver<State>,
+    links: Links,
+}
+
+/// A connection's hold on its child's link: dropped when the connection is read to its end.
+#[derive(Debug)]
+pub struct Connection {
+    state: watch::Sender<State>,
+    run_id: String,
+}
+
+impl Connection {
+    fn new(pending: Pending) -> Self {
+        pending.state.send_replace(State::Connected);
+        Self {
+            state: pending.state,
+            run_id: pending.run_id,
+        }
+    }
+
+    /// The run the child was started for.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.state.send_replace(State::Closed);
+    }
+}
+
+impl Links {
+    /// A child `process` started as `pid` for `run_id`; its exit waits on the gate.
+    pub fn started(&self, process: &str, pid: u32, run_id: &str) -> ExitGate {
+        let (tx, state) = watch::channel(State::Waiting);
+        let pending = Pending {
+            process: process.to_string(),
+            run_id: run_id.to_string(),
+            state: tx,
+        };
+        self.lock().insert(pid, pending);
+        ExitGate {
+            pid,
+            state,
+            links: self.clone(),
+        }
+    }
+
+    /// A connection from the process `pid` (the peer's credentials).
+    pub fn connected_pid(&self, pid: u32) -> Option<Connection> {
+        self.lock().remove(&pid).map(Connection::new)
+    }
+
+    /// A connection whose `hello` named `process`, from a process that is not the child
+    /// itself.
+    pub fn connected_name(&self, process: &str) -> Option<Connection> {
+        let mut pending = self.lock();
+        let pid = pending
+            .iter()
+            .find(|(_, child)| child.process == process)
+            .map(|(pid, _)| *pid)?;
+        pending.remove(&pid).map(Connection::new)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Pending>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ExitGate {
+    /// After the child exited: wait until its connection is read to its end (bounded); false
+    /// when that limit passed with the connection still open.
+    pub async fn passed(mut self) -> bool {
+        let accepted =
+            tokio::time::timeout(ACCEPT_GRACE, self.state.wait_for(|s| *s != State::Waiting))
+                .await
+                .is_ok();
+        if !accepted {
+            // Never connected (or not yet accepted): nothing of it can overtake the exit
+            // any more than it could a second ago.
+            self.links.lock().remove(&self.pid);
+            return true;
+        }
+        tokio::time::timeout(DRAIN_LIMIT, self.state.wait_for(|s| *s == State::Closed))
+            .await
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exit_waits_for_its_connection_to_end() {
+        let links = Links::default();
+        let gate = links.started("producer-0", 41, "run-1");
+        let connection = links.connected_pid(41).expect("linked");
+        let exit = tokio::spawn(gate.passed());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!exit.is_finished(), "the connection is still being read");
+        drop(connection);
+        assert!(exit.await.expect("join"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_child_that_never_connected_is_not_waited_for_long() {
+        let links = Links::default();
+        let gate = links.started("producer-0", 41, "run-1");
+        assert!(gate.passed().await);
+        assert!(links.connected_pid(41).is_none(), "forgotten");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_held_open_past_the_limit_lets_the_exit_go() {
+        let links = Links::default();
+        let gate = links.started("worker-0", 7, "run-1");
+        let _held = links.connected_name("worker-0").expect("by name");
+        assert!(!gate.passed().await);
+    }
+
+    #[test]
+    fn only_a_started_child_is_linked() {
+        let links = Links::default();
+        let _gate = links.started("worker-0", 7, "run-1");
+        assert!(links.connected_pid(8).is_none());
+        assert!(links.connected_name("worker-1").is_none());
+        let connection = links.connected_pid(7).expect("linked");
+        assert_eq!(connection.run_id(), "run-1");
+        assert!(links.connected_pid(7).is_none(), "once");
+    }
+}
