@@ -240,17 +240,27 @@ async fn handle_command(
         }
         Some(coordinator_message::Body::Signal(command)) => {
             let signal = match Signal::try_from(command.signal) {
-                Ok(Signal::Term) => NixSignal::SIGTERM,
-                Ok(Signal::Kill) => NixSignal::SIGKILL,
-                Ok(Signal::Stop) => NixSignal::SIGSTOP,
-                Ok(Signal::Cont) => NixSignal::SIGCONT,
-                _ => {
-                    warn!(signal = command.signal, "unknown signal ignored");
-                    return;
-                }
+                Ok(Signal::Term) => Some(NixSignal::SIGTERM),
+                Ok(Signal::Kill) => Some(NixSignal::SIGKILL),
+                Ok(Signal::Stop) => Some(NixSignal::SIGSTOP),
+                Ok(Signal::Cont) => Some(NixSignal::SIGCONT),
+                _ => None,
             };
-            if let Err(error) = supervisor.signal(&command.process, signal).await {
+            let result = match signal {
+                Some(signal) => supervisor
+                    .signal(&command.process, signal)
+                    .await
+                    .map_err(|error| error.to_string()),
+                None => Err(format!("unknown signal {}", command.signal)),
+            };
+            if let Err(error) = &result {
                 warn!(%error, "signal failed");
+            }
+            // A fault's signal is confirmed: it counts only if it reached a live process.
+            if command.fault != 0 {
+                supervisor
+                    .confirm_signal(command.fault, &command.process, result)
+                    .await;
             }
         }
         Some(coordinator_message::Body::Shutdown(_)) => {
@@ -413,6 +423,45 @@ mod tests {
         .expect("the exit within 60s");
         assert_eq!(exited.signal, Some(9), "{exited:?}");
         assert_eq!(sent, 5000, "every report before the exit");
+    }
+
+    /// A fault's signal is confirmed: delivered to a live child, not delivered to a slot
+    /// with nobody in it (the fault then did nothing).
+    #[tokio::test]
+    async fn a_faults_signal_is_confirmed_only_when_it_reached_a_live_process() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = dir.path().join("child");
+        python_child(&child, "send(sent(1))\ntime.sleep(60)");
+        let (supervisor, mut rx) = agent_with(dir.path(), &child);
+        supervisor
+            .spawn(producer("producer-0", "run-1"))
+            .await
+            .expect("spawn");
+        let (network, _network_rx) = mpsc::unbounded_channel();
+        let outbox = Outbox::new(OUTBOX_BUDGET, MAX_UNACKED, BATCH_SIZE);
+        let mut result_of = async |process: &str, fault: u64| {
+            let command = coordinator_message::Body::Signal(proto::v1::SignalProcess {
+                process: process.into(),
+                signal: Signal::Kill.into(),
+                fault,
+            });
+            handle_command(&supervisor, &network, Some(command), &outbox).await;
+            loop {
+                let report = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                    .await
+                    .expect("a report within 30s")
+                    .expect("open");
+                if let Some(report::Body::SignalResult(result)) = report.body {
+                    return result;
+                }
+            }
+        };
+        let missed = result_of("worker-9", 4).await;
+        assert_eq!((missed.fault, missed.delivered), (4, false), "{missed:?}");
+        assert!(missed.detail.contains("worker-9"), "{missed:?}");
+        let hit = result_of("producer-0", 5).await;
+        assert_eq!((hit.fault, hit.delivered), (5, true), "{hit:?}");
+        assert_eq!(hit.process, "producer-0");
     }
 
     /// A child of run-a that ignores SIGTERM and keeps reporting is stopped (killed after the

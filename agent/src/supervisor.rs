@@ -14,7 +14,8 @@ use std::sync::Arc;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use proto::v1::{
-    ChildLog, ProcessExited, ProcessKind, ProcessStarted, Report, Spawn, report, spawn,
+    ChildLog, ProcessExited, ProcessKind, ProcessStarted, Report, SignalResult, Spawn, report,
+    spawn,
 };
 use tokio::sync::{Mutex, mpsc};
 
@@ -274,6 +275,21 @@ impl Supervisor {
             process: process.to_string(),
             source,
         })
+    }
+
+    /// Tell the coordinator whether the signal of fault `fault` reached `process`.
+    pub async fn confirm_signal(&self, fault: u64, process: &str, result: Result<(), String>) {
+        let report = Report {
+            body: Some(report::Body::SignalResult(SignalResult {
+                fault,
+                process: process.to_string(),
+                delivered: result.is_ok(),
+                detail: result.err().unwrap_or_default(),
+            })),
+            // About the host's command, not a child's words: for the current run.
+            run_id: String::new(),
+        };
+        let _ = self.events.send(report).await;
     }
 
     /// Names of the running processes.

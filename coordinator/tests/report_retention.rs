@@ -310,6 +310,7 @@ fn reports_after_the_checkpoint_survive_a_coordinator_restart_exactly_once() {
                 coordinator_message::Body::Signal(SignalProcess {
                     process: "producer-0".into(),
                     signal: Signal::Term.into(),
+                    fault: 0,
                 }),
             )
             .await;

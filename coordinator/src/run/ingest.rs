@@ -44,9 +44,13 @@ impl Engine {
                 self.on_network_report(&batch.agent, network);
                 continue;
             }
+            if let report::Body::SignalResult(result) = &body {
+                self.on_signal_result(&batch.agent, result);
+                continue;
+            }
             let Some(run) = self.run.as_mut() else { return };
             match body {
-                report::Body::Network(_) => {}
+                report::Body::Network(_) | report::Body::SignalResult(_) => {}
                 report::Body::ChildLog(log) => save_child_log(run, &batch.agent, &log),
                 report::Body::Sent(sent) => {
                     if let Err(error) = run.tracker.sent(Sent {

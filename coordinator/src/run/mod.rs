@@ -356,6 +356,7 @@ impl Engine {
             let signal = SignalProcess {
                 process: process.clone(),
                 signal: Signal::Term as i32,
+                fault: 0,
             };
             self.registry
                 .send(agent, coordinator_message::Body::Signal(signal))

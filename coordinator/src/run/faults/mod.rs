@@ -28,7 +28,8 @@
 use std::time::Duration;
 
 use proto::v1::{
-    HealNetwork, NetworkFaultPhase, NetworkFaultReport, Signal, SignalProcess, coordinator_message,
+    HealNetwork, NetworkFaultPhase, NetworkFaultReport, Signal, SignalProcess, SignalResult,
+    coordinator_message,
 };
 use tracing::{info, warn};
 
@@ -110,7 +111,7 @@ impl Engine {
             .collect();
         for process in resume {
             run.state.faults.paused.remove(&process);
-            Self::signal(&self.registry, run, &process, Signal::Cont).await;
+            Self::signal(&self.registry, run, &process, Signal::Cont, None).await;
         }
         let due: Vec<usize> = run
             .state
@@ -210,11 +211,46 @@ impl Engine {
         }
     }
 
+    /// Send `signal` to `process` through its agent; `fault`: the index of the fault it
+    /// carries out, which the agent confirms (`on_signal_result`).
+    /// An agent says whether a fault's signal reached a live process. Not delivered (the
+    /// process had exited, or was not the agent's): the fault did nothing, so it is skipped
+    /// with the reason and its expectations are withdrawn — an exit it would have excused
+    /// is judged as what it is.
+    pub(super) fn on_signal_result(&mut self, agent: &str, result: &SignalResult) {
+        let Some(run) = self.run.as_mut() else { return };
+        let Some(index) = usize::try_from(result.fault)
+            .ok()
+            .and_then(|fault| fault.checked_sub(1))
+        else {
+            return;
+        };
+        let Some(record) = run.state.faults.records.get_mut(index) else {
+            return;
+        };
+        if record.target != result.process || result.delivered {
+            return;
+        }
+        let why = Skip::NotDelivered {
+            agent: agent.to_string(),
+            detail: result.detail.clone(),
+        };
+        warn!(run = %run.state.id, event = record.event.as_str(), target = %record.target, %why, "fault not injected after all");
+        run.state.events.push(RunEvent::new(
+            EventKind::Fault,
+            format!("{} on {}: skipped: {why}", record.event, record.target),
+        ));
+        record.outcome = FaultOutcome::Skipped(why.to_string());
+        let target = record.target.clone();
+        run.state.faults.withdraw(index, &target);
+    }
+
     async fn signal(
         registry: &crate::agents::AgentRegistry,
         run: &ActiveRun,
         process: &str,
         signal: Signal,
+        fault: Option<usize>,
     ) -> bool {
         let Some((agent, _)) = run.state.faults.slots.get(process) else {
             return false;
@@ -222,6 +258,7 @@ impl Engine {
         let command = SignalProcess {
             process: process.to_string(),
             signal: signal as i32,
+            fault: fault.map_or(0, |index| index as u64 + 1),
         };
         registry
             .send(agent, coordinator_message::Body::Signal(command))
@@ -311,7 +348,8 @@ impl Engine {
             };
             let sent = match planned.action {
                 Action::Signal(signal) => {
-                    Self::signal(&self.registry, run, &planned.target, signal).await
+                    let fault = Some(index);
+                    Self::signal(&self.registry, run, &planned.target, signal, fault).await
                 }
                 Action::Send(agent, body) => {
                     let body = match *body {
@@ -329,18 +367,7 @@ impl Engine {
                 if let Some(index) = killed_nats {
                     run.state.faults.nats_down.remove(&index);
                 }
-                run.state.faults.expect_exit.remove(&planned.target);
-                run.state.faults.host_faults.remove(&planned.target);
-                run.state.faults.paused.remove(&planned.target);
-                if run
-                    .state
-                    .faults
-                    .measuring
-                    .as_ref()
-                    .is_some_and(|m| m.index == index)
-                {
-                    run.state.faults.measuring = None;
-                }
+                run.state.faults.withdraw(index, &planned.target);
                 run.state.faults.records[index].outcome =
                     FaultOutcome::Skipped(Skip::AgentGone.to_string());
             }
@@ -383,7 +410,7 @@ impl Engine {
             .into_keys()
             .collect();
         for process in paused {
-            Self::signal(&self.registry, run, &process, Signal::Cont).await;
+            Self::signal(&self.registry, run, &process, Signal::Cont, None).await;
         }
         let hosts: Vec<String> = run
             .state

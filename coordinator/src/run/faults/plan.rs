@@ -208,6 +208,9 @@ pub(super) enum Skip {
     /// The command could not be delivered.
     #[error("the target's agent went away")]
     AgentGone,
+    /// The agent could not deliver the signal (the process was gone).
+    #[error("{agent} could not deliver the signal: {detail}")]
+    NotDelivered { agent: String, detail: String },
 }
 
 /// Plan `event` (see the module docs): a [`Plan`], or why the fault is skipped.

@@ -152,6 +152,26 @@ impl FaultState {
         }
     }
 
+    /// Fault `index` on `target` did not happen (its command was not sent, or its signal not
+    /// delivered): what it made the run expect is withdrawn — the exit it would excuse, the
+    /// pause, the retirement, the restart, the host fault, and its recovery measurement.
+    pub(in crate::run) fn withdraw(&mut self, index: usize, target: &str) {
+        self.expect_exit.remove(target);
+        self.host_faults.remove(target);
+        self.paused.remove(target);
+        self.retired.remove(target);
+        if self
+            .restarts
+            .get(target)
+            .is_some_and(|(record, _, _)| *record == index)
+        {
+            self.restarts.remove(target);
+        }
+        if self.measuring.as_ref().is_some_and(|m| m.index == index) {
+            self.measuring = None;
+        }
+    }
+
     /// A restarted worker's slot reports again: its new incarnation must hold the same stable
     /// id (the agent hands it the slot's identity token, parti gives the id back at once).
     pub(in crate::run) fn check_restarted_identity(
@@ -226,5 +246,53 @@ impl FaultState {
             self.respawn
                 .insert(process.to_string(), now + RESPAWN_AFTER);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::recovery::{Measure, TargetDone};
+    use super::*;
+
+    fn measuring(index: usize) -> Option<Measure> {
+        Some(Measure {
+            index,
+            since: Duration::ZERO,
+            deadline: Duration::from_secs(60),
+            awaiting_heal: false,
+            received_at_since: 0,
+            moves_at_start: 0,
+            target_done: TargetDone::Nothing,
+        })
+    }
+
+    /// A fault that did not happen leaves no expectation behind; another fault's stay.
+    #[test]
+    fn a_withdrawn_fault_leaves_no_expectation_behind() {
+        let mut faults = FaultState::default();
+        faults.expect_exit.insert("worker-1".into());
+        faults.expect_exit.insert("worker-2".into());
+        faults
+            .paused
+            .insert("worker-1".into(), Duration::from_secs(5));
+        faults.retired.insert("worker-1".into());
+        faults
+            .restarts
+            .insert("worker-1".into(), (3, "w1".into(), 1));
+        faults.measuring = measuring(3);
+        faults.withdraw(3, "worker-1");
+        assert!(!faults.expect_exit.contains("worker-1"));
+        assert!(faults.expect_exit.contains("worker-2"), "another fault's");
+        assert!(faults.paused.is_empty() && faults.retired.is_empty());
+        assert!(faults.restarts.is_empty() && faults.measuring.is_none());
+
+        // A restart and a measurement of another fault are not this one's to withdraw.
+        faults
+            .restarts
+            .insert("worker-1".into(), (2, "w1".into(), 1));
+        faults.measuring = measuring(2);
+        faults.withdraw(3, "worker-1");
+        assert_eq!(faults.restarts.len(), 1);
+        assert!(faults.measuring.is_some());
     }
 }
