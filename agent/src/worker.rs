@@ -236,6 +236,15 @@ pub async fn run(
     reports: ReportClient,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), WorkerError> {
+    let delay = Duration::from_millis(spec.faults.as_ref().map_or(0, |f| f.startup_delay_ms));
+    if !delay.is_zero() {
+        // Self-test knob `startup_delay`: a worker slow to come up.
+        tracing::info!(?delay, "joining late (startup_delay)");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => return Ok(()),
+        }
+    }
     let client = async_nats::connect(proto::nats_servers(&spec.nats_url))
         .await
         .map_err(WorkerError::Connect)?;

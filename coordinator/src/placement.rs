@@ -142,6 +142,8 @@ pub fn place(config: &Config, seed: u64, agents: &[String], nats_url: &str) -> P
                 ack_then_crash_after: faults.ack_then_crash_after,
                 go_style_handoff: faults.go_style_handoff,
                 stalled_assignment_watch: faults.stalled_assignment_watch,
+                startup_delay_ms: u64::try_from(faults.startup_delay.as_millis())
+                    .unwrap_or(u64::MAX),
             }),
             seed: seed ^ u64::from(index),
         };

@@ -79,6 +79,7 @@ pub(crate) fn check_name(kind: FailureKind) -> &'static str {
         FailureKind::Assignment => "assignment_history",
         FailureKind::Ownership => "no_ownership_violation",
         FailureKind::UnexpectedExit => "no_unexpected_exit",
+        FailureKind::Startup => "startup_within_timeout",
         FailureKind::Infrastructure => "infrastructure",
     }
 }

@@ -186,6 +186,48 @@ fn an_unreported_tail_dropped_is_lost() {
     assert!(tail_lost >= 1, "{check}\n{}", outcome.stdout);
 }
 
+/// Workers slow to come up (`startup_delay: 10s`, knob) under `startup_timeout: 5s`: the
+/// startup gate names them, and the partitions nobody owned in time; nothing else fails
+/// (the window is wide enough for the late start). The control is `quick_run_passes`
+/// (default 60s).
+#[test]
+fn workers_slow_to_come_up_fail_the_startup_gate() {
+    let outcome = run_edited(
+        "startup",
+        |config| {
+            let config = test_support::edit(
+                &config,
+                &[(
+                    "coordinator:\n  validation_window: 15s\n",
+                    "coordinator:\n  validation_window: 30s\n  startup_timeout: 5s\n",
+                )],
+            );
+            with_faults(config, Some("    startup_delay: 10s"))
+        },
+        "20s",
+    );
+    assert_eq!(outcome.code, 1, "expected FAIL:\n{}", outcome.stdout);
+    assert_eq!(
+        failure_kinds(&outcome.json),
+        ["startup".to_string()].into(),
+        "{}",
+        outcome.stdout
+    );
+    let reasons = reasons(&outcome.json);
+    assert!(
+        reasons.iter().any(|r| r
+            .starts_with("startup: worker-0 was not following an assignment 5s after it started")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("startup: 16 of 16 partitions had no single live owner 5s")),
+        "{reasons:#?}"
+    );
+    assert_eq!(outcome.json["tracker"]["lost"], 0);
+}
+
 #[test]
 fn dropping_acked_messages_fails_with_loss() {
     let outcome = run_quick("drop", Some("    drop_and_ack_one_in: 25"), "20s");

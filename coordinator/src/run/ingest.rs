@@ -111,6 +111,7 @@ impl Engine {
                         status.incarnation,
                         &mut run.state.failures,
                     );
+                    run.state.startup.status(&status.process, &status.state);
                     let view = run.state.workers.entry(status.process.clone()).or_default();
                     view.worker_id = status.worker_id;
                     view.incarnation = status.incarnation;
@@ -126,6 +127,10 @@ impl Engine {
                         EventKind::Process,
                         format!("{} started (pid {})", started.process, started.pid),
                     ));
+                    if started.kind == ProcessKind::Worker as i32 {
+                        let now = super::clock::millis(run.clock.now());
+                        run.state.startup.started(&started.process, now);
+                    }
                     if started.kind == ProcessKind::Producer as i32 {
                         // A respawned producer counts again until the drain stops it.
                         run.state
@@ -186,6 +191,7 @@ impl Engine {
                             log_tail: exited.log_tail.clone(),
                         });
                     }
+                    run.state.startup.exited(&exited.process);
                     if producer {
                         run.state
                             .producers_alive

@@ -9,7 +9,7 @@
 //! Layout: this module holds the engine loop, the drain and status; `state` the run's
 //! state (what a checkpoint holds); `tick` the periodic step, phase by phase; `start`,
 //! `ingest` (agents' report batches, exits) and `finish` (the verdict written out) the rest
-//! of a run's life; `ground_truth` the stream read once the producers stopped; `faults` the chaos; `checkpoint` writing and resuming; `clock` run time.
+//! of a run's life; `ground_truth` the stream read once the producers stopped; `startup` the startup gate; `faults` the chaos; `checkpoint` writing and resuming; `clock` run time.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +27,7 @@ mod finish;
 mod ground_truth;
 mod ingest;
 mod start;
+mod startup;
 mod state;
 mod tick;
 

@@ -20,6 +20,7 @@ use proto::v1::PartitionMap;
 use serde::{Deserialize, Serialize};
 
 use super::faults::FaultState;
+use super::startup::StartupWatch;
 use super::{CHECKPOINT_FORMAT, SECOND_WAVE_AFTER};
 use crate::placement::{PlacedSpawn, Placement};
 use sim_core::assignment::AssignmentLog;
@@ -106,6 +107,9 @@ pub(super) struct RunState {
     /// Reports of another run's children: refused, counted.
     #[serde(default)]
     pub(super) foreign_reports: ForeignReports,
+    /// The startup gate's pending workers.
+    #[serde(default)]
+    pub(super) startup: StartupWatch,
     /// Process slot → pid of the child this run started in it (from `Started` reports): an
     /// exit of any other pid is a leftover of another run, not this run's business.
     #[serde(default)]
@@ -159,6 +163,7 @@ impl RunState {
             authority: AuthorityCheck::default(),
             stream_check: StreamCheck::default(),
             foreign_reports: ForeignReports::default(),
+            startup: StartupWatch::default(),
             pids: BTreeMap::new(),
             pids_tracked: true,
             faults,

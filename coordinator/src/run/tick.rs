@@ -42,6 +42,8 @@ impl Engine {
             run.tracker.expire(now_us());
         }
         record_report_gaps(run, &self.registry);
+        let run_time = run.clock.now();
+        super::startup::check(run, run_time);
         self.read_stream_once().await;
         let Some(run) = self.run.as_mut() else { return };
         let next = end_conditions(run, &agents, now);

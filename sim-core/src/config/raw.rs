@@ -25,6 +25,8 @@ pub(super) struct RawCoordinator {
     drain_timeout: Option<Duration>,
     #[serde(with = "human")]
     drain_settle: Duration,
+    #[serde(with = "human")]
+    startup_timeout: Duration,
 }
 
 impl Default for RawCoordinator {
@@ -37,6 +39,7 @@ impl Default for RawCoordinator {
             stall_timeout: defaults.stall_timeout,
             drain_timeout: None,
             drain_settle: defaults.drain_settle,
+            startup_timeout: defaults.startup_timeout,
         }
     }
 }
@@ -52,6 +55,7 @@ impl From<RawCoordinator> for CoordinatorConfig {
             rebalance_timeout: raw.rebalance_timeout,
             stall_timeout: raw.stall_timeout,
             drain_settle: raw.drain_settle,
+            startup_timeout: raw.startup_timeout,
         }
     }
 }

@@ -338,6 +338,9 @@ pub struct WorkerFaults {
     /// reports carry assignment version 0 (a stalled watcher knows no version), so its own
     /// statuses cannot convict it and only the assignment document can.
     pub stalled_assignment_watch: bool,
+    /// Wait this long after starting before joining (a worker slow to come up); 0 = off.
+    #[serde(with = "human")]
+    pub startup_delay: Duration,
 }
 
 // === coordinator ===
@@ -368,6 +371,11 @@ pub struct CoordinatorConfig {
     /// count (default 0s: the run ends as soon as it has caught up). At most `drain_timeout`.
     #[serde(serialize_with = "human::serialize")]
     pub drain_settle: Duration,
+    /// Extension: every worker must follow an assignment (parti state Stable, or leading)
+    /// within this long of its start, and every partition must be owned within this long of
+    /// the run's start ⇒ otherwise FAIL (`startup`; default 60s).
+    #[serde(serialize_with = "human::serialize")]
+    pub startup_timeout: Duration,
 }
 
 impl CoordinatorConfig {
@@ -391,6 +399,7 @@ impl Default for CoordinatorConfig {
             stall_timeout: Duration::from_secs(30),
             drain_timeout: Self::default_drain(validation_window),
             drain_settle: Duration::ZERO,
+            startup_timeout: Duration::from_secs(60),
         }
     }
 }

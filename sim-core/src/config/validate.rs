@@ -198,6 +198,7 @@ impl Config {
         p.positive_duration("coordinator.validation_window", c.validation_window);
         p.positive_duration("coordinator.rebalance_timeout", c.rebalance_timeout);
         p.positive_duration("coordinator.stall_timeout", c.stall_timeout);
+        p.positive_duration("coordinator.startup_timeout", c.startup_timeout);
         p.positive_duration("coordinator.drain_timeout", c.drain_timeout);
         p.ordered_durations(
             "coordinator.drain_settle",

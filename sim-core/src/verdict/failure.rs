@@ -99,6 +99,8 @@ pub enum Failure {
         #[serde(default)]
         log_tail: String,
     },
+    /// Startup took longer than `coordinator.startup_timeout`.
+    Startup(StartupMiss),
     /// Infrastructure: reports that can never arrive, so the books have a hole.
     ReportGap(ReportGap),
     /// Infrastructure: no agent was connected any more.
@@ -117,6 +119,59 @@ pub enum Failure {
         /// What went wrong.
         error: String,
     },
+}
+
+/// What was not up in time at the start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartupMiss {
+    /// A worker did not follow an assignment (parti state Stable, or leading) this long
+    /// after it started.
+    Worker {
+        /// Its process slot.
+        process: String,
+        /// The last state it reported ("" for none).
+        state: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// Partitions of the map had no single live owner this long after the run started.
+    Partitions {
+        /// How many had none (or several).
+        unowned: usize,
+        /// Of how many.
+        of: usize,
+        /// The timeout.
+        timeout: Duration,
+    },
+}
+
+impl fmt::Display for StartupMiss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Worker {
+                process,
+                state,
+                timeout,
+            } => {
+                let state = if state.is_empty() { "none" } else { state };
+                write!(
+                    f,
+                    "{process} was not following an assignment {timeout:?} after it started \
+                     (last state: {state})"
+                )
+            }
+            Self::Partitions {
+                unowned,
+                of,
+                timeout,
+            } => write!(
+                f,
+                "{unowned} of {of} partitions had no single live owner {timeout:?} after the \
+                 run started"
+            ),
+        }
+    }
 }
 
 /// What a kind of failure is about: one per check of the verdict (and JUnit test case).
@@ -147,6 +202,8 @@ pub enum FailureKind {
     Ownership,
     /// A worker or producer died when no fault targeted it.
     UnexpectedExit,
+    /// A worker or the partitions were not up within the startup timeout.
+    Startup,
     /// The harness could not test (agents, producers or reports lost): not a FAIL of the
     /// system under test.
     Infrastructure,
@@ -154,7 +211,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, in report order.
-    pub const ALL: [FailureKind; 13] = [
+    pub const ALL: [FailureKind; 14] = [
         Self::Loss,
         Self::ConcurrentProcessing,
         Self::Duplicates,
@@ -167,6 +224,7 @@ impl FailureKind {
         Self::Assignment,
         Self::Ownership,
         Self::UnexpectedExit,
+        Self::Startup,
         Self::Infrastructure,
     ];
 
@@ -185,6 +243,7 @@ impl FailureKind {
             Self::Assignment => "assignment",
             Self::Ownership => "ownership",
             Self::UnexpectedExit => "unexpected_exit",
+            Self::Startup => "startup",
             Self::Infrastructure => "infrastructure",
         }
     }
@@ -216,6 +275,7 @@ impl Failure {
             Self::Assignment { .. } => FailureKind::Assignment,
             Self::Ownership { .. } | Self::Unowned { .. } => FailureKind::Ownership,
             Self::UnexpectedExit { .. } => FailureKind::UnexpectedExit,
+            Self::Startup(_) => FailureKind::Startup,
             Self::ReportGap(_)
             | Self::AgentsLost
             | Self::ProducerDied { .. }
@@ -294,6 +354,7 @@ impl fmt::Display for Failure {
                 "ownership violation: {count} processing(s) the assignment document did not \
                  allow, e.g. {first}"
             ),
+            Self::Startup(miss) => write!(f, "startup: {miss}"),
             Self::UnexpectedExit {
                 process,
                 status,

@@ -26,7 +26,9 @@ mod tests;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
-pub use failure::{ExitStatus, Failure, FailureKind, MissingReports, ReportGap, Unrecovered};
+pub use failure::{
+    ExitStatus, Failure, FailureKind, MissingReports, ReportGap, StartupMiss, Unrecovered,
+};
 
 use crate::authority::Unowned;
 use crate::ownership::Violation;

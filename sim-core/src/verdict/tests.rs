@@ -327,6 +327,27 @@ fn cases() -> Vec<Case> {
             log_tail: String::new(),
         }),
         Case::new(
+            K::Startup,
+            Fail,
+            "startup: worker-2 was not following an assignment 60s after it started (last \
+             state: WaitingAssignment)",
+        )
+        .recorded(Failure::Startup(StartupMiss::Worker {
+            process: "worker-2".into(),
+            state: "WaitingAssignment".into(),
+            timeout: Duration::from_secs(60),
+        })),
+        Case::new(
+            K::Startup,
+            Fail,
+            "startup: 3 of 16 partitions had no single live owner 60s after the run started",
+        )
+        .recorded(Failure::Startup(StartupMiss::Partitions {
+            unowned: 3,
+            of: 16,
+            timeout: Duration::from_secs(60),
+        })),
+        Case::new(
             K::Infrastructure,
             Infrastructure,
             "producer producer-1 died: exit code 2",
@@ -376,7 +397,7 @@ fn clean_evidence_passes() {
         "{}",
         summary.junit()
     );
-    assert!(summary.junit().contains("tests=\"14\" failures=\"0\""));
+    assert!(summary.junit().contains("tests=\"15\" failures=\"0\""));
 }
 
 #[test]

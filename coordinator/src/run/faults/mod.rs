@@ -52,6 +52,7 @@ mod process;
 mod recovery;
 mod state;
 
+pub(super) use recovery::unsettled_partitions;
 pub(super) use state::FaultState;
 use state::{HOST_FAULT_GRACE, HostFault, NATS_KILL_FOR, NATS_RESTART_GRACE, NatsDown};
 

@@ -76,6 +76,13 @@ impl TargetDone {
 
 /// Every partition of the map owned by exactly one live, unpaused worker.
 fn fully_owned(run: &ActiveRun) -> bool {
+    unsettled_partitions(run) == 0
+}
+
+/// How many partitions of the map are not owned by exactly one live, unpaused worker (a
+/// worker owning a partition the map does not have counts as one more).
+pub(in crate::run) fn unsettled_partitions(run: &ActiveRun) -> usize {
+    let mut stray = 0;
     let mut owners: BTreeMap<u32, u8> = run
         .state
         .partition_map
@@ -91,11 +98,11 @@ fn fully_owned(run: &ActiveRun) -> bool {
             match owners.get_mut(partition) {
                 Some(count) => *count = count.saturating_add(1),
                 // Owns a partition that no longer exists: not settled yet.
-                None => return false,
+                None => stray += 1,
             }
         }
     }
-    owners.values().all(|count| *count == 1)
+    stray + owners.values().filter(|count| **count != 1).count()
 }
 
 /// The fault being measured has recovered (its time goes into the record) or is over its

@@ -26,7 +26,7 @@ pub(in crate::run) struct FaultState {
     /// Processes whose next exit the chaos caused.
     pub(in crate::run) expect_exit: HashSet<String>,
     pub(super) retired: HashSet<String>,
-    pub(super) paused: BTreeMap<String, Duration>,
+    pub(in crate::run) paused: BTreeMap<String, Duration>,
     pub(super) respawn: BTreeMap<String, Duration>,
     pub(super) slots: BTreeMap<String, (String, Spawn)>,
     pub(super) agents: Vec<String>,
