@@ -7,6 +7,7 @@
 //! - [`supervisor`]: forking and watching children.
 //! - [`links`]: a child's exit reported only after its last report.
 //! - [`netfault`]: iptables/tc network faults on this host, crash-safe.
+//! - [`resources`]: RSS, file descriptors and threads of every process, for the leak gate.
 //! - [`report`]: the child → agent report contract (JSON lines over a Unix socket).
 //! - [`producer`], [`worker`]: what the children run.
 //! - [`message`]: the simulation message body.
@@ -26,6 +27,7 @@ pub mod outbox;
 mod partition_map;
 pub mod producer;
 pub mod report;
+pub mod resources;
 pub mod session;
 pub mod supervisor;
 pub mod worker;

@@ -123,10 +123,14 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
         options.binary.clone(),
         options.log_dir.clone(),
         options.socket.clone(),
-        reports_tx,
+        reports_tx.clone(),
         links,
     );
 
+    tokio::spawn(crate::resources::run(
+        supervisor.clone(),
+        reports_tx.clone(),
+    ));
     let boot_id = new_boot_id();
     let outbox = Arc::new(Outbox::new(OUTBOX_BUDGET, MAX_UNACKED, BATCH_SIZE));
     let batcher = tokio::spawn(crate::outbox::run_batcher(reports_rx, outbox.clone()));

@@ -292,6 +292,17 @@ impl Supervisor {
         let _ = self.events.send(report).await;
     }
 
+    /// (process, pid, run) of every child not reaped yet.
+    pub async fn live_children(&self) -> Vec<(String, u32, String)> {
+        self.running
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, child)| !child.reaped)
+            .map(|(process, child)| (process.clone(), child.pid, child.run_id.clone()))
+            .collect()
+    }
+
     /// Names of the running processes.
     pub async fn processes(&self) -> Vec<String> {
         self.running.lock().await.keys().cloned().collect()

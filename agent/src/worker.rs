@@ -90,6 +90,8 @@ pub(crate) struct SimHandler {
     version: watch::Receiver<u64>,
     rng: std::sync::Mutex<rand_chacha::ChaCha8Rng>,
     handled: AtomicU64,
+    /// What the `leak_kib_per_message` knob keeps, never freed.
+    leaked: std::sync::Mutex<Vec<Box<[u8]>>>,
 }
 
 impl SimHandler {
@@ -154,6 +156,13 @@ impl SimHandler {
             };
             let count = self.handled.fetch_add(1, Ordering::SeqCst) + 1;
             let faults = self.spec.faults.unwrap_or_default();
+            if faults.leak_kib_per_message > 0 {
+                // Self-test knob: a leak. Filled, so the pages are resident.
+                let kept = vec![1u8; faults.leak_kib_per_message as usize * 1024];
+                if let Ok(mut leaked) = self.leaked.lock() {
+                    leaked.push(kept.into_boxed_slice());
+                }
+            }
             if faults.drop_and_ack_one_in > 0
                 && count.is_multiple_of(u64::from(faults.drop_and_ack_one_in))
             {
@@ -319,6 +328,7 @@ pub async fn run(
             spec.seed ^ manager.incarnation(),
         )),
         handled: AtomicU64::new(0),
+        leaked: std::sync::Mutex::default(),
         spec: spec.clone(),
     });
     if faults.go_style_handoff {

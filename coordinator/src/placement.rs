@@ -144,6 +144,7 @@ pub fn place(config: &Config, seed: u64, agents: &[String], nats_url: &str) -> P
                 stalled_assignment_watch: faults.stalled_assignment_watch,
                 startup_delay_ms: u64::try_from(faults.startup_delay.as_millis())
                     .unwrap_or(u64::MAX),
+                leak_kib_per_message: faults.leak_kib_per_message,
             }),
             seed: seed ^ u64::from(index),
         };

@@ -4,6 +4,7 @@
 //! `convert` turns `sim-core` values into wire messages.
 
 mod convert;
+pub mod resources;
 
 /// The NATS KV bucket the coordinator keeps run-wide state in (see [`v1::PartitionMap`]).
 pub const SIM_BUCKET: &str = "parti-sim";

@@ -17,6 +17,7 @@
 //!   infrastructure).
 //! - [`rundir`]: a run's directory: config, events, checkpoints, final state, reports.
 //! - [`record`]: what judging needs, read from a run state (checkpoint or `final.json`).
+//! - [`resources`]: the leak gate (each process's resources over the run).
 //! - [`report`]: the final report (text, JSON, JUnit).
 
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ pub mod foreign_reports;
 pub mod ownership;
 pub mod record;
 pub mod report;
+pub mod resources;
 pub mod rundir;
 pub mod stream_check;
 pub mod tracker;

@@ -24,6 +24,7 @@ use crate::events::{EndReason, RunEvent};
 use crate::foreign_reports::ForeignReports;
 use crate::ownership::OwnershipCheck;
 use crate::report::RunSummary;
+use crate::resources::ResourceWatch;
 use crate::stream_check::StreamCheck;
 use crate::tracker::Rules;
 use crate::tracker::{CheckpointError, Tracker, TrackerConfig, TrackerState};
@@ -135,6 +136,9 @@ pub struct RunRecord {
     /// Reports of other runs' children, refused (absent in older states: none).
     #[serde(default)]
     pub foreign_reports: ForeignReports,
+    /// Each process's resources (absent in older states: none sampled).
+    #[serde(default)]
+    pub resources: ResourceWatch,
     /// Every fault, injected or not.
     pub faults: FaultRecords,
     /// What parti's assignment history showed.
@@ -176,13 +180,19 @@ impl RunRecord {
         let snapshot = tracker.snapshot(self.written_unix_us);
         let log = &self.assignment_log;
         let unowned = self.authority.violations();
+        // The leak gate is judged here, from the samples, like the books.
+        let mut recorded = self.failures.clone();
+        recorded.extend(
+            self.resources
+                .failures(self.config.coordinator.max_resource_growth),
+        );
         let judgement = judge(&Evidence {
             tracker: &snapshot,
             rules: Rules {
                 strict_duplicates: self.config.coordinator.strict_duplicates,
                 ordered: self.config.workers.ordered,
             },
-            recorded: &self.failures,
+            recorded: &recorded,
             assignment_violations: &log.violations,
             ownership_violations: &self.ownership.violations(),
             unowned: &unowned,
@@ -209,6 +219,7 @@ impl RunRecord {
             assignment_versions_missed: self.authority.versions_missed(),
             stream_check: self.stream_check.clone(),
             foreign_reports: self.foreign_reports.clone(),
+            resources: self.resources.processes(),
         })
     }
 }

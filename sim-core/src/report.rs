@@ -6,6 +6,7 @@ use crate::authority::Unowned;
 use crate::chaos::{FaultRecord, FaultStats};
 use crate::events::{EndReason, RunEvent};
 use crate::foreign_reports::ForeignReports;
+use crate::resources::ProcessResources;
 use crate::stream_check::StreamCheck;
 use crate::tracker::TrackerSnapshot;
 use crate::verdict::{FailureKind, Judgement};
@@ -61,6 +62,8 @@ pub struct RunSummary {
     pub stream_check: StreamCheck,
     /// Reports of other runs' children that reached this run: refused, counted.
     pub foreign_reports: ForeignReports,
+    /// Each long-lived process's baseline and last resource sample (the leak gate).
+    pub resources: Vec<ProcessResources>,
 }
 
 /// The JUnit test case of each kind of failure. Names that CI histories already track
@@ -80,6 +83,7 @@ pub(crate) fn check_name(kind: FailureKind) -> &'static str {
         FailureKind::Ownership => "no_ownership_violation",
         FailureKind::UnexpectedExit => "no_unexpected_exit",
         FailureKind::Startup => "startup_within_timeout",
+        FailureKind::ResourceGrowth => "no_resource_growth",
         FailureKind::Infrastructure => "infrastructure",
     }
 }
@@ -115,6 +119,7 @@ impl RunSummary {
             assignment_versions_missed: 0,
             stream_check: StreamCheck::default(),
             foreign_reports: ForeignReports::default(),
+            resources: Vec::new(),
         }
     }
 
@@ -195,6 +200,9 @@ impl RunSummary {
                 "  stream at the end: {} message(s) beyond the reports ({} lost); {} partition(s) not verified",
                 stream.unannounced, stream.unannounced_lost, stream.unread
             );
+        }
+        if let Some(line) = crate::resources::summary_line(&self.resources) {
+            let _ = writeln!(out, "  {line}");
         }
         if self.foreign_reports.count > 0 {
             let _ = writeln!(

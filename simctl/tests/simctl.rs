@@ -111,6 +111,21 @@ fn quick_run_passes() {
         Some(sent),
         "received distinct == sent"
     );
+    // Every long-lived process was sampled for the leak gate, with a baseline and a last
+    // sample: the coordinator, the agent, the workers and producers.
+    let sampled: Vec<&str> = elements(&outcome.json["resources"])
+        .iter()
+        .filter(|r| r["first"].is_object() && r["last"].is_object())
+        .filter_map(|r| r["process"].as_str())
+        .collect();
+    for process in [
+        "coordinator",
+        "local/agent",
+        "local/worker-0",
+        "local/producer-0",
+    ] {
+        assert!(sampled.contains(&process), "{process} in {sampled:?}");
+    }
     // The stream, read once the producers stopped, agrees with the reports.
     let check = &outcome.json["stream_check"];
     assert_eq!(
@@ -226,6 +241,34 @@ fn workers_slow_to_come_up_fail_the_startup_gate() {
         "{reasons:#?}"
     );
     assert_eq!(outcome.json["tracker"]["lost"], 0);
+}
+
+/// Workers that keep 256 KiB per message (`leak_kib_per_message`, knob) grow far past
+/// `max_resource_growth` (25 %) and its 64 MiB floor: the leak gate names them, and only
+/// that fails. The control is `quick_run_passes`, which also checks every process was
+/// sampled.
+#[test]
+fn a_leaking_worker_fails_the_resource_gate() {
+    let outcome = run_quick("leak", Some("    leak_kib_per_message: 256"), "40s");
+    assert_eq!(outcome.code, 1, "expected FAIL:\n{}", outcome.stdout);
+    assert_eq!(
+        failure_kinds(&outcome.json),
+        ["resource_growth".to_string()].into(),
+        "{}",
+        outcome.stdout
+    );
+    let reasons = reasons(&outcome.json);
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("resource growth: local/worker-0 (pid ")
+                && r.contains(": rss grew from")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons.iter().all(|r| r.contains("/worker-")),
+        "only workers leak: {reasons:#?}"
+    );
 }
 
 #[test]

@@ -115,6 +115,7 @@ fn report_text_of_a_failed_run() {
             ..Default::default()
         },
         foreign_reports: sim_core::foreign_reports::ForeignReports::default(),
+        resources: Vec::new(),
     };
     check("report-fail.txt", &summary.text());
     let junit = summary.junit();

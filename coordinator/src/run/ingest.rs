@@ -1,11 +1,12 @@
 //! Applying agents' report batches: processes, workers, producers, exits and logs.
 
-use proto::v1::{ProcessKind, report};
+use proto::v1::{ProcessKind, ResourceSample, report};
 use tracing::warn;
 
 use super::{ActiveRun, Engine, Phase};
 use crate::agents::IngestBatch;
 use sim_core::events::{EventKind, RunEvent};
+use sim_core::resources::Usage;
 use sim_core::tracker::{Processed, Sent};
 use sim_core::verdict::{ExitStatus, Failure};
 
@@ -48,9 +49,16 @@ impl Engine {
                 self.on_signal_result(&batch.agent, result);
                 continue;
             }
+            if let report::Body::ResourceSample(sample) = &body {
+                let name = format!("{}/{}", batch.agent, sample.process);
+                record_resources(run, &name, sample);
+                continue;
+            }
             let Some(run) = self.run.as_mut() else { return };
             match body {
-                report::Body::Network(_) | report::Body::SignalResult(_) => {}
+                report::Body::Network(_)
+                | report::Body::SignalResult(_)
+                | report::Body::ResourceSample(_) => {}
                 report::Body::ChildLog(log) => save_child_log(run, &batch.agent, &log),
                 report::Body::Sent(sent) => {
                     if let Err(error) = run.tracker.sent(Sent {
@@ -204,6 +212,20 @@ impl Engine {
             }
         }
     }
+}
+
+/// A resource sample of process `name`, as of now.
+pub(super) fn record_resources(run: &mut ActiveRun, name: &str, sample: &ResourceSample) {
+    let usage = Usage {
+        rss_bytes: sample.rss_bytes,
+        fds: sample.fds,
+        threads: sample.threads,
+        at_ms: super::clock::millis(run.clock.now()),
+    };
+    let warmup_end_ms = super::clock::millis(run.state.config.chaos.warmup);
+    run.state
+        .resources
+        .record(name, sample.pid, usage, warmup_end_ms);
 }
 
 /// Write a collected child log to `logs/<agent>-<process>.log` in the run directory.

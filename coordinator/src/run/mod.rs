@@ -179,6 +179,8 @@ struct Local {
     checkpointed: BTreeMap<String, (u64, u64)>,
     /// The duration passed while a recovery was measured, and the event saying so is out.
     overtime_noted: bool,
+    /// When the coordinator samples its own resources next (the leak gate).
+    next_resource_sample: Instant,
 }
 
 impl Local {
@@ -194,6 +196,7 @@ impl Local {
             gaps_seen,
             checkpointed: BTreeMap::new(),
             overtime_noted: false,
+            next_resource_sample: now,
         }
     }
 }

@@ -29,6 +29,7 @@ use sim_core::config::Config;
 use sim_core::events::{EndReason, RunEvent};
 use sim_core::foreign_reports::ForeignReports;
 use sim_core::ownership::OwnershipCheck;
+use sim_core::resources::ResourceWatch;
 use sim_core::stream_check::StreamCheck;
 use sim_core::tracker::WorkerRef;
 use sim_core::verdict::Failure;
@@ -110,6 +111,9 @@ pub(super) struct RunState {
     /// The startup gate's pending workers.
     #[serde(default)]
     pub(super) startup: StartupWatch,
+    /// Each process's resource samples (the leak gate).
+    #[serde(default)]
+    pub(super) resources: ResourceWatch,
     /// Process slot → pid of the child this run started in it (from `Started` reports): an
     /// exit of any other pid is a leftover of another run, not this run's business.
     #[serde(default)]
@@ -164,6 +168,7 @@ impl RunState {
             stream_check: StreamCheck::default(),
             foreign_reports: ForeignReports::default(),
             startup: StartupWatch::default(),
+            resources: ResourceWatch::default(),
             pids: BTreeMap::new(),
             pids_tracked: true,
             faults,

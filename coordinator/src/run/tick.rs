@@ -44,6 +44,12 @@ impl Engine {
         record_report_gaps(run, &self.registry);
         let run_time = run.clock.now();
         super::startup::check(run, run_time);
+        if now >= run.local.next_resource_sample {
+            run.local.next_resource_sample = now + RESOURCE_SAMPLE_EVERY;
+            if let Some(sample) = proto::resources::sample("coordinator", std::process::id()) {
+                super::ingest::record_resources(run, "coordinator", &sample);
+            }
+        }
         self.read_stream_once().await;
         let Some(run) = self.run.as_mut() else { return };
         let next = end_conditions(run, &agents, now);
@@ -93,6 +99,9 @@ impl Engine {
         }
     }
 }
+
+/// How often the coordinator samples its own resources (as agents do theirs).
+const RESOURCE_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// After a resume, messages the checkpoint saw unprocessed may have been processed while the
 /// coordinator was away; the agents resend those reports when they are back. Until then

@@ -27,6 +27,7 @@ pub(super) struct RawCoordinator {
     drain_settle: Duration,
     #[serde(with = "human")]
     startup_timeout: Duration,
+    max_resource_growth: f64,
 }
 
 impl Default for RawCoordinator {
@@ -40,6 +41,7 @@ impl Default for RawCoordinator {
             drain_timeout: None,
             drain_settle: defaults.drain_settle,
             startup_timeout: defaults.startup_timeout,
+            max_resource_growth: defaults.max_resource_growth,
         }
     }
 }
@@ -56,6 +58,7 @@ impl From<RawCoordinator> for CoordinatorConfig {
             stall_timeout: raw.stall_timeout,
             drain_settle: raw.drain_settle,
             startup_timeout: raw.startup_timeout,
+            max_resource_growth: raw.max_resource_growth,
         }
     }
 }

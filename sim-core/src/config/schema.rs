@@ -341,6 +341,8 @@ pub struct WorkerFaults {
     /// Wait this long after starting before joining (a worker slow to come up); 0 = off.
     #[serde(with = "human")]
     pub startup_delay: Duration,
+    /// Keep this many KiB per processed message, never freed (a memory leak); 0 = off.
+    pub leak_kib_per_message: u32,
 }
 
 // === coordinator ===
@@ -376,6 +378,10 @@ pub struct CoordinatorConfig {
     /// the run's start ⇒ otherwise FAIL (`startup`; default 60s).
     #[serde(serialize_with = "human::serialize")]
     pub startup_timeout: Duration,
+    /// Extension: a process's RSS, open files or threads growing by more than this many
+    /// percent from the end of warm-up to the end of the run (and by more than a floor:
+    /// 64 MiB, 32 files, 16 threads) ⇒ FAIL (`resource_growth`; default 25).
+    pub max_resource_growth: f64,
 }
 
 impl CoordinatorConfig {
@@ -400,6 +406,7 @@ impl Default for CoordinatorConfig {
             drain_timeout: Self::default_drain(validation_window),
             drain_settle: Duration::ZERO,
             startup_timeout: Duration::from_secs(60),
+            max_resource_growth: 25.0,
         }
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::authority::Unowned;
 use crate::config::ChaosEvent;
 use crate::ownership::Violation;
+use crate::resources::Growth;
 use crate::tracker::TrackerFailure;
 
 /// One reason the run did not pass.
@@ -101,6 +102,8 @@ pub enum Failure {
     },
     /// Startup took longer than `coordinator.startup_timeout`.
     Startup(StartupMiss),
+    /// A process's resources grew past `coordinator.max_resource_growth`.
+    ResourceGrowth(Growth),
     /// Infrastructure: reports that can never arrive, so the books have a hole.
     ReportGap(ReportGap),
     /// Infrastructure: no agent was connected any more.
@@ -204,6 +207,8 @@ pub enum FailureKind {
     UnexpectedExit,
     /// A worker or the partitions were not up within the startup timeout.
     Startup,
+    /// A process's resources grew past the limit (a leak).
+    ResourceGrowth,
     /// The harness could not test (agents, producers or reports lost): not a FAIL of the
     /// system under test.
     Infrastructure,
@@ -211,7 +216,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, in report order.
-    pub const ALL: [FailureKind; 14] = [
+    pub const ALL: [FailureKind; 15] = [
         Self::Loss,
         Self::ConcurrentProcessing,
         Self::Duplicates,
@@ -225,6 +230,7 @@ impl FailureKind {
         Self::Ownership,
         Self::UnexpectedExit,
         Self::Startup,
+        Self::ResourceGrowth,
         Self::Infrastructure,
     ];
 
@@ -244,6 +250,7 @@ impl FailureKind {
             Self::Ownership => "ownership",
             Self::UnexpectedExit => "unexpected_exit",
             Self::Startup => "startup",
+            Self::ResourceGrowth => "resource_growth",
             Self::Infrastructure => "infrastructure",
         }
     }
@@ -276,6 +283,7 @@ impl Failure {
             Self::Ownership { .. } | Self::Unowned { .. } => FailureKind::Ownership,
             Self::UnexpectedExit { .. } => FailureKind::UnexpectedExit,
             Self::Startup(_) => FailureKind::Startup,
+            Self::ResourceGrowth(_) => FailureKind::ResourceGrowth,
             Self::ReportGap(_)
             | Self::AgentsLost
             | Self::ProducerDied { .. }
@@ -355,6 +363,7 @@ impl fmt::Display for Failure {
                  allow, e.g. {first}"
             ),
             Self::Startup(miss) => write!(f, "startup: {miss}"),
+            Self::ResourceGrowth(growth) => write!(f, "resource growth: {growth}"),
             Self::UnexpectedExit {
                 process,
                 status,

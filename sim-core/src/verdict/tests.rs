@@ -348,6 +348,30 @@ fn cases() -> Vec<Case> {
             timeout: Duration::from_secs(60),
         })),
         Case::new(
+            K::ResourceGrowth,
+            Fail,
+            "resource growth: local/worker-1 (pid 7): open files grew from 20 fds to 200 fds \
+             between 15s and 35s (limit 25% and 32 fds)",
+        )
+        .recorded(Failure::ResourceGrowth(crate::resources::Growth {
+            process: "local/worker-1".into(),
+            pid: 7,
+            resource: crate::resources::Resource::Fds,
+            first: crate::resources::Usage {
+                rss_bytes: 1 << 20,
+                fds: 20,
+                threads: 4,
+                at_ms: 15_000,
+            },
+            last: crate::resources::Usage {
+                rss_bytes: 1 << 20,
+                fds: 200,
+                threads: 4,
+                at_ms: 35_000,
+            },
+            limit_percent: 25.0,
+        })),
+        Case::new(
             K::Infrastructure,
             Infrastructure,
             "producer producer-1 died: exit code 2",
@@ -397,7 +421,7 @@ fn clean_evidence_passes() {
         "{}",
         summary.junit()
     );
-    assert!(summary.junit().contains("tests=\"15\" failures=\"0\""));
+    assert!(summary.junit().contains("tests=\"16\" failures=\"0\""));
 }
 
 #[test]
