@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use proto::resources::sample;
+use proto::resources::{AGENT_PROCESS, sample};
 use proto::v1::{Report, ResourceSample, report};
 use tokio::sync::mpsc;
 
@@ -12,9 +12,6 @@ use crate::supervisor::Supervisor;
 
 /// How often every process is sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-
-/// The name the agent's own samples carry.
-pub const AGENT_PROCESS: &str = "agent";
 
 /// Sample every live child and the agent every [`SAMPLE_EVERY`], forever.
 pub async fn run(supervisor: Supervisor, reports: mpsc::Sender<Report>) {

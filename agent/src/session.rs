@@ -295,17 +295,24 @@ async fn serve_socket(listener: UnixListener, reports: mpsc::Sender<Report>, lin
             continue;
         };
         let reports = reports.clone();
-        let mut link: Option<Connection> = stream
+        let peer = stream
             .peer_cred()
             .ok()
             .and_then(|cred| cred.pid())
-            .and_then(|pid| u32::try_from(pid).ok())
-            .and_then(|pid| links.connected_pid(pid));
+            .and_then(|pid| u32::try_from(pid).ok());
+        let mut link: Option<Connection> = peer.and_then(|pid| links.connected_pid(pid));
         let links = links.clone();
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stream).lines();
             let mut process = String::new();
             while let Ok(Some(line)) = lines.next_line().await {
+                // A child can connect before the supervisor has registered it (right after
+                // the fork): until linked, look again at every line.
+                if link.is_none() {
+                    link = peer
+                        .and_then(|pid| links.connected_pid(pid))
+                        .or_else(|| links.connected_name(&process));
+                }
                 match serde_json::from_str::<ChildReport>(&line) {
                     Ok(ChildReport::Hello { process: name }) => {
                         if link.is_none() {

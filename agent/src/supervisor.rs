@@ -166,7 +166,9 @@ impl Supervisor {
             source: std::io::Error::other(e),
         })?;
         let mut running = self.running.lock().await;
-        if running.contains_key(&process) {
+        // A reaped child whose exit is still being reported (its last reports first) no
+        // longer holds its slot: the new child replaces its entry.
+        if running.get(&process).is_some_and(|child| !child.reaped) {
             return Err(SupervisorError::Running(process));
         }
         let io = |action: &'static str| {
@@ -222,7 +224,9 @@ impl Supervisor {
         let supervisor = self.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
-            if let Some(child) = supervisor.running.lock().await.get_mut(&process) {
+            if let Some(child) = supervisor.running.lock().await.get_mut(&process)
+                && child.pid == pid
+            {
                 child.reaped = true;
             }
             // Its last reports first: they may still be in its socket.
@@ -254,8 +258,12 @@ impl Supervisor {
                     run_id,
                 })
                 .await;
-            // Gone only now: a new run's children start after this exit is reported.
-            supervisor.running.lock().await.remove(&process);
+            // Gone only now (unless a new child took the slot meanwhile): a new run's
+            // children start after this exit is reported.
+            let mut running = supervisor.running.lock().await;
+            if running.get(&process).is_some_and(|child| child.pid == pid) {
+                running.remove(&process);
+            }
         });
         Ok(())
     }
@@ -314,16 +322,22 @@ impl Supervisor {
     }
 
     /// SIGTERM the children `which` selects, wait up to `grace`, SIGKILL what is left of
-    /// them and wait until they are gone (a SIGKILLed child is reaped at once).
+    /// them and wait until they have exited (a SIGKILLed child is reaped at once); then, at
+    /// most [`EXIT_REPORT_WAIT`] more, until their exits are reported (each waits for its
+    /// last reports first, `crate::links`), so that those come before anything that follows.
     async fn stop_where(&self, grace: std::time::Duration, which: impl Fn(&Running) -> bool) {
-        let selected = || async {
-            let running = self.running.lock().await;
-            running
-                .iter()
-                .filter(|(_, child)| which(child))
-                .map(|(process, _)| process.clone())
-                .collect::<Vec<_>>()
+        let listed = |alive_only: bool| {
+            let which = &which;
+            async move {
+                let running = self.running.lock().await;
+                running
+                    .iter()
+                    .filter(|(_, child)| which(child) && !(alive_only && child.reaped))
+                    .map(|(process, _)| process.clone())
+                    .collect::<Vec<_>>()
+            }
         };
+        let selected = || listed(true);
         let first = selected().await;
         if first.is_empty() {
             return;
@@ -343,6 +357,10 @@ impl Supervisor {
         while !selected().await.is_empty() && tokio::time::Instant::now() < reaped {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        let reported = tokio::time::Instant::now() + EXIT_REPORT_WAIT;
+        while !listed(false).await.is_empty() && tokio::time::Instant::now() < reported {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -356,6 +374,11 @@ pub fn child_guard() {
         std::process::exit(70);
     }
 }
+
+/// How long stopping children waits for their exit reports once they have exited: a child
+/// whose connection stays open holds its report back for up to a minute (`crate::links`),
+/// and the agent must not wait that long before it starts the next run's child.
+const EXIT_REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How much of a child's log its exit report carries.
 const EXIT_LOG_TAIL_BYTES: u64 = 2048;

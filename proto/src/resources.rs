@@ -3,6 +3,9 @@
 
 use crate::v1::ResourceSample;
 
+/// The process name an agent's samples of itself carry.
+pub const AGENT_PROCESS: &str = "agent";
+
 /// `pid`'s resources now; `None` when it is gone (or `/proc` is not readable).
 pub fn sample(process: &str, pid: u32) -> Option<ResourceSample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

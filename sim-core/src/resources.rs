@@ -44,6 +44,10 @@ pub struct Usage {
 pub struct ProcessResources {
     /// `<agent>/<process>`, or `coordinator`.
     pub process: String,
+    /// Part of the harness (agent, coordinator, producer), not of the system under test:
+    /// its growth is an infrastructure error, not a FAIL.
+    #[serde(default)]
+    pub harness: bool,
     /// The pid of this series.
     pub pid: u32,
     /// Samples of this pid so far.
@@ -109,6 +113,9 @@ impl fmt::Display for Resource {
 pub struct Growth {
     /// `<agent>/<process>`, or `coordinator`.
     pub process: String,
+    /// A harness process (see [`ProcessResources::harness`]).
+    #[serde(default)]
+    pub harness: bool,
     /// Its pid.
     pub pid: u32,
     /// What grew.
@@ -148,23 +155,26 @@ pub struct ResourceWatch {
 }
 
 impl ResourceWatch {
-    /// A sample of `process` (pid `pid`); `warmup_end_ms`: run time before which no
-    /// baseline is taken.
-    pub fn record(&mut self, process: &str, pid: u32, usage: Usage, warmup_end_ms: u64) {
+    /// A sample of `process` (pid `pid`; `harness`: see [`ProcessResources::harness`]);
+    /// `warmup_end_ms`: run time before which no baseline is taken.
+    pub fn record(
+        &mut self,
+        (process, pid, harness): (&str, u32, bool),
+        usage: Usage,
+        warmup_end_ms: u64,
+    ) {
+        let fresh = || ProcessResources {
+            process: process.to_string(),
+            harness,
+            pid,
+            ..ProcessResources::default()
+        };
         let series = self
             .processes
             .entry(process.to_string())
-            .or_insert_with(|| ProcessResources {
-                process: process.to_string(),
-                pid,
-                ..ProcessResources::default()
-            });
+            .or_insert_with(fresh);
         if series.pid != pid {
-            *series = ProcessResources {
-                process: process.to_string(),
-                pid,
-                ..ProcessResources::default()
-            };
+            *series = fresh();
         }
         series.samples += 1;
         if series.first.is_none() && series.samples >= 2 && usage.at_ms >= warmup_end_ms {
@@ -196,6 +206,7 @@ impl ResourceWatch {
                 if growth > resource.floor() && over_percent {
                     failures.push(Failure::ResourceGrowth(Growth {
                         process: series.process.clone(),
+                        harness: series.harness,
                         pid: series.pid,
                         resource,
                         first,
@@ -256,11 +267,11 @@ mod tests {
     fn growth_past_the_percentage_and_the_floor_fails_naming_the_process() {
         let mut watch = ResourceWatch::default();
         for (at, mib) in [(5, 10), (15, 40), (25, 90), (35, 200)] {
-            watch.record("local/worker-1", 7, usage(mib, 20, at), 0);
+            watch.record(("local/worker-1", 7, false), usage(mib, 20, at), 0);
         }
         // Small numbers: +100 % but below the floor.
         for (at, mib) in [(5, 10), (15, 20), (35, 40)] {
-            watch.record("local/worker-2", 8, usage(mib, 20, at), 0);
+            watch.record(("local/worker-2", 8, false), usage(mib, 20, at), 0);
         }
         let failures = watch.failures(25.0);
         assert_eq!(failures.len(), 1, "{failures:?}");
@@ -282,27 +293,43 @@ mod tests {
     #[test]
     fn a_restart_starts_a_new_series_and_warm_up_is_not_judged() {
         let mut watch = ResourceWatch::default();
-        watch.record("local/worker-1", 7, usage(10, 20, 5), 0);
-        watch.record("local/worker-1", 7, usage(500, 20, 15), 0);
+        watch.record(("local/worker-1", 7, false), usage(10, 20, 5), 0);
+        watch.record(("local/worker-1", 7, false), usage(500, 20, 15), 0);
         // Restarted: the new pid's startup is not growth.
         for (at, mib) in [(20, 10), (30, 300), (45, 310)] {
-            watch.record("local/worker-1", 9, usage(mib, 20, at), 0);
+            watch.record(("local/worker-1", 9, false), usage(mib, 20, at), 0);
         }
         assert!(watch.failures(25.0).is_empty(), "{:?}", watch.processes());
         // Baselines only after the warm-up (40 s here): too short a series to judge.
         let mut warm = ResourceWatch::default();
         for (at, mib) in [(5, 10), (15, 20), (35, 300), (45, 310)] {
-            warm.record("coordinator", 1, usage(mib, 20, at), 40_000);
+            warm.record(("coordinator", 1, true), usage(mib, 20, at), 40_000);
         }
         assert!(warm.failures(25.0).is_empty());
         assert_eq!(warm.processes()[0].first.map(|u| u.at_ms), Some(45_000));
     }
 
     #[test]
+    fn the_harnesss_own_growth_is_an_infrastructure_error() {
+        let mut watch = ResourceWatch::default();
+        for (at, mib) in [(5, 10), (15, 40), (35, 200)] {
+            watch.record(("local/agent", 3, true), usage(mib, 20, at), 0);
+        }
+        let failures = watch.failures(25.0);
+        assert_eq!(failures.len(), 1);
+        assert!(failures[0].is_infrastructure());
+        assert!(
+            failures[0]
+                .to_string()
+                .starts_with("harness resource growth: local/agent (pid 3): rss grew")
+        );
+    }
+
+    #[test]
     fn leaking_file_descriptors_fail_too() {
         let mut watch = ResourceWatch::default();
         for (at, fds) in [(5, 10), (15, 20), (35, 200)] {
-            watch.record("local/worker-1", 7, usage(10, fds, at), 0);
+            watch.record(("local/worker-1", 7, false), usage(10, fds, at), 0);
         }
         let failures = watch.failures(25.0);
         assert_eq!(failures.len(), 1);

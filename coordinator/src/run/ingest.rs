@@ -5,6 +5,7 @@ use tracing::warn;
 
 use super::{ActiveRun, Engine, Phase};
 use crate::agents::IngestBatch;
+use proto::resources::AGENT_PROCESS;
 use sim_core::events::{EventKind, RunEvent};
 use sim_core::resources::Usage;
 use sim_core::tracker::{Processed, Sent};
@@ -38,6 +39,10 @@ impl Engine {
                 if run.state.foreign_reports.count == 1 {
                     warn!(run = %run.state.id, from = %report.run_id, "a report of another run's process refused (further ones are counted)");
                 }
+                if matches!(report.body, Some(report::Body::Exited(_))) {
+                    // Its start was counted; the agent's process count is kept right.
+                    self.registry.count_process(&batch.agent, -1).await;
+                }
                 continue;
             }
             let Some(body) = report.body else { continue };
@@ -51,7 +56,10 @@ impl Engine {
             }
             if let report::Body::ResourceSample(sample) = &body {
                 let name = format!("{}/{}", batch.agent, sample.process);
-                record_resources(run, &name, sample);
+                // The agent and the producers are the harness; the workers run parti.
+                let harness = sample.process == AGENT_PROCESS
+                    || run.state.producers_alive.contains_key(&sample.process);
+                record_resources(run, &name, harness, sample);
                 continue;
             }
             let Some(run) = self.run.as_mut() else { return };
@@ -159,8 +167,16 @@ impl Engine {
                     }
                     let status = ExitStatus::from(&exited);
                     let now = run.clock.now();
-                    let caused_by_chaos = run.state.faults.expect_exit.remove(&exited.process)
-                        || run.state.faults.host_faulted(&exited.process, now);
+                    let signalled = run.state.faults.expect_exit.remove(&exited.process);
+                    if signalled {
+                        // Until the agent confirms the signal reached it (`on_signal_result`).
+                        run.state.faults.excused_exits.insert(
+                            exited.process.clone(),
+                            (status, exited.log_tail.clone()),
+                        );
+                    }
+                    let caused_by_chaos =
+                        signalled || run.state.faults.host_faulted(&exited.process, now);
                     let expected = caused_by_chaos
                         || (matches!(run.state.phase, Phase::Draining { .. } | Phase::Finished)
                             && exited.code == Some(0));
@@ -215,7 +231,12 @@ impl Engine {
 }
 
 /// A resource sample of process `name`, as of now.
-pub(super) fn record_resources(run: &mut ActiveRun, name: &str, sample: &ResourceSample) {
+pub(super) fn record_resources(
+    run: &mut ActiveRun,
+    name: &str,
+    harness: bool,
+    sample: &ResourceSample,
+) {
     let usage = Usage {
         rss_bytes: sample.rss_bytes,
         fds: sample.fds,
@@ -225,7 +246,7 @@ pub(super) fn record_resources(run: &mut ActiveRun, name: &str, sample: &Resourc
     let warmup_end_ms = super::clock::millis(run.state.config.chaos.warmup);
     run.state
         .resources
-        .record(name, sample.pid, usage, warmup_end_ms);
+        .record((name, sample.pid, harness), usage, warmup_end_ms);
 }
 
 /// Write a collected child log to `logs/<agent>-<process>.log` in the run directory.

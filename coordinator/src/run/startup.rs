@@ -6,8 +6,10 @@
 //! "Following" is parti's `Stable`, or a leader's working states (`Scaling`, `Rebalancing`,
 //! `Emergency`): a worker past its first assignment. Each start of a worker slot is judged
 //! (first wave, second wave, respawns, scale-ups); one that exits first is not (its exit is
-//! judged on its own), nor one the chaos paused. Times are run time, so a resumed run counts
-//! its coordinator's downtime too; nothing is judged while a resume waits for its agents.
+//! judged on its own); one the chaos paused, or whose host (or NATS) is under a fault,
+//! starts its time again when that is over. Times are run time, so a resumed run counts its
+//! coordinator's downtime too; nothing is judged while a resume waits for its agents. A run
+//! shorter than the timeout never judges what was still pending at its end.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,6 +33,14 @@ pub(super) struct StartupWatch {
 }
 
 impl StartupWatch {
+    /// A watch with nothing left to judge.
+    pub(super) fn judged() -> Self {
+        Self {
+            pending: BTreeMap::new(),
+            partitions_judged: true,
+        }
+    }
+
     /// A worker slot started (again) at run time `now_ms`.
     pub(super) fn started(&mut self, process: &str, now_ms: u64) {
         self.pending.insert(process.to_string(), now_ms);
@@ -57,15 +67,20 @@ pub(super) fn check(run: &mut ActiveRun, now: Duration) {
     let timeout = run.state.config.coordinator.startup_timeout;
     let now_ms = super::clock::millis(now);
     let timeout_ms = super::clock::millis(timeout);
+    // A worker paused by the chaos, or on a host (or NATS) under a fault, cannot be
+    // following yet: its time starts again when that is over.
+    let faults = &run.state.faults;
+    for (process, since) in &mut run.state.startup.pending {
+        if faults.paused.contains_key(process) || faults.host_faulted(process, now) {
+            *since = now_ms;
+        }
+    }
     let due: Vec<String> = run
         .state
         .startup
         .pending
         .iter()
-        .filter(|(process, since)| {
-            now_ms.saturating_sub(**since) >= timeout_ms
-                && !run.state.faults.paused.contains_key(*process)
-        })
+        .filter(|(_, since)| now_ms.saturating_sub(**since) >= timeout_ms)
         .map(|(process, _)| process.clone())
         .collect();
     for process in due {
@@ -95,7 +110,8 @@ pub(super) fn check(run: &mut ActiveRun, now: Duration) {
         run.state
             .failures
             .push(Failure::Startup(StartupMiss::Partitions {
-                unowned,
+                // A worker owning a partition the map no longer has counts too: at most all.
+                unowned: unowned.min(run.state.partition_map.partitions.len()),
                 of: run.state.partition_map.partitions.len(),
                 timeout,
             }));

@@ -108,8 +108,9 @@ pub(super) struct RunState {
     /// Reports of another run's children: refused, counted.
     #[serde(default)]
     pub(super) foreign_reports: ForeignReports,
-    /// The startup gate's pending workers.
-    #[serde(default)]
+    /// The startup gate's pending workers. Absent (a checkpoint written before the gate
+    /// existed): nothing is judged — that run's start is long past.
+    #[serde(default = "StartupWatch::judged")]
     pub(super) startup: StartupWatch,
     /// Each process's resource samples (the leak gate).
     #[serde(default)]

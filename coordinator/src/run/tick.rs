@@ -47,7 +47,7 @@ impl Engine {
         if now >= run.local.next_resource_sample {
             run.local.next_resource_sample = now + RESOURCE_SAMPLE_EVERY;
             if let Some(sample) = proto::resources::sample("coordinator", std::process::id()) {
-                super::ingest::record_resources(run, "coordinator", &sample);
+                super::ingest::record_resources(run, "coordinator", true, &sample);
             }
         }
         self.read_stream_once().await;

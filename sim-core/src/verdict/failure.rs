@@ -283,6 +283,8 @@ impl Failure {
             Self::Ownership { .. } | Self::Unowned { .. } => FailureKind::Ownership,
             Self::UnexpectedExit { .. } => FailureKind::UnexpectedExit,
             Self::Startup(_) => FailureKind::Startup,
+            // The harness's own growth says nothing about the system under test.
+            Self::ResourceGrowth(growth) if growth.harness => FailureKind::Infrastructure,
             Self::ResourceGrowth(_) => FailureKind::ResourceGrowth,
             Self::ReportGap(_)
             | Self::AgentsLost
@@ -363,6 +365,9 @@ impl fmt::Display for Failure {
                  allow, e.g. {first}"
             ),
             Self::Startup(miss) => write!(f, "startup: {miss}"),
+            Self::ResourceGrowth(growth) if growth.harness => {
+                write!(f, "harness resource growth: {growth}")
+            }
             Self::ResourceGrowth(growth) => write!(f, "resource growth: {growth}"),
             Self::UnexpectedExit {
                 process,

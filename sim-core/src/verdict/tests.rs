@@ -355,6 +355,7 @@ fn cases() -> Vec<Case> {
         )
         .recorded(Failure::ResourceGrowth(crate::resources::Growth {
             process: "local/worker-1".into(),
+            harness: false,
             pid: 7,
             resource: crate::resources::Resource::Fds,
             first: crate::resources::Usage {

@@ -212,8 +212,6 @@ impl Engine {
         }
     }
 
-    /// Send `signal` to `process` through its agent; `fault`: the index of the fault it
-    /// carries out, which the agent confirms (`on_signal_result`).
     /// An agent says whether a fault's signal reached a live process. Not delivered (the
     /// process had exited, or was not the agent's): the fault did nothing, so it is skipped
     /// with the reason and its expectations are withdrawn — an exit it would have excused
@@ -229,7 +227,11 @@ impl Engine {
         let Some(record) = run.state.faults.records.get_mut(index) else {
             return;
         };
-        if record.target != result.process || result.delivered {
+        if record.target != result.process {
+            return;
+        }
+        let excused = run.state.faults.excused_exits.remove(&result.process);
+        if result.delivered {
             return;
         }
         let why = Skip::NotDelivered {
@@ -244,8 +246,18 @@ impl Engine {
         record.outcome = FaultOutcome::Skipped(why.to_string());
         let target = record.target.clone();
         run.state.faults.withdraw(index, &target);
+        // Its exit, already applied, was excused by this fault: it was not the fault's doing.
+        if let Some((status, log_tail)) = excused {
+            run.state.failures.push(Failure::UnexpectedExit {
+                process: target,
+                status,
+                log_tail,
+            });
+        }
     }
 
+    /// Send `signal` to `process` through its agent; `fault`: the index of the fault it
+    /// carries out, which the agent confirms (`on_signal_result`).
     async fn signal(
         registry: &crate::agents::AgentRegistry,
         run: &ActiveRun,

@@ -13,7 +13,7 @@ use super::recovery::Measure;
 use crate::placement::Placement;
 use sim_core::chaos::{ChaosPlan, ChaosPlanState, FaultRecord, RESPAWN_AFTER};
 use sim_core::config::Config;
-use sim_core::verdict::Failure;
+use sim_core::verdict::{ExitStatus, Failure};
 
 /// Chaos and healing state of one run. Every time in it is run time (since the run
 /// started, on the run's clock), so the whole state goes into a checkpoint as it is.
@@ -48,6 +48,11 @@ pub(in crate::run) struct FaultState {
     /// Managed NATS servers killed by `nats_server_kill`, by index.
     #[serde(default)]
     pub(super) nats_down: BTreeMap<usize, NatsDown>,
+    /// Exits excused because a fault's signal targeted the process, until the agent
+    /// confirms the signal reached it: process → (status, log tail). Not delivered, the
+    /// exit was not the fault's doing and is judged after all.
+    #[serde(default)]
+    pub(in crate::run) excused_exits: BTreeMap<String, (ExitStatus, String)>,
 }
 
 /// A NATS server killed by the chaos.
