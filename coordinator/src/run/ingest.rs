@@ -170,10 +170,10 @@ impl Engine {
                     let signalled = run.state.faults.expect_exit.remove(&exited.process);
                     if signalled {
                         // Until the agent confirms the signal reached it (`on_signal_result`).
-                        run.state.faults.excused_exits.insert(
-                            exited.process.clone(),
-                            (status, exited.log_tail.clone()),
-                        );
+                        run.state
+                            .faults
+                            .excused_exits
+                            .insert(exited.process.clone(), (status, exited.log_tail.clone()));
                     }
                     let caused_by_chaos =
                         signalled || run.state.faults.host_faulted(&exited.process, now);
