@@ -87,7 +87,10 @@ pub enum ChildReport {
         /// Why it was rejected.
         reason: String,
     },
-    /// Worker status, whenever it changes.
+    /// Worker status, whenever it changes and at least every 5 s
+    /// ([`proto::STATUS_HEARTBEAT`]): a live worker is never silent for longer, and the
+    /// coordinator fails a run in which a worker owning partitions went silent after the last
+    /// fault (`silent_after_chaos`).
     Status {
         /// Stable worker id.
         worker_id: String,

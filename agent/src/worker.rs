@@ -92,6 +92,11 @@ pub(crate) struct SimHandler {
     handled: AtomicU64,
     /// What the `leak_kib_per_message` knob keeps, never freed.
     leaked: std::sync::Mutex<Vec<Box<[u8]>>>,
+    /// The `takeover_stall` knob: the partitions of the first assignment (not taken over),
+    /// and when each taken-over partition's first message came (and whether its stall was
+    /// over yet).
+    first_partitions: std::sync::OnceLock<std::collections::HashSet<u32>>,
+    stalled: std::sync::Mutex<std::collections::HashMap<u32, (std::time::Instant, bool)>>,
 }
 
 impl SimHandler {
@@ -154,8 +159,18 @@ impl SimHandler {
                     return Ok(());
                 }
             };
-            let count = self.handled.fetch_add(1, Ordering::SeqCst) + 1;
             let faults = self.spec.faults.unwrap_or_default();
+            if faults.takeover_stall_ms > 0
+                && self.stalls(
+                    message.partition_id,
+                    Duration::from_millis(faults.takeover_stall_ms),
+                )
+            {
+                // Refused (nakked, redelivered later) rather than held: the handler returns
+                // at once, so parti's handoffs are not slowed, only this backlog.
+                return Err("takeover stall: not ready for this partition yet".into());
+            }
+            let count = self.handled.fetch_add(1, Ordering::SeqCst) + 1;
             if faults.leak_kib_per_message > 0 {
                 // Self-test knob: a leak. Filled, so the pages are resident.
                 let kept = vec![1u8; faults.leak_kib_per_message as usize * 1024];
@@ -215,6 +230,39 @@ impl SimHandler {
                 .await?;
             Ok(())
         }
+    }
+}
+
+impl SimHandler {
+    /// Whether a message of `partition` is refused by the `takeover_stall` knob: the
+    /// partition was taken over after the first assignment, and its first message came less
+    /// than `stall` ago.
+    fn stalls(&self, partition: u32, stall: Duration) -> bool {
+        let taken_over = self
+            .first_partitions
+            .get()
+            .is_some_and(|first| !first.contains(&partition));
+        if !taken_over {
+            return false;
+        }
+        let Ok(mut stalled) = self.stalled.lock() else {
+            return false;
+        };
+        let (since, over) = stalled.entry(partition).or_insert_with(|| {
+            tracing::warn!(
+                partition,
+                "fault: refusing a taken-over partition (takeover_stall)"
+            );
+            (std::time::Instant::now(), false)
+        });
+        if since.elapsed() < stall {
+            return true;
+        }
+        if !*over {
+            *over = true;
+            tracing::info!(partition, "takeover stall over");
+        }
+        false
     }
 }
 
@@ -329,6 +377,8 @@ pub async fn run(
         )),
         handled: AtomicU64::new(0),
         leaked: std::sync::Mutex::default(),
+        first_partitions: std::sync::OnceLock::new(),
+        stalled: std::sync::Mutex::default(),
         spec: spec.clone(),
     });
     if faults.go_style_handoff {
@@ -342,7 +392,7 @@ pub async fn run(
             stop.clone(),
         ));
     }
-    let _ = late.0.set(handler);
+    let _ = late.0.set(handler.clone());
     tracing::info!(worker = manager.worker_id(), "worker started");
     let mut assignment = manager.assignment();
     let mut states = manager.state_watch();
@@ -364,9 +414,13 @@ pub async fn run(
         }
     };
     reports.send(status(&manager)).await?;
+    // The contract's heartbeat: a status at least this often, changed or not.
+    let mut heartbeat = tokio::time::interval(proto::STATUS_HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let fenced = loop {
         tokio::select! {
             () = stop.cancelled() => break false,
+            _ = heartbeat.tick() => {}
             changed = assignment.changed() => if changed.is_err() { break false },
             changed = states.changed() => if changed.is_err() { break false },
             changed = leadership.changed() => if changed.is_err() { break false },
@@ -378,6 +432,18 @@ pub async fn run(
             }
         }
         version_tx.send_replace(manager.assignment().borrow().version);
+        if handler.first_partitions.get().is_none() {
+            let first: std::collections::HashSet<u32> = manager
+                .assignment()
+                .borrow()
+                .partitions
+                .iter()
+                .filter_map(|p| p.id().parse().ok())
+                .collect();
+            if !first.is_empty() {
+                let _ = handler.first_partitions.set(first);
+            }
+        }
         reports.send(status(&manager)).await?;
         if manager.state() == parti::State::Fenced {
             break true;

@@ -36,6 +36,9 @@ pub struct ServeOptions {
     /// The directory of the managed NATS cluster simctl started (see the `nats-cluster` crate), for
     /// faults that kill and restart its servers (`nats_server_kill`).
     pub nats_cluster_dir: Option<std::path::PathBuf>,
+    /// The managed NATS server's pid (simctl run's single server), sampled for the leak
+    /// gate; a managed cluster's servers are found through `nats_cluster_dir`.
+    pub nats_server_pid: Option<u32>,
     /// Test aid: pause this long before applying each report batch (a slow coordinator).
     pub ingest_delay: std::time::Duration,
     /// Where run directories go (default `runs`).
@@ -71,6 +74,7 @@ pub async fn serve(
         options.nats_url,
         options.ingest_delay,
         options.nats_cluster_dir,
+        options.nats_server_pid,
         options
             .runs_dir
             .unwrap_or_else(|| std::path::PathBuf::from("runs")),

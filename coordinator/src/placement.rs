@@ -145,6 +145,8 @@ pub fn place(config: &Config, seed: u64, agents: &[String], nats_url: &str) -> P
                 startup_delay_ms: u64::try_from(faults.startup_delay.as_millis())
                     .unwrap_or(u64::MAX),
                 leak_kib_per_message: faults.leak_kib_per_message,
+                takeover_stall_ms: u64::try_from(faults.takeover_stall.as_millis())
+                    .unwrap_or(u64::MAX),
             }),
             seed: seed ^ u64::from(index),
         };

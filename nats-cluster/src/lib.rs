@@ -240,6 +240,11 @@ impl NatsCluster {
         self.running_pid(index).is_some()
     }
 
+    /// Server `index`'s pid, while it runs (see [`NatsCluster::is_running`]).
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.running_pid(index)
+    }
+
     /// SIGKILL server `index` (a crash: no goodbye to its peers or clients) and wait until it
     /// is gone. Checks first that the pid still is that server.
     pub fn kill(&self, index: usize) -> Result<(), NatsClusterError> {

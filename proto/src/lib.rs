@@ -15,6 +15,11 @@ pub const PARTITIONS_KEY: &str = "partitions";
 /// the coordinator reads a removed partition's ack floor from it.
 pub const DURABLE_PREFIX: &str = "sim";
 
+/// A worker reports its status whenever it changes and at least this often (the report
+/// contract, `agent/src/report.rs`): the coordinator tells a silent worker from a quiet one
+/// by it.
+pub const STATUS_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The durable consumer of `partition` (see [`DURABLE_PREFIX`]).
 pub fn partition_durable(partition: u32) -> String {
     format!("{DURABLE_PREFIX}-{partition}")

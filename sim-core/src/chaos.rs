@@ -175,6 +175,10 @@ pub struct FaultRecord {
     /// Seconds until every partition was owned by a live worker and messages flowed again
     /// (for network faults: counted from the moment the network healed).
     pub rebalance_s: Option<f64>,
+    /// Seconds from the recovery until the partitions it moved had worked off their backlog
+    /// (0: nothing to work off).
+    #[serde(default)]
+    pub catch_up_s: Option<f64>,
 }
 
 /// What became of one fault.
@@ -261,6 +265,9 @@ pub struct FaultStats {
     pub rebalance_p99_s: Option<f64>,
     /// Longest rebalance time, seconds.
     pub rebalance_max_s: Option<f64>,
+    /// Longest catch-up after a recovery, seconds.
+    #[serde(default)]
+    pub catch_up_max_s: Option<f64>,
 }
 
 /// Per-type counts and rebalance times of `records`, by event name.
@@ -285,6 +292,10 @@ pub fn stats(records: &[FaultRecord]) -> Vec<FaultStats> {
                     .get((times.len() * 99).div_ceil(100).saturating_sub(1))
                     .copied(),
                 rebalance_max_s: times.last().copied(),
+                catch_up_max_s: of_kind
+                    .iter()
+                    .filter_map(|r| r.catch_up_s)
+                    .max_by(f64::total_cmp),
             }
         })
         .collect()
@@ -431,6 +442,7 @@ mod tests {
             ideal_moves: None,
             duplicates: None,
             rebalance_s,
+            catch_up_s: rebalance_s.map(|s| s / 2.0),
         };
         let stats = stats(&[
             record(ChaosEvent::WorkerPause, FaultOutcome::Injected, Some(2.0)),

@@ -84,6 +84,8 @@ pub(crate) fn check_name(kind: FailureKind) -> &'static str {
         FailureKind::UnexpectedExit => "no_unexpected_exit",
         FailureKind::Startup => "startup_within_timeout",
         FailureKind::ResourceGrowth => "no_resource_growth",
+        FailureKind::CatchUp => "caught_up_within_timeout",
+        FailureKind::SilentAfterChaos => "every_worker_seen_after_chaos",
         FailureKind::Infrastructure => "infrastructure",
     }
 }
@@ -168,12 +170,13 @@ impl RunSummary {
                 |value: Option<f64>| value.map_or("-".to_string(), |s| format!("{s:.1}s"));
             let _ = writeln!(
                 out,
-                "  fault {:<18} x{:<3} recovery median {:>6}  p99 {:>6}  max {:>6}",
+                "  fault {:<18} x{:<3} recovery median {:>6}  p99 {:>6}  max {:>6}  catch-up max {:>6}",
                 stats.event,
                 stats.count,
                 seconds(stats.rebalance_median_s),
                 seconds(stats.rebalance_p99_s),
-                seconds(stats.rebalance_max_s)
+                seconds(stats.rebalance_max_s),
+                seconds(stats.catch_up_max_s)
             );
         }
         let _ = writeln!(
@@ -234,8 +237,8 @@ impl RunSummary {
         if !self.faults.is_empty() {
             let _ = writeln!(
                 out,
-                "  events:  at  {:<18} {:<12} {:<8} {:<10} {:<5} outcome",
-                "fault", "target", "recovery", "moved/ideal", "dups"
+                "  events:  at  {:<18} {:<12} {:<8} {:<8} {:<10} {:<5} outcome",
+                "fault", "target", "recovery", "catch-up", "moved/ideal", "dups"
             );
         }
         for fault in &self.faults {
@@ -248,13 +251,17 @@ impl RunSummary {
                 _ => "-".to_string(),
             };
             let dups = fault.duplicates.map_or("-".to_string(), |d| d.to_string());
+            let catch_up = fault
+                .catch_up_s
+                .map_or("-".to_string(), |s| format!("{s:.1}s"));
             let _ = writeln!(
                 out,
-                "    {:>6.0}s {:<18} {:<12} {:<8} {:<11} {:<5} {}{}",
+                "    {:>6.0}s {:<18} {:<12} {:<8} {:<8} {:<11} {:<5} {}{}",
                 fault.at_s,
                 fault.event,
                 fault.target,
                 recovery,
+                catch_up,
                 moved,
                 dups,
                 fault.outcome,

@@ -60,8 +60,9 @@ impl LocalFleet {
         let (nats, nats_url) = ManagedNats::start(dir, nats).await?;
         let (coordinator, endpoint) = {
             let (dir, url) = (dir.to_path_buf(), nats_url.clone());
-            let cluster_dir = nats.cluster_dir();
-            blocking(move || start_coordinator(&dir, &url, cluster_dir.as_deref())).await?
+            let (cluster_dir, server_pid) = (nats.cluster_dir(), nats.server_pid());
+            blocking(move || start_coordinator(&dir, &url, cluster_dir.as_deref(), server_pid))
+                .await?
         };
         let agent = start_agent(dir, &endpoint, AGENT_ID)?;
         Ok(LocalFleet {
@@ -121,6 +122,15 @@ impl ManagedNats {
         }
     }
 
+    /// A single managed server's pid, for the coordinator's resource samples (a cluster's
+    /// servers it finds through the cluster directory).
+    fn server_pid(&self) -> Option<u32> {
+        match self {
+            ManagedNats::Server(process) => Some(process.pid()),
+            ManagedNats::External | ManagedNats::Cluster(_) => None,
+        }
+    }
+
     async fn stop(self) {
         match self {
             ManagedNats::External => {}
@@ -149,16 +159,21 @@ async fn blocking<T: Send + 'static>(
 
 /// Start the coordinator daemon on a free port; returns its `http://` endpoint. `nats_url`
 /// may list several servers (comma-separated); `nats_cluster_dir` names a managed cluster's
-/// directory (see [`nats_cluster`]).
+/// directory (see [`nats_cluster`]); `nats_server_pid` a single managed server's pid (the
+/// coordinator samples its resources).
 fn start_coordinator(
     dir: &Path,
     nats_url: &str,
     nats_cluster_dir: Option<&Path>,
+    nats_server_pid: Option<u32>,
 ) -> anyhow::Result<(ManagedProcess, String)> {
     let mut command = Command::new(sibling_binary("coordinator")?);
     command.args(["--listen", "127.0.0.1:0", "--nats-url", nats_url]);
     if let Some(cluster) = nats_cluster_dir {
         command.arg("--nats-cluster-dir").arg(cluster);
+    }
+    if let Some(pid) = nats_server_pid {
+        command.args(["--nats-server-pid", &pid.to_string()]);
     }
     let (process, address) = start_and_wait(
         "coordinator",

@@ -113,6 +113,12 @@ fn start_run_for(dir: &Path, config: &str, duration: &str) -> std::process::Chil
 /// The coordinator endpoint a started `simctl run` announces on its stderr. A thread reads
 /// (and echoes) its stderr from then on.
 fn coordinator_of(run: &mut std::process::Child) -> String {
+    announced(run).0
+}
+
+/// What a started `simctl run` announces on its stderr: its coordinator endpoint and its
+/// run directory. A thread reads (and echoes) its stderr from then on.
+fn announced(run: &mut std::process::Child) -> (String, PathBuf) {
     use std::io::BufRead;
     let stderr = run.stderr.take().expect("stderr piped");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -124,11 +130,28 @@ fn coordinator_of(run: &mut std::process::Child) -> String {
             if let Some(rest) = line.split(", coordinator ").nth(1) {
                 let _ = tx.send(rest.split(',').next().unwrap_or_default().to_string());
             }
+            if let Some(rest) = line.split("(run directory ").nth(1) {
+                let _ = tx.send(rest.trim_end_matches(')').to_string());
+            }
             eprintln!("simctl run: {line}");
         }
     });
-    rx.recv_timeout(std::time::Duration::from_secs(60))
-        .expect("simctl run announces its coordinator")
+    let next = || {
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("simctl run announces its coordinator and run directory")
+    };
+    let coordinator = next();
+    (coordinator, workspace().join(next()))
+}
+
+/// Wait (with a deadline) until the events of the run in `run_dir` contain `needle`.
+fn wait_for_event(run_dir: &Path, needle: &str) {
+    let events = run_dir.join("events.log");
+    test_support::wait_for(
+        &format!("an event saying {needle:?}"),
+        Duration::from_secs(90),
+        || std::fs::read_to_string(&events).is_ok_and(|text| text.contains(needle)),
+    );
 }
 
 /// `simctl --coordinator <coordinator> <args>`.
@@ -149,10 +172,13 @@ fn remove_partition(coordinator: &str, target: &str) -> String {
     succeeded(&format!("removing {target}"), &output)
 }
 
-/// `simctl chaos <event> --target <target> --duration <duration>`, again until the
+/// `simctl chaos <event> --target <target> [--duration <duration>]`, again until the
 /// coordinator takes it (a worker is a candidate once its first status arrived).
-fn inject(coordinator: &str, event: &str, target: &str, duration: &str) {
-    let args = ["chaos", event, "--target", target, "--duration", duration];
+fn inject(coordinator: &str, event: &str, target: &str, duration: Option<&str>) {
+    let mut args = vec!["chaos", event, "--target", target];
+    if let Some(duration) = duration {
+        args.extend(["--duration", duration]);
+    }
     test_support::wait_until(
         &format!("{event} on {target} taken"),
         Duration::from_secs(60),
@@ -428,9 +454,9 @@ fn the_last_recovery_is_waited_for_and_a_stop_during_one_fails_it() {
     // Paused once it holds partitions (else its partitions are all owned at once and the
     // recovery is over before anything happens).
     wait_for_log(waited.path(), "worker-1", "partition acquired");
-    inject(&waiting_at, "worker_pause", "worker-1", "14s");
+    inject(&waiting_at, "worker_pause", "worker-1", Some("14s"));
     wait_for_log(stopped.path(), "worker-1", "partition acquired");
-    inject(&stopping_at, "worker_pause", "worker-1", "20s");
+    inject(&stopping_at, "worker_pause", "worker-1", Some("20s"));
     succeeded("stop", &simctl_at(&stopping_at, &["stop"]));
     let (code, stdout, json) = finish_run(stopped.path(), stopping);
     assert_eq!(code, Some(1), "expected FAIL:\n{stdout}");
@@ -459,4 +485,107 @@ fn the_last_recovery_is_waited_for_and_a_stop_during_one_fails_it() {
         .find(|s| s["event"] == "worker_pause")
         .and_then(|s| s["rebalance_max_s"].as_f64());
     assert!(timed.is_some(), "the pause's recovery was timed: {stdout}");
+}
+
+/// After a fault, the gates that look past its recovery. One run has two defects:
+/// - knob `takeover_stall: 15s`: a worker refuses (naks) the messages of every partition
+///   it takes over from worker-1, paused past its lease, for 15 s, under
+///   `catch_up_timeout: 8s`
+///   — the recovery is quick (the partitions are owned, the others flow), the catch-up is
+///   not: `catch_up`, naming the pause (a crash would not do: the restarted worker-1
+///   reclaims its partitions under its stable id, nothing moves; a graceful leave moves
+///   them with next to no backlog);
+/// - worker-2 stopped (SIGSTOP) from the test once the catch-up failed, as a hung process
+///   would be: it still owns partitions by its last status and never reports again
+///   — `silent_after_chaos`, naming worker-2 only (its partitions move on, nothing is lost).
+///
+/// The control is the same config and pause without either defect: PASS, the catch-up
+/// timed.
+#[test]
+fn a_slow_takeover_fails_the_catch_up_and_a_hung_worker_fails_seen_after_chaos() {
+    let (_nats, defect) = set_up("catch-up-defect");
+    let (_, control) = set_up("catch-up-control");
+    // The windows are wide: the refused and the stranded messages come late, not lost.
+    let config = |faults: &str| {
+        test_support::edited_config(
+            "quick.yaml",
+            &[
+                (
+                    "coordinator:\n  validation_window: 15s\n",
+                    "coordinator:\n  validation_window: 60s\n  catch_up_timeout: 8s\n",
+                ),
+                // The control's catch-up takes up to ~4 s: the paused worker's fetched
+                // messages come back when their 10 s ack wait ends, the recovery took 6 s
+                // or more. 1 ms a message keeps the rest (up to ~500 messages on a heavy
+                // partition) short, on a busy machine too.
+                ("max: 5ms", "max: 1ms"),
+                (
+                    "workers:\n  count: 3\n",
+                    &format!("workers:\n  count: 3\n{faults}"),
+                ),
+            ],
+        )
+    };
+    let mut failing = start_run(
+        defect.path(),
+        &config("  faults:\n    takeover_stall: 15s\n"),
+    );
+    let mut passing = start_run(control.path(), &config(""));
+    let (failing_at, failing_dir) = announced(&mut failing);
+    let passing_at = coordinator_of(&mut passing);
+    for (dir, at) in [(&defect, &failing_at), (&control, &passing_at)] {
+        // Once the second wave holds partitions too (messages flow by then).
+        wait_for_log(dir.path(), "worker-2", "partition acquired");
+        inject(at, "worker_pause", "worker-1", Some("10s"));
+    }
+    // Hung once the catch-up failed: a worker stopped before the recovery would keep it
+    // from ever being judged recovered (its last status still claims its partitions).
+    wait_for_event(&failing_dir, "catch-up: after worker_pause");
+    let hung = child_pid(&run_dir_socket(&defect.path().join("run")), "worker-2");
+    let stopped = Command::new("kill")
+        .args(["-STOP", &hung.to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success(), "kill -STOP {hung}");
+
+    let (code, stdout, json) = finish_run(defect.path(), failing);
+    assert_eq!(code, Some(1), "expected FAIL:\n{stdout}");
+    assert_eq!(
+        failure_kinds(&json),
+        ["catch_up".to_string(), "silent_after_chaos".to_string()].into(),
+        "{stdout}"
+    );
+    let reasons = reasons(&json);
+    let named = |prefix: &str| -> Vec<&str> {
+        reasons
+            .iter()
+            .copied()
+            .filter(|r| r.starts_with(prefix))
+            .collect()
+    };
+    assert!(
+        matches!(named("catch-up").as_slice(), [one] if one.starts_with("catch-up: after worker_pause on worker-1 at ")),
+        "{reasons:#?}"
+    );
+    assert!(
+        matches!(named("silent").as_slice(), [one] if one.starts_with("silent after chaos: worker-2 (owning ")),
+        "only the hung worker is silent: {reasons:#?}"
+    );
+
+    let (code, stdout, json) = finish_run(control.path(), passing);
+    assert_eq!(code, Some(0), "expected PASS:\n{stdout}");
+    let pause = elements(&json["faults"])
+        .iter()
+        .find(|f| f["event"] == "worker_pause")
+        .cloned()
+        .unwrap_or_default();
+    let caught_up = pause["catch_up_s"].as_f64();
+    assert!(
+        caught_up.is_some_and(|s| s < 8.0),
+        "the pause's catch-up was timed: {pause}"
+    );
+    eprintln!(
+        "control: recovery {} s, catch-up {caught_up:?} s",
+        pause["rebalance_s"]
+    );
 }

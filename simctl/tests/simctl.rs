@@ -112,7 +112,8 @@ fn quick_run_passes() {
         "received distinct == sent"
     );
     // Every long-lived process was sampled for the leak gate, with a baseline and a last
-    // sample: the coordinator, the agent, the workers and producers.
+    // sample: the coordinator, the managed NATS server, the agent, the workers and
+    // producers.
     let sampled: Vec<&str> = elements(&outcome.json["resources"])
         .iter()
         .filter(|r| r["first"].is_object() && r["last"].is_object())
@@ -120,6 +121,7 @@ fn quick_run_passes() {
         .collect();
     for process in [
         "coordinator",
+        "nats-server",
         "local/agent",
         "local/worker-0",
         "local/producer-0",

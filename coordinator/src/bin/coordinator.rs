@@ -23,6 +23,10 @@ struct Cli {
     /// restart its servers (set by `simctl run` when nats.cluster_size > 1).
     #[arg(long, value_name = "DIR")]
     nats_cluster_dir: Option<std::path::PathBuf>,
+    /// The pid of the managed NATS server (set by `simctl run`): its resources are sampled
+    /// with the coordinator's own and judged by the leak gate.
+    #[arg(long, value_name = "PID")]
+    nats_server_pid: Option<u32>,
     /// Test aid: milliseconds to pause before applying each report batch.
     #[arg(long, hide = true, default_value_t = 0)]
     ingest_delay_ms: u64,
@@ -59,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
         coordinator::ServeOptions {
             nats_url: cli.nats_url,
             nats_cluster_dir: cli.nats_cluster_dir,
+            nats_server_pid: cli.nats_server_pid,
             ingest_delay: std::time::Duration::from_millis(cli.ingest_delay_ms),
             runs_dir: Some(cli.runs_dir),
             resume: cli.resume,

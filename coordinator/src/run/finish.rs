@@ -16,6 +16,9 @@ impl Engine {
         let Some(run) = self.run.as_mut() else { return };
         run.tracker.finish(now_us());
         super::ground_truth::count_unannounced_lost(run);
+        let now = run.clock.now();
+        super::faults::check_catch_up(run, now, true);
+        super::silence::check(run, now, &agents);
         run.state.phase = Phase::Finished;
         run.state.end = Some(reason);
         let duplicates = run.tracker.snapshot(now_us()).duplicates();

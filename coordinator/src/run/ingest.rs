@@ -29,6 +29,7 @@ impl Engine {
         run.state
             .applied
             .insert(batch.agent.clone(), (batch.boot_id, batch.number));
+        let now_ms = super::clock::millis(run.clock.now());
         for report in batch.reports {
             let Some(run) = self.run.as_mut() else { return };
             if !run
@@ -78,6 +79,9 @@ impl Engine {
                     }
                 }
                 report::Body::Processed(processed) => {
+                    if let Some(view) = run.state.workers.get_mut(&processed.process) {
+                        view.last_report_ms = now_ms;
+                    }
                     let worker = run.state.worker_ref(
                         &processed.process,
                         processed.incarnation,
@@ -135,6 +139,7 @@ impl Engine {
                     view.state = status.state;
                     view.alive = true;
                     view.partitions = status.partitions;
+                    view.last_report_ms = now_ms;
                 }
                 report::Body::Started(started) => {
                     self.registry.count_process(&batch.agent, 1).await;

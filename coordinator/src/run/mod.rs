@@ -26,6 +26,7 @@ mod faults;
 mod finish;
 mod ground_truth;
 mod ingest;
+mod silence;
 mod start;
 mod startup;
 mod state;
@@ -228,6 +229,7 @@ pub fn spawn_engine(
     nats_url: Option<String>,
     ingest_delay: Duration,
     nats_cluster_dir: Option<PathBuf>,
+    nats_server_pid: Option<u32>,
     runs_dir: PathBuf,
 ) -> EngineHandle {
     let (commands, command_rx) = mpsc::channel(16);
@@ -245,6 +247,7 @@ pub fn spawn_engine(
         nats_url,
         ingest_delay,
         nats_cluster_dir,
+        nats_server_pid,
         runs_dir,
         run: None,
         status_tx,
@@ -264,6 +267,8 @@ struct Engine {
     ingest_delay: Duration,
     /// The managed NATS cluster's directory, for `nats_server_kill`.
     nats_cluster_dir: Option<PathBuf>,
+    /// The managed single NATS server's pid, sampled for the leak gate.
+    nats_server_pid: Option<u32>,
     /// Run directories go here.
     runs_dir: PathBuf,
     run: Option<ActiveRun>,

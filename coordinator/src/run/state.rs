@@ -69,6 +69,9 @@ pub struct WorkerView {
     pub(super) state: String,
     pub(super) alive: bool,
     pub(super) partitions: Vec<u32>,
+    /// When it was last heard of: a status or a processed message (run time, ms).
+    #[serde(default)]
+    pub(super) last_report_ms: u64,
 }
 
 /// The state of one run (see the module documentation).

@@ -46,9 +46,7 @@ impl Engine {
         super::startup::check(run, run_time);
         if now >= run.local.next_resource_sample {
             run.local.next_resource_sample = now + RESOURCE_SAMPLE_EVERY;
-            if let Some(sample) = proto::resources::sample("coordinator", std::process::id()) {
-                super::ingest::record_resources(run, "coordinator", true, &sample);
-            }
+            sample_own_processes(run, self.nats_server_pid);
         }
         self.read_stream_once().await;
         let Some(run) = self.run.as_mut() else { return };
@@ -102,6 +100,24 @@ impl Engine {
 
 /// How often the coordinator samples its own resources (as agents do theirs).
 const RESOURCE_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sample the coordinator itself and the managed NATS server(s), as agents sample theirs:
+/// all of them are the harness (their growth is an infrastructure error).
+fn sample_own_processes(run: &mut ActiveRun, nats_server_pid: Option<u32>) {
+    let mut processes = vec![("coordinator".to_string(), std::process::id())];
+    processes.extend(nats_server_pid.map(|pid| ("nats-server".to_string(), pid)));
+    if let Some(cluster) = &run.io.nats_cluster {
+        processes.extend(
+            (0..cluster.size())
+                .filter_map(|index| Some((format!("nats-server-{index}"), cluster.pid(index)?))),
+        );
+    }
+    for (name, pid) in processes {
+        if let Some(sample) = proto::resources::sample(&name, pid) {
+            super::ingest::record_resources(run, &name, true, &sample);
+        }
+    }
+}
 
 /// After a resume, messages the checkpoint saw unprocessed may have been processed while the
 /// coordinator was away; the agents resend those reports when they are back. Until then

@@ -27,6 +27,8 @@ pub(super) struct RawCoordinator {
     drain_settle: Duration,
     #[serde(with = "human")]
     startup_timeout: Duration,
+    #[serde(with = "human")]
+    catch_up_timeout: Duration,
     max_resource_growth: f64,
 }
 
@@ -41,6 +43,7 @@ impl Default for RawCoordinator {
             drain_timeout: None,
             drain_settle: defaults.drain_settle,
             startup_timeout: defaults.startup_timeout,
+            catch_up_timeout: defaults.catch_up_timeout,
             max_resource_growth: defaults.max_resource_growth,
         }
     }
@@ -58,6 +61,7 @@ impl From<RawCoordinator> for CoordinatorConfig {
             stall_timeout: raw.stall_timeout,
             drain_settle: raw.drain_settle,
             startup_timeout: raw.startup_timeout,
+            catch_up_timeout: raw.catch_up_timeout,
             max_resource_growth: raw.max_resource_growth,
         }
     }

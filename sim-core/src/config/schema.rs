@@ -343,6 +343,11 @@ pub struct WorkerFaults {
     pub startup_delay: Duration,
     /// Keep this many KiB per processed message, never freed (a memory leak); 0 = off.
     pub leak_kib_per_message: u32,
+    /// Refuse (nak) the messages of every partition taken over after the first assignment
+    /// for this long after its first message (a new owner slow to get ready: the moved
+    /// backlog waits, redelivered later); 0 = off.
+    #[serde(with = "human")]
+    pub takeover_stall: Duration,
 }
 
 // === coordinator ===
@@ -378,6 +383,11 @@ pub struct CoordinatorConfig {
     /// the run's start ⇒ otherwise FAIL (`startup`; default 60s).
     #[serde(serialize_with = "human::serialize")]
     pub startup_timeout: Duration,
+    /// Extension: after a fault's recovery, the messages its moved partitions held by then
+    /// (their backlog) must all be processed within this long ⇒ otherwise FAIL
+    /// (`catch_up`; default 60s).
+    #[serde(serialize_with = "human::serialize")]
+    pub catch_up_timeout: Duration,
     /// Extension: a process's RSS, open files or threads growing by more than this many
     /// percent from the end of warm-up to the end of the run (and by more than a floor:
     /// 64 MiB, 32 files, 16 threads) ⇒ FAIL (`resource_growth`; default 25).
@@ -406,6 +416,7 @@ impl Default for CoordinatorConfig {
             drain_timeout: Self::default_drain(validation_window),
             drain_settle: Duration::ZERO,
             startup_timeout: Duration::from_secs(60),
+            catch_up_timeout: Duration::from_secs(60),
             max_resource_growth: 25.0,
         }
     }

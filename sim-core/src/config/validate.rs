@@ -199,6 +199,7 @@ impl Config {
         p.positive_duration("coordinator.rebalance_timeout", c.rebalance_timeout);
         p.positive_duration("coordinator.stall_timeout", c.stall_timeout);
         p.positive_duration("coordinator.startup_timeout", c.startup_timeout);
+        p.positive_duration("coordinator.catch_up_timeout", c.catch_up_timeout);
         p.positive_number("coordinator.max_resource_growth", c.max_resource_growth);
         p.positive_duration("coordinator.drain_timeout", c.drain_timeout);
         p.ordered_durations(

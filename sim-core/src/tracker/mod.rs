@@ -333,6 +333,23 @@ impl Tracker {
         Ok((idx, known))
     }
 
+    /// The highest seq of `partition` known to exist (sent, processed or stored).
+    #[must_use]
+    pub fn known_max(&self, partition: u32) -> u64 {
+        self.partitions
+            .get(partition as usize)
+            .map_or(0, PartitionState::known_max)
+    }
+
+    /// How many of `partition`'s seqs up to `through` are neither processed nor written off
+    /// yet: its backlog, when `through` was its newest seq at some moment.
+    #[must_use]
+    pub fn unresolved_through(&self, partition: u32, through: u64) -> u64 {
+        self.partitions
+            .get(partition as usize)
+            .map_or(0, |part| part.unresolved_through(through))
+    }
+
     /// How many of `partition`'s seqs in `above+1 ..= through` are lost now.
     #[must_use]
     pub fn lost_between(&self, partition: u32, above: u64, through: u64) -> u64 {

@@ -158,6 +158,19 @@ impl PartitionState {
         self.window.front().map(|s| s.known_at())
     }
 
+    /// How many seqs `..= through` are still unresolved: neither processed nor written off.
+    pub fn unresolved_through(&self, through: u64) -> u64 {
+        let Some(len) = through.checked_sub(self.watermark) else {
+            return 0;
+        };
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        self.window
+            .iter()
+            .take(len)
+            .filter(|slot| slot.flags() & PROCESSED == 0)
+            .count() as u64
+    }
+
     /// How many seqs in `above+1 ..= through` are written off as lost.
     pub fn lost_between(&self, above: u64, through: u64) -> u64 {
         if through <= above {

@@ -98,3 +98,30 @@ fn a_removed_partitions_unreported_tail_is_excused() {
     let s = t.snapshot(200);
     assert_eq!((s.lost, s.excused), (0, 2));
 }
+
+/// A backlog is what is unresolved up to a seq: processed or lost seqs leave it, newer
+/// seqs are not part of it.
+#[test]
+fn the_backlog_up_to_a_seq_counts_what_is_unresolved() {
+    let mut t = tracker();
+    for seq in 1..=6 {
+        sent(&mut t, seq);
+    }
+    assert_eq!(t.known_max(0), 6);
+    assert_eq!(t.unresolved_through(0, 4), 4);
+    processed(&mut t, 1);
+    processed(&mut t, 3);
+    assert_eq!(t.unresolved_through(0, 4), 2, "2 and 4 are left");
+    processed(&mut t, 2);
+    processed(&mut t, 4);
+    assert_eq!(t.unresolved_through(0, 4), 0, "5 and 6 are after it");
+    assert_eq!(t.unresolved_through(0, 6), 2);
+    // Written off as lost: resolved, whatever the verdict says of it.
+    t.finish(10 + WINDOW + 1);
+    assert_eq!(t.unresolved_through(0, 6), 0);
+    assert_eq!(
+        t.unresolved_through(1, 6),
+        0,
+        "an untouched partition has no backlog"
+    );
+}

@@ -102,6 +102,40 @@ pub enum Failure {
     },
     /// Startup took longer than `coordinator.startup_timeout`.
     Startup(StartupMiss),
+    /// After a fault's recovery, its moved partitions' backlog was not processed within
+    /// `coordinator.catch_up_timeout`.
+    CatchUp {
+        /// The fault.
+        event: ChaosEvent,
+        /// Its target.
+        target: String,
+        /// When it was injected (seconds of run time).
+        at_s: f64,
+        /// Moved partitions still behind at the deadline: (partition, messages of the
+        /// backlog unprocessed), the first few.
+        behind: Vec<(u32, u64)>,
+        /// How many partitions were behind in all.
+        partitions: usize,
+        /// How long after the recovery they were judged (the timeout, or less when the
+        /// run ended first).
+        waited: Duration,
+        /// The configured bound.
+        timeout: Duration,
+    },
+    /// A live worker that owned partitions was not heard of at the end of the run (two
+    /// heartbeats): hung, stopped or cut off, whatever its partitions' traffic.
+    SilentAfterChaos {
+        /// Its process slot.
+        process: String,
+        /// Partitions its last status said it owned.
+        partitions: usize,
+        /// Its last report (seconds of run time).
+        last_report_s: f64,
+        /// When the run ended (seconds of run time).
+        end_s: f64,
+        /// When the last fault settled (seconds of run time); `None`: no fault.
+        settled_s: Option<f64>,
+    },
     /// A process's resources grew past `coordinator.max_resource_growth`.
     ResourceGrowth(Growth),
     /// Infrastructure: reports that can never arrive, so the books have a hole.
@@ -209,6 +243,10 @@ pub enum FailureKind {
     Startup,
     /// A process's resources grew past the limit (a leak).
     ResourceGrowth,
+    /// A moved partition's backlog was not processed in time after a recovery.
+    CatchUp,
+    /// A live worker reported nothing after the last fault.
+    SilentAfterChaos,
     /// The harness could not test (agents, producers or reports lost): not a FAIL of the
     /// system under test.
     Infrastructure,
@@ -216,7 +254,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, in report order.
-    pub const ALL: [FailureKind; 15] = [
+    pub const ALL: [FailureKind; 17] = [
         Self::Loss,
         Self::ConcurrentProcessing,
         Self::Duplicates,
@@ -231,6 +269,8 @@ impl FailureKind {
         Self::UnexpectedExit,
         Self::Startup,
         Self::ResourceGrowth,
+        Self::CatchUp,
+        Self::SilentAfterChaos,
         Self::Infrastructure,
     ];
 
@@ -251,6 +291,8 @@ impl FailureKind {
             Self::UnexpectedExit => "unexpected_exit",
             Self::Startup => "startup",
             Self::ResourceGrowth => "resource_growth",
+            Self::CatchUp => "catch_up",
+            Self::SilentAfterChaos => "silent_after_chaos",
             Self::Infrastructure => "infrastructure",
         }
     }
@@ -283,6 +325,8 @@ impl Failure {
             Self::Ownership { .. } | Self::Unowned { .. } => FailureKind::Ownership,
             Self::UnexpectedExit { .. } => FailureKind::UnexpectedExit,
             Self::Startup(_) => FailureKind::Startup,
+            Self::CatchUp { .. } => FailureKind::CatchUp,
+            Self::SilentAfterChaos { .. } => FailureKind::SilentAfterChaos,
             // The harness's own growth says nothing about the system under test.
             Self::ResourceGrowth(growth) if growth.harness => FailureKind::Infrastructure,
             Self::ResourceGrowth(_) => FailureKind::ResourceGrowth,
@@ -365,6 +409,50 @@ impl fmt::Display for Failure {
                  allow, e.g. {first}"
             ),
             Self::Startup(miss) => write!(f, "startup: {miss}"),
+            Self::CatchUp {
+                event,
+                target,
+                at_s,
+                behind,
+                partitions,
+                waited,
+                timeout,
+            } => {
+                write!(
+                    f,
+                    "catch-up: after {event} on {target} at {at_s:.0}s, {partitions} moved \
+                     partition(s) still had backlog {:.1}s after the recovery (limit \
+                     {timeout:?})",
+                    waited.as_secs_f64()
+                )?;
+                let listed: Vec<String> = behind
+                    .iter()
+                    .map(|(partition, left)| format!("partition {partition}: {left} left"))
+                    .collect();
+                if listed.is_empty() {
+                    Ok(())
+                } else {
+                    write!(f, " ({})", listed.join(", "))
+                }
+            }
+            Self::SilentAfterChaos {
+                process,
+                partitions,
+                last_report_s,
+                end_s,
+                settled_s,
+            } => {
+                write!(
+                    f,
+                    "silent after chaos: {process} (owning {partitions} partition(s) by its \
+                     last status) was last heard of at {last_report_s:.0}s, the run ended at \
+                     {end_s:.0}s"
+                )?;
+                match settled_s {
+                    Some(settled) => write!(f, "; the last fault settled at {settled:.0}s"),
+                    None => f.write_str("; no fault was injected"),
+                }
+            }
             Self::ResourceGrowth(growth) if growth.harness => {
                 write!(f, "harness resource growth: {growth}")
             }

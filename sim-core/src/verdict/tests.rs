@@ -373,6 +373,35 @@ fn cases() -> Vec<Case> {
             limit_percent: 25.0,
         })),
         Case::new(
+            K::CatchUp,
+            Fail,
+            "catch-up: after worker_crash on worker-2 at 30s, 2 moved partition(s) still had \
+             backlog 60.0s after the recovery (limit 60s) (partition 3: 40 left, partition 9: \
+             2 left)",
+        )
+        .recorded(Failure::CatchUp {
+            event: crate::config::ChaosEvent::WorkerCrash,
+            target: "worker-2".into(),
+            at_s: 30.2,
+            behind: vec![(3, 40), (9, 2)],
+            partitions: 2,
+            waited: Duration::from_secs(60),
+            timeout: Duration::from_secs(60),
+        }),
+        Case::new(
+            K::SilentAfterChaos,
+            Fail,
+            "silent after chaos: worker-3 (owning 4 partition(s) by its last status) was last \
+             heard of at 49s, the run ended at 75s; the last fault settled at 52s",
+        )
+        .recorded(Failure::SilentAfterChaos {
+            process: "worker-3".into(),
+            partitions: 4,
+            last_report_s: 49.0,
+            end_s: 75.0,
+            settled_s: Some(52.0),
+        }),
+        Case::new(
             K::Infrastructure,
             Infrastructure,
             "producer producer-1 died: exit code 2",
@@ -422,7 +451,7 @@ fn clean_evidence_passes() {
         "{}",
         summary.junit()
     );
-    assert!(summary.junit().contains("tests=\"16\" failures=\"0\""));
+    assert!(summary.junit().contains("tests=\"18\" failures=\"0\""));
 }
 
 #[test]

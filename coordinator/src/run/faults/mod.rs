@@ -42,6 +42,7 @@ use sim_core::config::ChaosEvent;
 use sim_core::events::{EventKind, RunEvent};
 use sim_core::verdict::Failure;
 
+mod catch_up;
 mod nats_server;
 mod network;
 mod partitions;
@@ -52,6 +53,7 @@ mod process;
 mod recovery;
 mod state;
 
+pub(super) use catch_up::check as check_catch_up;
 pub(super) use recovery::unsettled_partitions;
 pub(super) use state::FaultState;
 use state::{HOST_FAULT_GRACE, HostFault, NATS_KILL_FOR, NATS_RESTART_GRACE, NatsDown};
@@ -134,9 +136,13 @@ impl Engine {
             .host_faults
             .retain(|_, fault| fault.excused_until.is_none_or(|until| now <= until));
         recovery::check(run, now);
-        if run.state.phase != Phase::Running || run.state.faults.measuring.is_some() {
-            // One fault at a time: the next waits until the previous one has healed, so each
-            // rebalance time belongs to one fault.
+        catch_up::check(run, now, false);
+        if run.state.phase != Phase::Running
+            || run.state.faults.measuring.is_some()
+            || run.state.faults.catching_up.is_some()
+        {
+            // One fault at a time: the next waits until the previous one has healed and
+            // caught up, so each rebalance and catch-up time belongs to one fault.
             return;
         }
         let elapsed = now;
@@ -327,8 +333,10 @@ impl Engine {
                         received_at_since: run.tracker.progress_marker().0,
                         moves_at_start: run.state.assignment_log.moves,
                         target_done: planned.target_done.clone(),
+                        owners_at_start: catch_up::owners(run),
                     });
                 }
+                run.state.faults.settled(now + planned.lasts);
                 (Some(planned), FaultOutcome::Injected)
             }
             Err(skip) => (None, FaultOutcome::Skipped(skip.to_string())),
@@ -346,6 +354,7 @@ impl Engine {
                 .map(|p| p.detail.clone())
                 .unwrap_or_default(),
             rebalance_s: None,
+            catch_up_s: None,
             moved: None,
             ideal_moves: planned.as_ref().and_then(|p| p.ideal_moves),
             duplicates: None,

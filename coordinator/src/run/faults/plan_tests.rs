@@ -91,6 +91,7 @@ fn view(alive: bool, leader: bool, partitions: Vec<u32>) -> WorkerView {
         state: String::new(),
         alive,
         partitions,
+        last_report_ms: 0,
     }
 }
 

@@ -27,6 +27,9 @@ pub(super) struct Measure {
     pub(super) moves_at_start: u64,
     /// What must have happened to the target before recovery can count.
     pub(super) target_done: TargetDone,
+    /// Each partition's owner at the injection: what the recovery moved must catch up.
+    #[serde(default)]
+    pub(super) owners_at_start: BTreeMap<u32, String>,
 }
 
 /// The fault's own effect that recovery must wait for: a graceful leave or restart takes a
@@ -130,6 +133,8 @@ pub(super) fn check(run: &mut ActiveRun, now: Duration) {
             run.state
                 .events
                 .push(RunEvent::new(EventKind::Recovery, line));
+            run.state.faults.settled(now);
+            super::catch_up::begin(run, measure.index, &measure.owners_at_start, now);
         } else if now > measure.deadline {
             let record = &run.state.faults.records[measure.index];
             let failure = Failure::RebalanceTimeout {
@@ -148,6 +153,7 @@ pub(super) fn check(run: &mut ActiveRun, now: Duration) {
                 .push(RunEvent::new(EventKind::Recovery, failure.to_string()));
             run.state.failures.push(failure);
             run.state.faults.measuring = None;
+            run.state.faults.settled(now);
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use proto::v1::{Spawn, spawn};
 use serde::{Deserialize, Serialize};
 
+use super::catch_up::CatchUp;
 use super::network::nats_endpoints;
 use super::recovery::Measure;
 use crate::placement::Placement;
@@ -53,6 +54,14 @@ pub(in crate::run) struct FaultState {
     /// exit was not the fault's doing and is judged after all.
     #[serde(default)]
     pub(in crate::run) excused_exits: BTreeMap<String, (ExitStatus, String)>,
+    /// The catch-up after the last recovery, while its moved partitions work off their
+    /// backlog.
+    #[serde(default)]
+    pub(super) catching_up: Option<CatchUp>,
+    /// When the last fault was over: its end, its recovery, or its catch-up, whichever came
+    /// last (run time). Every live worker must be heard of after it.
+    #[serde(default)]
+    pub(in crate::run) settled_at: Option<Duration>,
 }
 
 /// A NATS server killed by the chaos.
@@ -88,14 +97,29 @@ impl FaultState {
     /// The recovery being measured, described for the run's events: fault, target and the
     /// run time of its deadline.
     pub(in crate::run) fn recovery_in_progress(&self) -> Option<String> {
-        let measure = self.measuring.as_ref()?;
-        let record = self.records.get(measure.index)?;
+        let (index, deadline, what) = match (&self.measuring, &self.catching_up) {
+            (Some(measure), _) => (measure.index, measure.deadline, ""),
+            (None, Some(catch)) => (catch.index, catch.deadline, " and its catch-up"),
+            (None, None) => return None,
+        };
+        let record = self.records.get(index)?;
         Some(format!(
-            "{} on {} (at most until {:.0}s)",
+            "{} on {}{what} (at most until {:.0}s)",
             record.event,
             record.target,
-            measure.deadline.as_secs_f64()
+            deadline.as_secs_f64()
         ))
+    }
+
+    /// The agent whose slot `process` is.
+    pub(in crate::run) fn agent_of(&self, process: &str) -> Option<&str> {
+        self.slots.get(process).map(|(agent, _)| agent.as_str())
+    }
+
+    /// A fault's effects were over at `at` (run time): the last fault settled then, unless
+    /// it had already settled later.
+    pub(in crate::run) fn settled(&mut self, at: Duration) {
+        self.settled_at = Some(self.settled_at.map_or(at, |before| before.max(at)));
     }
 
     pub(in crate::run) fn new(
@@ -147,6 +171,9 @@ impl FaultState {
     pub(in crate::run) fn shift_deadlines(&mut self, downtime: Duration) {
         if let Some(measure) = &mut self.measuring {
             measure.deadline += downtime;
+        }
+        if let Some(catch) = &mut self.catching_up {
+            catch.deadline += downtime;
         }
     }
 
@@ -268,6 +295,7 @@ mod tests {
             received_at_since: 0,
             moves_at_start: 0,
             target_done: TargetDone::Nothing,
+            owners_at_start: BTreeMap::new(),
         })
     }
 
