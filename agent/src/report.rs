@@ -187,11 +187,29 @@ impl ChildReport {
     }
 }
 
-/// Unix time in microseconds.
+/// Test aid: the environment variable shifting this host's clock by so many milliseconds
+/// (as a host whose clock is off would be). Read by the agent and, inherited, by its
+/// children: every timestamp they take, and the agent's answers to clock probes.
+pub const CLOCK_SHIFT_ENV: &str = "PARTI_SIM_TEST_CLOCK_SHIFT_MS";
+
+/// The test clock shift, µs (0 unless [`CLOCK_SHIFT_ENV`] says otherwise).
+fn clock_shift_us() -> i64 {
+    static SHIFT: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SHIFT.get_or_init(|| {
+        std::env::var(CLOCK_SHIFT_ENV)
+            .ok()
+            .and_then(|ms| ms.trim().parse::<i64>().ok())
+            .map_or(0, |ms| ms.saturating_mul(1_000))
+    })
+}
+
+/// Unix time in microseconds, on this host's clock (shifted by the test aid
+/// [`CLOCK_SHIFT_ENV`]).
 pub fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .saturating_add(clock_shift_us())
 }
 
 /// A report and the signal that it has been written to the socket.

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal as NixSignal;
 use proto::v1::agent_client::AgentClient;
-use proto::v1::{AgentMessage, Hello, Report, Signal, agent_message, coordinator_message};
+use proto::v1::{
+    AgentMessage, ClockEcho, Hello, Report, Signal, agent_message, coordinator_message,
+};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
@@ -207,6 +209,25 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
                 message = inbound.message() => {
                     match message {
                         Ok(Some(message)) => {
+                            if let Some(coordinator_message::Body::ClockProbe(probe)) = &message.body {
+                                // Answered at once: the round trip is the measurement.
+                                let echo = ClockEcho {
+                                    id: probe.id,
+                                    coordinator_us: probe.coordinator_us,
+                                    agent_us: crate::report::now_us(),
+                                };
+                                let echo = AgentMessage {
+                                    body: Some(agent_message::Body::ClockEcho(echo)),
+                                };
+                                // Never waited for: a full stream is a slow coordinator,
+                                // and a probe left unanswered costs nothing.
+                                if let Err(mpsc::error::TrySendError::Closed(_)) =
+                                    outbound.try_send(echo)
+                                {
+                                    continue 'sessions;
+                                }
+                                continue;
+                            }
                             handle_command(&supervisor, &network_commands, message.body, &outbox).await;
                         }
                         Ok(None) | Err(_) => {
@@ -282,7 +303,8 @@ async fn handle_command(
         Some(coordinator_message::Body::CollectLogs(collect)) => {
             supervisor.collect_logs(collect.max_bytes_per_process).await;
         }
-        None => {}
+        // Answered by the session loop as it arrives.
+        Some(coordinator_message::Body::ClockProbe(_)) | None => {}
     }
 }
 

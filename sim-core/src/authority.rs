@@ -21,9 +21,9 @@
 //!   whether or not two processings overlap. Processing by an older owner after a newer
 //!   owner has processed is one such case: the newer owner processed after its grant.
 //! - **Time.** A version's time is the server's store time; a processing's time is the
-//!   worker's clock when it committed (`processed_us`). On one machine (`simctl run`, the
-//!   lab) both are one clock. Across hosts they differ by the hosts' clock offset, which
-//!   this check does not correct yet (docs/VERDICT.md, known limits).
+//!   worker's clock when it committed (`processed_us`), corrected by the coordinator to its
+//!   own clock (`crate::clock`); the server's clock is taken as the coordinator's (one host
+//!   in `simctl run` and the lab; docs/VERDICT.md, "Whose clock").
 //! - **When a verdict is final.** Versions arrive in the order they were written. When the
 //!   newest one seen was written at `L`, every version written at or before `L` is known,
 //!   so a processing at `t ≤ L` is judged for good. A processing at `t > L` that the known

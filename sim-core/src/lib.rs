@@ -10,6 +10,7 @@
 //! - [`authority`]: processing judged against that history (the oracle a worker cannot
 //!   bend).
 //! - [`chaos`]: the seeded fault schedule, fault records and their outcomes.
+//! - [`clock`]: each host's clock offset from the coordinator's, and its estimate.
 //! - [`stream_check`]: the stream read as the ground truth once the producers stopped.
 //! - [`foreign_reports`]: reports of another run's children, refused and counted.
 //! - [`events`]: the run's events, typed by kind, and how a run ended.
@@ -25,6 +26,7 @@
 pub mod assignment;
 pub mod authority;
 pub mod chaos;
+pub mod clock;
 pub mod config;
 pub mod events;
 pub mod foreign_reports;

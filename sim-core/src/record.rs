@@ -11,6 +11,7 @@
 //! The state's format is versioned ([`STATE_FORMAT`]): a file written by a build with another
 //! format is refused by name, never half-read.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,6 +20,7 @@ use serde::de::IgnoredAny;
 use crate::assignment::AssignmentLog;
 use crate::authority::AuthorityCheck;
 use crate::chaos::{FaultRecord, stats};
+use crate::clock::ClockOffset;
 use crate::config::Config;
 use crate::events::{EndReason, RunEvent};
 use crate::foreign_reports::ForeignReports;
@@ -139,6 +141,9 @@ pub struct RunRecord {
     /// Each process's resources (absent in older states: none sampled).
     #[serde(default)]
     pub resources: ResourceWatch,
+    /// Each agent's host clock offset (absent in older states: not measured).
+    #[serde(default)]
+    pub clocks: BTreeMap<String, ClockOffset>,
     /// Every fault, injected or not.
     pub faults: FaultRecords,
     /// What parti's assignment history showed.
@@ -220,6 +225,7 @@ impl RunRecord {
             stream_check: self.stream_check.clone(),
             foreign_reports: self.foreign_reports.clone(),
             resources: self.resources.processes(),
+            clocks: self.clocks.clone(),
         })
     }
 }

@@ -1,9 +1,12 @@
 //! The final report: human text, JSON, and JUnit XML for CI systems.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::authority::Unowned;
 use crate::chaos::{FaultRecord, FaultStats};
+use crate::clock::ClockOffset;
 use crate::events::{EndReason, RunEvent};
 use crate::foreign_reports::ForeignReports;
 use crate::resources::ProcessResources;
@@ -64,6 +67,9 @@ pub struct RunSummary {
     pub foreign_reports: ForeignReports,
     /// Each long-lived process's baseline and last resource sample (the leak gate).
     pub resources: Vec<ProcessResources>,
+    /// Each agent's host clock against the coordinator's: the offset every timestamp from
+    /// it was corrected by, and its uncertainty.
+    pub clocks: BTreeMap<String, ClockOffset>,
 }
 
 /// The JUnit test case of each kind of failure. Names that CI histories already track
@@ -122,6 +128,7 @@ impl RunSummary {
             stream_check: StreamCheck::default(),
             foreign_reports: ForeignReports::default(),
             resources: Vec::new(),
+            clocks: BTreeMap::new(),
         }
     }
 
@@ -206,6 +213,24 @@ impl RunSummary {
         }
         if let Some(line) = crate::resources::summary_line(&self.resources) {
             let _ = writeln!(out, "  {line}");
+        }
+        if !self.clocks.is_empty() {
+            let clocks: Vec<String> = self
+                .clocks
+                .iter()
+                .map(|(agent, clock)| {
+                    format!(
+                        "{agent} {:+.1} ms ±{:.1} ms",
+                        clock.offset_us as f64 / 1000.0,
+                        clock.uncertainty_us as f64 / 1000.0
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "  host clocks against the coordinator's (corrected): {}",
+                clocks.join(", ")
+            );
         }
         if self.foreign_reports.count > 0 {
             let _ = writeln!(

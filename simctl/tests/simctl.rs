@@ -65,6 +65,16 @@ fn with_faults(config: String, faults: Option<&str>) -> String {
 
 /// Run quick.yaml as `edit` changes it.
 fn run_edited(name: &str, edit: impl FnOnce(String) -> String, duration: &str) -> Outcome {
+    run_edited_with_env(name, edit, duration, &[])
+}
+
+/// Run quick.yaml as `edit` changes it, with `env` set for simctl and what it starts.
+fn run_edited_with_env(
+    name: &str,
+    edit: impl FnOnce(String) -> String,
+    duration: &str,
+    env: &[(&str, &str)],
+) -> Outcome {
     let dir = tempfile::Builder::new()
         .prefix(&format!("simctl-{name}-"))
         .tempdir()
@@ -82,6 +92,7 @@ fn run_edited(name: &str, edit: impl FnOnce(String) -> String, duration: &str) -
         .arg(&json_path)
         .arg("--run-dir")
         .arg(dir.path().join("run"))
+        .envs(env.iter().copied())
         .output()
         .expect("run simctl");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -307,6 +318,59 @@ fn processing_after_revoke_fails_with_an_ownership_violation() {
         outcome.stdout.contains("ownership violation"),
         "the reason names it:\n{}",
         outcome.stdout
+    );
+}
+
+/// A host whose clock is 300 ms behind: the test aid `PARTI_SIM_TEST_CLOCK_SHIFT_MS`
+/// (`agent/src/report.rs`) shifts the agent's and its children's clocks, not the
+/// coordinator's or the NATS server's. Uncorrected, a new owner's first processings would
+/// look 300 ms earlier than they were — before the grant that parti's assignment document
+/// dates on the server's clock: measured, the clean run then FAILs with 72 such "ownership
+/// violations". The coordinator measures the offset over the session and corrects every
+/// timestamp: the clean run passes and its report gives the offset; on the same host, a
+/// worker that keeps processing revoked partitions still fails for ownership. (The lab runs
+/// a host 300 ms ahead.)
+#[test]
+fn a_host_300_ms_behind_is_measured_and_corrected_and_a_defect_on_it_still_fails() {
+    let shift = [("PARTI_SIM_TEST_CLOCK_SHIFT_MS", "-300")];
+    let (clean, defect) = std::thread::scope(|scope| {
+        let clean = scope.spawn(|| run_edited_with_env("clock-clean", |c| c, "25s", &shift));
+        let defect = scope.spawn(|| {
+            run_edited_with_env(
+                "clock-defect",
+                |c| with_faults(c, Some("    process_after_revoke: true")),
+                "25s",
+                &shift,
+            )
+        });
+        (
+            clean.join().expect("clean run"),
+            defect.join().expect("defect run"),
+        )
+    });
+    assert_eq!(clean.code, 0, "expected PASS:\n{}", clean.stdout);
+    let clock = &clean.json["clocks"]["local"];
+    let (offset, uncertainty) = (
+        clock["offset_us"].as_i64().unwrap_or_default(),
+        clock["uncertainty_us"].as_i64().unwrap_or_default(),
+    );
+    // Within its stated uncertainty, and that within a few milliseconds on one machine.
+    assert!(
+        (offset + 300_000).abs() <= uncertainty + 1_000 && uncertainty < 5_000,
+        "measured {clock}"
+    );
+    assert!(
+        clean
+            .stdout
+            .contains("host clocks against the coordinator's (corrected): local -"),
+        "{}",
+        clean.stdout
+    );
+    assert_eq!(defect.code, 1, "expected FAIL:\n{}", defect.stdout);
+    assert!(
+        failure_kinds(&defect.json).contains("ownership"),
+        "{}",
+        defect.stdout
     );
 }
 

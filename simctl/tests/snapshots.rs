@@ -116,6 +116,15 @@ fn report_text_of_a_failed_run() {
         },
         foreign_reports: sim_core::foreign_reports::ForeignReports::default(),
         resources: Vec::new(),
+        clocks: [(
+            "local".to_string(),
+            sim_core::clock::ClockOffset {
+                offset_us: 300_120,
+                uncertainty_us: 180,
+                samples: 40,
+            },
+        )]
+        .into(),
     };
     check("report-fail.txt", &summary.text());
     let junit = summary.junit();

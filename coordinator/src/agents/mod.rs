@@ -16,6 +16,10 @@
 //! that checkpoint seeds the positions ([`AgentRegistry::restore`]) and receives everything
 //! after them again. Anything found missing is recorded ([`AgentRegistry::gaps`]), never
 //! skipped silently.
+//!
+//! Every session is probed for its host's clock offset once a second (`ClockProbe`, answered
+//! at once by a `ClockEcho`; `sim_core::clock`): the engine corrects the timestamps of that
+//! agent's reports by it ([`AgentRegistry::clock_offset`]).
 
 mod service;
 
@@ -25,9 +29,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use proto::v1::{
-    AgentInfo, AgentMessage, BatchAck, CoordinatorMessage, Hello, Report, agent_message,
-    coordinator_message,
+    AgentInfo, AgentMessage, BatchAck, ClockEcho, ClockProbe, CoordinatorMessage, Hello, Report,
+    agent_message, coordinator_message,
 };
+use sim_core::clock::{ClockEstimator, ClockOffset};
 use tokio::sync::mpsc;
 use tonic::Streaming;
 use tracing::{debug, info, warn};
@@ -68,6 +73,8 @@ struct AgentEntry {
     released: u64,
     /// Seeded by [`AgentRegistry::restore`], no Hello since.
     restored: bool,
+    /// Its host's clock against ours, from the probes of its sessions.
+    clock: ClockEstimator,
 }
 
 impl AgentEntry {
@@ -81,6 +88,7 @@ impl AgentEntry {
             applied: 0,
             released: 0,
             restored: false,
+            clock: ClockEstimator::default(),
         }
     }
 }
@@ -269,6 +277,34 @@ impl AgentRegistry {
         self.lock().gaps.clone()
     }
 
+    /// `agent`'s host clock against the coordinator's; `None` before its first probe was
+    /// answered.
+    pub fn clock_offset(&self, agent: &str) -> Option<ClockOffset> {
+        self.lock().agents.get(agent)?.clock.offset()
+    }
+
+    /// Every agent's host clock offset measured so far.
+    pub fn clock_offsets(&self) -> BTreeMap<String, ClockOffset> {
+        self.lock()
+            .agents
+            .iter()
+            .filter_map(|(agent, entry)| Some((agent.clone(), entry.clock.offset()?)))
+            .collect()
+    }
+
+    /// A probe sent by `session` of `agent` came back now.
+    fn clock_echo(&self, agent: &str, session: u64, echo: &ClockEcho) {
+        let received_us = now_us();
+        let mut state = self.lock();
+        if let Some(entry) = state.agents.get_mut(agent)
+            && entry.session == session
+        {
+            entry
+                .clock
+                .probe(echo.coordinator_us, echo.agent_us, received_us);
+        }
+    }
+
     /// Register a session for `hello`; its session number.
     fn open_session(&self, hello: &Hello, commands: mpsc::Sender<CoordinatorMessage>) -> u64 {
         let mut state = self.lock();
@@ -416,6 +452,7 @@ impl AgentRegistry {
         let agent = hello.agent_id.clone();
         let session = self.open_session(&hello, commands.clone());
         info!(%agent, host = %hello.hostname, boot_id = hello.boot_id, released = hello.acked_batch, "agent connected");
+        let prober = tokio::spawn(probe_clock(commands.clone()));
         loop {
             let message = match inbound.message().await {
                 Ok(Some(message)) => message,
@@ -425,8 +462,13 @@ impl AgentRegistry {
                     break;
                 }
             };
-            let Some(agent_message::Body::Batch(batch)) = message.body else {
-                continue;
+            let batch = match message.body {
+                Some(agent_message::Body::Batch(batch)) => batch,
+                Some(agent_message::Body::ClockEcho(echo)) => {
+                    self.clock_echo(&agent, session, &echo);
+                    continue;
+                }
+                Some(agent_message::Body::Hello(_)) | None => continue,
             };
             let number = batch.number;
             let ack = match self.admit(&agent, session, number, false) {
@@ -462,8 +504,40 @@ impl AgentRegistry {
                 break;
             }
         }
+        prober.abort();
         self.close_session(&agent, session);
     }
+}
+
+/// How often a session's clock is probed.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Probe the clock of the agent behind `commands` until its session ends.
+async fn probe_clock(commands: mpsc::Sender<CoordinatorMessage>) {
+    let mut every = tokio::time::interval(PROBE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for id in 1.. {
+        every.tick().await;
+        let probe = ClockProbe {
+            id,
+            coordinator_us: now_us(),
+        };
+        let probe = CoordinatorMessage {
+            body: Some(coordinator_message::Body::ClockProbe(probe)),
+        };
+        // Never waited for: a full command stream is a slow agent (its acks and commands
+        // come first), and a probe skipped costs nothing.
+        if let Err(mpsc::error::TrySendError::Closed(_)) = commands.try_send(probe) {
+            return;
+        }
+    }
+}
+
+/// Unix time in microseconds, on the coordinator's clock.
+pub(crate) fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

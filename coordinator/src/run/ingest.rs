@@ -3,6 +3,7 @@
 use proto::v1::{ProcessKind, ResourceSample, report};
 use tracing::warn;
 
+use super::clocks::BatchClocks;
 use super::{ActiveRun, Engine, Phase};
 use crate::agents::IngestBatch;
 use proto::resources::AGENT_PROCESS;
@@ -30,6 +31,10 @@ impl Engine {
             .applied
             .insert(batch.agent.clone(), (batch.boot_id, batch.number));
         let now_ms = super::clock::millis(run.clock.now());
+        if run.local.publishers.is_empty() {
+            run.local.publishers = super::clocks::publishers(run);
+        }
+        let clocks = BatchClocks::of(&self.registry, &batch.agent);
         for report in batch.reports {
             let Some(run) = self.run.as_mut() else { return };
             if !run
@@ -73,7 +78,7 @@ impl Engine {
                     if let Err(error) = run.tracker.sent(Sent {
                         partition: sent.partition,
                         seq: sent.seq,
-                        at_us: sent.published_us,
+                        at_us: clocks.own.correct(sent.published_us),
                     }) {
                         warn!(%error, "invalid sent report");
                     }
@@ -87,6 +92,10 @@ impl Engine {
                         processed.incarnation,
                         &processed.worker_id,
                     );
+                    let processed_us = clocks.own.correct(processed.processed_us);
+                    let published_us = clocks
+                        .publisher(run, processed.partition)
+                        .correct(processed.published_us);
                     run.state.ownership.processed(
                         &processed.process,
                         processed.incarnation,
@@ -97,16 +106,16 @@ impl Engine {
                         &processed.worker_id,
                         &processed.process,
                         processed.partition,
-                        processed.processed_us,
+                        processed_us,
                     );
                     let observed = run.tracker.processed(Processed {
                         partition: processed.partition,
                         seq: processed.seq,
                         worker,
                         delivered: processed.delivered,
-                        published_us: processed.published_us,
-                        received_us: processed.received_us,
-                        processed_us: processed.processed_us,
+                        published_us,
+                        received_us: clocks.own.correct(processed.received_us),
+                        processed_us,
                     });
                     if let Err(error) = observed {
                         warn!(%error, "invalid processed report");

@@ -22,6 +22,7 @@ use tracing::info;
 
 mod checkpoint;
 mod clock;
+mod clocks;
 mod faults;
 mod finish;
 mod ground_truth;
@@ -39,7 +40,7 @@ pub use state::{Phase, WorkerView};
 use clock::RunClock;
 use state::RunState;
 
-use crate::agents::{AgentRegistry, IngestBatch};
+use crate::agents::{AgentRegistry, IngestBatch, now_us};
 use sim_core::chaos::FaultOutcome;
 use sim_core::config::{ChaosEvent, Config};
 use sim_core::events::{EventKind, RunEvent};
@@ -182,6 +183,8 @@ struct Local {
     overtime_noted: bool,
     /// When the coordinator samples its own resources next (the leak gate).
     next_resource_sample: Instant,
+    /// Partition → the agent of its producer, whose clock its publish times are on.
+    publishers: std::collections::HashMap<u32, String>,
 }
 
 impl Local {
@@ -198,6 +201,7 @@ impl Local {
             checkpointed: BTreeMap::new(),
             overtime_noted: false,
             next_resource_sample: now,
+            publishers: std::collections::HashMap::new(),
         }
     }
 }
@@ -282,12 +286,6 @@ async fn next_assignment(run: &mut Option<ActiveRun>) -> Option<crate::assignmen
         Some(run) => run.io.assignments.recv().await,
         None => std::future::pending().await,
     }
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 impl Engine {

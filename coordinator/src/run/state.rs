@@ -25,6 +25,7 @@ use super::{CHECKPOINT_FORMAT, SECOND_WAVE_AFTER};
 use crate::placement::{PlacedSpawn, Placement};
 use sim_core::assignment::AssignmentLog;
 use sim_core::authority::AuthorityCheck;
+use sim_core::clock::ClockOffset;
 use sim_core::config::Config;
 use sim_core::events::{EndReason, RunEvent};
 use sim_core::foreign_reports::ForeignReports;
@@ -118,6 +119,10 @@ pub(super) struct RunState {
     /// Each process's resource samples (the leak gate).
     #[serde(default)]
     pub(super) resources: ResourceWatch,
+    /// Each agent's host clock against the coordinator's, as last measured: every
+    /// timestamp from its reports is corrected by it (`sim_core::clock`).
+    #[serde(default)]
+    pub(super) clocks: BTreeMap<String, ClockOffset>,
     /// Process slot → pid of the child this run started in it (from `Started` reports): an
     /// exit of any other pid is a leftover of another run, not this run's business.
     #[serde(default)]
@@ -173,6 +178,7 @@ impl RunState {
             foreign_reports: ForeignReports::default(),
             startup: StartupWatch::default(),
             resources: ResourceWatch::default(),
+            clocks: BTreeMap::new(),
             pids: BTreeMap::new(),
             pids_tracked: true,
             faults,

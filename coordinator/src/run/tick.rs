@@ -43,6 +43,7 @@ impl Engine {
         }
         record_report_gaps(run, &self.registry);
         let run_time = run.clock.now();
+        run.state.clocks = self.registry.clock_offsets();
         super::startup::check(run, run_time);
         if now >= run.local.next_resource_sample {
             run.local.next_resource_sample = now + RESOURCE_SAMPLE_EVERY;

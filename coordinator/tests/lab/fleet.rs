@@ -16,8 +16,16 @@ pub(crate) fn text(output: &Output) -> String {
     test_support::output_text(output)
 }
 
+/// The host whose clock is off in every lab run, and by how much: a real cluster's hosts
+/// differ, and the verdict must hold anyway (the coordinator measures and corrects it).
+pub(crate) const SKEWED_HOST: usize = 2;
+/// [`SKEWED_HOST`]'s clock is this far ahead (milliseconds; the test aid
+/// `PARTI_SIM_TEST_CLOCK_SHIFT_MS` of `agent/src/report.rs`).
+pub(crate) const SKEW_MS: i64 = 300;
+
 /// An agent daemon in host namespace `host`, logging to `<dir>/agent-<host>.log` (appended:
-/// a restarted agent keeps the earlier log).
+/// a restarted agent keeps the earlier log). Host [`SKEWED_HOST`]'s clock is [`SKEW_MS`]
+/// ahead.
 pub(crate) fn spawn_agent(lab: &Lab, dir: &Path, endpoint: &str, host: usize) -> LabProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -30,6 +38,14 @@ pub(crate) fn spawn_agent(lab: &Lab, dir: &Path, endpoint: &str, host: usize) ->
             .arg(format!("host-{host}"))
             .arg("--dir")
             .arg(dir.join(format!("host-{host}")))
+            .env(
+                "PARTI_SIM_TEST_CLOCK_SHIFT_MS",
+                if host == SKEWED_HOST {
+                    SKEW_MS.to_string()
+                } else {
+                    "0".to_string()
+                },
+            )
             .stdout(Stdio::null())
             .stderr(log),
     )

@@ -4,7 +4,8 @@
 //! behind: no iptables chain or qdisc in any namespace, no process.
 //!
 //! Everything runs inside namespaces the test creates (test_support::lab); no traffic
-//! leaves them.
+//! leaves them. Host 2's clock is 300 ms ahead in every run (`fleet::SKEWED_HOST`): the
+//! clean run passes and the defect runs fail for their reasons all the same.
 //!
 //! Layout: `fleet` (the lab's daemons and run helper), this file (the chaos run, the defect
 //! knobs, network faults by hand), `link_cut` (a cut between an agent and the coordinator),
@@ -104,6 +105,22 @@ fn chaos_across_three_hosts_passes_and_leaves_nothing_behind() {
                 .is_some_and(|d| d.contains("partition"))),
         "{report_text}"
     );
+    // Every host's clock was measured, host-2's 300 ms ahead, and corrected for: the run
+    // passed anyway.
+    for host in 1..=3 {
+        let clock = &json["clocks"][format!("host-{host}")];
+        let want = if host == fleet::SKEWED_HOST {
+            fleet::SKEW_MS * 1_000
+        } else {
+            0
+        };
+        let offset = clock["offset_us"].as_i64().unwrap_or(i64::MIN);
+        let uncertainty = clock["uncertainty_us"].as_i64().unwrap_or_default();
+        assert!(
+            (offset - want).abs() <= uncertainty + 2_000,
+            "host-{host}'s clock: {clock}\n{report_text}"
+        );
+    }
     // Network faults really were in place: the agent said what it installed.
     assert!(
         injected.iter().any(|f| f["event"] == "nats_disconnect"
