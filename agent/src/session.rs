@@ -219,10 +219,12 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
                                 let echo = AgentMessage {
                                     body: Some(agent_message::Body::ClockEcho(echo)),
                                 };
-                                // Never waited for: a full stream is a slow coordinator,
-                                // and a probe left unanswered costs nothing.
-                                if let Err(mpsc::error::TrySendError::Closed(_)) =
-                                    outbound.try_send(echo)
+                                // Never waited for, and never into the room kept for a
+                                // full window of batches: a filling stream is a slow
+                                // coordinator, and a probe left unanswered costs nothing.
+                                if outbound.capacity() > MAX_UNACKED
+                                    && let Err(mpsc::error::TrySendError::Closed(_)) =
+                                        outbound.try_send(echo)
                                 {
                                     continue 'sessions;
                                 }

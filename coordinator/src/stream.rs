@@ -8,6 +8,10 @@ use proto::v1::PartitionMap;
 
 use sim_core::config::{Config, NatsConfig};
 
+/// How long the stream remembers a message id to drop a re-publish (`Nats-Msg-Id`). The
+/// server's memory grows with it for that long: its leak baseline is taken after it.
+pub(crate) const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
 /// Delete what a previous run left (the stream and parti's control bucket), then create the
 /// stream: limits retention (a restarted producer resumes from the last message of its
 /// subject, which work-queue retention would have deleted), file storage, and room for one
@@ -34,7 +38,7 @@ pub async fn prepare(url: &str, config: &Config) -> anyhow::Result<kv::Store> {
         max_consumers: i32::try_from(config.partitions.count)
             .unwrap_or(i32::MAX)
             .saturating_add(100),
-        duplicate_window: Duration::from_secs(120),
+        duplicate_window: DUPLICATE_WINDOW,
         num_replicas: replicas,
         ..Default::default()
     })

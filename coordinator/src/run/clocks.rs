@@ -19,10 +19,16 @@ pub(super) struct BatchClocks {
 }
 
 impl BatchClocks {
-    /// The clocks for a batch from `agent`, as measured now (no correction before the first
-    /// probe was answered).
-    pub(super) fn of(registry: &AgentRegistry, agent: &str) -> Self {
-        let all = registry.clock_offsets();
+    /// The clocks for a batch from `agent`, as measured now; for a host not probed yet in
+    /// this coordinator's life, as last measured (`known`: the run's, checkpointed — a
+    /// resumed coordinator applies resent batches before its first probe comes back).
+    pub(super) fn of(
+        registry: &AgentRegistry,
+        agent: &str,
+        known: &BTreeMap<String, ClockOffset>,
+    ) -> Self {
+        let mut all = known.clone();
+        all.extend(registry.clock_offsets());
         Self {
             own: all.get(agent).copied().unwrap_or_default(),
             all,

@@ -14,10 +14,12 @@ impl Engine {
     pub(super) async fn finish(&mut self, reason: EndReason) {
         let agents = self.registry.connected().await;
         let Some(run) = self.run.as_mut() else { return };
-        run.tracker.finish(now_us());
-        super::ground_truth::count_unannounced_lost(run);
+        // Before the tracker writes off what is missing: a catch-up still running is judged
+        // on what it has not processed.
         let now = run.clock.now();
         super::faults::check_catch_up(run, now, true);
+        run.tracker.finish(now_us());
+        super::ground_truth::count_unannounced_lost(run);
         super::silence::check(run, now, &agents);
         run.state.phase = Phase::Finished;
         run.state.end = Some(reason);

@@ -34,7 +34,7 @@ impl Engine {
         if run.local.publishers.is_empty() {
             run.local.publishers = super::clocks::publishers(run);
         }
-        let clocks = BatchClocks::of(&self.registry, &batch.agent);
+        let clocks = BatchClocks::of(&self.registry, &batch.agent, &run.state.clocks);
         for report in batch.reports {
             let Some(run) = self.run.as_mut() else { return };
             if !run
@@ -65,7 +65,7 @@ impl Engine {
                 // The agent and the producers are the harness; the workers run parti.
                 let harness = sample.process == AGENT_PROCESS
                     || run.state.producers_alive.contains_key(&sample.process);
-                record_resources(run, &name, harness, sample);
+                record_resources(run, &name, harness, sample, std::time::Duration::ZERO);
                 continue;
             }
             let Some(run) = self.run.as_mut() else { return };
@@ -244,12 +244,14 @@ impl Engine {
     }
 }
 
-/// A resource sample of process `name`, as of now.
+/// Record a resource sample of process `name`; its baseline is taken after the run's
+/// warm-up and at least `settled` into the run.
 pub(super) fn record_resources(
     run: &mut ActiveRun,
     name: &str,
     harness: bool,
     sample: &ResourceSample,
+    settled: std::time::Duration,
 ) {
     let usage = Usage {
         rss_bytes: sample.rss_bytes,
@@ -257,7 +259,7 @@ pub(super) fn record_resources(
         threads: sample.threads,
         at_ms: super::clock::millis(run.clock.now()),
     };
-    let warmup_end_ms = super::clock::millis(run.state.config.chaos.warmup);
+    let warmup_end_ms = super::clock::millis(run.state.config.chaos.warmup.max(settled));
     run.state
         .resources
         .record((name, sample.pid, harness), usage, warmup_end_ms);

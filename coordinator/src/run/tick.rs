@@ -43,7 +43,8 @@ impl Engine {
         }
         record_report_gaps(run, &self.registry);
         let run_time = run.clock.now();
-        run.state.clocks = self.registry.clock_offsets();
+        // Measured ones replace what the run knew; a host not probed yet keeps its last.
+        run.state.clocks.extend(self.registry.clock_offsets());
         super::startup::check(run, run_time);
         if now >= run.local.next_resource_sample {
             run.local.next_resource_sample = now + RESOURCE_SAMPLE_EVERY;
@@ -115,7 +116,14 @@ fn sample_own_processes(run: &mut ActiveRun, nats_server_pid: Option<u32>) {
     }
     for (name, pid) in processes {
         if let Some(sample) = proto::resources::sample(&name, pid) {
-            super::ingest::record_resources(run, &name, true, &sample);
+            // A NATS server's memory grows with the stream's message-id window until that
+            // is full: its baseline comes after it.
+            let settled = if name == "coordinator" {
+                std::time::Duration::ZERO
+            } else {
+                crate::stream::DUPLICATE_WINDOW + RESOURCE_SAMPLE_EVERY
+            };
+            super::ingest::record_resources(run, &name, true, &sample, settled);
         }
     }
 }

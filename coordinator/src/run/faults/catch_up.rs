@@ -40,12 +40,13 @@ pub(in crate::run) struct CatchUp {
     pub(super) backlog: u64,
 }
 
-/// Each partition's owner by the workers' statuses (live workers only): taken at an
-/// injection and compared at its recovery.
+/// Each partition's owner by the workers' statuses (live, unpaused workers only, as the
+/// recovery counts them: a paused worker's last status still lists what it held): taken at
+/// an injection and compared at its recovery.
 pub(super) fn owners(run: &ActiveRun) -> BTreeMap<u32, String> {
     let mut owners = BTreeMap::new();
     for (process, view) in &run.state.workers {
-        if view.alive {
+        if view.alive && !run.state.faults.paused.contains_key(process) {
             for partition in &view.partitions {
                 owners.insert(*partition, process.clone());
             }
