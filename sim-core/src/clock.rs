@@ -32,9 +32,15 @@ pub struct ClockOffset {
 }
 
 impl ClockOffset {
-    /// `at_us`, taken on this host's clock, on the coordinator's.
+    /// `at_us`, taken on this host's clock, on the coordinator's. An offset within its own
+    /// uncertainty is not measurably different from none: left alone, so that hosts sharing
+    /// the coordinator's clock keep exactly their timestamps (an estimate's error, up to half
+    /// a round trip, would otherwise be added to them).
     #[must_use]
     pub fn correct(&self, at_us: i64) -> i64 {
+        if self.offset_us.abs() <= self.uncertainty_us {
+            return at_us;
+        }
         at_us.saturating_sub(self.offset_us)
     }
 }
