@@ -375,6 +375,16 @@ fn child_pid(socket: &Path, process: &str) -> u32 {
     pid.expect("found")
 }
 
+/// Send `signal` (`kill`'s spelling: `-STOP`) to `pid`, as something outside the harness
+/// would.
+fn send_signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
 /// Wait (with a deadline) until `process`'s log in the run of `dir` contains `needle`.
 fn wait_for_log(dir: &Path, process: &str, needle: &str) {
     let log = dir.join(format!("run/local/logs/{process}.log"));
@@ -396,11 +406,7 @@ fn a_worker_dying_of_a_signal_nobody_sent_fails_the_run_naming_it() {
     let pid = child_pid(&run_dir_socket(&dir.path().join("run")), "worker-1");
     // Once it is at work, so that there are last words to show.
     wait_for_log(dir.path(), "worker-1", "worker started");
-    let killed = Command::new("kill")
-        .args(["-ABRT", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success(), "kill -ABRT {pid}");
+    send_signal(pid, "-ABRT");
     let (code, stdout, json) = finish_run(dir.path(), run);
 
     assert_eq!(code, Some(1), "expected FAIL:\n{stdout}");
@@ -541,11 +547,7 @@ fn a_slow_takeover_fails_the_catch_up_and_a_hung_worker_fails_seen_after_chaos()
     // from ever being judged recovered (its last status still claims its partitions).
     wait_for_event(&failing_dir, "catch-up: after scale_down");
     let hung = child_pid(&run_dir_socket(&defect.path().join("run")), "worker-2");
-    let stopped = Command::new("kill")
-        .args(["-STOP", &hung.to_string()])
-        .status()
-        .expect("kill");
-    assert!(stopped.success(), "kill -STOP {hung}");
+    send_signal(hung, "-STOP");
 
     let (code, stdout, json) = finish_run(defect.path(), failing);
     assert_eq!(code, Some(1), "expected FAIL:\n{stdout}");

@@ -3,7 +3,6 @@
 use proto::v1::{ProcessKind, ResourceSample, report};
 use tracing::warn;
 
-use super::clocks::BatchClocks;
 use super::{ActiveRun, Engine, Phase};
 use crate::agents::IngestBatch;
 use proto::resources::AGENT_PROCESS;
@@ -34,7 +33,7 @@ impl Engine {
         if run.local.publishers.is_empty() {
             run.local.publishers = super::clocks::publishers(run);
         }
-        let clocks = BatchClocks::of(&self.registry, &batch.agent, &run.state.clocks);
+        let own_clock = super::clocks::host_clock(run, &self.registry, &batch.agent);
         for report in batch.reports {
             let Some(run) = self.run.as_mut() else { return };
             if !run
@@ -78,7 +77,7 @@ impl Engine {
                     if let Err(error) = run.tracker.sent(Sent {
                         partition: sent.partition,
                         seq: sent.seq,
-                        at_us: clocks.own.correct(sent.published_us),
+                        at_us: own_clock.correct(sent.published_us),
                     }) {
                         warn!(%error, "invalid sent report");
                     }
@@ -92,10 +91,10 @@ impl Engine {
                         processed.incarnation,
                         &processed.worker_id,
                     );
-                    let processed_us = clocks.own.correct(processed.processed_us);
-                    let published_us = clocks
-                        .publisher(run, processed.partition)
-                        .correct(processed.published_us);
+                    let processed_us = own_clock.correct(processed.processed_us);
+                    let published_us =
+                        super::clocks::publisher_clock(run, processed.partition, own_clock)
+                            .correct(processed.published_us);
                     run.state.ownership.processed(
                         &processed.process,
                         processed.incarnation,
@@ -114,7 +113,7 @@ impl Engine {
                         worker,
                         delivered: processed.delivered,
                         published_us,
-                        received_us: clocks.own.correct(processed.received_us),
+                        received_us: own_clock.correct(processed.received_us),
                         processed_us,
                     });
                     if let Err(error) = observed {

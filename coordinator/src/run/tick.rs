@@ -106,23 +106,26 @@ const RESOURCE_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_sec
 /// Sample the coordinator itself and the managed NATS server(s), as agents sample theirs:
 /// all of them are the harness (their growth is an infrastructure error).
 fn sample_own_processes(run: &mut ActiveRun, nats_server_pid: Option<u32>) {
-    let mut processes = vec![("coordinator".to_string(), std::process::id())];
-    processes.extend(nats_server_pid.map(|pid| ("nats-server".to_string(), pid)));
+    // A NATS server's memory grows with the stream's message-id window until that is full:
+    // its baseline comes after it.
+    let nats_settled = crate::stream::DUPLICATE_WINDOW + RESOURCE_SAMPLE_EVERY;
+    let mut processes = vec![(
+        "coordinator".to_string(),
+        std::process::id(),
+        std::time::Duration::ZERO,
+    )];
+    processes.extend(nats_server_pid.map(|pid| ("nats-server".to_string(), pid, nats_settled)));
     if let Some(cluster) = &run.io.nats_cluster {
-        processes.extend(
-            (0..cluster.size())
-                .filter_map(|index| Some((format!("nats-server-{index}"), cluster.pid(index)?))),
-        );
+        processes.extend((0..cluster.size()).filter_map(|index| {
+            Some((
+                format!("nats-server-{index}"),
+                cluster.pid(index)?,
+                nats_settled,
+            ))
+        }));
     }
-    for (name, pid) in processes {
+    for (name, pid, settled) in processes {
         if let Some(sample) = proto::resources::sample(&name, pid) {
-            // A NATS server's memory grows with the stream's message-id window until that
-            // is full: its baseline comes after it.
-            let settled = if name == "coordinator" {
-                std::time::Duration::ZERO
-            } else {
-                crate::stream::DUPLICATE_WINDOW + RESOURCE_SAMPLE_EVERY
-            };
             super::ingest::record_resources(run, &name, true, &sample, settled);
         }
     }

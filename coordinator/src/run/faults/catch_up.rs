@@ -40,19 +40,16 @@ pub(in crate::run) struct CatchUp {
     pub(super) backlog: u64,
 }
 
-/// Each partition's owner by the workers' statuses (live, unpaused workers only, as the
-/// recovery counts them: a paused worker's last status still lists what it held): taken at
-/// an injection and compared at its recovery.
+/// Each partition's owner by the workers' statuses, as the recovery counts them: taken at an
+/// injection and compared at its recovery.
 pub(super) fn owners(run: &ActiveRun) -> BTreeMap<u32, String> {
-    let mut owners = BTreeMap::new();
-    for (process, view) in &run.state.workers {
-        if view.alive && !run.state.faults.paused.contains_key(process) {
-            for partition in &view.partitions {
-                owners.insert(*partition, process.clone());
-            }
-        }
-    }
-    owners
+    super::recovery::holdings(run)
+        .flat_map(|(process, partitions)| {
+            partitions
+                .iter()
+                .map(move |partition| (*partition, process.clone()))
+        })
+        .collect()
 }
 
 /// Fault `index` recovered at `now`: watch the backlog of the partitions it moved (none with

@@ -82,6 +82,17 @@ fn fully_owned(run: &ActiveRun) -> bool {
     unsettled_partitions(run) == 0
 }
 
+/// Each live, unpaused worker and the partitions its last status lists: ownership as the
+/// recovery and the catch-up count it (a paused worker's last status still lists what it
+/// held).
+pub(super) fn holdings(run: &ActiveRun) -> impl Iterator<Item = (&String, &[u32])> {
+    run.state
+        .workers
+        .iter()
+        .filter(|(process, view)| view.alive && !run.state.faults.paused.contains_key(*process))
+        .map(|(process, view)| (process, view.partitions.as_slice()))
+}
+
 /// How many partitions of the map are not owned by exactly one live, unpaused worker (a
 /// worker owning a partition the map does not have counts as one more).
 pub(in crate::run) fn unsettled_partitions(run: &ActiveRun) -> usize {
@@ -93,11 +104,8 @@ pub(in crate::run) fn unsettled_partitions(run: &ActiveRun) -> usize {
         .iter()
         .map(|entry| (entry.id, 0))
         .collect();
-    for (process, view) in &run.state.workers {
-        if !view.alive || run.state.faults.paused.contains_key(process) {
-            continue;
-        }
-        for partition in &view.partitions {
+    for (_, partitions) in holdings(run) {
+        for partition in partitions {
             match owners.get_mut(partition) {
                 Some(count) => *count = count.saturating_add(1),
                 // Owns a partition that no longer exists: not settled yet.

@@ -59,7 +59,7 @@ pub(in crate::run) struct FaultState {
     #[serde(default)]
     pub(super) catching_up: Option<CatchUp>,
     /// When the last fault was over: its end, its recovery, or its catch-up, whichever came
-    /// last (run time). Every live worker must be heard of after it.
+    /// last (run time). A silent worker's failure says it (`run::silence`).
     #[serde(default)]
     pub(in crate::run) settled_at: Option<Duration>,
 }
