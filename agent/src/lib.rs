@@ -6,6 +6,7 @@
 //! - [`outbox`]: report batches kept until the coordinator releases them (checkpoints).
 //! - [`supervisor`]: forking and watching children.
 //! - [`links`]: a child's exit reported only after its last report.
+//! - [`journal`]: every report on disk first, replayed by the next agent after a crash.
 //! - [`netfault`]: iptables/tc network faults on this host, crash-safe.
 //! - [`resources`]: RSS, file descriptors and threads of every process, for the leak gate.
 //! - [`report`]: the child → agent report contract (JSON lines over a Unix socket).
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod gostyle;
+pub mod journal;
 pub mod links;
 pub mod message;
 pub mod netfault;
@@ -100,7 +102,8 @@ pub async fn run_child(mode: ChildMode) -> Result<(), ChildError> {
     let spec = env(report::SPEC_ENV)?;
     let process = env(report::PROCESS_ENV)?;
     let socket = PathBuf::from(env(report::SOCKET_ENV)?);
-    let (reports, writer) = report::ReportClient::connect(&socket, &process)
+    let journal = std::env::var_os(journal::JOURNAL_ENV).map(PathBuf::from);
+    let (reports, writer) = report::ReportClient::connect(&socket, &process, journal.as_deref())
         .await
         .map_err(|source| ChildError::ReportSocket {
             path: socket.clone(),

@@ -46,6 +46,7 @@ pub struct Links {
 struct Pending {
     process: String,
     run_id: String,
+    journal: u64,
     state: watch::Sender<State>,
 }
 
@@ -62,6 +63,7 @@ pub struct ExitGate {
 pub struct Connection {
     state: watch::Sender<State>,
     run_id: String,
+    journal: u64,
 }
 
 impl Connection {
@@ -70,12 +72,18 @@ impl Connection {
         Self {
             state: pending.state,
             run_id: pending.run_id,
+            journal: pending.journal,
         }
     }
 
     /// The run the child was started for.
     pub fn run_id(&self) -> &str {
         &self.run_id
+    }
+
+    /// The child's journal (`crate::journal`); its lines are this connection's lines.
+    pub fn journal(&self) -> u64 {
+        self.journal
     }
 }
 
@@ -86,12 +94,14 @@ impl Drop for Connection {
 }
 
 impl Links {
-    /// A child `process` started as `pid` for `run_id`; its exit waits on the gate.
-    pub fn started(&self, process: &str, pid: u32, run_id: &str) -> ExitGate {
+    /// A child `process` started as `pid` for `run_id`, journaling into `journal`; its exit
+    /// waits on the gate.
+    pub fn started(&self, process: &str, pid: u32, run_id: &str, journal: u64) -> ExitGate {
         let (tx, state) = watch::channel(State::Waiting);
         let pending = Pending {
             process: process.to_string(),
             run_id: run_id.to_string(),
+            journal,
             state: tx,
         };
         self.lock().insert(pid, pending);
@@ -150,7 +160,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_exit_waits_for_its_connection_to_end() {
         let links = Links::default();
-        let gate = links.started("producer-0", 41, "run-1");
+        let gate = links.started("producer-0", 41, "run-1", 5);
         let connection = links.connected_pid(41).expect("linked");
         let exit = tokio::spawn(gate.passed());
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -162,7 +172,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_child_that_never_connected_is_not_waited_for_long() {
         let links = Links::default();
-        let gate = links.started("producer-0", 41, "run-1");
+        let gate = links.started("producer-0", 41, "run-1", 5);
         assert!(gate.passed().await);
         assert!(links.connected_pid(41).is_none(), "forgotten");
     }
@@ -170,7 +180,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_held_open_past_the_limit_lets_the_exit_go() {
         let links = Links::default();
-        let gate = links.started("worker-0", 7, "run-1");
+        let gate = links.started("worker-0", 7, "run-1", 5);
         let _held = links.connected_name("worker-0").expect("by name");
         assert!(!gate.passed().await);
     }
@@ -178,7 +188,7 @@ mod tests {
     #[test]
     fn only_a_started_child_is_linked() {
         let links = Links::default();
-        let _gate = links.started("worker-0", 7, "run-1");
+        let _gate = links.started("worker-0", 7, "run-1", 5);
         assert!(links.connected_pid(8).is_none());
         assert!(links.connected_name("worker-1").is_none());
         let connection = links.connected_pid(7).expect("linked");

@@ -98,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
                 agent_id,
                 log_dir: dir.join("logs"),
                 socket: dir.join("reports.sock"),
+                journal_dir: dir.join("journal"),
                 binary: std::env::current_exe().context("locating the agent binary")?,
             };
             let shutdown = CancellationToken::new();

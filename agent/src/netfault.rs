@@ -29,6 +29,8 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::journal::OwnReports;
+
 /// The dedicated iptables chain (one per host).
 pub const CHAIN: &str = "PARTI-SIM";
 
@@ -53,7 +55,7 @@ pub enum NetFaultError {
 pub struct NetworkFaults {
     inner: Arc<Mutex<Inner>>,
     state_file: PathBuf,
-    reports: mpsc::Sender<Report>,
+    reports: OwnReports,
 }
 
 #[derive(Debug, Default)]
@@ -119,7 +121,7 @@ impl NetworkFaults {
     }
 
     /// Faults for this host; `state_file` remembers shaped devices across agent crashes.
-    pub fn new(state_file: PathBuf, reports: mpsc::Sender<Report>) -> Self {
+    pub fn new(state_file: PathBuf, reports: OwnReports) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner::default())),
             state_file,
@@ -217,6 +219,7 @@ impl NetworkFaults {
             })),
             // The host's, not a child's: applied to the current run.
             run_id: String::new(),
+            ..Report::default()
         };
         let _ = self.reports.send(report).await;
     }

@@ -262,7 +262,7 @@ impl Outbox {
     }
 
     /// Wait until the outbox is under its budget.
-    async fn wait_for_room(&self) {
+    pub(crate) async fn wait_for_room(&self) {
         let mut warned = false;
         loop {
             if !self.lock().over_budget() {
@@ -335,7 +335,7 @@ mod tests {
                 published_us: 0,
                 stream_seq: seq,
             })),
-            run_id: String::new(),
+            ..Report::default()
         }
     }
 

@@ -8,6 +8,13 @@
 //! (not merely queued in the child's memory) before the message is acknowledged, so a crash
 //! in between yields a redelivery, never a false loss.
 //!
+//! Before writing any bytes to the socket, append the same bytes to the file named by
+//! `$PARTI_SIM_JOURNAL` (the hello line too; one connection per process). The agent counts
+//! the lines of the connection as the lines of that file: when the agent itself is killed,
+//! the next agent replays the file, so the coordinator still gets what the socket lost
+//! (`crate::journal`). A child that keeps no journal works, but an agent crash then ends
+//! the run as an infrastructure error (its last reports may be gone).
+//!
 //! A child need not know its run: the agent stamps every line of a connection it can match
 //! to one of its children (by the peer's pid, else by the `hello` line's process name) with
 //! the run that child was started for, and passes the child's exit on only after the last of
@@ -182,7 +189,7 @@ impl ChildReport {
         };
         Some(Report {
             body: Some(body),
-            run_id: String::new(),
+            ..Report::default()
         })
     }
 }
@@ -228,10 +235,24 @@ pub struct ReportClient {
 
 impl ReportClient {
     /// Connect to `socket` and introduce ourselves as `process`.
+    ///
+    /// With `journal`, every line is appended to that file before it is written to the
+    /// socket (see `crate::journal`): a line the socket lost with a killed agent is still
+    /// there for the next agent to replay.
     pub async fn connect(
         socket: &Path,
         process: &str,
+        journal: Option<&Path>,
     ) -> std::io::Result<(Self, tokio::task::JoinHandle<std::io::Result<()>>)> {
+        let mut journal = match journal {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+            None => None,
+        };
         let mut stream = UnixStream::connect(socket).await?;
         let (lines, mut queue) = mpsc::channel::<Queued>(1024);
         let hello = ChildReport::Hello {
@@ -240,7 +261,7 @@ impl ReportClient {
         let writer = tokio::spawn(async move {
             let mut buffer = serde_json::to_vec(&hello).map_err(std::io::Error::other)?;
             buffer.push(b'\n');
-            stream.write_all(&buffer).await?;
+            journal_then_socket(journal.as_mut(), &mut stream, &buffer).await?;
             let mut written = Vec::new();
             while let Some((report, done)) = queue.recv().await {
                 buffer.clear();
@@ -256,7 +277,7 @@ impl ReportClient {
                     buffer.push(b'\n');
                     written.push(done);
                 }
-                stream.write_all(&buffer).await?;
+                journal_then_socket(journal.as_mut(), &mut stream, &buffer).await?;
                 for done in written.drain(..) {
                     let _ = done.send(());
                 }
@@ -277,6 +298,19 @@ impl ReportClient {
             .map_err(|_| ReportClosed)?;
         written.await.map_err(|_| ReportClosed)
     }
+}
+
+/// Write `bytes` to the journal (a blocking write into the page cache: microseconds), then
+/// to the socket.
+async fn journal_then_socket(
+    journal: Option<&mut std::fs::File>,
+    stream: &mut UnixStream,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    if let Some(journal) = journal {
+        std::io::Write::write_all(journal, bytes)?;
+    }
+    stream.write_all(bytes).await
 }
 
 /// The agent's socket is gone; the child should exit (its agent died).

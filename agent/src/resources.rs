@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use proto::resources::{AGENT_PROCESS, sample};
 use proto::v1::{Report, ResourceSample, report};
-use tokio::sync::mpsc;
 
+use crate::journal::OwnReports;
 use crate::supervisor::Supervisor;
 
 /// How often every process is sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 /// Sample every live child and the agent every [`SAMPLE_EVERY`], forever.
-pub async fn run(supervisor: Supervisor, reports: mpsc::Sender<Report>) {
+pub async fn run(supervisor: Supervisor, reports: OwnReports) {
     let mut every = tokio::time::interval(SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -32,6 +32,7 @@ pub async fn run(supervisor: Supervisor, reports: mpsc::Sender<Report>) {
             let report = Report {
                 body: Some(report::Body::ResourceSample(sample)),
                 run_id,
+                ..Report::default()
             };
             if reports.send(report).await.is_err() {
                 return;

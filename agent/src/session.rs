@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
+use crate::journal::{Journals, OwnReports};
 use crate::links::{Connection, Links};
 use crate::netfault::{NetworkCommand, NetworkFaults};
 use crate::outbox::{BATCH_SIZE, OUTBOX_BUDGET, Outbox};
@@ -43,6 +44,10 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A TCP connect to a cut link would otherwise wait for the kernel's SYN retries (minutes).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a child's first report waits for the child to be registered (its fork has
+/// returned; the registration follows at once): a connection that is not one of our
+/// children waits this once.
+const LINK_WAIT: Duration = Duration::from_secs(1);
 /// Opening the session stream on a connected channel.
 const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -57,6 +62,8 @@ pub struct AgentOptions {
     pub log_dir: PathBuf,
     /// The report socket path.
     pub socket: PathBuf,
+    /// Where reports are journaled (`crate::journal`); kept across agent restarts.
+    pub journal_dir: PathBuf,
     /// The binary children are started from (normally the agent's own).
     pub binary: PathBuf,
 }
@@ -67,6 +74,15 @@ pub enum AgentError {
     /// The report socket could not be bound.
     #[error("binding the report socket {path}: {source}")]
     Socket {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The journal directory could not be created.
+    #[error("creating the journal directory {path}: {source}")]
+    Journal {
         /// The path.
         path: PathBuf,
         /// The error.
@@ -111,12 +127,19 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
         path: options.socket.clone(),
         source,
     })?;
+    let boot_id = new_boot_id();
+    let journals =
+        Journals::create(&options.journal_dir, boot_id).map_err(|source| AgentError::Journal {
+            path: options.journal_dir.clone(),
+            source,
+        })?;
     let (reports_tx, reports_rx) = mpsc::channel::<Report>(8192);
+    let own_reports = OwnReports::new(reports_tx.clone(), &journals);
     let links = Links::default();
     tokio::spawn(serve_socket(listener, reports_tx.clone(), links.clone()));
     let network = NetworkFaults::new(
         options.socket.with_file_name("network-fault-devices"),
-        reports_tx.clone(),
+        own_reports.clone(),
     );
     // Whatever a previous agent on this host left behind (it may have been SIGKILLed).
     network.clean_up().await;
@@ -125,16 +148,19 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
         options.binary.clone(),
         options.log_dir.clone(),
         options.socket.clone(),
-        reports_tx.clone(),
+        own_reports.clone(),
         links,
+        Some(journals.clone()),
     );
 
-    tokio::spawn(crate::resources::run(
-        supervisor.clone(),
-        reports_tx.clone(),
-    ));
-    let boot_id = new_boot_id();
+    tokio::spawn(crate::resources::run(supervisor.clone(), own_reports));
     let outbox = Arc::new(Outbox::new(OUTBOX_BUDGET, MAX_UNACKED, BATCH_SIZE));
+    // What the agent process before this one (SIGKILLed, say) left unsaid.
+    tokio::spawn(crate::journal::replay_previous(
+        options.journal_dir.clone(),
+        boot_id,
+        outbox.clone(),
+    ));
     let batcher = tokio::spawn(crate::outbox::run_batcher(reports_rx, outbox.clone()));
     let mut backoff = Duration::from_millis(100);
     'sessions: while !shutdown.is_cancelled() {
@@ -247,6 +273,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
     network.clean_up().await;
     supervisor.shutdown(Duration::from_secs(10)).await;
     let _ = std::fs::remove_file(&options.socket);
+    journals.remove();
     Ok(())
 }
 
@@ -305,6 +332,12 @@ async fn handle_command(
         Some(coordinator_message::Body::CollectLogs(collect)) => {
             supervisor.collect_logs(collect.max_bytes_per_process).await;
         }
+        Some(coordinator_message::Body::Crash(crash)) => {
+            // The chaos event agent_crash: a real SIGKILL, nothing cleaned up. The children
+            // die with us (parent-death signal); the next agent replays the journals.
+            warn!(fault = crash.fault, "agent_crash: SIGKILL to myself");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), NixSignal::SIGKILL);
+        }
         // Answered by the session loop as it arrives.
         Some(coordinator_message::Body::ClockProbe(_)) | None => {}
     }
@@ -329,7 +362,12 @@ async fn serve_socket(listener: UnixListener, reports: mpsc::Sender<Report>, lin
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stream).lines();
             let mut process = String::new();
+            // The connection's lines are its child's journal's lines: hello is line 0.
+            let mut number: u64 = 0;
+            let mut waited = false;
             while let Ok(Some(line)) = lines.next_line().await {
+                let line_number = number;
+                number += 1;
                 // A child can connect before the supervisor has registered it (right after
                 // the fork): until linked, look again at every line.
                 if link.is_none() {
@@ -348,10 +386,23 @@ async fn serve_socket(listener: UnixListener, reports: mpsc::Sender<Report>, lin
                         let Some(mut report) = report.into_proto(&process) else {
                             continue;
                         };
-                        // The run its child was started for; unknown for a connection
-                        // that is not one of our children.
+                        // A report before the link: the fork has returned, the
+                        // registration is a moment away. Its journal line must be known, or
+                        // a replay after an agent crash would apply it twice.
+                        let deadline = tokio::time::Instant::now() + LINK_WAIT;
+                        while link.is_none() && !waited && tokio::time::Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            link = peer
+                                .and_then(|pid| links.connected_pid(pid))
+                                .or_else(|| links.connected_name(&process));
+                        }
+                        waited = true;
+                        // The run its child was started for, and where it journals; unknown
+                        // for a connection that is not one of our children.
                         if let Some(link) = &link {
                             report.run_id = link.run_id().to_string();
+                            report.journal = link.journal();
+                            report.line = line_number;
                         }
                         if reports.send(report).await.is_err() {
                             return;
@@ -415,7 +466,14 @@ mod tests {
         let (tx, rx) = mpsc::channel::<Report>(16);
         let links = Links::default();
         tokio::spawn(serve_socket(listener, tx.clone(), links.clone()));
-        let supervisor = Supervisor::new(child.into(), dir.join("logs"), socket, tx, links);
+        let supervisor = Supervisor::new(
+            child.into(),
+            dir.join("logs"),
+            socket,
+            OwnReports::unjournaled(tx),
+            links,
+            None,
+        );
         (supervisor, rx)
     }
 

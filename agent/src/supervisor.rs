@@ -17,8 +17,9 @@ use proto::v1::{
     ChildLog, ProcessExited, ProcessKind, ProcessStarted, Report, SignalResult, Spawn, report,
     spawn,
 };
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::Mutex;
 
+use crate::journal::{JOURNAL_ENV, Journals, OwnReports, TEST_UNJOURNALED_ENV};
 use crate::links::Links;
 use crate::report::{PROCESS_ENV, SOCKET_ENV, SPEC_ENV};
 
@@ -80,19 +81,23 @@ pub struct Supervisor {
     log_dir: PathBuf,
     socket: PathBuf,
     running: Arc<Mutex<HashMap<String, Running>>>,
-    events: mpsc::Sender<Report>,
+    events: OwnReports,
     links: Links,
+    /// Where children journal their reports; `None`: they keep none (tests).
+    journals: Option<Journals>,
 }
 
 impl Supervisor {
-    /// Children are `binary child <kind>`; lifecycle events go to `events`, a child's exit
-    /// after the reports its connection (matched through `links`) carried.
+    /// Children are `binary child <kind>`, each journaling into `journals`; lifecycle events
+    /// go to `events`, a child's exit after the reports its connection (matched through
+    /// `links`) carried.
     pub fn new(
         binary: PathBuf,
         log_dir: PathBuf,
         socket: PathBuf,
-        events: mpsc::Sender<Report>,
+        events: OwnReports,
         links: Links,
+        journals: Option<Journals>,
     ) -> Self {
         Self {
             binary,
@@ -101,6 +106,7 @@ impl Supervisor {
             running: Arc::default(),
             events,
             links,
+            journals,
         }
     }
 
@@ -132,6 +138,7 @@ impl Supervisor {
                 // A slot's log spans its runs; the coordinator saves it for the run that
                 // asked.
                 run_id: String::new(),
+                ..Report::default()
             };
             if self.events.send(report).await.is_err() {
                 return;
@@ -186,7 +193,17 @@ impl Supervisor {
             .open(self.log_dir.join(format!("{process}.log")))
             .map_err(io("open log"))?;
         let stderr = log.try_clone().map_err(io("open log"))?;
-        let mut child = tokio::process::Command::new(&self.binary)
+        let journal = self
+            .journals
+            .as_ref()
+            .map_or(0, |_| crate::journal::new_id());
+        let mut command = tokio::process::Command::new(&self.binary);
+        if let Some(journals) = &self.journals
+            && std::env::var_os(TEST_UNJOURNALED_ENV).is_none()
+        {
+            command.env(JOURNAL_ENV, journals.child_path(journal));
+        }
+        let mut child = command
             .args(["child", mode])
             .env(SPEC_ENV, spec_json)
             .env(PROCESS_ENV, &process)
@@ -199,7 +216,7 @@ impl Supervisor {
             .spawn()
             .map_err(io("spawn"))?;
         let pid = child.id().unwrap_or_default();
-        let gate = self.links.started(&process, pid, &run_id);
+        let gate = self.links.started(&process, pid, &run_id, journal);
         running.insert(
             process.clone(),
             Running {
@@ -217,8 +234,10 @@ impl Supervisor {
                     process: process.clone(),
                     kind: kind as i32,
                     pid,
+                    journal,
                 })),
                 run_id: run_id.clone(),
+                ..Report::default()
             })
             .await;
         let supervisor = self.clone();
@@ -256,6 +275,7 @@ impl Supervisor {
                         log_tail,
                     })),
                     run_id,
+                    ..Report::default()
                 })
                 .await;
             // Gone only now (unless a new child took the slot meanwhile): a new run's
@@ -296,6 +316,7 @@ impl Supervisor {
             })),
             // About the host's command, not a child's words: for the current run.
             run_id: String::new(),
+            ..Report::default()
         };
         let _ = self.events.send(report).await;
     }
@@ -384,7 +405,7 @@ const EXIT_REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 const EXIT_LOG_TAIL_BYTES: u64 = 2048;
 
 /// The last `max_bytes` of a file, as text, and whether there was more.
-fn read_tail(path: &std::path::Path, max_bytes: u64) -> std::io::Result<(String, bool)> {
+pub(crate) fn read_tail(path: &std::path::Path, max_bytes: u64) -> std::io::Result<(String, bool)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path)?;
     let length = file.metadata()?.len();

@@ -121,7 +121,7 @@ pub struct ChaosArgs {
     /// The fault, as in `chaos.events`.
     #[arg(value_parser = chaos_event())]
     pub event: ChaosEvent,
-    /// A process slot (worker-3, producer-0), for network faults and scale_up an agent id,
+    /// A process slot (worker-3, producer-0), for network faults, agent_crash and scale_up an agent id,
     /// for partition_changes a partition to remove (partition-4); default: drawn at random.
     #[arg(long)]
     pub target: Option<String>,

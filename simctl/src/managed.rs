@@ -37,7 +37,68 @@ pub struct LocalFleet {
     coordinator: ManagedProcess,
     /// The coordinator's `http://` endpoint.
     pub endpoint: String,
-    agent: ManagedProcess,
+    agent: KeptAgent,
+}
+
+/// The local agent, started again whenever it dies (an `agent_crash` SIGKILLs it; on a lab
+/// host systemd does the same), until [`KeptAgent::stop`].
+#[derive(Debug)]
+struct KeptAgent {
+    stop: tokio::sync::oneshot::Sender<()>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+/// How often the keeper looks whether the agent still runs.
+const AGENT_CHECK_EVERY: Duration = Duration::from_millis(200);
+/// More restarts than this within [`RESTART_WINDOW`] and the keeper gives up: an agent that
+/// cannot stay up is an infrastructure failure the run reports (agents lost).
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+impl KeptAgent {
+    fn start(dir: &Path, coordinator: &str) -> anyhow::Result<Self> {
+        let mut agent = start_agent(dir, coordinator, AGENT_ID, false)?;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let (dir, coordinator) = (dir.to_path_buf(), coordinator.to_string());
+        let keeper = tokio::spawn(async move {
+            let mut restarts: Vec<std::time::Instant> = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => {
+                        agent.stop_async(AGENT_GRACE).await;
+                        return;
+                    }
+                    () = tokio::time::sleep(AGENT_CHECK_EVERY) => {}
+                }
+                if agent.is_running() {
+                    continue;
+                }
+                restarts.retain(|at| at.elapsed() < RESTART_WINDOW);
+                if restarts.len() >= MAX_RESTARTS {
+                    eprintln!(
+                        "parti-sim: the agent died {MAX_RESTARTS} times within {RESTART_WINDOW:?}; not restarted again"
+                    );
+                    let _ = stopped.await;
+                    return;
+                }
+                restarts.push(std::time::Instant::now());
+                match start_agent(&dir, &coordinator, AGENT_ID, true) {
+                    Ok(started) => agent = started,
+                    Err(error) => {
+                        eprintln!("parti-sim: restarting the agent: {error:#}");
+                        let _ = stopped.await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Self { stop, keeper })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.keeper.await;
+    }
 }
 
 /// The NATS servers `simctl run` started, if any.
@@ -64,7 +125,7 @@ impl LocalFleet {
             blocking(move || start_coordinator(&dir, &url, cluster_dir.as_deref(), server_pid))
                 .await?
         };
-        let agent = start_agent(dir, &endpoint, AGENT_ID)?;
+        let agent = KeptAgent::start(dir, &endpoint)?;
         Ok(LocalFleet {
             nats,
             nats_url,
@@ -81,10 +142,10 @@ impl LocalFleet {
         let LocalFleet {
             nats,
             mut coordinator,
-            mut agent,
+            agent,
             ..
         } = self;
-        agent.stop_async(AGENT_GRACE).await;
+        agent.stop().await;
         coordinator.stop_async(SERVER_GRACE).await;
         nats.stop().await;
     }
@@ -188,9 +249,20 @@ fn start_coordinator(
     Ok((process, format!("http://{address}")))
 }
 
-/// Start one agent connected to `coordinator`, working under `dir/<id>`.
-fn start_agent(dir: &Path, coordinator: &str, id: &str) -> anyhow::Result<ManagedProcess> {
-    let log = std::fs::File::create(dir.join(format!("{id}.log")))?;
+/// Start one agent connected to `coordinator`, working under `dir/<id>`; `again`: a restart,
+/// whose log goes on after the dead one's.
+fn start_agent(
+    dir: &Path,
+    coordinator: &str,
+    id: &str,
+    again: bool,
+) -> anyhow::Result<ManagedProcess> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(again)
+        .truncate(!again)
+        .open(dir.join(format!("{id}.log")))?;
     let child = Command::new(sibling_binary("agent")?)
         .args(["run", "--coordinator", coordinator, "--id", id, "--dir"])
         .arg(dir.join(id))

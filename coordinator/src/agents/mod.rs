@@ -283,6 +283,15 @@ impl AgentRegistry {
         self.lock().agents.get(agent)?.clock.offset()
     }
 
+    /// Every agent's current process (`Hello.boot_id`), as last heard of.
+    pub fn boots(&self) -> BTreeMap<String, u64> {
+        self.lock()
+            .agents
+            .iter()
+            .filter_map(|(agent, entry)| Some((agent.clone(), entry.boot_id?)))
+            .collect()
+    }
+
     /// Every agent's host clock offset measured so far.
     pub fn clock_offsets(&self) -> BTreeMap<String, ClockOffset> {
         self.lock()

@@ -50,7 +50,19 @@ impl Engine {
                 }
                 continue;
             }
+            if report.journal != 0 {
+                // A line of a journal applied before: a restarted agent's replay.
+                let last = run.state.journals.entry(report.journal).or_insert((0, 0));
+                if report.line <= last.0 {
+                    continue;
+                }
+                *last = (report.line, now_ms);
+            }
             let Some(body) = report.body else { continue };
+            if let report::Body::JournalReplayed(replayed) = &body {
+                super::replay::on_journal_replayed(run, &batch.agent, replayed, now_ms);
+                continue;
+            }
             if let report::Body::Network(network) = &body {
                 self.on_network_report(&batch.agent, network);
                 continue;
@@ -71,7 +83,8 @@ impl Engine {
             match body {
                 report::Body::Network(_)
                 | report::Body::SignalResult(_)
-                | report::Body::ResourceSample(_) => {}
+                | report::Body::ResourceSample(_)
+                | report::Body::JournalReplayed(_) => {}
                 report::Body::ChildLog(log) => save_child_log(run, &batch.agent, &log),
                 report::Body::Sent(sent) => {
                     if let Err(error) = run.tracker.sent(Sent {
@@ -175,9 +188,12 @@ impl Engine {
                         None => !run.state.pids_tracked,
                     };
                     if !ours {
-                        warn!(run = %run.state.id, process = %exited.process, pid = exited.pid, "exit of a child this run did not start: ignored");
+                        warn!(run = %run.state.id, process = %exited.process, pid = exited.pid, "exit of a child this run did not start (or reported again by a replay): ignored");
                         continue;
                     }
+                    // Applied once: a restarted agent replays exits it cannot know were
+                    // delivered (a pid is never 0).
+                    run.state.pids.insert(exited.process.clone(), 0);
                     let status = ExitStatus::from(&exited);
                     let now = run.clock.now();
                     let signalled = run.state.faults.expect_exit.remove(&exited.process);

@@ -27,6 +27,7 @@ mod faults;
 mod finish;
 mod ground_truth;
 mod ingest;
+mod replay;
 mod silence;
 mod start;
 mod startup;
@@ -185,6 +186,9 @@ struct Local {
     next_resource_sample: Instant,
     /// Partition → the agent of its producer, whose clock its publish times are on.
     publishers: std::collections::HashMap<u32, String>,
+    /// Each agent's process (boot id) as of the last tick: a change is a restart
+    /// (`replay::watch_boots`).
+    boots: BTreeMap<String, u64>,
 }
 
 impl Local {
@@ -202,6 +206,7 @@ impl Local {
             overtime_noted: false,
             next_resource_sample: now,
             publishers: std::collections::HashMap::new(),
+            boots: BTreeMap::new(),
         }
     }
 }

@@ -131,6 +131,11 @@ pub(super) struct RunState {
     /// kept: then an exit of an unknown slot is still applied).
     #[serde(default)]
     pub(super) pids_tracked: bool,
+    /// Per journal (`Report.journal`, `agent::journal`): the highest line applied and the
+    /// run time (ms) it was. A restarted agent replays its dead children's journals; a line
+    /// at or below this was applied already and is skipped.
+    #[serde(default)]
+    pub(super) journals: HashMap<u64, (u64, u64)>,
     pub(super) faults: FaultState,
     /// When the second wave of workers starts (run time, ms), while it has not.
     pub(super) second_wave_at_ms: Option<u64>,
@@ -181,6 +186,7 @@ impl RunState {
             clocks: BTreeMap::new(),
             pids: BTreeMap::new(),
             pids_tracked: true,
+            journals: HashMap::new(),
             faults,
             second_wave_at_ms: Some(super::clock::millis(SECOND_WAVE_AFTER)),
             partition_map,

@@ -43,6 +43,7 @@ impl Engine {
         }
         record_report_gaps(run, &self.registry);
         let run_time = run.clock.now();
+        super::replay::watch_boots(run, &self.registry.boots(), run_time);
         // Measured ones replace what the run knew; a host not probed yet keeps its last.
         run.state.clocks.extend(self.registry.clock_offsets());
         super::startup::check(run, run_time);
@@ -176,7 +177,7 @@ fn end_conditions(run: &mut ActiveRun, agents: &[String], now: Instant) -> Next 
     let stalled_for = now.duration_since(run.local.progress.1);
     let coordinator = &run.state.config.coordinator;
     // A resumed coordinator starts before its agents have reconnected.
-    if agents.is_empty() && run.local.resume_hold.is_none() {
+    if agents.is_empty() && run.local.resume_hold.is_none() && !super::replay::crash_pending(run) {
         run.state.failures.push(Failure::AgentsLost);
         return Next::End(EndReason::AgentsLost);
     }

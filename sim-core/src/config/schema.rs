@@ -470,11 +470,14 @@ pub enum ChaosEvent {
     NetworkDegrade,
     /// Kill the NATS server (or one cluster node) and bring it back.
     NatsServerKill,
+    /// SIGKILL an agent (its children die with it); it is restarted and replays its
+    /// children's journals.
+    AgentCrash,
 }
 
 impl ChaosEvent {
     /// Every event, in declaration order.
-    pub const ALL: [ChaosEvent; 12] = [
+    pub const ALL: [ChaosEvent; 13] = [
         Self::WorkerCrash,
         Self::WorkerRestart,
         Self::ScaleUp,
@@ -487,6 +490,7 @@ impl ChaosEvent {
         Self::LeaderPause,
         Self::NetworkDegrade,
         Self::NatsServerKill,
+        Self::AgentCrash,
     ];
 
     /// The name used in the YAML (`worker_crash`).
@@ -504,6 +508,7 @@ impl ChaosEvent {
             Self::LeaderPause => "leader_pause",
             Self::NetworkDegrade => "network_degrade",
             Self::NatsServerKill => "nats_server_kill",
+            Self::AgentCrash => "agent_crash",
         }
     }
 }

@@ -589,11 +589,41 @@ pub enum MissingReports {
         /// The new process.
         new_boot_id: u64,
     },
+    /// The agent process was replaced (SIGKILLed and restarted) and the journal of a child
+    /// that died with it could not be replayed: what that child wrote after the last report
+    /// the coordinator had from it (run time `since_ms`, if any) and before the replay
+    /// (`until_ms`) may be gone.
+    Journal {
+        /// The child.
+        process: String,
+        /// Why (the journal's path and error, or that it ends before what was received).
+        detail: String,
+        /// Run time (ms) of the last report applied from that child's journal.
+        since_ms: Option<u64>,
+        /// Run time (ms) the replay arrived.
+        until_ms: u64,
+    },
+    /// An `agent_crash`'s agent did not come back: its children's journals were never
+    /// replayed.
+    NotBack {
+        /// Run time (ms) of the crash.
+        crashed_ms: u64,
+        /// How long the coordinator waited (s).
+        waited_s: u64,
+    },
+    /// The agent process was replaced with no fault causing it: its children died with
+    /// it, not by the system under test.
+    Unplanned {
+        /// The new process.
+        new_boot_id: u64,
+        /// Run time (ms) it was noticed.
+        at_ms: u64,
+    },
 }
 
 impl fmt::Display for ReportGap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.missing {
+        match &self.missing {
             MissingReports::Batches { first, last } => write!(
                 f,
                 "agent {}: report batches {first}..={last} of boot {:#x} are missing (dropped by the agent, not in the restored checkpoint)",
@@ -603,6 +633,39 @@ impl fmt::Display for ReportGap {
                 f,
                 "agent {}: restarted while the coordinator was away (boot {:#x} -> {new_boot_id:#x}); reports it sent after batch {after} are lost",
                 self.agent, self.boot_id
+            ),
+            MissingReports::Journal {
+                process,
+                detail,
+                since_ms,
+                until_ms,
+            } => {
+                let since = since_ms.map_or_else(
+                    || "its start".to_string(),
+                    |since| format!("{:.1}s", since as f64 / 1000.0),
+                );
+                let until_s = *until_ms as f64 / 1000.0;
+                write!(
+                    f,
+                    "agent {}: killed (boot {:#x}); the journal of {process}, which died with it, could not be replayed ({detail}): what it reported between {since} and {until_s:.1}s (run time) may be lost",
+                    self.agent, self.boot_id
+                )
+            }
+            MissingReports::NotBack {
+                crashed_ms,
+                waited_s,
+            } => write!(
+                f,
+                "agent {}: crashed at {:.1}s (agent_crash) and did not come back within {waited_s:.0}s; the journals of its children were never replayed, what they reported last is lost",
+                self.agent,
+                *crashed_ms as f64 / 1000.0
+            ),
+            MissingReports::Unplanned { new_boot_id, at_ms } => write!(
+                f,
+                "agent {}: its process was replaced with no fault causing it (boot {:#x} -> {new_boot_id:#x}, noticed at {:.1}s); its children died with it, not by the system under test",
+                self.agent,
+                self.boot_id,
+                *at_ms as f64 / 1000.0
             ),
         }
     }

@@ -42,6 +42,7 @@ use sim_core::config::ChaosEvent;
 use sim_core::events::{EventKind, RunEvent};
 use sim_core::verdict::Failure;
 
+mod agent;
 mod catch_up;
 mod nats_server;
 mod network;
@@ -56,6 +57,7 @@ mod state;
 pub(super) use catch_up::check as check_catch_up;
 pub(super) use recovery::unsettled_partitions;
 pub(super) use state::FaultState;
+pub(super) use state::{AGENT_RETURN_TIMEOUT, HostCrash};
 use state::{HOST_FAULT_GRACE, HostFault, NATS_KILL_FOR, NATS_RESTART_GRACE, NatsDown};
 
 /// What `simctl chaos` may specify about one injection.
@@ -198,22 +200,7 @@ impl Engine {
                     run.state.faults.measuring = None;
                 }
             }
-            NetworkFaultPhase::Healed => {
-                if let Some(fault) = run.state.faults.host_faults.get_mut(agent)
-                    && fault.record == index
-                {
-                    fault.excused_until = Some(now + HOST_FAULT_GRACE);
-                }
-                if let Some(mut measure) = measuring_this
-                    && measure.awaiting_heal
-                {
-                    measure.awaiting_heal = false;
-                    measure.since = now;
-                    measure.deadline = now + run.state.config.coordinator.rebalance_timeout;
-                    measure.received_at_since = run.tracker.progress_marker().0;
-                    run.state.faults.measuring = Some(measure);
-                }
-            }
+            NetworkFaultPhase::Healed => host_healed(run, agent, index, now),
             NetworkFaultPhase::Unspecified => {}
         }
     }
@@ -335,6 +322,19 @@ impl Engine {
                         target_done: planned.target_done.clone(),
                         owners_at_start: catch_up::owners(run),
                     });
+                }
+                if event == ChaosEvent::AgentCrash
+                    && let Some(fault) = run.state.faults.host_faults.get_mut(&planned.target)
+                {
+                    // Over when another process of the agent says hello.
+                    fault.crash =
+                        self.registry
+                            .boots()
+                            .get(&planned.target)
+                            .map(|boot| HostCrash {
+                                boot: *boot,
+                                return_by: now + AGENT_RETURN_TIMEOUT,
+                            });
                 }
                 run.state.faults.settled(now + planned.lasts);
                 (Some(planned), FaultOutcome::Injected)
@@ -476,6 +476,29 @@ impl Engine {
             warn!(run = %run.state.id, "{failure}");
             run.state.failures.push(failure);
         }
+    }
+}
+
+/// The host fault `index` on `agent` is over (its network healed, its agent is back): its
+/// exits stay excused for a grace, and the recovery is measured from now.
+pub(super) fn host_healed(run: &mut ActiveRun, agent: &str, index: usize, now: Duration) {
+    if let Some(fault) = run.state.faults.host_faults.get_mut(agent)
+        && fault.record == index
+    {
+        fault.excused_until = Some(now + HOST_FAULT_GRACE);
+    }
+    if let Some(mut measure) = run
+        .state
+        .faults
+        .measuring
+        .clone()
+        .filter(|m| m.index == index && m.awaiting_heal)
+    {
+        measure.awaiting_heal = false;
+        measure.since = now;
+        measure.deadline = now + run.state.config.coordinator.rebalance_timeout;
+        measure.received_at_since = run.tracker.progress_marker().0;
+        run.state.faults.measuring = Some(measure);
     }
 }
 

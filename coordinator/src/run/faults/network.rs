@@ -18,16 +18,7 @@ pub(super) fn host_fault(
     options: &InjectOptions,
 ) -> Result<Plan, Skip> {
     let faults = input.faults;
-    let free: Vec<String> = faults
-        .agents
-        .iter()
-        .filter(|agent| !faults.host_faults.contains_key(*agent))
-        .cloned()
-        .collect();
-    if free.is_empty() {
-        return Err(Skip::EveryHostImpaired);
-    }
-    let target = choose(draw, &free, options)?;
+    let target = choose(draw, &input.free_hosts()?, options)?;
     let (kind, lasts, loss, rate, delay) = if event == ChaosEvent::NatsDisconnect {
         let lasts = options
             .duration

@@ -18,7 +18,7 @@ use sim_core::tracker::{InputError, Tracker};
 use super::super::WorkerView;
 use super::partitions::{self, PartitionChange};
 use super::recovery::TargetDone;
-use super::{FaultState, HostFault, InjectOptions, NatsDown, nats_server, network, process};
+use super::{FaultState, HostFault, InjectOptions, NatsDown, agent, nats_server, network, process};
 use crate::placement::Placement;
 
 /// Everything a plan reads, borrowed from the run.
@@ -51,6 +51,22 @@ impl PlanInput<'_> {
             })
             .map(|(process, _)| process.clone())
             .collect()
+    }
+
+    /// Agents whose host has no fault in force (one host fault at a time per host).
+    pub(super) fn free_hosts(&self) -> Result<Vec<String>, Skip> {
+        let free: Vec<String> = self
+            .faults
+            .agents
+            .iter()
+            .filter(|agent| !self.faults.host_faults.contains_key(*agent))
+            .cloned()
+            .collect();
+        if free.is_empty() {
+            Err(Skip::EveryHostImpaired)
+        } else {
+            Ok(free)
+        }
     }
 
     /// The index the fault's record will get (also a network fault's id).
@@ -235,6 +251,7 @@ pub(super) fn plan(
         }
         ChaosEvent::PartitionChanges => partitions::plan(input, draw, options),
         ChaosEvent::NatsServerKill => nats_server::plan_kill(input, draw, options),
+        ChaosEvent::AgentCrash => agent::crash(input, draw, options),
     }
 }
 
@@ -274,6 +291,7 @@ pub(super) fn apply(
                 let fault = HostFault {
                     record,
                     excused_until: None,
+                    crash: None,
                 };
                 faults.host_faults.insert(agent, fault);
             }

@@ -321,6 +321,7 @@ fn network_faults_skip_impaired_hosts() {
         let fault = HostFault {
             record: 0,
             excused_until: None,
+            crash: None,
         };
         run.faults.host_faults.insert(agent.into(), fault);
     }
@@ -394,6 +395,7 @@ fn arb_run() -> impl Strategy<Value = (Run, Vec<usize>, Option<String>)> {
                         let fault = HostFault {
                             record: 0,
                             excused_until: None,
+                            crash: None,
                         };
                         faults.host_faults.insert(agent.clone(), fault);
                     }
@@ -465,6 +467,16 @@ fn check_target(run: &Run, event: ChaosEvent, plan: &Plan) {
         ChaosEvent::NatsDisconnect | ChaosEvent::NetworkDegrade => {
             assert!(run.faults.agents.contains(&plan.target));
             assert!(!run.faults.host_faults.contains_key(&plan.target));
+        }
+        ChaosEvent::AgentCrash => {
+            assert!(run.faults.agents.contains(&plan.target));
+            assert!(!run.faults.host_faults.contains_key(&plan.target));
+            assert!(matches!(
+                &plan.action,
+                Action::Send(agent, body)
+                    if *agent == plan.target
+                        && matches!(**body, proto::v1::coordinator_message::Body::Crash(_))
+            ));
         }
         ChaosEvent::PartitionChanges => {
             if let [Effect::Partitions(PartitionChange::Remove { partition, .. })] =

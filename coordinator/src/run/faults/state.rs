@@ -37,8 +37,8 @@ pub(in crate::run) struct FaultState {
     pub(super) measuring: Option<Measure>,
     /// `host:port` of every NATS server, for network faults.
     pub(super) nats_endpoints: Vec<String>,
-    /// Hosts (agents) under a network fault.
-    pub(super) host_faults: BTreeMap<String, HostFault>,
+    /// Hosts (agents) under a network fault or an agent crash.
+    pub(in crate::run) host_faults: BTreeMap<String, HostFault>,
     /// The id the next added partition gets.
     pub(super) next_partition: u32,
     /// The tracker's duplicate count when the last fault was injected.
@@ -86,14 +86,38 @@ pub(super) const NATS_RESTART_GRACE: Duration = Duration::from_secs(50);
 pub(super) const HOST_FAULT_GRACE: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub(super) struct HostFault {
+pub(in crate::run) struct HostFault {
     /// Index into `records` (also the fault id sent to the agent).
-    pub(super) record: usize,
+    pub(in crate::run) record: usize,
     /// Exits on this host are expected until then; `None` while the fault is in place.
-    pub(super) excused_until: Option<Duration>,
+    pub(in crate::run) excused_until: Option<Duration>,
+    /// An `agent_crash`: the agent process killed, and when it must be back by.
+    #[serde(default)]
+    pub(in crate::run) crash: Option<HostCrash>,
 }
 
+/// The agent process an `agent_crash` killed: the fault is over when another process of
+/// that agent says hello (`run::replay::watch_boots`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(in crate::run) struct HostCrash {
+    /// The killed process (`Hello.boot_id`).
+    pub(in crate::run) boot: u64,
+    /// Run time by which a new process must have connected.
+    pub(in crate::run) return_by: Duration,
+}
+
+/// How long an `agent_crash`'s agent may take to come back (restarted by `simctl run` or
+/// systemd) before the evidence its children's journals hold counts as lost.
+pub(in crate::run) const AGENT_RETURN_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl FaultState {
+    /// Fault `index`'s recovery will not be measured after all.
+    pub(in crate::run) fn unmeasure(&mut self, index: usize) {
+        if self.measuring.as_ref().is_some_and(|m| m.index == index) {
+            self.measuring = None;
+        }
+    }
+
     /// The recovery being measured, described for the run's events: fault, target and the
     /// run time of its deadline.
     pub(in crate::run) fn recovery_in_progress(&self) -> Option<String> {
