@@ -384,3 +384,146 @@ fn read_own(path: &Path) -> Vec<Report> {
     }
     reports
 }
+
+#[cfg(test)]
+mod tests {
+    use proto::v1::{ProcessKind, ProcessStarted};
+
+    use super::*;
+
+    fn started(process: &str, pid: u32, journal: u64) -> Report {
+        Report {
+            body: Some(report::Body::Started(ProcessStarted {
+                process: process.into(),
+                kind: ProcessKind::Worker as i32,
+                pid,
+                journal,
+            })),
+            run_id: "run-1".into(),
+            ..Report::default()
+        }
+    }
+
+    fn exited(process: &str, pid: u32) -> Report {
+        Report {
+            body: Some(report::Body::Exited(ProcessExited {
+                process: process.into(),
+                kind: ProcessKind::Producer as i32,
+                pid,
+                code: Some(0),
+                ..ProcessExited::default()
+            })),
+            run_id: "run-1".into(),
+            ..Report::default()
+        }
+    }
+
+    /// Every report the replay queued, in order.
+    fn queued(outbox: &Outbox) -> Vec<Report> {
+        let mut state = outbox.lock();
+        state.begin_session();
+        let mut reports = Vec::new();
+        while let Some(batch) = state.next_to_send() {
+            reports.extend(batch.reports);
+        }
+        reports
+    }
+
+    /// A dead agent process's journals: its own reports (two children started, one of them
+    /// exited), one child's lines (the last torn by the kill), the other child's journal
+    /// missing. The replay restores all of it, stamped for de-duplication, says what each
+    /// journal held, and reports the exit of the child that died with the agent.
+    #[tokio::test]
+    async fn a_replay_restores_a_dead_agents_reports_and_the_exits_of_its_children() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("journal");
+        let old = Journals::create(&root, 0xaa).expect("journals");
+        let (tx, mut rx) = mpsc::channel(16);
+        let own = OwnReports::new(tx, &old);
+        for report in [
+            started("worker-0", 41, 7),
+            started("producer-0", 42, 8),
+            exited("producer-0", 42),
+        ] {
+            own.send(report).await.expect("queued");
+            let queued = rx.recv().await.expect("report");
+            assert_eq!(queued.journal, 0xaa, "stamped with its journal");
+        }
+        std::fs::write(
+            old.child_path(7),
+            concat!(
+                r#"{"type":"hello","process":"worker-0"}"#,
+                "\n",
+                r#"{"type":"status","worker_id":"w0","incarnation":1,"state":"Stable","leader":false,"assignment_version":1,"partitions":[0],"at_us":5}"#,
+                "\n",
+                r#"{"type":"processed","partition":0,"seq":1,"worker_id":"w0","incarnation":1,"delivered":1,"stream_seq":1,"assignment_version":1,"published_us":1,"received_us":2,"processed_us":3}"#,
+                "\n",
+                r#"{"type":"processed","partition":0,"se"#,
+            ),
+        )
+        .expect("child journal");
+
+        let outbox = Arc::new(Outbox::new(1 << 20, 64, 100));
+        replay_previous(root.clone(), 0xbb, outbox.clone()).await;
+        let reports = queued(&outbox);
+        let own_lines: Vec<(u64, u64)> = reports
+            .iter()
+            .filter(|r| r.journal == 0xaa)
+            .map(|r| (r.journal, r.line))
+            .collect();
+        assert_eq!(own_lines, vec![(0xaa, 1), (0xaa, 2), (0xaa, 3)]);
+        let child: Vec<&Report> = reports.iter().filter(|r| r.journal == 7).collect();
+        assert_eq!(
+            child.iter().map(|r| r.line).collect::<Vec<_>>(),
+            vec![1, 2],
+            "the hello is line 0, the torn line is not replayed"
+        );
+        assert!(child.iter().all(|r| r.run_id == "run-1"));
+        assert!(matches!(
+            &child[1].body,
+            Some(report::Body::Processed(p)) if p.process == "worker-0" && p.seq == 1
+        ));
+        let replayed: Vec<&JournalReplayed> = reports
+            .iter()
+            .filter_map(|r| match &r.body {
+                Some(report::Body::JournalReplayed(j)) => Some(j),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replayed.len(), 2, "{replayed:?}");
+        let worker = replayed
+            .iter()
+            .find(|j| j.process == "worker-0")
+            .expect("w");
+        assert_eq!((worker.last_line, worker.missing), (2, false));
+        assert_eq!(worker.old_boot_id, 0xaa);
+        let producer = replayed
+            .iter()
+            .find(|j| j.process == "producer-0")
+            .expect("p");
+        assert!(producer.missing, "{producer:?}");
+        let exits: Vec<(String, Option<i32>, Option<i32>)> = reports
+            .iter()
+            .filter_map(|r| match &r.body {
+                Some(report::Body::Exited(e)) => Some((e.process.clone(), e.code, e.signal)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            exits,
+            vec![
+                ("producer-0".into(), Some(0), None),
+                ("worker-0".into(), None, Some(9)),
+            ],
+            "the recorded exit, then the one that died with the agent"
+        );
+        let position = |wanted: &dyn Fn(&Report) -> bool| reports.iter().position(wanted);
+        assert!(
+            position(&|r| r.journal == 7 && r.line == 2)
+                < position(
+                    &|r| matches!(&r.body, Some(report::Body::Exited(e)) if e.process == "worker-0")
+                ),
+            "a child's exit after its last line"
+        );
+    }
+}

@@ -135,22 +135,29 @@ fn separate_daemons_run_watch_stop_and_report() {
     );
 }
 
-#[test]
-fn losing_the_only_agent_is_an_infrastructure_error_not_a_hang() {
-    let _fleet = one_fleet_at_a_time();
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut fleet = LocalFleet::start(&nats.url(), dir.path(), "lab-1", &[]);
+/// A fleet with agent `lab-1` under `dir`, running quick.yaml for `duration`, once 50
+/// messages were processed.
+fn quick_run_under_way(nats: &NatsServer, dir: &std::path::Path, duration: &str) -> LocalFleet {
+    let fleet = LocalFleet::start(&nats.url(), dir, "lab-1", &[]);
     let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/quick.yaml");
     let started = fleet.simctl(&[
         "start",
         "--config",
         config.to_str().expect("utf8"),
         "--duration",
-        "2m",
+        duration,
     ]);
     assert!(started.status.success(), "start: {}", text(&started));
     fleet.wait_until_received(50, Duration::from_secs(60));
+    fleet
+}
+
+#[test]
+fn losing_the_only_agent_is_an_infrastructure_error_not_a_hang() {
+    let _fleet = one_fleet_at_a_time();
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut fleet = quick_run_under_way(&nats, dir.path(), "2m");
     fleet.kill_agent(); // SIGKILL: its children die with it
     let began = Instant::now();
     let watched = fleet.simctl(&["watch"]);
@@ -167,6 +174,37 @@ fn losing_the_only_agent_is_an_infrastructure_error_not_a_hang() {
         text(&report)
     );
     assert!(text(&report).contains("agent"), "{}", text(&report));
+}
+
+/// An agent is a harness process: killed and started again when no fault asked for it,
+/// its children died with it, not by the system under test — an infrastructure error
+/// naming it. An `agent_crash` whose agent nobody restarts leaves its children's journals
+/// unreplayed: after 60 s, an infrastructure error saying so (then no agent is left).
+#[test]
+fn an_agent_restarted_by_no_fault_or_not_back_after_its_crash_is_an_infrastructure_error() {
+    let _fleet = one_fleet_at_a_time();
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut fleet = quick_run_under_way(&nats, dir.path(), "5m");
+    fleet.restart_agent();
+    fleet.wait_until_received(400, Duration::from_secs(60));
+    let crash = fleet.simctl(&["chaos", "agent_crash"]);
+    assert!(crash.status.success(), "chaos: {}", text(&crash));
+    // Nobody restarts it: the run waits 60 s for it, then ends.
+    let watched = fleet.simctl(&["watch"]);
+    assert!(watched.status.success());
+    let report = fleet.simctl(&["report"]);
+    let report_text = text(&report);
+    assert_eq!(report.status.code(), Some(3), "{report_text}");
+    assert!(
+        report_text.contains("agent lab-1: its process was replaced with no fault causing it"),
+        "{report_text}"
+    );
+    assert!(
+        report_text.contains("agent lab-1: crashed at")
+            && report_text.contains("did not come back within 60s"),
+        "{report_text}"
+    );
 }
 
 /// A coordinator that takes 250 ms per report batch, many workers: the agent's batches wait

@@ -24,6 +24,13 @@
 //!   worker's clock when it committed (`processed_us`), corrected by the coordinator to its
 //!   own clock (`crate::clock`); the server's clock is taken as the coordinator's (one host
 //!   in `simctl run` and the lab; docs/VERDICT.md, "Whose clock").
+//! - **Clock uncertainty.** A corrected time is known only within its host's clock error
+//!   (`ClockOffset::error_bound_us`): the processing happened somewhere in `[t − e, t + e]`.
+//!   It is a violation only if it is one across that whole interval: a worker that held the
+//!   partition at any moment of it is given the benefit of the doubt (the error is half a
+//!   probe's round trip, a fraction of a millisecond on a quiet network, so what this
+//!   forgives is a processing within that much of a handoff). A processing from a host whose
+//!   clock has not been measured yet is not judged (counted, as blind spans are).
 //! - **When a verdict is final.** Versions arrive in the order they were written. When the
 //!   newest one seen was written at `L`, every version written at or before `L` is known,
 //!   so a processing at `t ≤ L` is judged for good. A processing at `t > L` that the known
@@ -115,6 +122,10 @@ struct Pending {
     /// Reports beyond [`PENDING_CAP`].
     #[serde(default)]
     overflow: u64,
+    /// The largest clock error of those times (µs): all are judged with it, which can only
+    /// forgive, never accuse.
+    #[serde(default)]
+    tolerance_us: i64,
 }
 
 /// Processing of one partition by one worker that the assignment document did not allow.
@@ -213,13 +224,30 @@ impl AuthorityCheck {
     }
 
     /// `worker` (reporting as `process`) processed a message of `partition` at
-    /// `processed_us`.
+    /// `processed_us`, on the coordinator's clock exactly.
     pub fn processed(&mut self, worker: &str, process: &str, partition: u32, processed_us: i64) {
-        match self.standing(worker, partition, processed_us) {
+        self.processed_within(worker, process, partition, processed_us, Some(0));
+    }
+
+    /// [`Self::processed`] at a time known within `tolerance_us` (the host's clock error;
+    /// `None`: not measured yet, so not judged).
+    pub fn processed_within(
+        &mut self,
+        worker: &str,
+        process: &str,
+        partition: u32,
+        processed_us: i64,
+        tolerance_us: Option<i64>,
+    ) {
+        let Some(tolerance) = tolerance_us.map(|t| t.max(0)) else {
+            self.unjudged += 1;
+            return;
+        };
+        match self.standing(worker, partition, processed_us, tolerance) {
             Standing::Held => {}
             Standing::Unjudged => self.unjudged += 1,
             Standing::Unowned(grant) => {
-                if processed_us <= self.seen_through_us {
+                if processed_us.saturating_add(tolerance) <= self.seen_through_us {
                     let found = tally(worker, process, partition, processed_us, grant);
                     add(&mut self.found, found);
                 } else {
@@ -232,6 +260,7 @@ impl AuthorityCheck {
                             process: process.to_string(),
                             ..Pending::default()
                         });
+                    pending.tolerance_us = pending.tolerance_us.max(tolerance);
                     if pending.times.len() < PENDING_CAP {
                         pending.times.push(processed_us);
                     } else {
@@ -294,20 +323,34 @@ impl AuthorityCheck {
             .sum()
     }
 
-    fn standing(&self, worker: &str, partition: u32, at_us: i64) -> Standing<'_> {
+    /// How the known versions judge processing by `worker` of `partition` at some moment
+    /// of `[at_us − tolerance, at_us + tolerance]`: held if held at any moment of it.
+    fn standing(&self, worker: &str, partition: u32, at_us: i64, tolerance: i64) -> Standing<'_> {
+        let (from, to) = (
+            at_us.saturating_sub(tolerance),
+            at_us.saturating_add(tolerance),
+        );
         if self
             .blind
             .iter()
-            .any(|&(after, up_to)| at_us > after && at_us <= up_to)
+            .any(|&(after, up_to)| to > after && from <= up_to)
         {
             return Standing::Unjudged;
         }
         let Some(timeline) = self.timelines.get(&partition) else {
             return Standing::Unowned(None);
         };
-        let i = timeline.grants.partition_point(|g| g.at_us <= at_us);
-        match i.checked_sub(1).map(|i| &timeline.grants[i]) {
-            Some(grant) if grant.worker == worker => Standing::Held,
+        let grants = &timeline.grants;
+        // The grant in force at `from`, and every grant written up to `to`.
+        let first = grants.partition_point(|g| g.at_us <= from);
+        let last = grants.partition_point(|g| g.at_us <= to);
+        let in_force_from = first.checked_sub(1);
+        let span = in_force_from.unwrap_or(first)..last;
+        if grants[span].iter().any(|g| g.worker == worker) {
+            return Standing::Held;
+        }
+        let at = grants.partition_point(|g| g.at_us <= at_us);
+        match at.checked_sub(1).map(|i| &grants[i]) {
             Some(grant) => Standing::Unowned(Some(grant)),
             None if timeline.pruned => Standing::Unjudged,
             None => Standing::Unowned(None),
@@ -329,8 +372,10 @@ impl AuthorityCheck {
         let last = pending.times.last().copied();
         let overflow = last.map(|t| (t, pending.overflow)).into_iter();
         let times = pending.times.iter().map(|&t| (t, 1)).chain(overflow);
-        for (at_us, weight) in times.filter(|&(t, w)| t <= through_us && w > 0) {
-            let grant = match self.standing(worker, partition, at_us) {
+        let tolerance = pending.tolerance_us;
+        let final_by = |t: i64| t.saturating_add(tolerance) <= through_us;
+        for (at_us, weight) in times.filter(|&(t, w)| final_by(t) && w > 0) {
+            let grant = match self.standing(worker, partition, at_us, tolerance) {
                 Standing::Held => continue,
                 Standing::Unjudged => {
                     unjudged += weight;
@@ -360,23 +405,28 @@ impl AuthorityCheck {
         (found, unjudged)
     }
 
-    /// Make final what the versions seen now decide: pending times at or before the newest
-    /// version's store time.
+    /// Make final what the versions seen now decide: pending times whose whole uncertainty
+    /// lies at or before the newest version's store time.
     fn settle(&mut self) {
         let through = self.seen_through_us;
         let mut pending = std::mem::take(&mut self.pending);
         for (worker, partitions) in &mut pending {
             for (&partition, entry) in partitions.iter_mut() {
+                let tolerance = entry.tolerance_us;
+                let is_final = |t: i64| t.saturating_add(tolerance) <= through;
                 // Later times now held are accepted, as a new processing would be.
                 entry.times.retain(|&t| {
-                    t <= through
-                        || matches!(self.standing(worker, partition, t), Standing::Unowned(_))
+                    is_final(t)
+                        || matches!(
+                            self.standing(worker, partition, t, tolerance),
+                            Standing::Unowned(_)
+                        )
                 });
-                if entry.times.iter().all(|&t| t > through) {
+                if !entry.times.iter().any(|&t| is_final(t)) {
                     continue;
                 }
                 // The overflow is judged with the latest kept time, so only once that is final.
-                let with_overflow = entry.times.last().is_some_and(|&t| t <= through);
+                let with_overflow = entry.times.last().is_some_and(|&t| is_final(t));
                 let settled = Pending {
                     overflow: if with_overflow { entry.overflow } else { 0 },
                     ..entry.clone()
@@ -389,7 +439,7 @@ impl AuthorityCheck {
                 if with_overflow {
                     entry.overflow = 0;
                 }
-                entry.times.retain(|&t| t > through);
+                entry.times.retain(|&t| !is_final(t));
             }
             partitions.retain(|_, entry| !entry.times.is_empty());
         }

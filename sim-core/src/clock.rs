@@ -43,6 +43,22 @@ impl ClockOffset {
         }
         at_us.saturating_sub(self.offset_us)
     }
+
+    /// How far a time [`Self::corrected`](Self::correct) may still be from the truth, µs:
+    /// the uncertainty when the offset is applied; when it is left alone (within its own
+    /// uncertainty), the offset itself may be missing as well. `None` before the first
+    /// probe answered: unknown.
+    #[must_use]
+    pub fn error_bound_us(&self) -> Option<i64> {
+        if self.samples == 0 {
+            return None;
+        }
+        if self.offset_us.abs() <= self.uncertainty_us {
+            Some(self.offset_us.abs() + self.uncertainty_us)
+        } else {
+            Some(self.uncertainty_us)
+        }
+    }
 }
 
 /// The estimate of one host's offset from its recent probes.

@@ -118,19 +118,42 @@ impl LocalFleet {
             agent: None,
         };
         fleet.spawn_coordinator(false);
-        let agent_log = std::fs::File::create(dir.join("agent.log")).expect("agent log");
-        fleet.agent = Some(Daemon(
+        fleet.spawn_agent();
+        fleet.wait_for_agent();
+        fleet
+    }
+
+    /// Start the agent (its log appended to across restarts, its directory kept).
+    fn spawn_agent(&mut self) {
+        let agent_log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .expect("agent log");
+        self.agent = Some(Daemon(
             Command::new(workspace_binary("agent"))
-                .args(["run", "--coordinator", &fleet.endpoint(), "--id", agent_id])
+                .args([
+                    "run",
+                    "--coordinator",
+                    &self.endpoint(),
+                    "--id",
+                    &self.agent_id,
+                ])
                 .arg("--dir")
-                .arg(dir.join("agent"))
+                .arg(self.dir.join("agent"))
                 .stdout(Stdio::null())
                 .stderr(agent_log)
                 .spawn()
                 .expect("agent"),
         ));
-        fleet.wait_for_agent();
-        fleet
+    }
+
+    /// SIGKILL the agent and start it again in the same directory (as a supervisor
+    /// would); returns once it is connected.
+    pub fn restart_agent(&mut self) {
+        self.kill_agent();
+        self.spawn_agent();
+        self.wait_for_agent();
     }
 
     /// `http://127.0.0.1:<port>`.

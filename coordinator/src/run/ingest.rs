@@ -114,11 +114,12 @@ impl Engine {
                         processed.assignment_version,
                         processed.partition,
                     );
-                    run.state.authority.processed(
+                    run.state.authority.processed_within(
                         &processed.worker_id,
                         &processed.process,
                         processed.partition,
                         processed_us,
+                        own_clock.error_bound_us(),
                     );
                     let observed = run.tracker.processed(Processed {
                         partition: processed.partition,

@@ -171,7 +171,9 @@ fn record_report_gaps(run: &mut ActiveRun, registry: &AgentRegistry) {
 fn end_conditions(run: &mut ActiveRun, agents: &[String], now: Instant) -> Next {
     let snapshot = run.tracker.snapshot(now_us());
     let marker = run.tracker.progress_marker().0;
-    if marker != run.local.progress.0 {
+    // While an agent_crash waits for its agent, nothing on that host can make progress:
+    // the stall clock restarts when it is back (or its absence is an infrastructure error).
+    if marker != run.local.progress.0 || super::replay::crash_pending(run) {
         run.local.progress = (marker, now);
     }
     let stalled_for = now.duration_since(run.local.progress.1);

@@ -4,7 +4,7 @@
 //! behind: no iptables chain or qdisc in any namespace, no process.
 //!
 //! Everything runs inside namespaces the test creates (test_support::lab); no traffic
-//! leaves them. Host 2's clock can be shifted (`fleet::SKEWED_HOST`, `SKEW_MS`; 0 for now).
+//! leaves them. Host 2's clock is 300 ms ahead (`fleet::SKEWED_HOST`, `SKEW_MS`).
 //!
 //! Layout: `fleet` (the lab's daemons and run helper), this file (the chaos run, the defect
 //! knobs, network faults by hand), `link_cut` (a cut between an agent and the coordinator),

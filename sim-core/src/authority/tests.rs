@@ -228,3 +228,45 @@ fn pending_processing_that_lands_in_a_blind_span_is_counted_as_not_judged() {
     assert_eq!(check.unjudged(), 2);
     assert_eq!(check.pending_times(), 0);
 }
+
+/// A processing's time is known within its host's clock error: right after its own grant
+/// but dated up to that error before it, it is forgiven; beyond the error it is not; after
+/// the grant to another worker, within the error it is forgiven, beyond it a violation; and
+/// a time from a host never measured is not judged.
+#[test]
+fn a_processing_within_its_clock_error_of_a_grant_is_forgiven_and_beyond_it_is_not() {
+    let mut check = AuthorityCheck::default();
+    check.document(1_000, &doc(1, &[("a", &[0])]));
+    check.document(5_000, &doc(2, &[("b", &[0])]));
+    check.document(9_000, &doc(3, &[("b", &[0])]));
+    // b's first processing, dated 400 µs before its grant, with a 500 µs error: forgiven.
+    check.processed_within("b", "worker-1", 0, 4_600, Some(500));
+    // a's last one, dated 300 µs after b's grant, with a 500 µs error: forgiven.
+    check.processed_within("a", "worker-0", 0, 5_300, Some(500));
+    assert!(check.violations().is_empty(), "{:?}", check.violations());
+    // The same times with a 100 µs error: both violations.
+    check.processed_within("b", "worker-1", 0, 4_600, Some(100));
+    check.processed_within("a", "worker-0", 0, 5_300, Some(100));
+    let found = check.violations();
+    assert_eq!(found.len(), 2, "{found:?}");
+    // Never measured: not judged, whatever the time.
+    let unjudged = check.unjudged();
+    check.processed_within("a", "worker-0", 0, 8_000, None);
+    assert_eq!(check.unjudged(), unjudged + 1);
+    assert_eq!(check.violations().len(), 2);
+}
+
+/// A processing whose error reaches past the newest version seen waits (a grant to its
+/// worker may still come), and is judged once a version covers its whole interval.
+#[test]
+fn a_processing_is_final_only_once_its_whole_interval_is_covered() {
+    let mut check = AuthorityCheck::default();
+    check.document(1_000, &doc(1, &[("a", &[0])]));
+    check.processed_within("b", "worker-1", 0, 1_800, Some(500));
+    assert_eq!(check.pending_times(), 1, "1 800 + 500 is past 1 000");
+    check.document(2_000, &doc(2, &[("a", &[0]), ("c", &[1])]));
+    assert_eq!(check.pending_times(), 1, "2 300 is still past 2 000");
+    check.document(3_000, &doc(3, &[("a", &[0])]));
+    assert_eq!(check.pending_times(), 0);
+    assert_eq!(check.violations().len(), 1);
+}
