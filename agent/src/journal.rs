@@ -25,10 +25,11 @@
 //! Layout: `<dir>/journal/<boot id, hex>/agent.journal` (length-prefixed protobuf
 //! `Report`s) and `<dir>/journal/<boot id>/<journal id, hex>.jsonl` per child. A replayed
 //! directory is deleted once the coordinator has released every batch it went into; a
-//! cleanly stopped agent deletes its own. A live child's journal grows for its life, about
-//! 150 bytes per report (docs/CHAOS.md).
+//! cleanly stopped agent deletes its own. A live child's journal keeps only what the
+//! coordinator has not released, give or take [`RECLAIM_MIN`](crate::reclaim::RECLAIM_MIN):
+//! the released prefix is given back to the file system (`crate::reclaim`).
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -38,6 +39,7 @@ use tokio::sync::{Mutex, mpsc};
 use tracing::{info, warn};
 
 use crate::outbox::{BATCH_SIZE, Outbox};
+use crate::reclaim::{Reclaimer, replay_start};
 use crate::report::ChildReport;
 
 /// Environment variable naming the file a child appends every report line to before it
@@ -66,6 +68,7 @@ pub fn new_id() -> u64 {
 pub struct Journals {
     root: PathBuf,
     boot_id: u64,
+    reclaimer: Arc<Reclaimer>,
 }
 
 impl Journals {
@@ -77,6 +80,7 @@ impl Journals {
         let journals = Self {
             root: root.to_path_buf(),
             boot_id,
+            reclaimer: Arc::default(),
         };
         std::fs::create_dir_all(journals.dir())?;
         Ok(journals)
@@ -90,6 +94,11 @@ impl Journals {
     /// The file of a child's journal `id`.
     pub fn child_path(&self, id: u64) -> PathBuf {
         self.dir().join(format!("{id:016x}.jsonl"))
+    }
+
+    /// What gives back the released prefixes of this boot's child journals.
+    pub fn reclaimer(&self) -> Arc<Reclaimer> {
+        self.reclaimer.clone()
     }
 
     /// After a clean stop: nothing of this boot needs replaying.
@@ -302,33 +311,39 @@ async fn replay_boot(boot: u64, dir: &Path, outbox: &Outbox) -> u64 {
 /// Replay one child's journal, then say what it held.
 async fn replay_child(boot: u64, began_us: i64, dir: &Path, child: &Child, outbox: &Outbox) -> u64 {
     let path = dir.join(format!("{:016x}.jsonl", child.journal));
+    // What was released (and given back, `crate::reclaim`) is skipped.
+    let (offset, first_line) = replay_start(&path);
     let mut text = Vec::new();
     let read = if child.journal == 0 {
         Err(std::io::Error::other("started without a journal"))
     } else {
-        std::fs::File::open(&path).and_then(|mut file| file.read_to_end(&mut text))
+        std::fs::File::open(&path).and_then(|mut file| {
+            file.seek(std::io::SeekFrom::Start(offset))?;
+            file.read_to_end(&mut text)
+        })
     };
     let mut reports = Vec::new();
-    let mut last_line = 0;
+    let mut last_line = first_line.saturating_sub(1);
     if read.is_ok() {
         // A torn last line (killed in the middle of a write) has no newline: not replayed.
         let complete = text
             .iter()
             .rposition(|byte| *byte == b'\n')
             .map_or(0, |end| end + 1);
-        for (line, bytes) in text[..complete]
+        for (index, bytes) in text[..complete]
             .split(|byte| *byte == b'\n')
             .enumerate()
             .take_while(|(_, bytes)| !bytes.is_empty())
         {
-            last_line = line as u64;
+            let line = first_line + index as u64;
+            last_line = line;
             let Ok(parsed) = serde_json::from_slice::<ChildReport>(bytes) else {
                 continue;
             };
             if let Some(mut report) = parsed.into_proto(&child.process) {
                 report.run_id.clone_from(&child.run_id);
                 report.journal = child.journal;
-                report.line = line as u64;
+                report.line = line;
                 reports.push(report);
             }
         }

@@ -2,11 +2,13 @@
 //! binary, relays their reports to the coordinator losslessly, and executes signals on them.
 //!
 //! Layout:
-//! - [`session`]: the daemon — report socket, coordinator session, command execution.
+//! - [`session`]: the daemon — coordinator session, command execution.
 //! - [`outbox`]: report batches kept until the coordinator releases them (checkpoints).
 //! - [`supervisor`]: forking and watching children.
 //! - [`links`]: a child's exit reported only after its last report.
-//! - [`journal`]: every report on disk first, replayed by the next agent after a crash.
+//! - [`journal`]: every report on disk first, replayed by the next agent after a crash;
+//!   [`reclaim`]: the released part of a journal given back.
+//! - [`socket`]: the report socket, a connection per child.
 //! - [`netfault`]: iptables/tc network faults on this host, crash-safe.
 //! - [`resources`]: RSS, file descriptors and threads of every process, for the leak gate.
 //! - [`report`]: the child → agent report contract (JSON lines over a Unix socket).
@@ -28,9 +30,11 @@ pub mod netfault;
 pub mod outbox;
 mod partition_map;
 pub mod producer;
+pub mod reclaim;
 pub mod report;
 pub mod resources;
 pub mod session;
+pub mod socket;
 pub mod supervisor;
 pub mod worker;
 

@@ -23,14 +23,16 @@
 //! a byte budget (prost `encoded_len`): over it the batcher stops reading, so children
 //! block on the socket — back-pressure, never a dropped report.
 
-use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use prost::Message;
 use proto::v1::{Report, ReportBatch};
 use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
+
+use crate::reclaim::Reclaimer;
 
 /// Encoded bytes of unreleased batches the agent keeps before it stops reading reports.
 ///
@@ -71,6 +73,8 @@ pub struct OutboxState {
     budget: usize,
     window: u64,
     batch_size: usize,
+    /// Per journal, the highest line released since [`Self::take_released_lines`].
+    released_lines: HashMap<u64, u64>,
 }
 
 impl OutboxState {
@@ -88,7 +92,13 @@ impl OutboxState {
             budget,
             window: u64::try_from(window.max(1)).unwrap_or(u64::MAX),
             batch_size: batch_size.max(1),
+            released_lines: HashMap::new(),
         }
+    }
+
+    /// Per journal, the highest line in the batches released since the last call.
+    pub fn take_released_lines(&mut self) -> HashMap<u64, u64> {
+        std::mem::take(&mut self.released_lines)
     }
 
     /// Queue `reports`, in order: into the newest batch while no stream has seen it and
@@ -175,6 +185,10 @@ impl OutboxState {
             {
                 if let Some(stored) = self.batches.pop_front() {
                     self.bytes -= stored.bytes;
+                    for report in stored.batch.reports.iter().filter(|r| r.journal != 0) {
+                        let line = self.released_lines.entry(report.journal).or_default();
+                        *line = (*line).max(report.line);
+                    }
                 }
             }
             released_any = true;
@@ -211,6 +225,8 @@ impl OutboxState {
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<OutboxState>,
+    /// Gives back the journal space of released lines (`crate::reclaim`).
+    reclaimer: Option<Arc<Reclaimer>>,
     /// Batcher → session: a batch was queued.
     queued: Notify,
     /// Session → batcher: batches were released (room under the budget).
@@ -222,9 +238,17 @@ impl Outbox {
     pub fn new(budget: usize, window: usize, batch_size: usize) -> Self {
         Self {
             state: Mutex::new(OutboxState::new(budget, window, batch_size)),
+            reclaimer: None,
             queued: Notify::new(),
             room: Notify::new(),
         }
+    }
+
+    /// Released journal lines go to `reclaimer`.
+    #[must_use]
+    pub fn with_reclaimer(mut self, reclaimer: Arc<Reclaimer>) -> Self {
+        self.reclaimer = Some(reclaimer);
+        self
     }
 
     /// The state, locked (never held across an await).
@@ -243,7 +267,16 @@ impl Outbox {
     /// Apply a `BatchAck` (see [`OutboxState::acknowledge`]), waking the batcher when room
     /// was made.
     pub fn acknowledge(&self, up_to: u64, released_up_to: u64) {
-        let (released_any, clamped) = self.lock().acknowledge(up_to, released_up_to);
+        let (released_any, clamped, lines) = {
+            let mut state = self.lock();
+            let (released_any, clamped) = state.acknowledge(up_to, released_up_to);
+            (released_any, clamped, state.take_released_lines())
+        };
+        if let Some(reclaimer) = &self.reclaimer
+            && !lines.is_empty()
+        {
+            reclaimer.released(&lines);
+        }
         if clamped {
             warn!(
                 up_to,

@@ -349,4 +349,84 @@ mod tests {
             .is_none()
         );
     }
+
+    /// Hostile input: a line that is any JSON object whose `type` is one of the contract's
+    /// and whose fields hold any JSON value (negative, huge, wrong-typed, missing) is either
+    /// a report or an error, never a panic; arbitrary bytes likewise.
+    mod hostile {
+        use proptest::prelude::*;
+        use serde_json::{Map, Value, json};
+
+        use super::*;
+
+        const FIELDS: [&str; 17] = [
+            "process",
+            "partition",
+            "seq",
+            "producer_id",
+            "published_us",
+            "stream_seq",
+            "worker_id",
+            "incarnation",
+            "delivered",
+            "assignment_version",
+            "received_us",
+            "processed_us",
+            "subject",
+            "reason",
+            "state",
+            "leader",
+            "partitions",
+        ];
+
+        fn value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                Just(json!(u64::MAX)),
+                Just(json!(-1)),
+                any::<f64>().prop_map(|f| json!(f)),
+                ".{0,40}".prop_map(Value::from),
+                any::<bool>().prop_map(Value::from),
+                Just(Value::Null),
+                proptest::collection::vec(any::<i64>(), 0..4).prop_map(|v| json!(v)),
+            ]
+        }
+
+        fn line() -> impl Strategy<Value = Vec<u8>> {
+            let kind = prop_oneof![
+                Just("hello"),
+                Just("sent"),
+                Just("processed"),
+                Just("malformed"),
+                Just("status"),
+                Just("other"),
+            ];
+            let fields = proptest::collection::vec((0..FIELDS.len(), value()), 0..18);
+            (kind, fields).prop_map(|(kind, fields)| {
+                let mut object = Map::new();
+                object.insert("type".into(), Value::from(kind));
+                for (index, value) in fields {
+                    object.insert(FIELDS[index].into(), value);
+                }
+                serde_json::to_vec(&Value::Object(object)).expect("json")
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_object_line_decodes_or_errs(line in line()) {
+                if let Ok(report) = serde_json::from_slice::<ChildReport>(&line) {
+                    let _ = report.into_proto("worker-0");
+                }
+            }
+
+            #[test]
+            fn any_bytes_decode_or_err(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                if let Ok(report) = serde_json::from_slice::<ChildReport>(&bytes) {
+                    let _ = report.into_proto("worker-0");
+                }
+            }
+        }
+    }
 }

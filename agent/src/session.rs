@@ -19,7 +19,6 @@ use proto::v1::agent_client::AgentClient;
 use proto::v1::{
     AgentMessage, ClockEcho, Hello, Report, Signal, agent_message, coordinator_message,
 };
-use tokio::io::AsyncBufReadExt;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -27,10 +26,10 @@ use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
 use crate::journal::{Journals, OwnReports};
-use crate::links::{Connection, Links};
+use crate::links::Links;
 use crate::netfault::{NetworkCommand, NetworkFaults};
 use crate::outbox::{BATCH_SIZE, OUTBOX_BUDGET, Outbox};
-use crate::report::ChildReport;
+use crate::socket::serve_socket;
 use crate::supervisor::Supervisor;
 
 /// Batches sent but not yet accepted before the agent stops sending (a slow coordinator
@@ -44,10 +43,6 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A TCP connect to a cut link would otherwise wait for the kernel's SYN retries (minutes).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a child's first report waits for the child to be registered (its fork has
-/// returned; the registration follows at once): a connection that is not one of our
-/// children waits this once.
-const LINK_WAIT: Duration = Duration::from_secs(1);
 /// Opening the session stream on a connected channel.
 const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -136,7 +131,12 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
     let (reports_tx, reports_rx) = mpsc::channel::<Report>(8192);
     let own_reports = OwnReports::new(reports_tx.clone(), &journals);
     let links = Links::default();
-    tokio::spawn(serve_socket(listener, reports_tx.clone(), links.clone()));
+    tokio::spawn(serve_socket(
+        listener,
+        reports_tx.clone(),
+        links.clone(),
+        journals.reclaimer(),
+    ));
     let network = NetworkFaults::new(
         options.socket.with_file_name("network-fault-devices"),
         own_reports.clone(),
@@ -154,7 +154,9 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
     );
 
     tokio::spawn(crate::resources::run(supervisor.clone(), own_reports));
-    let outbox = Arc::new(Outbox::new(OUTBOX_BUDGET, MAX_UNACKED, BATCH_SIZE));
+    let outbox = Arc::new(
+        Outbox::new(OUTBOX_BUDGET, MAX_UNACKED, BATCH_SIZE).with_reclaimer(journals.reclaimer()),
+    );
     // What the agent process before this one (SIGKILLed, say) left unsaid.
     tokio::spawn(crate::journal::replay_previous(
         options.journal_dir.clone(),
@@ -343,78 +345,6 @@ async fn handle_command(
     }
 }
 
-/// Read JSON lines from each child connection into `reports` (waiting when it is full).
-/// A connection is linked to its child (see [`crate::links`]) until it is read to its end,
-/// and its reports are stamped with the child's run.
-async fn serve_socket(listener: UnixListener, reports: mpsc::Sender<Report>, links: Links) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let reports = reports.clone();
-        let peer = stream
-            .peer_cred()
-            .ok()
-            .and_then(|cred| cred.pid())
-            .and_then(|pid| u32::try_from(pid).ok());
-        let mut link: Option<Connection> = peer.and_then(|pid| links.connected_pid(pid));
-        let links = links.clone();
-        tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stream).lines();
-            let mut process = String::new();
-            // The connection's lines are its child's journal's lines: hello is line 0.
-            let mut number: u64 = 0;
-            let mut waited = false;
-            while let Ok(Some(line)) = lines.next_line().await {
-                let line_number = number;
-                number += 1;
-                // A child can connect before the supervisor has registered it (right after
-                // the fork): until linked, look again at every line.
-                if link.is_none() {
-                    link = peer
-                        .and_then(|pid| links.connected_pid(pid))
-                        .or_else(|| links.connected_name(&process));
-                }
-                match serde_json::from_str::<ChildReport>(&line) {
-                    Ok(ChildReport::Hello { process: name }) => {
-                        if link.is_none() {
-                            link = links.connected_name(&name);
-                        }
-                        process = name;
-                    }
-                    Ok(report) => {
-                        let Some(mut report) = report.into_proto(&process) else {
-                            continue;
-                        };
-                        // A report before the link: the fork has returned, the
-                        // registration is a moment away. Its journal line must be known, or
-                        // a replay after an agent crash would apply it twice.
-                        let deadline = tokio::time::Instant::now() + LINK_WAIT;
-                        while link.is_none() && !waited && tokio::time::Instant::now() < deadline {
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                            link = peer
-                                .and_then(|pid| links.connected_pid(pid))
-                                .or_else(|| links.connected_name(&process));
-                        }
-                        waited = true;
-                        // The run its child was started for, and where it journals; unknown
-                        // for a connection that is not one of our children.
-                        if let Some(link) = &link {
-                            report.run_id = link.run_id().to_string();
-                            report.journal = link.journal();
-                            report.line = line_number;
-                        }
-                        if reports.send(report).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(error) => warn!(%process, %error, "unreadable report line ignored"),
-                }
-            }
-        });
-    }
-}
-
 fn tokio_stream_of(
     receiver: mpsc::Receiver<AgentMessage>,
 ) -> impl futures::Stream<Item = AgentMessage> {
@@ -465,7 +395,12 @@ mod tests {
         let listener = UnixListener::bind(&socket).expect("bind");
         let (tx, rx) = mpsc::channel::<Report>(16);
         let links = Links::default();
-        tokio::spawn(serve_socket(listener, tx.clone(), links.clone()));
+        tokio::spawn(serve_socket(
+            listener,
+            tx.clone(),
+            links.clone(),
+            Arc::default(),
+        ));
         let supervisor = Supervisor::new(
             child.into(),
             dir.join("logs"),

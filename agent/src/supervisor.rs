@@ -202,6 +202,9 @@ impl Supervisor {
             && std::env::var_os(TEST_UNJOURNALED_ENV).is_none()
         {
             command.env(JOURNAL_ENV, journals.child_path(journal));
+            journals
+                .reclaimer()
+                .track(journal, journals.child_path(journal));
         }
         let mut child = command
             .args(["child", mode])
@@ -278,6 +281,9 @@ impl Supervisor {
                     ..Report::default()
                 })
                 .await;
+            if let Some(journals) = &supervisor.journals {
+                journals.reclaimer().forget(journal);
+            }
             // Gone only now (unless a new child took the slot meanwhile): a new run's
             // children start after this exit is reported.
             let mut running = supervisor.running.lock().await;

@@ -1,0 +1,128 @@
+//! The report socket: one connection per child, JSON lines in (`crate::report`), reports out.
+//!
+//! Each connection is linked to its child (`crate::links`) until it is read to its end, so
+//! that its reports are stamped with the run the child was started for and with their place
+//! in its journal (`Report.journal`, `Report.line`: the connection's lines are the journal's
+//! lines, the hello is line 0). Every [`MARK_EVERY`] lines the
+//! byte offset of the next line is noted, for giving back released journal space
+//! (`crate::reclaim`). Lines are read as bytes, so the offsets are exact whatever the line
+//! endings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::v1::Report;
+use tokio::io::AsyncBufReadExt;
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::links::{Connection, Links};
+use crate::reclaim::{MARK_EVERY, Reclaimer};
+use crate::report::ChildReport;
+
+/// How long a child's first report waits for the child to be registered (its fork has
+/// returned; the registration follows at once): a connection that is not one of our
+/// children waits this once.
+const LINK_WAIT: Duration = Duration::from_secs(1);
+
+/// Read JSON lines from each child connection into `reports` (waiting when it is full).
+pub async fn serve_socket(
+    listener: UnixListener,
+    reports: mpsc::Sender<Report>,
+    links: Links,
+    reclaimer: Arc<Reclaimer>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let peer = stream
+            .peer_cred()
+            .ok()
+            .and_then(|cred| cred.pid())
+            .and_then(|pid| u32::try_from(pid).ok());
+        let link = peer.and_then(|pid| links.connected_pid(pid));
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            link,
+            reports.clone(),
+            links.clone(),
+            reclaimer.clone(),
+        ));
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::UnixStream,
+    peer: Option<u32>,
+    mut link: Option<Connection>,
+    reports: mpsc::Sender<Report>,
+    links: Links,
+    reclaimer: Arc<Reclaimer>,
+) {
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut bytes = Vec::with_capacity(512);
+    let mut process = String::new();
+    let mut number: u64 = 0;
+    let mut offset: u64 = 0;
+    let mut waited = false;
+    loop {
+        bytes.clear();
+        match reader.read_until(b'\n', &mut bytes).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => offset += read as u64,
+        }
+        let line_number = number;
+        number += 1;
+        // A child can connect before the supervisor has registered it (right after the
+        // fork): until linked, look again at every line.
+        if link.is_none() {
+            link = peer
+                .and_then(|pid| links.connected_pid(pid))
+                .or_else(|| links.connected_name(&process));
+        }
+        if number.is_multiple_of(MARK_EVERY)
+            && bytes.last() == Some(&b'\n')
+            && let Some(link) = &link
+        {
+            reclaimer.mark(link.journal(), number, offset);
+        }
+        match serde_json::from_slice::<ChildReport>(&bytes) {
+            Ok(ChildReport::Hello { process: name }) => {
+                if link.is_none() {
+                    link = links.connected_name(&name);
+                }
+                process = name;
+            }
+            Ok(report) => {
+                let Some(mut report) = report.into_proto(&process) else {
+                    continue;
+                };
+                // A report before the link: the fork has returned, the registration is a
+                // moment away. Its journal line must be known, or a replay after an agent
+                // crash would apply it twice.
+                let deadline = tokio::time::Instant::now() + LINK_WAIT;
+                while link.is_none() && !waited && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    link = peer
+                        .and_then(|pid| links.connected_pid(pid))
+                        .or_else(|| links.connected_name(&process));
+                }
+                waited = true;
+                // The run its child was started for, and where it journals; unknown for a
+                // connection that is not one of our children.
+                if let Some(link) = &link {
+                    report.run_id = link.run_id().to_string();
+                    report.journal = link.journal();
+                    report.line = line_number;
+                }
+                if reports.send(report).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => warn!(%process, %error, "unreadable report line ignored"),
+        }
+    }
+}
