@@ -17,7 +17,7 @@
 //!
 //! Every report carries where it is written (`Report.journal`, `Report.line`): the agent
 //! counts the lines of each child's connection, which are the lines of its journal. A new
-//! agent process replays the journals of the process before it ([`replay_previous`]): its
+//! agent process replays the journals of the process before it ([`Journals::replay_previous`]): its
 //! own reports, then each child's lines, then each child's exit (the children died with
 //! it). The coordinator applies each (journal, line) once, so a replay repeats nothing it
 //! already has, and it restores what the dead agent never delivered.
@@ -50,8 +50,6 @@ const OWN_FILE: &str = "agent.journal";
 /// Test aid: children are not told where to journal, as a consumer written to an older
 /// contract would not (an `agent_crash` then cannot restore what the socket lost).
 pub const TEST_UNJOURNALED_ENV: &str = "PARTI_SIM_TEST_UNJOURNALED";
-/// How much of a dead child's log its replayed exit carries.
-const LOG_TAIL_BYTES: u64 = 2048;
 
 /// A random journal id, never 0 (0: no journal).
 pub fn new_id() -> u64 {
@@ -198,43 +196,45 @@ struct Child {
     exited: bool,
 }
 
-/// Replay, into `outbox`, every journal directory under `root` but `current`'s (the agent
-/// processes before this one), then delete each once the coordinator released it.
-/// Returns when every directory is replayed; the deletions run on.
-pub async fn replay_previous(root: PathBuf, current: u64, outbox: Arc<Outbox>) {
-    let Ok(entries) = std::fs::read_dir(&root) else {
-        return;
-    };
-    let mut boots: Vec<(u64, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let name = entry.file_name();
-            let boot = u64::from_str_radix(name.to_str()?, 16).ok()?;
-            (boot != current).then(|| (boot, entry.path()))
-        })
-        .collect();
-    boots.sort_by_key(|(_, path)| {
-        std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
-    });
-    for (boot, dir) in boots {
-        let last_batch = replay_boot(boot, &dir, &outbox).await;
-        let outbox = outbox.clone();
-        tokio::spawn(async move {
-            // The directory goes when nothing of it can be needed again.
-            while outbox.lock().released() < last_batch {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            let _ = std::fs::remove_dir_all(&dir);
-            info!(boot = %format!("{boot:016x}"), "replayed journals released; removed");
+impl Journals {
+    /// Replay, into `outbox`, every journal directory but this boot's (the agent processes
+    /// before this one; their children's logs are in `log_dir`), then delete each once the
+    /// coordinator released it. Returns when every directory is replayed; the deletions run
+    /// on.
+    pub async fn replay_previous(&self, log_dir: &Path, outbox: Arc<Outbox>) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        let current = self.boot_id;
+        let mut boots: Vec<(u64, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let boot = u64::from_str_radix(name.to_str()?, 16).ok()?;
+                (boot != current).then(|| (boot, entry.path()))
+            })
+            .collect();
+        boots.sort_by_key(|(_, path)| {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
         });
+        for (boot, dir) in boots {
+            let last_batch = replay_boot(boot, &dir, log_dir, &outbox).await;
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                // The directory goes when nothing of it can be needed again.
+                outbox.released_through(last_batch).await;
+                let _ = std::fs::remove_dir_all(&dir);
+                info!(boot = %format!("{boot:016x}"), "replayed journals released; removed");
+            });
+        }
     }
 }
 
 /// Replay one previous agent process's journals; the number of the last batch they went
 /// into.
-async fn replay_boot(boot: u64, dir: &Path, outbox: &Outbox) -> u64 {
+async fn replay_boot(boot: u64, dir: &Path, log_dir: &Path, outbox: &Outbox) -> u64 {
     let began_us = crate::report::now_us();
     let own = read_own(&dir.join(OWN_FILE));
     let mut children: Vec<Child> = Vec::new();
@@ -269,25 +269,11 @@ async fn replay_boot(boot: u64, dir: &Path, outbox: &Outbox) -> u64 {
     for child in &children {
         last = last.max(replay_child(boot, began_us, dir, child, outbox).await);
     }
-    let log_dir = dir
-        .parent()
-        .and_then(Path::parent)
-        .map(|agent_dir| agent_dir.join("logs"));
     let died: Vec<Report> = children
         .iter()
         .filter(|child| !child.exited)
         .map(|child| {
-            let log_tail = log_dir
-                .as_ref()
-                .and_then(|logs| {
-                    crate::supervisor::read_tail(
-                        &logs.join(format!("{}.log", child.process)),
-                        LOG_TAIL_BYTES,
-                    )
-                    .ok()
-                })
-                .map(|(tail, _)| tail)
-                .unwrap_or_default();
+            let log_tail = crate::supervisor::exit_log_tail(log_dir, &child.process);
             Report {
                 body: Some(report::Body::Exited(ProcessExited {
                     process: child.process.clone(),
@@ -479,7 +465,10 @@ mod tests {
         .expect("child journal");
 
         let outbox = Arc::new(Outbox::new(1 << 20, 64, 100));
-        replay_previous(root.clone(), 0xbb, outbox.clone()).await;
+        let current = Journals::create(&root, 0xbb).expect("journals");
+        current
+            .replay_previous(&dir.path().join("logs"), outbox.clone())
+            .await;
         let reports = queued(&outbox);
         let own_lines: Vec<(u64, u64)> = reports
             .iter()

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// How long an exited child's connection may take to be accepted: a child that never
 /// connected (it failed at start) has its exit reported after this.
@@ -39,6 +39,8 @@ enum State {
 #[derive(Debug, Clone, Default)]
 pub struct Links {
     pending: Arc<Mutex<HashMap<u32, Pending>>>,
+    /// A child was registered ([`Links::started`]).
+    registered: Arc<Notify>,
 }
 
 /// A started child whose connection has not been accepted yet.
@@ -105,6 +107,7 @@ impl Links {
             state: tx,
         };
         self.lock().insert(pid, pending);
+        self.registered.notify_waiters();
         ExitGate {
             pid,
             state,
@@ -126,6 +129,31 @@ impl Links {
             .find(|(_, child)| child.process == process)
             .map(|(pid, _)| *pid)?;
         pending.remove(&pid).map(Connection::new)
+    }
+
+    /// The connection of the process `pid` (else of the child named `process`), waiting up
+    /// to `limit` for that child to be registered: a child can connect and report right
+    /// after its fork, a moment before the supervisor registers it.
+    pub async fn connected_within(
+        &self,
+        pid: Option<u32>,
+        process: &str,
+        limit: Duration,
+    ) -> Option<Connection> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Armed before the look, so a registration in between is not missed.
+            let registered = self.registered.notified();
+            tokio::pin!(registered);
+            registered.as_mut().enable();
+            let found = pid
+                .and_then(|pid| self.connected_pid(pid))
+                .or_else(|| self.connected_name(process));
+            if found.is_some() {
+                return found;
+            }
+            tokio::time::timeout_at(deadline, registered).await.ok()?;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Pending>> {
@@ -194,5 +222,32 @@ mod tests {
         let connection = links.connected_pid(7).expect("linked");
         assert_eq!(connection.run_id(), "run-1");
         assert!(links.connected_pid(7).is_none(), "once");
+    }
+
+    /// A report that arrives before its child is registered waits for the registration (an
+    /// event, not a poll), and a stranger waits no longer than the limit.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_waits_for_its_child_to_be_registered() {
+        let links = Links::default();
+        let waiting = {
+            let links = links.clone();
+            tokio::spawn(async move {
+                links
+                    .connected_within(Some(41), "producer-0", Duration::from_secs(1))
+                    .await
+                    .map(|c| c.journal())
+            })
+        };
+        tokio::task::yield_now().await;
+        let _gate = links.started("producer-0", 41, "run-1", 5);
+        assert_eq!(waiting.await.expect("join"), Some(5));
+        let began = tokio::time::Instant::now();
+        assert!(
+            links
+                .connected_within(Some(99), "stranger", Duration::from_secs(1))
+                .await
+                .is_none()
+        );
+        assert_eq!(began.elapsed(), Duration::from_secs(1));
     }
 }

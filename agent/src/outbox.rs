@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use prost::Message;
 use proto::v1::{Report, ReportBatch};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::reclaim::Reclaimer;
@@ -231,6 +231,8 @@ pub struct Outbox {
     queued: Notify,
     /// Session → batcher: batches were released (room under the budget).
     room: Notify,
+    /// The highest released number, for whoever waits for one (`Self::released_through`).
+    released: watch::Sender<u64>,
 }
 
 impl Outbox {
@@ -241,6 +243,7 @@ impl Outbox {
             reclaimer: None,
             queued: Notify::new(),
             room: Notify::new(),
+            released: watch::Sender::new(0),
         }
     }
 
@@ -267,10 +270,15 @@ impl Outbox {
     /// Apply a `BatchAck` (see [`OutboxState::acknowledge`]), waking the batcher when room
     /// was made.
     pub fn acknowledge(&self, up_to: u64, released_up_to: u64) {
-        let (released_any, clamped, lines) = {
+        let (released_any, clamped, lines, released) = {
             let mut state = self.lock();
             let (released_any, clamped) = state.acknowledge(up_to, released_up_to);
-            (released_any, clamped, state.take_released_lines())
+            (
+                released_any,
+                clamped,
+                state.take_released_lines(),
+                state.released(),
+            )
         };
         if let Some(reclaimer) = &self.reclaimer
             && !lines.is_empty()
@@ -285,7 +293,15 @@ impl Outbox {
         }
         if released_any {
             self.room.notify_one();
+            self.released.send_replace(released);
         }
+    }
+
+    /// Completes once every batch up to `number` is released.
+    pub async fn released_through(&self, number: u64) {
+        let mut released = self.released.subscribe();
+        // The sender lives as long as `self`: the wait cannot fail while we borrow it.
+        let _ = released.wait_for(|released| *released >= number).await;
     }
 
     /// Completes when a batch was queued since the last call (or is immediately ready if

@@ -158,11 +158,11 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
         Outbox::new(OUTBOX_BUDGET, MAX_UNACKED, BATCH_SIZE).with_reclaimer(journals.reclaimer()),
     );
     // What the agent process before this one (SIGKILLed, say) left unsaid.
-    tokio::spawn(crate::journal::replay_previous(
-        options.journal_dir.clone(),
-        boot_id,
-        outbox.clone(),
-    ));
+    {
+        let (journals, log_dir, outbox) =
+            (journals.clone(), options.log_dir.clone(), outbox.clone());
+        tokio::spawn(async move { journals.replay_previous(&log_dir, outbox).await });
+    }
     let batcher = tokio::spawn(crate::outbox::run_batcher(reports_rx, outbox.clone()));
     let mut backoff = Duration::from_millis(100);
     'sessions: while !shutdown.is_cancelled() {

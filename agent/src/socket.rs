@@ -103,14 +103,10 @@ async fn serve_connection(
                 // A report before the link: the fork has returned, the registration is a
                 // moment away. Its journal line must be known, or a replay after an agent
                 // crash would apply it twice.
-                let deadline = tokio::time::Instant::now() + LINK_WAIT;
-                while link.is_none() && !waited && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    link = peer
-                        .and_then(|pid| links.connected_pid(pid))
-                        .or_else(|| links.connected_name(&process));
+                if link.is_none() && !waited {
+                    link = links.connected_within(peer, &process, LINK_WAIT).await;
+                    waited = true;
                 }
-                waited = true;
                 // The run its child was started for, and where it journals; unknown for a
                 // connection that is not one of our children.
                 if let Some(link) = &link {

@@ -201,10 +201,9 @@ impl Supervisor {
         if let Some(journals) = &self.journals
             && std::env::var_os(TEST_UNJOURNALED_ENV).is_none()
         {
-            command.env(JOURNAL_ENV, journals.child_path(journal));
-            journals
-                .reclaimer()
-                .track(journal, journals.child_path(journal));
+            let path = journals.child_path(journal);
+            command.env(JOURNAL_ENV, &path);
+            journals.reclaimer().track(journal, path);
         }
         let mut child = command
             .args(["child", mode])
@@ -260,12 +259,7 @@ impl Supervisor {
                 Err(_) => (None, None),
             };
             tracing::info!(%process, pid, ?code, ?signal, "exited");
-            let log_tail = read_tail(
-                &supervisor.log_dir.join(format!("{process}.log")),
-                EXIT_LOG_TAIL_BYTES,
-            )
-            .map(|(tail, _)| tail)
-            .unwrap_or_default();
+            let log_tail = exit_log_tail(&supervisor.log_dir, &process);
             let _ = supervisor
                 .events
                 .send(Report {
@@ -410,8 +404,15 @@ const EXIT_REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How much of a child's log its exit report carries.
 const EXIT_LOG_TAIL_BYTES: u64 = 2048;
 
+/// The end of `process`'s log in `log_dir`, for its exit report (empty if unreadable).
+pub(crate) fn exit_log_tail(log_dir: &std::path::Path, process: &str) -> String {
+    read_tail(&log_dir.join(format!("{process}.log")), EXIT_LOG_TAIL_BYTES)
+        .map(|(tail, _)| tail)
+        .unwrap_or_default()
+}
+
 /// The last `max_bytes` of a file, as text, and whether there was more.
-pub(crate) fn read_tail(path: &std::path::Path, max_bytes: u64) -> std::io::Result<(String, bool)> {
+fn read_tail(path: &std::path::Path, max_bytes: u64) -> std::io::Result<(String, bool)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path)?;
     let length = file.metadata()?.len();

@@ -44,7 +44,7 @@ impl ClockOffset {
         at_us.saturating_sub(self.offset_us)
     }
 
-    /// How far a time [`Self::corrected`](Self::correct) may still be from the truth, µs:
+    /// How far a time [corrected](Self::correct) may still be from the truth, µs:
     /// the uncertainty when the offset is applied; when it is left alone (within its own
     /// uncertainty), the offset itself may be missing as well. `None` before the first
     /// probe answered: unknown.

@@ -41,7 +41,7 @@ pub struct LocalFleet {
 }
 
 /// The local agent, started again whenever it dies (an `agent_crash` SIGKILLs it; on a lab
-/// host systemd does the same), until [`KeptAgent::stop`].
+/// host its own supervisor must do this), until [`KeptAgent::stop`].
 #[derive(Debug)]
 struct KeptAgent {
     stop: tokio::sync::oneshot::Sender<()>,

@@ -66,8 +66,7 @@ pub(super) fn on_journal_replayed(
                 until_ms: now_ms,
             },
         };
-        warn!(run = %run.state.id, %gap, "report gap");
-        run.state.failures.push(Failure::ReportGap(gap));
+        record_gap(run, gap);
     }
 }
 
@@ -104,8 +103,7 @@ pub(super) fn watch_boots(run: &mut ActiveRun, boots: &BTreeMap<String, u64>, no
                         waited_s: waited.as_secs(),
                     },
                 };
-                warn!(run = %run.state.id, %gap, "report gap");
-                run.state.failures.push(Failure::ReportGap(gap));
+                record_gap(run, gap);
                 if let Some(record) = run.state.faults.records.get_mut(index) {
                     record.outcome = FaultOutcome::Failed("the agent did not come back".into());
                 }
@@ -141,11 +139,16 @@ pub(super) fn watch_boots(run: &mut ActiveRun, boots: &BTreeMap<String, u64>, no
                     at_ms: super::clock::millis(now),
                 },
             };
-            warn!(run = %run.state.id, %gap, "report gap");
-            run.state.failures.push(Failure::ReportGap(gap));
+            record_gap(run, gap);
         }
     }
     run.local.boots.clone_from(boots);
+}
+
+/// A hole in the evidence: an infrastructure failure of the run, logged.
+pub(super) fn record_gap(run: &mut ActiveRun, gap: ReportGap) {
+    warn!(run = %run.state.id, %gap, "report gap");
+    run.state.failures.push(Failure::ReportGap(gap));
 }
 
 /// An `agent_crash` whose agent has not come back yet: the run waits for it rather than

@@ -159,11 +159,11 @@ fn end_resume_hold(run: &mut ActiveRun, agents: &[String], now: Instant) {
 /// verdict may hide.
 fn record_report_gaps(run: &mut ActiveRun, registry: &AgentRegistry) {
     let gaps = registry.gaps();
-    for gap in gaps.iter().skip(run.local.gaps_seen) {
-        warn!(run = %run.state.id, %gap, "report gap");
-        run.state.failures.push(Failure::ReportGap(gap.clone()));
-    }
+    let seen = run.local.gaps_seen;
     run.local.gaps_seen = gaps.len();
+    for gap in gaps.into_iter().skip(seen) {
+        super::replay::record_gap(run, gap);
+    }
 }
 
 /// Whether the run goes on, drains, or ends now: all agents gone, messages stalled, or the
