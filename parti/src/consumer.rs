@@ -9,9 +9,15 @@
 //! Per partition one task pulls a batch, runs the handler on each message serially (order
 //! kept), and acknowledges with a double ack (the server confirms it, so a lost ack cannot
 //! silently turn into a redelivery to someone else later). A handler error naks with a
-//! backoff by delivery count. On revoke the task finishes the current handler, naks the
-//! rest of its batch (immediately redeliverable to the next owner) and ends; the manager
-//! confirms the handoff only after that.
+//! backoff by delivery count. On revoke the task finishes the current handler, lets its
+//! open pull request run out, naks what that request brought in stream order (immediately
+//! redeliverable to the next owner, oldest first) and ends; the manager confirms the
+//! handoff only after that. Nakking while the request is still open would be worse than
+//! useless: the server redelivers a nakked message at once to that same open request,
+//! which naks it again, and the redelivery queue the next owner inherits ends up in
+//! whatever order those round trips finished — the partition's order broken at every
+//! planned move. A new owner that finds messages still held by a departed owner waits for
+//! them before it processes newer ones (`takeover.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::takeover::Takeover;
 use crate::{AssignmentChange, AssignmentListener, Fence, Partition};
 
 /// How to consume.
@@ -141,6 +148,11 @@ pub struct ConsumerStats {
     pub ack_failures: AtomicU64,
     /// Messages returned unprocessed at revoke (nakked for the next owner).
     pub returned: AtomicU64,
+    /// Messages kept unprocessed at a takeover because older ones were still held by a
+    /// departed owner (processed after those, to keep the partition's order).
+    pub kept: AtomicU64,
+    /// Takeovers that waited for a departed owner's messages to time out.
+    pub takeover_waits: AtomicU64,
     /// Messages skipped because the fence was invalid.
     pub fenced: AtomicU64,
 }
@@ -332,7 +344,25 @@ async fn consume_partition(
     let _entered = span.enter();
     drop(_entered);
     let mut consumer = None;
+    let mut takeover: Option<Takeover<jetstream::Message>> = None;
+    let processing = Processing {
+        config: &config,
+        partition: &partition,
+        handler: handler.as_ref(),
+        fence: &fence,
+        stats: &stats,
+    };
     while !cancel.is_cancelled() {
+        if let Some(waiting) = takeover.as_mut().filter(|t| t.holding()) {
+            // Older messages are still with a departed owner: pull nothing until they
+            // timed out and the server queued them for redelivery ahead of everything else.
+            if !wait_for_departed_owner(waiting, &config, &fence, &cancel).await {
+                break;
+            }
+            debug!(partition = %partition.id(), "takeover wait over");
+            waiting.resume();
+            continue;
+        }
         if !fence.is_valid() {
             // Degraded or fenced: do nothing, not even pull, until the leases hold again.
             tokio::select! {
@@ -343,7 +373,20 @@ async fn consume_partition(
         let pull = match &consumer {
             Some(consumer) => consumer,
             None => match bind(&js, &config, &partition).await {
-                Ok(bound) => consumer.insert(bound),
+                Ok(bound) => {
+                    let info = bound.cached_info();
+                    takeover = Takeover::after_bind(
+                        info.num_ack_pending,
+                        info.delivered.stream_sequence,
+                        tokio::time::Instant::now(),
+                        config.ack_wait,
+                        config.fetch_expiry,
+                    );
+                    if takeover.is_some() {
+                        debug!(partition = %partition.id(), pending = info.num_ack_pending, "bound with unacknowledged messages");
+                    }
+                    consumer.insert(bound)
+                }
                 Err(error) => {
                     debug!(partition = %partition.id(), %error, "binding durable failed; retrying");
                     tokio::select! {
@@ -369,9 +412,11 @@ async fn consume_partition(
             }
         };
         // Drain the whole batch even after a revoke: messages of this pull request can
-        // still arrive, and each must be handed back (nak) rather than left to AckWait.
+        // still arrive, and each must be handed back (nak) rather than left to AckWait —
+        // but only once the request has ended (module docs).
         let mut received = 0usize;
         let mut failed = false;
+        let mut returning = Vec::new();
         while let Some(message) = batch.next().await {
             let message = match message {
                 Ok(message) => message,
@@ -383,21 +428,52 @@ async fn consume_partition(
             };
             received += 1;
             if cancel.is_cancelled() {
-                if fence.is_valid() {
-                    let _ = message.ack_with(AckKind::Nak(None)).await;
-                    stats.returned.fetch_add(1, Ordering::Relaxed);
-                }
+                returning.push(message);
                 continue;
             }
-            process(
-                &config,
-                &partition,
-                handler.as_ref(),
-                &fence,
-                &stats,
-                message,
-            )
-            .await;
+            let ready = match takeover.as_mut() {
+                Some(t) => {
+                    let sequence = message.info().map_or(0, |info| info.stream_sequence);
+                    let was_holding = t.holding();
+                    let ready = t.admit(sequence, message);
+                    if t.holding() {
+                        stats.kept.fetch_add(1, Ordering::Relaxed);
+                        if !was_holding {
+                            stats.takeover_waits.fetch_add(1, Ordering::Relaxed);
+                            info!(partition = %partition.id(), "older messages are still with a departed owner: waiting for them to time out");
+                        }
+                    }
+                    ready
+                }
+                None => vec![message],
+            };
+            for message in ready {
+                process(&processing, message).await;
+            }
+            if takeover.as_ref().is_some_and(Takeover::complete) {
+                takeover = None;
+            }
+        }
+        if let Some(t) = takeover.as_mut() {
+            if cancel.is_cancelled() {
+                // Mid-takeover nothing is handed back: a nak would put newer messages
+                // ahead of the departed owner's. They time out for the next owner.
+                returning.clear();
+            } else {
+                for message in t.flush() {
+                    process(&processing, message).await;
+                }
+                if t.complete() {
+                    takeover = None;
+                }
+            }
+        }
+        if fence.is_valid() && !returning.is_empty() {
+            returning.sort_by_key(|m| m.info().map_or(0, |info| info.stream_sequence));
+            for message in returning {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                stats.returned.fetch_add(1, Ordering::Relaxed);
+            }
         }
         // An idle pull is also the moment to notice a durable deleted behind our back
         // (a pull on a missing consumer just times out): rebind, recreating it.
@@ -419,14 +495,51 @@ async fn consume_partition(
     }
 }
 
-async fn process(
+/// Waits out a takeover's hold, keeping its kept messages alive (in-progress acks, so they
+/// do not time out and come back behind newer ones). False when cancelled: the kept
+/// messages are then left to time out for the next owner.
+async fn wait_for_departed_owner(
+    takeover: &Takeover<jetstream::Message>,
     config: &ConsumerConfig,
-    partition: &Partition,
-    handler: &dyn MessageHandler,
     fence: &Fence,
-    stats: &ConsumerStats,
-    message: jetstream::Message,
-) {
+    cancel: &CancellationToken,
+) -> bool {
+    let resume_at = takeover.resume_at();
+    let refresh = (config.ack_wait / 2).max(Duration::from_millis(100));
+    loop {
+        if fence.is_valid() {
+            for message in takeover.kept() {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }
+        let next = (tokio::time::Instant::now() + refresh).min(resume_at);
+        tokio::select! {
+            () = cancel.cancelled() => return false,
+            () = tokio::time::sleep_until(next) => {}
+        }
+        if next >= resume_at {
+            return true;
+        }
+    }
+}
+
+/// What processing one message of a partition needs.
+struct Processing<'a> {
+    config: &'a ConsumerConfig,
+    partition: &'a Partition,
+    handler: &'a dyn MessageHandler,
+    fence: &'a Fence,
+    stats: &'a ConsumerStats,
+}
+
+async fn process(processing: &Processing<'_>, message: jetstream::Message) {
+    let Processing {
+        config,
+        partition,
+        handler,
+        fence,
+        stats,
+    } = *processing;
     let Ok(info) = message.info() else {
         return;
     };

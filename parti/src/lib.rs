@@ -19,7 +19,8 @@
 //! - `leader`: election and the calculator (windows, grace, cooldown).
 //! - [`assignment`]: the assignment document and the handoff planner.
 //! - `manager`: [`Manager`], the public entry point.
-//! - `consumer`: [`WorkerConsumer`], the consumption helper.
+//! - `consumer`: [`WorkerConsumer`], the consumption helper; `takeover`: order kept when
+//!   a partition changes owner.
 //! - [`strategy`]: [`RoundRobin`], [`ConsistentHash`], [`WeightedConsistentHash`].
 //! - `source`: [`PartitionSource`], [`StaticSource`].
 
@@ -37,6 +38,7 @@ mod membership;
 mod partition;
 mod source;
 pub mod strategy;
+mod takeover;
 
 pub use config::{Config, ConfigError};
 pub use consumer::{

@@ -1,6 +1,7 @@
-//! Zero-loss handoff: a backlogged partition moved repeatedly between workers while
-//! publishing continues. No gap, never two workers processing it at once, order kept
-//! except for redeliveries.
+//! Zero-loss, ordered handoff: a backlogged partition moved repeatedly between workers
+//! while publishing continues (no gap, never two workers processing it at once, every
+//! message first processed in stream order), and a partition taken over from an owner that
+//! died holding messages (they are processed before anything newer).
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use common::*;
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use parti::{
     AssignmentMap, Config, ConsumerConfig, Delivery, HandlerError, Manager, MessageHandler,
@@ -226,15 +228,7 @@ async fn backlog_survives_repeated_moves_without_gap_or_overlap() {
         0,
         "two workers processed p0 at once"
     );
-    let mut highest = 0;
-    for entry in log.iter().filter(|p| p.delivered == 1) {
-        assert!(
-            entry.seq > highest,
-            "order broken at seq {} after {highest}",
-            entry.seq
-        );
-        highest = entry.seq;
-    }
+    assert_first_processed_in_order(&log);
     let duplicates = log.len() - seen.len();
     eprintln!(
         "moves: {moves}, owners: {owners_seen:?}, published: {total}, processed: {}, duplicates: {duplicates}",
@@ -244,4 +238,117 @@ async fn backlog_survives_repeated_moves_without_gap_or_overlap() {
     for manager in managers {
         manager.stop().await;
     }
+}
+
+/// Every message's first processing comes after its predecessors' (redeliveries included:
+/// the next owner must get what the previous one handed back before anything newer).
+fn assert_first_processed_in_order(log: &[Processed]) {
+    let mut highest = 0;
+    for entry in log {
+        if entry.seq <= highest {
+            continue; // processed again: a duplicate, not a reorder
+        }
+        assert_eq!(
+            entry.seq,
+            highest + 1,
+            "order broken: seq {} (delivery {}, {}) first processed after {highest}",
+            entry.seq,
+            entry.delivered,
+            entry.worker
+        );
+        highest = entry.seq;
+    }
+}
+
+/// A worker that dies holding fetched messages nakks nothing: they come back only when
+/// their ack wait runs out. The next owner must process them before newer messages.
+/// The dead holder is a plain JetStream client that pulls from the partition's durable and
+/// exits without acknowledging, as a killed worker of any implementation would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_held_by_a_dead_owner_are_processed_before_newer_ones() {
+    init_tracing();
+    let server = NatsServer::start();
+    let client = connect(&server.url()).await;
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: "HANDOFF".into(),
+            subjects: vec!["handoff.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    const TOTAL: u64 = 40;
+    for seq in 1..=TOTAL {
+        js.publish("handoff.p0", seq.to_string().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let mut consumer_config = ConsumerConfig::new("HANDOFF", "handoff.{partition}");
+    consumer_config.ack_wait = Duration::from_secs(2);
+    let partition = Partition::new("p0", 1);
+    // The departed owner: binds the durable as parti would, takes five, never acks.
+    {
+        let durable = consumer_config.durable(&partition);
+        let dead: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &durable,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(durable.clone()),
+                    filter_subject: consumer_config.subject(&partition),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: consumer_config.ack_wait,
+                    max_ack_pending: consumer_config.batch as i64,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("durable");
+        let taken: Vec<_> = dead
+            .fetch()
+            .max_messages(5)
+            .messages()
+            .await
+            .expect("fetch")
+            .collect()
+            .await;
+        assert_eq!(taken.len(), 5, "the dead owner holds five messages");
+    }
+
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let recorder = Arc::new(Recorder {
+        worker: Mutex::new("next".into()),
+        log: log.clone(),
+        busy: Arc::new(AtomicBool::new(false)),
+        overlaps: Arc::new(AtomicUsize::new(0)),
+    });
+    let client = connect(&server.url()).await;
+    let consumer = WorkerConsumer::new(client.clone(), consumer_config, recorder)
+        .await
+        .expect("consumer");
+    let stats = consumer.stats();
+    let manager = Manager::start(
+        client,
+        Config::fast_for_tests(),
+        Arc::new(StaticSource::new(vec![partition])),
+        Arc::new(Pinned::default()),
+        Some(consumer),
+    )
+    .await
+    .expect("start");
+    eventually("every message processed", LONG, || async {
+        let seen: BTreeSet<u64> = log.lock().expect("log").iter().map(|p| p.seq).collect();
+        seen.len() as u64 == TOTAL
+    })
+    .await;
+    let log = log.lock().expect("log").clone();
+    assert_first_processed_in_order(&log);
+    assert!(
+        log.iter().take(5).all(|p| p.delivered > 1),
+        "the dead owner's five came first, as redeliveries: {log:?}"
+    );
+    assert_eq!(stats.takeover_waits.load(Ordering::Relaxed), 1, "one wait");
+    manager.stop().await;
 }

@@ -26,10 +26,11 @@
 //! send, from the test: an unexpected exit, and only that. Two more show the last fault's
 //! recovery is judged: waited for when the duration passes, a FAIL when a stop cuts it.
 //!
-//! The config is quick.yaml with one worker and `workers.ordered: true`. One worker, because
-//! parti does not keep a partition's order across a handoff yet (docs/VERDICT.md, "order"):
-//! with a second wave of workers a clean run can reorder and the test would not isolate the
-//! defects. The clean control runs the same config without the foreign client: PASS.
+//! The config is quick.yaml with one worker and `workers.ordered: true` (the default, spelled
+//! out because the order assertions depend on it). One worker, so every anomaly is the
+//! foreign client's and the partitions it touches are exact. The clean control runs the same
+//! config without the foreign client: PASS. Order across handoffs and crashes has its clean
+//! controls in the runs with many workers and chaos (docs/VERDICT.md, "order").
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

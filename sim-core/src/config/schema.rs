@@ -242,14 +242,17 @@ pub struct WorkersConfig {
     /// Deliberate bugs, to prove the verdict can fail (extension; default all off).
     #[serde(default)]
     pub faults: WorkerFaults,
-    /// Whether the workers promise order within a partition (extension; default false):
-    /// when true, a message first processed after one of its successors fails the run;
-    /// otherwise order violations are only counted. Not yet on by default because parti
-    /// does not keep a partition's order across a handoff: the next owner can process
-    /// newer messages before those the previous owner fetched and handed back (see
-    /// docs/VERDICT.md, "order").
-    #[serde(default)]
+    /// Whether the workers promise order within a partition (extension; default true, as
+    /// parti keeps a partition's order across handoffs and crashes): a message first
+    /// processed after one of its successors fails the run. `false` for a consumer that
+    /// promises no order: violations are then only counted (see docs/VERDICT.md, "order").
+    #[serde(default = "promised")]
     pub ordered: bool,
+}
+
+/// `workers.ordered` unless set: parti promises order within a partition.
+fn promised() -> bool {
+    true
 }
 
 /// `workers.assignment_strategy`: parti's strategies, by the names parti uses.
