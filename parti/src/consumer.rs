@@ -16,8 +16,8 @@
 //! useless: the server redelivers a nakked message at once to that same open request,
 //! which naks it again, and the redelivery queue the next owner inherits ends up in
 //! whatever order those round trips finished — the partition's order broken at every
-//! planned move. A new owner that finds messages still held by a departed owner waits for
-//! them before it processes newer ones (`takeover.rs`).
+//! planned move. A new owner that finds unacknowledged messages in the durable processes
+//! nothing until they are back, waiting for a departed owner's to time out (`takeover.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -148,11 +148,14 @@ pub struct ConsumerStats {
     pub ack_failures: AtomicU64,
     /// Messages returned unprocessed at revoke (nakked for the next owner).
     pub returned: AtomicU64,
-    /// Messages kept unprocessed at a takeover because older ones were still held by a
-    /// departed owner (processed after those, to keep the partition's order).
+    /// Messages a takeover received before it could process them (pending ones of a
+    /// previous owner still missing), later processed in stream order.
     pub kept: AtomicU64,
     /// Takeovers that waited for a departed owner's messages to time out.
     pub takeover_waits: AtomicU64,
+    /// Deliveries of our durables that went to another puller while we owned the partition
+    /// (a gap in the delivery sequence: an old owner's late pull request, a foreign client).
+    pub delivered_elsewhere: AtomicU64,
     /// Messages skipped because the fence was invalid.
     pub fenced: AtomicU64,
 }
@@ -345,6 +348,8 @@ async fn consume_partition(
     drop(_entered);
     let mut consumer = None;
     let mut takeover: Option<Takeover<jetstream::Message>> = None;
+    // The consumer sequence the durable's next delivery to anyone takes, if it is ours.
+    let mut next_delivery = 0u64;
     let processing = Processing {
         config: &config,
         partition: &partition,
@@ -356,7 +361,8 @@ async fn consume_partition(
         if let Some(waiting) = takeover.as_mut().filter(|t| t.holding()) {
             // Older messages are still with a departed owner: pull nothing until they
             // timed out and the server queued them for redelivery ahead of everything else.
-            if !wait_for_departed_owner(waiting, &config, &fence, &cancel).await {
+            if !wait_for_departed_owner(waiting, consumer.as_ref(), &config, &fence, &cancel).await
+            {
                 break;
             }
             debug!(partition = %partition.id(), "takeover wait over");
@@ -375,7 +381,8 @@ async fn consume_partition(
             None => match bind(&js, &config, &partition).await {
                 Ok(bound) => {
                     let info = bound.cached_info();
-                    takeover = Takeover::after_bind(
+                    next_delivery = info.delivered.consumer_sequence + 1;
+                    takeover = Takeover::new(
                         info.num_ack_pending,
                         info.delivered.stream_sequence,
                         tokio::time::Instant::now(),
@@ -431,17 +438,32 @@ async fn consume_partition(
                 returning.push(message);
                 continue;
             }
+            let (sequence, delivery) = message.info().map_or((0, 0), |info| {
+                (info.stream_sequence, info.consumer_sequence)
+            });
+            if delivery > next_delivery && next_delivery > 0 {
+                // Deliveries went to another puller (module docs of takeover.rs).
+                let gap = usize::try_from(delivery - next_delivery).unwrap_or(usize::MAX);
+                stats
+                    .delivered_elsewhere
+                    .fetch_add(gap as u64, Ordering::Relaxed);
+                debug!(partition = %partition.id(), gap, "deliveries went to another puller");
+                let now = tokio::time::Instant::now();
+                let last = sequence.saturating_sub(1);
+                match takeover.as_mut() {
+                    Some(t) => t.more_pending(gap, last, now, config.ack_wait, config.fetch_expiry),
+                    None => {
+                        takeover =
+                            Takeover::new(gap, last, now, config.ack_wait, config.fetch_expiry);
+                    }
+                }
+            }
+            next_delivery = next_delivery.max(delivery + 1);
             let ready = match takeover.as_mut() {
                 Some(t) => {
-                    let sequence = message.info().map_or(0, |info| info.stream_sequence);
-                    let was_holding = t.holding();
                     let ready = t.admit(sequence, message);
-                    if t.holding() {
+                    if ready.is_empty() {
                         stats.kept.fetch_add(1, Ordering::Relaxed);
-                        if !was_holding {
-                            stats.takeover_waits.fetch_add(1, Ordering::Relaxed);
-                            info!(partition = %partition.id(), "older messages are still with a departed owner: waiting for them to time out");
-                        }
                     }
                     ready
                 }
@@ -460,8 +482,12 @@ async fn consume_partition(
                 // ahead of the departed owner's. They time out for the next owner.
                 returning.clear();
             } else {
-                for message in t.flush() {
+                for message in t.end_of_pull() {
                     process(&processing, message).await;
+                }
+                if t.holding() {
+                    stats.takeover_waits.fetch_add(1, Ordering::Relaxed);
+                    info!(partition = %partition.id(), "older messages are still with a departed owner: waiting for them to time out");
                 }
                 if t.complete() {
                     takeover = None;
@@ -496,32 +522,45 @@ async fn consume_partition(
 }
 
 /// Waits out a takeover's hold, keeping its kept messages alive (in-progress acks, so they
-/// do not time out and come back behind newer ones). False when cancelled: the kept
-/// messages are then left to time out for the next owner.
+/// do not time out and come back behind newer ones), and ends it early once the durable
+/// holds nothing pending but what we kept (the rest was acknowledged by whoever had it).
+/// False when cancelled: the kept messages are then left to time out for the next owner.
 async fn wait_for_departed_owner(
     takeover: &Takeover<jetstream::Message>,
+    durable: Option<&jetstream::consumer::PullConsumer>,
     config: &ConsumerConfig,
     fence: &Fence,
     cancel: &CancellationToken,
 ) -> bool {
     let resume_at = takeover.resume_at();
     let refresh = (config.ack_wait / 2).max(Duration::from_millis(100));
+    let mut refreshed_at = None;
     loop {
-        if fence.is_valid() {
+        let now = tokio::time::Instant::now();
+        if now >= resume_at {
+            return true;
+        }
+        if fence.is_valid() && refreshed_at.is_none_or(|at| now >= at + refresh) {
             for message in takeover.kept() {
                 let _ = message.ack_with(AckKind::Progress).await;
             }
+            refreshed_at = Some(now);
         }
-        let next = (tokio::time::Instant::now() + refresh).min(resume_at);
+        if let Some(durable) = durable
+            && let Ok(info) = durable.get_info().await
+            && info.num_ack_pending <= takeover.kept_count()
+        {
+            return true;
+        }
         tokio::select! {
             () = cancel.cancelled() => return false,
-            () = tokio::time::sleep_until(next) => {}
-        }
-        if next >= resume_at {
-            return true;
+            () = tokio::time::sleep_until((now + CHECK_PENDING).min(resume_at)) => {}
         }
     }
 }
+
+/// How often a takeover's wait asks the server whether anything else is still pending.
+const CHECK_PENDING: Duration = Duration::from_millis(250);
 
 /// What processing one message of a partition needs.
 struct Processing<'a> {

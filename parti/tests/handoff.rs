@@ -260,24 +260,38 @@ fn assert_first_processed_in_order(log: &[Processed]) {
     }
 }
 
-/// A worker that dies holding fetched messages nakks nothing: they come back only when
+/// How the departed owner left its messages.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Departed {
+    /// Took five at once and died: they time out together.
+    AllAtOnce,
+    /// Took three, then two more (a paused owner's open pull request goes on receiving),
+    /// and kept the first three alive a little longer with an in-progress ack: the last two
+    /// time out first. The next owner binds after they did and before the first three.
+    Staggered,
+}
+
+/// A worker that dies holding fetched messages naks nothing: they come back only when
 /// their ack wait runs out. The next owner must process them before newer messages.
 /// The dead holder is a plain JetStream client that pulls from the partition's durable and
 /// exits without acknowledging, as a killed worker of any implementation would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_held_by_a_dead_owner_are_processed_before_newer_ones() {
+    let stats = takeover_after(Departed::AllAtOnce).await;
+    assert_eq!(stats.takeover_waits.load(Ordering::Relaxed), 1, "one wait");
+}
+
+/// The same when they time out out of order: a redelivery that comes back early waits for
+/// the older ones still out (the lab once saw seq 652 processed after 655 and 656).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_owners_messages_timing_out_out_of_order_are_processed_in_order() {
+    takeover_after(Departed::Staggered).await;
+}
+
+async fn takeover_after(departed: Departed) -> Arc<parti::ConsumerStats> {
     init_tracing();
     let server = NatsServer::start();
-    let client = connect(&server.url()).await;
-    let js = jetstream::new(client.clone());
-    let stream = js
-        .create_stream(jetstream::stream::Config {
-            name: "HANDOFF".into(),
-            subjects: vec!["handoff.>".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("stream");
+    let (js, stream) = handoff_stream(&server).await;
     const TOTAL: u64 = 40;
     for seq in 1..=TOTAL {
         js.publish("handoff.p0", seq.to_string().into())
@@ -306,20 +320,153 @@ async fn messages_held_by_a_dead_owner_are_processed_before_newer_ones() {
             )
             .await
             .expect("durable");
-        let taken: Vec<_> = dead
-            .fetch()
-            .max_messages(5)
-            .messages()
-            .await
-            .expect("fetch")
-            .collect()
-            .await;
-        assert_eq!(taken.len(), 5, "the dead owner holds five messages");
+        let take = |n: usize| {
+            let dead = dead.clone();
+            async move {
+                let taken: Vec<jetstream::Message> = dead
+                    .fetch()
+                    .max_messages(n)
+                    .messages()
+                    .await
+                    .expect("fetch")
+                    .map(|m| m.expect("message"))
+                    .collect()
+                    .await;
+                assert_eq!(taken.len(), n, "the dead owner holds {n} more");
+                taken
+            }
+        };
+        match departed {
+            Departed::AllAtOnce => {
+                take(5).await;
+            }
+            Departed::Staggered => {
+                // Scenario time, not a wait for a condition: the timeline is the fault.
+                let start = tokio::time::Instant::now();
+                let first = take(3).await;
+                tokio::time::sleep_until(start + Duration::from_millis(500)).await;
+                take(2).await;
+                tokio::time::sleep_until(start + Duration::from_millis(1500)).await;
+                for message in &first {
+                    message
+                        .ack_with(jetstream::AckKind::Progress)
+                        .await
+                        .expect("progress");
+                }
+                // Seqs 4 and 5 time out at 2.5 s, 1–3 at 3.5 s.
+                tokio::time::sleep_until(start + Duration::from_millis(2800)).await;
+            }
+        }
     }
 
+    let (manager, log, stats) = start_owner(&server, consumer_config, partition).await;
+    eventually("every message processed", LONG, || async {
+        let seen: BTreeSet<u64> = log.lock().expect("log").iter().map(|p| p.seq).collect();
+        seen.len() as u64 == TOTAL
+    })
+    .await;
+    let log = log.lock().expect("log").clone();
+    assert_first_processed_in_order(&log);
+    assert!(
+        log.iter().take(5).all(|p| p.delivered > 1),
+        "the dead owner's five came first, as redeliveries: {log:?}"
+    );
+    manager.stop().await;
+    stats
+}
+
+/// Mid-ownership, another puller takes deliveries from our durable and never acks them: an
+/// old owner's pull request that reached the server late (the lab saw two owners receive
+/// every other message after a network cut healed), or a foreign client. The owner sees the
+/// gap in the delivery sequence and processes those messages, once they time out, before
+/// their successors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_taken_by_another_puller_are_processed_before_their_successors() {
+    init_tracing();
+    let server = NatsServer::start();
+    let (js, stream) = handoff_stream(&server).await;
+    let publish = |range: std::ops::RangeInclusive<u64>| {
+        let js = js.clone();
+        async move {
+            for seq in range {
+                js.publish("handoff.p0", seq.to_string().into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("ack");
+            }
+        }
+    };
+    publish(1..=10).await;
+    let mut consumer_config = ConsumerConfig::new("HANDOFF", "handoff.{partition}");
+    consumer_config.ack_wait = Duration::from_secs(2);
+    let partition = Partition::new("p0", 1);
+    let durable = consumer_config.durable(&partition);
+    let (manager, log, stats) = start_owner(&server, consumer_config, partition).await;
+    let processed = |n: usize| {
+        let log = log.clone();
+        move || {
+            let log = log.clone();
+            async move {
+                let seen: BTreeSet<u64> = log.lock().expect("log").iter().map(|p| p.seq).collect();
+                seen.len() >= n
+            }
+        }
+    };
+    eventually("the backlog processed", LONG, processed(10)).await;
+
+    // The other puller: a pull request for three, waiting behind the owner's, never acked.
+    let other: jetstream::consumer::PullConsumer =
+        stream.get_consumer(&durable).await.expect("durable");
+    let mut taken = other
+        .batch()
+        .max_messages(3)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .expect("pull");
+    publish(11..=40).await;
+    let mut held = Vec::new();
+    while let Some(message) = taken.next().await {
+        held.push(message.expect("message"));
+    }
+    assert_eq!(held.len(), 3, "the other puller got three deliveries");
+    drop(held);
+
+    eventually("every message processed", LONG, processed(40)).await;
+    let log = log.lock().expect("log").clone();
+    assert_first_processed_in_order(&log);
+    assert_eq!(stats.delivered_elsewhere.load(Ordering::Relaxed), 3);
+    manager.stop().await;
+}
+
+/// The test stream `HANDOFF` on `handoff.>`.
+async fn handoff_stream(server: &NatsServer) -> (jetstream::Context, jetstream::stream::Stream) {
+    let js = jetstream::new(connect(&server.url()).await);
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: "HANDOFF".into(),
+            subjects: vec!["handoff.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    (js, stream)
+}
+
+/// One worker owning `partition`, recording what it processes.
+async fn start_owner(
+    server: &NatsServer,
+    consumer_config: ConsumerConfig,
+    partition: Partition,
+) -> (
+    Manager,
+    Arc<Mutex<Vec<Processed>>>,
+    Arc<parti::ConsumerStats>,
+) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let recorder = Arc::new(Recorder {
-        worker: Mutex::new("next".into()),
+        worker: Mutex::new("owner".into()),
         log: log.clone(),
         busy: Arc::new(AtomicBool::new(false)),
         overlaps: Arc::new(AtomicUsize::new(0)),
@@ -338,17 +485,5 @@ async fn messages_held_by_a_dead_owner_are_processed_before_newer_ones() {
     )
     .await
     .expect("start");
-    eventually("every message processed", LONG, || async {
-        let seen: BTreeSet<u64> = log.lock().expect("log").iter().map(|p| p.seq).collect();
-        seen.len() as u64 == TOTAL
-    })
-    .await;
-    let log = log.lock().expect("log").clone();
-    assert_first_processed_in_order(&log);
-    assert!(
-        log.iter().take(5).all(|p| p.delivered > 1),
-        "the dead owner's five came first, as redeliveries: {log:?}"
-    );
-    assert_eq!(stats.takeover_waits.load(Ordering::Relaxed), 1, "one wait");
-    manager.stop().await;
+    (manager, log, stats)
 }
