@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use parti::Partition;
-use parti::strategy::{ConsistentHash, RoundRobin, Strategy, WeightedConsistentHash};
+use parti::strategy::{
+    AssignmentMap, ConsistentHash, RoundRobin, Strategy, WeightedConsistentHash,
+};
 
 /// (partitions, workers) pairs benchmarked.
 const SIZES: [(usize, usize); 2] = [(1500, 100), (10_000, 1000)];
@@ -51,26 +53,30 @@ fn bench_assign(c: &mut Criterion) {
                 |b, (ws, ps)| b.iter(|| s.assign(black_box(ws), black_box(ps))),
             );
         }
+        // The leader's path: one worker joined, the assignment in force given.
+        let joined = workers(n_workers + 1);
+        for s in strategies() {
+            let current = s.assign(&ws, &ps).expect("workers");
+            group.bench_with_input(
+                BenchmarkId::new("assign_from +1", s.name()),
+                &(&joined, &ps, &current),
+                |b, (ws, ps, current)| {
+                    b.iter(|| s.assign_from(black_box(ws), black_box(ps), black_box(current)))
+                },
+            );
+        }
         group.finish();
     }
 }
 
-fn owners(s: &dyn Strategy, ws: &[String], ps: &[Partition]) -> HashMap<String, String> {
-    match s.assign(ws, ps) {
-        Ok(map) => map
-            .into_iter()
-            .flat_map(|(w, owned)| owned.into_iter().map(move |p| (p.id(), w.clone())))
-            .collect(),
-        Err(e) => panic!("{}: {e}", s.name()),
-    }
+fn owners(map: &AssignmentMap) -> HashMap<String, String> {
+    map.iter()
+        .flat_map(|(w, owned)| owned.iter().map(move |p| (p.id(), w.clone())))
+        .collect()
 }
 
 /// Heaviest worker's load divided by the mean load.
-fn max_over_mean(s: &dyn Strategy, ws: &[String], ps: &[Partition]) -> f64 {
-    let map = match s.assign(ws, ps) {
-        Ok(map) => map,
-        Err(e) => panic!("{}: {e}", s.name()),
-    };
+fn max_over_mean(map: &AssignmentMap) -> f64 {
     let loads: Vec<i64> = map
         .values()
         .map(|owned| owned.iter().map(|p| p.weight).sum())
@@ -79,13 +85,24 @@ fn max_over_mean(s: &dyn Strategy, ws: &[String], ps: &[Partition]) -> f64 {
     loads.iter().copied().max().unwrap_or(0) as f64 / mean
 }
 
-fn moved_fraction(s: &dyn Strategy, before: &[String], after: &[String], ps: &[Partition]) -> f64 {
-    let (b, a) = (owners(s, before, ps), owners(s, after, ps));
+/// Fraction of partitions whose owner changes from `before` to `after`, the leader's way:
+/// the new assignment is computed given the one in force. Also the heaviest worker's load
+/// over the mean after the change (the balance bound must survive it).
+fn moved_fraction(
+    s: &dyn Strategy,
+    before: &[String],
+    after: &[String],
+    ps: &[Partition],
+) -> (f64, f64) {
+    let current = s.assign(before, ps).expect("workers");
+    let next = s.assign_from(after, ps, &current).expect("workers");
+    let b = owners(&current);
+    let a = owners(&next);
     let moved = ps
         .iter()
         .filter(|p| b.get(&p.id()) != a.get(&p.id()))
         .count();
-    moved as f64 / ps.len() as f64
+    (moved as f64 / ps.len() as f64, max_over_mean(&next))
 }
 
 /// Prints, per strategy and size, the heaviest worker's load over the mean, and the fraction of
@@ -103,20 +120,20 @@ fn report_movement(_c: &mut Criterion) {
         let (join_ideal, leave_ideal) = (1.0 / (n_workers + 1) as f64, 1.0 / n_workers as f64);
         for s in strategies() {
             let s = s.as_ref();
-            let join = moved_fraction(s, &ws, &joined, &ps);
-            let leave = leavers
-                .iter()
-                .map(|&gone| {
-                    let mut left = ws.clone();
-                    left.remove(gone);
-                    moved_fraction(s, &ws, &left, &ps)
-                })
-                .sum::<f64>()
-                / leavers.len() as f64;
+            let (join, join_balance) = moved_fraction(s, &ws, &joined, &ps);
+            let mut leave = 0.0;
+            let mut leave_balance: f64 = 0.0;
+            for &gone in &leavers {
+                let mut left = ws.clone();
+                left.remove(gone);
+                let (moved, balance) = moved_fraction(s, &ws, &left, &ps);
+                leave += moved / leavers.len() as f64;
+                leave_balance = leave_balance.max(balance);
+            }
             eprintln!(
-                "movement {n_parts}x{n_workers} {:<24} max/mean {:.2}  +1 worker moved {join:.4} ({:.2}x ideal {join_ideal:.4})  -1 worker moved {leave:.4} ({:.2}x ideal {leave_ideal:.4})",
+                "movement {n_parts}x{n_workers} {:<24} max/mean {:.2}  +1 worker moved {join:.4} ({:.2}x ideal {join_ideal:.4}, max/mean after {join_balance:.2})  -1 worker moved {leave:.4} ({:.2}x ideal {leave_ideal:.4}, max/mean after {leave_balance:.2})",
                 s.name(),
-                max_over_mean(s, &ws, &ps),
+                max_over_mean(&s.assign(&ws, &ps).expect("workers")),
                 join / join_ideal,
                 leave / leave_ideal,
             );

@@ -4,6 +4,7 @@
 //! - `round_robin`: partition i → worker i mod n.
 //! - `consistent_hash`: xxh3 ring with virtual nodes.
 //! - `weighted`: bounded-load ring placement; extreme partitions spread one per worker first.
+//! - `keep`: what the weighted placement keeps of the assignment in force.
 //! - `ring`: the hash ring shared by the two hashing strategies.
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use crate::Partition;
 
 mod consistent_hash;
+mod keep;
 mod ring;
 mod round_robin;
 mod weighted;
@@ -45,6 +47,20 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
         workers: &[String],
         partitions: &[Partition],
     ) -> Result<AssignmentMap, StrategyError>;
+
+    /// Like [`Strategy::assign`], given the assignment in force (`current`: worker →
+    /// partitions it owns or is receiving), so a strategy can keep partitions where they are
+    /// and move fewer when the fleet changes. Must stay deterministic in all three inputs.
+    /// The default ignores `current`.
+    fn assign_from(
+        &self,
+        workers: &[String],
+        partitions: &[Partition],
+        current: &AssignmentMap,
+    ) -> Result<AssignmentMap, StrategyError> {
+        let _ = current;
+        self.assign(workers, partitions)
+    }
 
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;

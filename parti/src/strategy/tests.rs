@@ -242,7 +242,7 @@ fn weighted_gives_everyone_one_extreme_before_anyone_gets_two() {
 }
 
 /// Moved fraction, and number of moved extremes (weight `heavy`), when the weighted strategy
-/// goes from `before` to `after` workers.
+/// goes from `before` to `after` workers the leader's way (given the assignment in force).
 fn weighted_moves(
     ps: &[Partition],
     before: &[String],
@@ -251,7 +251,7 @@ fn weighted_moves(
 ) -> (f64, usize) {
     let s = WeightedConsistentHash::default();
     let b = s.assign(before, ps).expect("workers present");
-    let a = s.assign(after, ps).expect("workers present");
+    let a = s.assign_from(after, ps, &b).expect("workers present");
     assert_complete(&a, after, ps);
     let (ob, oa) = (owner_map(&b), owner_map(&a));
     let heavy_moved = ps
@@ -268,11 +268,11 @@ fn without(workers: &[String], gone: usize) -> Vec<String> {
     left
 }
 
-// Movement bounds for the weighted strategy. Spills walk clockwise on the ring (bounded-load
-// consistent hashing), so a joining or leaving worker disturbs only its ring neighbourhood plus
-// the workers the changed cap tips over. The inputs are fixed, so the measured values in the
-// comments are exact; the bounds leave ~15 % or more of headroom and fail for the previous
-// "spill to the lightest worker, tie-break by index" rule (its values are given too).
+// Movement bounds for the weighted strategy, the leader's way: the new assignment is computed
+// given the one in force, which it keeps where it can (keep.rs). The target is 2 × the ideal
+// share (issue 13). The inputs are fixed, so the measured values in the comments are exact.
+// From scratch (no assignment in force) the same changes moved 6.9 × (join) and 2.6–2.9 ×
+// (leave) at 1500 × 100, because the cap drops with the mean and workers near it spill.
 
 #[test]
 fn weighted_adding_a_worker_moves_a_bounded_fraction() {
@@ -283,12 +283,11 @@ fn weighted_adding_a_worker_moves_a_bounded_fraction() {
         "weighted 1500x100 +1: moved {fraction:.4} = {:.2}x ideal {ideal:.4}, {heavy_moved} of 75 extremes",
         fraction / ideal
     );
-    // Measured 0.0687 (6.9x ideal; the lightest-worker rule: 8.2x). Most of it is the cap
-    // shrinking from 116 to 114.9: workers holding an extreme spill one or two more normal
-    // partitions to their clockwise neighbours.
-    assert!(fraction <= 8.0 * ideal, "moved {fraction}");
-    // Measured 1 of 75: the one whose ring arc the new worker took.
-    assert!(heavy_moved <= 3, "{heavy_moved} of 75 extremes moved");
+    // Measured 0.0100 (1.01x ideal: the joiner's ring arcs; from scratch 6.9x). The cap
+    // shrinking from 116 to 114.9 forces nothing out: kept partitions only need the full cap.
+    assert!(fraction <= 2.0 * ideal, "moved {fraction}");
+    // Measured 0 of 75: extremes stay put.
+    assert!(heavy_moved <= 1, "{heavy_moved} of 75 extremes moved");
 }
 
 #[test]
@@ -302,11 +301,11 @@ fn weighted_removing_a_worker_moves_a_bounded_fraction() {
             "weighted 1500x100 -{gone}: moved {fraction:.4} = {:.2}x ideal {ideal:.4}, {heavy_moved} of 75 extremes",
             fraction / ideal
         );
-        // Measured 2.9x, 2.6x, 2.7x ideal (lightest worker and index tie-breaks: 6.0x, 4.0x,
-        // 5.5x), and 0, 1, 1 extremes moved (index tie-breaks: 15, 1, 11).
-        assert!(fraction <= 3.5 * ideal, "removing {gone}: moved {fraction}");
+        // Measured 1.87x, 0.87x, 0.80x ideal (from scratch: 2.9x, 2.6x, 2.7x), and 0, 1, 1
+        // extremes moved (the leaver's own).
+        assert!(fraction <= 2.0 * ideal, "removing {gone}: moved {fraction}");
         assert!(
-            heavy_moved <= 3,
+            heavy_moved <= 1,
             "removing {gone}: {heavy_moved} extremes moved"
         );
     }
@@ -336,9 +335,9 @@ fn weighted_moves_little_when_extremes_exceed_the_cap() {
         "weighted 2000x200 +1: moved {fraction:.4} = {:.2}x ideal {ideal:.4}, {heavy_moved} of 100 extremes",
         fraction / ideal
     );
-    // Measured 2.6x ideal (lightest worker: 86x).
-    assert!(fraction <= 3.0 * ideal, "moved {fraction}");
-    assert!(heavy_moved <= 3, "{heavy_moved} of 100 extremes moved");
+    // Measured 1.21x ideal (from scratch 2.6x; lightest worker: 86x).
+    assert!(fraction <= 2.0 * ideal, "moved {fraction}");
+    assert!(heavy_moved <= 1, "{heavy_moved} of 100 extremes moved");
 
     let ideal = 1.0 / 200.0;
     for gone in [25, 100, 175] {
@@ -347,12 +346,99 @@ fn weighted_moves_little_when_extremes_exceed_the_cap() {
             "weighted 2000x200 -{gone}: moved {fraction:.4} = {:.2}x ideal {ideal:.4}, {heavy_moved} of 100 extremes",
             fraction / ideal
         );
-        // Measured 2.2x, 1.8x, 1.7x ideal (lightest worker: 96x, 95x, 88x), and 1, 0, 0
-        // extremes moved (index tie-breaks: 75 when worker 25 leaves).
-        assert!(fraction <= 3.0 * ideal, "removing {gone}: moved {fraction}");
+        // Measured 1.10x, 1.80x, 1.70x ideal (from scratch 2.2x, 1.8x, 1.7x; lightest
+        // worker: 96x, 95x, 88x), and 1, 0, 0 extremes moved (the leaver's own).
+        assert!(fraction <= 2.0 * ideal, "removing {gone}: moved {fraction}");
         assert!(
-            heavy_moved <= 3,
+            heavy_moved <= 1,
             "removing {gone}: {heavy_moved} extremes moved"
         );
     }
+}
+
+// What the weighted strategy keeps of the assignment in force (keep.rs), on the benchmark's
+// fleets: within 2 × the ideal share at 1500 × 100 and at 10 000 × 1000.
+
+fn max_over_mean(map: &AssignmentMap) -> f64 {
+    let (loads, _) = weighted_stats(map, i64::MAX);
+    let mean = loads.iter().sum::<i64>() as f64 / loads.len() as f64;
+    loads.iter().copied().max().unwrap_or(0) as f64 / mean
+}
+
+/// The fleet change `to` from the assignment `from` moves at most 2 × `ideal`, and keeps
+/// the balance bound.
+fn assert_kept_change(from: &AssignmentMap, to: &[String], ps: &[Partition], ideal: f64) {
+    let s = WeightedConsistentHash::default();
+    let after = s.assign_from(to, ps, from).expect("workers");
+    assert_complete(&after, to, ps);
+    let fraction = moved_fraction(from, &after, ps);
+    assert!(
+        fraction <= 2.0 * ideal,
+        "moved {fraction:.4}, ideal {ideal:.4}"
+    );
+    // The bound where it is feasible; where one extreme outweighs the cap (10 000 × 1000:
+    // mean 59.5, cap 77.4), no worse than a placement from scratch.
+    let scratch = max_over_mean(&s.assign(to, ps).expect("workers"));
+    assert!(max_over_mean(&after) <= s.overload_threshold.max(scratch) + 1e-9);
+}
+
+#[test]
+fn weighted_keeps_movement_within_twice_the_ideal_at_both_benchmark_sizes() {
+    let s = WeightedConsistentHash::default();
+    for (n_parts, n_workers) in [(1500, 100), (10_000, 1000)] {
+        let ps = skewed_partitions(n_parts, 20, 100);
+        let ws = worker_ids(n_workers);
+        let before = s.assign(&ws, &ps).expect("workers");
+        assert_kept_change(
+            &before,
+            &worker_ids(n_workers + 1),
+            &ps,
+            1.0 / (n_workers + 1) as f64,
+        );
+        assert_kept_change(
+            &before,
+            &without(&ws, n_workers / 3),
+            &ps,
+            1.0 / n_workers as f64,
+        );
+    }
+}
+
+#[test]
+fn weighted_moves_nothing_when_nothing_changed() {
+    let s = WeightedConsistentHash::default();
+    let (ps, ws) = (skewed_partitions(600, 20, 100), worker_ids(40));
+    let before = s.assign(&ws, &ps).expect("workers");
+    let again = s.assign_from(&ws, &ps, &before).expect("workers");
+    assert_eq!(moved_fraction(&before, &again, &ps), 0.0);
+}
+
+#[test]
+fn weighted_joiner_takes_normal_partitions_and_new_ones_are_placed() {
+    let s = WeightedConsistentHash::default();
+    let (ps, ws) = (skewed_partitions(600, 20, 100), worker_ids(40));
+    let before = s.assign(&ws, &ps).expect("workers");
+    let mut more = ps.clone();
+    more.push(Partition::new("partition-new", 1));
+    let joined = worker_ids(41);
+    let after = s.assign_from(&joined, &more, &before).expect("workers");
+    assert_complete(&after, &joined, &more);
+    let joiner = &after[&joined[40]];
+    assert!(!joiner.is_empty(), "the joiner got its share");
+    assert!(
+        joiner.iter().all(|p| p.weight == 1),
+        "no extreme moved to the joiner"
+    );
+}
+
+#[test]
+fn weighted_kept_assignment_ignores_worker_order() {
+    let s = WeightedConsistentHash::default();
+    let (ps, ws) = (skewed_partitions(300, 20, 100), worker_ids(20));
+    let before = s.assign(&ws, &ps).expect("workers");
+    let mut joined = worker_ids(21);
+    let forward = s.assign_from(&joined, &ps, &before).expect("workers");
+    joined.reverse();
+    let backward = s.assign_from(&joined, &ps, &before).expect("workers");
+    assert_eq!(forward, backward);
 }

@@ -28,17 +28,29 @@
 //! 100 extremes moved when one of 200 workers left. The balance guarantee does not change:
 //! the cap is the same, and only the choice of which worker under it takes a spill differs.
 //!
-//! Some movement remains. A joining worker lowers the mean load and so the cap, and workers
-//! near the cap then spill a little more. With 1500 partitions (5 % of them weight 100) on 100
-//! workers, that accounts for most of the 6–7 % that moves.
+//! A placement from scratch still moves too much when the fleet changes: a joining worker
+//! lowers the mean load and so the cap, and every worker near the cap then spills a little
+//! more. With 1500 partitions (5 % of them weight 100) on 100 workers, 75 workers hold an
+//! extreme and sit near the cap, and 6.3 × the ideal share moved. So the leader passes the
+//! assignment in force ([`Strategy::assign_from`]) and this strategy keeps it where it can
+//! (`keep.rs`): a fresh placement is computed with `FRESH_SLACK` of the cap left free, a kept
+//! partition only has to fit under the full cap, so the cap dropping by a joiner's 1/N
+//! forces nothing out; a joining worker takes the partitions its ring arcs own, and only
+//! orphans (of a leaver, new ones, or ones over the cap) are placed afresh.
 //!
 //! When every partition has the same weight there is nothing to balance, and the result is
 //! exactly `ConsistentHash` with the same virtual nodes and seed.
 
 use super::consistent_hash::{DEFAULT_VIRTUAL_NODES, canonical_ring, ring_owners};
+use super::keep::keep;
 use super::ring::{HashRing, collect_assignment};
 use super::{AssignmentMap, Strategy, StrategyError};
 use crate::Partition;
+
+/// Share of the load cap a placement from scratch leaves free, so that an assignment kept
+/// under the full cap survives the cap dropping when workers join (1/N per joiner: up to
+/// 4 % of the fleet joining at once forces nothing to move).
+pub(super) const FRESH_SLACK: f64 = 0.04;
 
 /// Consistent hashing that respects partition weights.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,20 +129,48 @@ impl WeightedConsistentHash {
         }
     }
 
-    /// Owner index (into `ring.workers()`) of every partition; the core of the algorithm.
-    /// `hashes[i]` is partition `i`'s placement hash.
-    fn place(
+    /// The load cap: `overload` times the mean worker load.
+    pub(super) fn cap(weights: &[i64], workers: usize, overload: f64) -> f64 {
+        // i128 sums cannot overflow for any number of i64 weights we could hold in memory.
+        let total: i128 = weights.iter().map(|&w| i128::from(w)).sum();
+        total as f64 / workers as f64 * overload
+    }
+
+    /// Partition indices in placement order: the extremes (heaviest first), then the
+    /// normal ones. The order must not depend on the caller's partition order, or two
+    /// leaders with differently ordered sources would disagree. The index is only a
+    /// tie-break between identical partitions, which end up in the same places either way.
+    pub(super) fn placement_order(
+        &self,
+        partitions: &[Partition],
+        weights: &[i64],
+    ) -> (Vec<usize>, Vec<usize>) {
+        let total: i128 = weights.iter().map(|&w| i128::from(w)).sum();
+        let extreme_cutoff = total as f64 / partitions.len() as f64 * self.extreme_threshold;
+        let (mut heavy, mut normal): (Vec<usize>, Vec<usize>) =
+            (0..partitions.len()).partition(|&i| weights[i] as f64 > extreme_cutoff);
+        heavy.sort_unstable_by(|&a, &b| {
+            (weights[b].cmp(&weights[a]))
+                .then_with(|| partitions[a].cmp(&partitions[b]))
+                .then(a.cmp(&b))
+        });
+        normal.sort_unstable_by(|&a, &b| partitions[a].cmp(&partitions[b]).then(a.cmp(&b)));
+        (heavy, normal)
+    }
+
+    /// Owner index (into `ring.workers()`) of every partition, placed from scratch under
+    /// a cap of `overload` times the mean load; the core of the algorithm. `hashes[i]` is
+    /// partition `i`'s placement hash.
+    pub(super) fn place(
         &self,
         ring: &HashRing,
         partitions: &[Partition],
         weights: &[i64],
         hashes: &[u64],
+        overload: f64,
     ) -> Vec<usize> {
         let workers = ring.workers().len();
-        // i128 sums cannot overflow for any number of i64 weights we could hold in memory.
-        let total: i128 = weights.iter().map(|&w| i128::from(w)).sum();
-        let extreme_cutoff = total as f64 / partitions.len() as f64 * self.extreme_threshold;
-        let cap = total as f64 / workers as f64 * self.overload_threshold;
+        let cap = Self::cap(weights, workers, overload);
         let fits = |load: i128, w: i128| (load + w) as f64 <= cap;
 
         let mut owners = vec![0usize; partitions.len()];
@@ -138,17 +178,7 @@ impl WeightedConsistentHash {
         let mut extremes = vec![0usize; workers];
         let mut overflow = 0usize;
 
-        let (mut heavy, mut normal): (Vec<usize>, Vec<usize>) =
-            (0..partitions.len()).partition(|&i| weights[i] as f64 > extreme_cutoff);
-        // Placement order must not depend on the caller's partition order, or two leaders
-        // with differently ordered sources would disagree. The index is only a tie-break
-        // between identical partitions, which end up in the same places either way.
-        heavy.sort_unstable_by(|&a, &b| {
-            (weights[b].cmp(&weights[a]))
-                .then_with(|| partitions[a].cmp(&partitions[b]))
-                .then(a.cmp(&b))
-        });
-        normal.sort_unstable_by(|&a, &b| partitions[a].cmp(&partitions[b]).then(a.cmp(&b)));
+        let (heavy, normal) = self.placement_order(partitions, weights);
 
         // Extremes first, while every worker is still empty enough to take one.
         for &i in &heavy {
@@ -236,6 +266,15 @@ impl Strategy for WeightedConsistentHash {
         workers: &[String],
         partitions: &[Partition],
     ) -> Result<AssignmentMap, StrategyError> {
+        self.assign_from(workers, partitions, &AssignmentMap::new())
+    }
+
+    fn assign_from(
+        &self,
+        workers: &[String],
+        partitions: &[Partition],
+        current: &AssignmentMap,
+    ) -> Result<AssignmentMap, StrategyError> {
         let cfg = self.clamped();
         let ring = canonical_ring(workers, cfg.virtual_nodes, cfg.seed);
         if ring.workers().is_empty() {
@@ -252,7 +291,18 @@ impl Strategy for WeightedConsistentHash {
             .iter()
             .map(|p| p.placement_hash(cfg.seed))
             .collect();
-        let owners = cfg.place(&ring, partitions, &weights, &hashes);
+        let fresh = cfg.place(
+            &ring,
+            partitions,
+            &weights,
+            &hashes,
+            cfg.overload_threshold * (1.0 - FRESH_SLACK),
+        );
+        let owners = if current.values().all(Vec::is_empty) {
+            fresh
+        } else {
+            keep(&cfg, &ring, partitions, &weights, &hashes, &fresh, current)
+        };
         Ok(collect_assignment(ring.workers(), partitions, &owners))
     }
 
@@ -416,7 +466,8 @@ mod tests {
             .map(|w| result[w].iter().map(|p| p.weight).sum())
             .collect();
         let total: i64 = load.iter().sum();
-        let cap = total as f64 / n_workers as f64 * s.overload_threshold;
+        // A placement from scratch fills workers only up to the cap less FRESH_SLACK.
+        let cap = total as f64 / n_workers as f64 * s.overload_threshold * (1.0 - FRESH_SLACK);
         let mut spilled = 0;
         for (worker, owned) in &result {
             let owner = index[worker.as_str()];
@@ -465,7 +516,7 @@ mod tests {
             .collect();
         let weights = spec.map(|(w, _)| w);
         let hashes = spec.map(|(_, owner)| hash_owned_by(owner));
-        let owners = s.place(&ring, &partitions, &weights, &hashes);
+        let owners = s.place(&ring, &partitions, &weights, &hashes, s.overload_threshold);
         assert_eq!(owners, vec![0, 0, 1, 1, 2, 2, 2]);
     }
 
