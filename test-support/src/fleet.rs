@@ -149,9 +149,18 @@ impl LocalFleet {
     }
 
     /// SIGKILL the agent and start it again in the same directory (as a supervisor
-    /// would); returns once it is connected.
+    /// would), once the coordinator has seen it gone (so the run does go through a moment
+    /// without agents); returns once it is connected.
     pub fn restart_agent(&mut self) {
         self.kill_agent();
+        wait_until(
+            "the coordinator sees the agent gone",
+            Duration::from_secs(30),
+            || match self.agent_connected() {
+                (true, agents) => Err(agents),
+                (false, _) => Ok(()),
+            },
+        );
         self.spawn_agent();
         self.wait_for_agent();
     }
@@ -205,13 +214,23 @@ impl LocalFleet {
 
     /// Wait (60 s) until the agent is connected.
     pub fn wait_for_agent(&self) {
-        wait_until("the agent connects", Duration::from_secs(60), || {
-            let agents = output_text(&self.simctl(&["agents"]));
-            let connected = agents
-                .lines()
-                .any(|line| line.contains(&self.agent_id) && line.contains(" connected"));
-            if connected { Ok(()) } else { Err(agents) }
-        });
+        wait_until(
+            "the agent connects",
+            Duration::from_secs(60),
+            || match self.agent_connected() {
+                (true, _) => Ok(()),
+                (false, agents) => Err(agents),
+            },
+        );
+    }
+
+    /// Whether the coordinator lists our agent as connected, and its listing.
+    fn agent_connected(&self) -> (bool, String) {
+        let agents = output_text(&self.simctl(&["agents"]));
+        let connected = agents
+            .lines()
+            .any(|line| line.contains(&self.agent_id) && line.contains(" connected"));
+        (connected, agents)
     }
 
     /// Wait until the current run has processed at least `count` messages.

@@ -189,6 +189,8 @@ struct Local {
     /// Each agent's process (boot id) as of the last tick: a change is a restart
     /// (`replay::watch_boots`).
     boots: BTreeMap<String, u64>,
+    /// Since when no agent has been connected (`tick::end_conditions`).
+    agentless_since: Option<Instant>,
 }
 
 impl Local {
@@ -207,6 +209,7 @@ impl Local {
             next_resource_sample: now,
             publishers: std::collections::HashMap::new(),
             boots: BTreeMap::new(),
+            agentless_since: None,
         }
     }
 }

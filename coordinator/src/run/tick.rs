@@ -2,6 +2,8 @@
 //! resume's hold, expiry and report gaps, the end conditions (agents lost, stall, drain
 //! done), status, and a checkpoint when one is due.
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -166,6 +168,12 @@ fn record_report_gaps(run: &mut ActiveRun, registry: &AgentRegistry) {
     }
 }
 
+/// How long a run goes on with no agent connected before it ends as an infrastructure
+/// error: long enough for a supervisor to restart an agent (a restart is about 0.1 s; a
+/// tick can land in between, which ended runs on a loaded machine), short enough that
+/// losing every agent ends the run promptly.
+const AGENTS_LOST_AFTER: Duration = Duration::from_secs(5);
+
 /// Whether the run goes on, drains, or ends now: all agents gone, messages stalled, or the
 /// drain done (caught up and settled) or timed out. Failures found are recorded.
 fn end_conditions(run: &mut ActiveRun, agents: &[String], now: Instant) -> Next {
@@ -178,8 +186,17 @@ fn end_conditions(run: &mut ActiveRun, agents: &[String], now: Instant) -> Next 
     }
     let stalled_for = now.duration_since(run.local.progress.1);
     let coordinator = &run.state.config.coordinator;
-    // A resumed coordinator starts before its agents have reconnected.
-    if agents.is_empty() && run.local.resume_hold.is_none() && !super::replay::crash_pending(run) {
+    // A resumed coordinator starts before its agents have reconnected. An agent restarted
+    // by its supervisor is gone for a moment: the run ends only once no agent has been
+    // connected for AGENTS_LOST_AFTER (an unplanned restart is judged by `watch_boots`).
+    let agentless =
+        agents.is_empty() && run.local.resume_hold.is_none() && !super::replay::crash_pending(run);
+    let since = match (agentless, run.local.agentless_since) {
+        (false, _) => None,
+        (true, since) => Some(since.unwrap_or(now)),
+    };
+    run.local.agentless_since = since;
+    if since.is_some_and(|since| now.duration_since(since) >= AGENTS_LOST_AFTER) {
         run.state.failures.push(Failure::AgentsLost);
         return Next::End(EndReason::AgentsLost);
     }
