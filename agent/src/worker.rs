@@ -266,6 +266,19 @@ impl SimHandler {
     }
 }
 
+/// The workers' ack wait: 5 s, or longer when a batch of the slowest processing could take
+/// more than half of it (a message must never time out while it waits its turn). It is
+/// also what a takeover after a crash or pause waits for (parti's `takeover.rs`): 10 s made
+/// messages caught in a pause wait up to 27 s, past a 20 s validation window.
+fn ack_wait(spec: &WorkerSpec) -> Duration {
+    let slowest = Duration::from_micros(
+        spec.processing_delay_max_us
+            .max(spec.processing_delay_min_us),
+    );
+    let batch = u32::try_from(ConsumerConfig::new("", "").batch).unwrap_or(u32::MAX);
+    Duration::from_secs(5).max(slowest.saturating_mul(batch).saturating_mul(2))
+}
+
 /// Every partition of `map`, with its weight.
 fn universe(map: &proto::v1::PartitionMap) -> Vec<Partition> {
     map.partitions
@@ -338,7 +351,7 @@ pub async fn run(
     let faults = spec.faults.unwrap_or_default();
     let consumer_config = ConsumerConfig {
         durable_prefix: proto::DURABLE_PREFIX.into(),
-        ack_wait: Duration::from_secs(10),
+        ack_wait: ack_wait(&spec),
         fault_keep_consuming_after_revoke: faults.process_after_revoke
             || faults.stalled_assignment_watch,
         ..ConsumerConfig::new(

@@ -66,7 +66,10 @@ workers:
     min: 1ms
     max: 5ms
 coordinator:
-  validation_window: 20s
+  # A worker_pause's partitions wait for the paused owner's messages to time out before
+  # the next owner processes them in order (parti's takeover): with the heartbeat expiry,
+  # up to about 22 s from publish to processing.
+  validation_window: 30s
   stall_timeout: 40s
   # The drain lasts at least this long, so the second kill lands inside it whatever the
   # machine's speed (it is triggered by the drain's log line, which cannot be missed).
