@@ -270,12 +270,12 @@ impl SimHandler {
 /// more than half of it (a message must never time out while it waits its turn). It is
 /// also what a takeover after a crash or pause waits for (parti's `takeover.rs`): 10 s made
 /// messages caught in a pause wait up to 27 s, past a 20 s validation window.
-fn ack_wait(spec: &WorkerSpec) -> Duration {
+fn ack_wait(spec: &WorkerSpec, batch: usize) -> Duration {
     let slowest = Duration::from_micros(
         spec.processing_delay_max_us
             .max(spec.processing_delay_min_us),
     );
-    let batch = u32::try_from(ConsumerConfig::new("", "").batch).unwrap_or(u32::MAX);
+    let batch = u32::try_from(batch).unwrap_or(u32::MAX);
     Duration::from_secs(5).max(slowest.saturating_mul(batch).saturating_mul(2))
 }
 
@@ -349,9 +349,8 @@ pub async fn run(
         None => tokio::sync::mpsc::channel(1).1,
     };
     let faults = spec.faults.unwrap_or_default();
-    let consumer_config = ConsumerConfig {
+    let mut consumer_config = ConsumerConfig {
         durable_prefix: proto::DURABLE_PREFIX.into(),
-        ack_wait: ack_wait(&spec),
         fault_keep_consuming_after_revoke: faults.process_after_revoke
             || faults.stalled_assignment_watch,
         ..ConsumerConfig::new(
@@ -359,6 +358,7 @@ pub async fn run(
             format!("{}.{{partition}}", spec.subject_prefix),
         )
     };
+    consumer_config.ack_wait = ack_wait(&spec, consumer_config.batch);
     let late = Arc::new(LateHandler(std::sync::OnceLock::new()));
     // The Go-style fault consumes by itself (crate::gostyle), without parti's helper.
     let consumer = if faults.go_style_handoff {

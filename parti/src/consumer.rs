@@ -459,20 +459,18 @@ async fn consume_partition(
                 }
             }
             next_delivery = next_delivery.max(delivery + 1);
-            let ready = match takeover.as_mut() {
-                Some(t) => {
-                    let ready = t.admit(sequence, message);
-                    if ready.is_empty() {
-                        stats.kept.fetch_add(1, Ordering::Relaxed);
-                    }
-                    ready
-                }
-                None => vec![message],
+            let Some(t) = takeover.as_mut() else {
+                process(&processing, message).await;
+                continue;
             };
+            let ready = t.admit(sequence, message);
+            if ready.is_empty() {
+                stats.kept.fetch_add(1, Ordering::Relaxed);
+            }
             for message in ready {
                 process(&processing, message).await;
             }
-            if takeover.as_ref().is_some_and(Takeover::complete) {
+            if t.complete() {
                 takeover = None;
             }
         }

@@ -341,18 +341,15 @@ impl Calculator {
         }
         self.set_state(State::Rebalancing);
         let partitions = self.context.source.list_partitions();
-        let target =
-            match self
-                .context
-                .strategy
-                .assign_from(&workers, &partitions, &self.doc.intent())
-            {
-                Ok(target) => target,
-                Err(error) => {
-                    warn!(%error, "strategy failed; keeping the current assignment");
-                    return;
-                }
-            };
+        let current = self.doc.intent();
+        let strategy = &self.context.strategy;
+        let target = match strategy.assign_from(&workers, &partitions, &current) {
+            Ok(target) => target,
+            Err(error) => {
+                warn!(%error, "strategy failed; keeping the current assignment");
+                return;
+            }
+        };
         let next = plan(
             &self.doc,
             members,

@@ -191,10 +191,7 @@ fn end_conditions(run: &mut ActiveRun, agents: &[String], now: Instant) -> Next 
     // connected for AGENTS_LOST_AFTER (an unplanned restart is judged by `watch_boots`).
     let agentless =
         agents.is_empty() && run.local.resume_hold.is_none() && !super::replay::crash_pending(run);
-    let since = match (agentless, run.local.agentless_since) {
-        (false, _) => None,
-        (true, since) => Some(since.unwrap_or(now)),
-    };
+    let since = agentless.then(|| run.local.agentless_since.unwrap_or(now));
     run.local.agentless_since = since;
     if since.is_some_and(|since| now.duration_since(since) >= AGENTS_LOST_AFTER) {
         run.state.failures.push(Failure::AgentsLost);

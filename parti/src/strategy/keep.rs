@@ -49,14 +49,20 @@ pub(super) fn keep(
         .collect();
     // A worker the assignment in force names (even with nothing) is not joining.
     let joining: Vec<bool> = workers.iter().map(|w| !current.contains_key(w)).collect();
-    let mut held: HashMap<String, usize> = HashMap::with_capacity(partitions.len());
+    // Who holds each partition now (by its keys: a reweighted partition is the same one),
+    // looked up once per partition.
+    let mut by_keys: HashMap<&[String], usize> = HashMap::with_capacity(partitions.len());
     for (worker, owned) in current {
         if let Some(&j) = index.get(worker.as_str()) {
             for partition in owned {
-                held.entry(partition.id()).or_insert(j);
+                by_keys.entry(partition.keys.as_slice()).or_insert(j);
             }
         }
     }
+    let held: Vec<Option<usize>> = partitions
+        .iter()
+        .map(|p| by_keys.get(p.keys.as_slice()).copied())
+        .collect();
     let full = WeightedConsistentHash::cap(weights, workers.len(), cfg.overload_threshold);
     let fresh_cap = full * (1.0 - FRESH_SLACK);
 
@@ -68,7 +74,7 @@ pub(super) fn keep(
     // new goes where it displaces the least.
     let mut held_normal = vec![0i128; workers.len()];
     for &i in &normal {
-        if let Some(&owner) = held.get(&partitions[i].id()) {
+        if let Some(owner) = held[i] {
             held_normal[owner] += i128::from(weights[i]);
         }
     }
@@ -79,8 +85,8 @@ pub(super) fn keep(
     let mut orphans = Vec::new();
     for i in heavy {
         let w = i128::from(weights[i]);
-        match held.get(&partitions[i].id()) {
-            Some(&owner) if (load[owner] + w) as f64 <= full || load[owner] == 0 => {
+        match held[i] {
+            Some(owner) if (load[owner] + w) as f64 <= full || load[owner] == 0 => {
                 owners[i] = owner;
                 load[owner] += w;
                 extremes[owner] += 1;
@@ -107,8 +113,8 @@ pub(super) fn keep(
 
     for i in normal {
         let w = i128::from(weights[i]);
-        let preferred = match held.get(&partitions[i].id()) {
-            Some(&owner) => match ring.owner_index(hashes[i]) {
+        let preferred = match held[i] {
+            Some(owner) => match ring.owner_index(hashes[i]) {
                 Some(arc) if joining[arc] => arc,
                 _ => owner,
             },
