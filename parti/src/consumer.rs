@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::takeover::Takeover;
+use crate::takeover::{Rival, Takeover};
 use crate::{AssignmentChange, AssignmentListener, Fence, Partition};
 
 /// How to consume.
@@ -156,6 +156,9 @@ pub struct ConsumerStats {
     /// Deliveries of our durables that went to another puller while we owned the partition
     /// (a gap in the delivery sequence: an old owner's late pull request, a foreign client).
     pub delivered_elsewhere: AtomicU64,
+    /// Times another puller was found to keep taking a partition's messages (gaps past one
+    /// late pull request's burst): its order is not kept while it does.
+    pub rivals: AtomicU64,
     /// Messages skipped because the fence was invalid.
     pub fenced: AtomicU64,
 }
@@ -348,6 +351,7 @@ async fn consume_partition(
     drop(_entered);
     let mut consumer = None;
     let mut takeover: Option<Takeover<jetstream::Message>> = None;
+    let mut rival = Rival::default();
     // The consumer sequence the durable's next delivery to anyone takes, if it is ours.
     let mut next_delivery = 0u64;
     let processing = Processing {
@@ -358,15 +362,30 @@ async fn consume_partition(
         stats: &stats,
     };
     while !cancel.is_cancelled() {
-        if let Some(waiting) = takeover.as_mut().filter(|t| t.holding()) {
+        if let Some(waiting) = takeover.as_mut().filter(|t| t.hold().is_some()) {
             // Older messages are still with a departed owner: pull nothing until they
             // timed out and the server queued them for redelivery ahead of everything else.
-            if !wait_for_departed_owner(waiting, consumer.as_ref(), &config, &fence, &cancel).await
-            {
-                break;
+            let durable = consumer.as_ref().map(|durable| (durable, next_delivery));
+            match wait_for_departed_owner(waiting, durable, &config, &fence, &cancel).await {
+                Wait::Cancelled => break,
+                Wait::Over => {
+                    debug!(partition = %partition.id(), "takeover wait over");
+                    waiting.resume();
+                }
+                Wait::NothingElsePending => {
+                    debug!(partition = %partition.id(), "nothing pending elsewhere: takeover over");
+                    for message in takeover
+                        .take()
+                        .map(Takeover::release_all)
+                        .unwrap_or_default()
+                    {
+                        process(&processing, message).await;
+                    }
+                }
+                Wait::Rival => {
+                    rival_found(&processing, &mut takeover, &mut rival).await;
+                }
             }
-            debug!(partition = %partition.id(), "takeover wait over");
-            waiting.resume();
             continue;
         }
         if !fence.is_valid() {
@@ -403,6 +422,7 @@ async fn consume_partition(
                 }
             },
         };
+        let pull_started = tokio::time::Instant::now();
         let batch = pull
             .batch()
             .max_messages(config.batch)
@@ -450,11 +470,24 @@ async fn consume_partition(
                 debug!(partition = %partition.id(), gap, "deliveries went to another puller");
                 let now = tokio::time::Instant::now();
                 let last = sequence.saturating_sub(1);
-                match takeover.as_mut() {
-                    Some(t) => t.more_pending(gap, last, now, config.ack_wait, config.fetch_expiry),
-                    None => {
-                        takeover =
-                            Takeover::new(gap, last, now, config.ack_wait, config.fetch_expiry);
+                // Between two deliveries of this pull, the gap is dated: after the pull began.
+                let during_pull = received > 1;
+                if rival.took(now, config.ack_wait, config.fetch_expiry) {
+                    // Still there: nothing to wait for.
+                } else if takeover
+                    .as_ref()
+                    .is_some_and(|t| t.gap_shows_rival(delivery - 1, during_pull, pull_started))
+                {
+                    rival_found(&processing, &mut takeover, &mut rival).await;
+                } else {
+                    match takeover.as_mut() {
+                        Some(t) => {
+                            t.more_pending(gap, last, now, config.ack_wait, config.fetch_expiry);
+                        }
+                        None => {
+                            takeover =
+                                Takeover::new(gap, last, now, config.ack_wait, config.fetch_expiry);
+                        }
                     }
                 }
             }
@@ -463,14 +496,14 @@ async fn consume_partition(
                 process(&processing, message).await;
                 continue;
             };
-            let ready = t.admit(sequence, message);
+            let ready = t.admit(sequence, message, pull_started);
             if ready.is_empty() {
                 stats.kept.fetch_add(1, Ordering::Relaxed);
             }
             for message in ready {
                 process(&processing, message).await;
             }
-            if t.complete() {
+            if t.finished(tokio::time::Instant::now()) {
                 takeover = None;
             }
         }
@@ -480,15 +513,21 @@ async fn consume_partition(
                 // ahead of the departed owner's. They time out for the next owner.
                 returning.clear();
             } else {
-                for message in t.end_of_pull() {
+                let now = tokio::time::Instant::now();
+                for message in t.end_of_pull(pull_started, received >= config.batch, now) {
                     process(&processing, message).await;
                 }
-                if t.holding() {
+                let now = tokio::time::Instant::now();
+                if t.hold().is_some() {
                     stats.takeover_waits.fetch_add(1, Ordering::Relaxed);
                     info!(partition = %partition.id(), "older messages are still with a departed owner: waiting for them to time out");
-                }
-                if t.complete() {
+                } else if t.finished(now) {
                     takeover = None;
+                } else if fence.is_valid() && t.refresh_due(now, refresh_every(&config)) {
+                    // Pulling on while kept messages wait (module docs of takeover.rs).
+                    for message in t.kept() {
+                        let _ = message.ack_with(AckKind::Progress).await;
+                    }
                 }
             }
         }
@@ -519,42 +558,97 @@ async fn consume_partition(
     }
 }
 
+/// Another puller keeps taking the partition's messages (module docs of takeover.rs): its
+/// order cannot be kept, so wait for none of its deliveries and process what was kept.
+async fn rival_found(
+    processing: &Processing<'_>,
+    takeover: &mut Option<Takeover<jetstream::Message>>,
+    rival: &mut Rival,
+) {
+    let config = processing.config;
+    warn!(partition = %processing.partition.id(), "another puller keeps taking this partition's messages: its order cannot be kept; not waiting for its deliveries");
+    processing.stats.rivals.fetch_add(1, Ordering::Relaxed);
+    rival.found(
+        tokio::time::Instant::now(),
+        config.ack_wait,
+        config.fetch_expiry,
+    );
+    for message in takeover
+        .take()
+        .map(Takeover::release_all)
+        .unwrap_or_default()
+    {
+        process(processing, message).await;
+    }
+}
+
+/// How a takeover's hold ended.
+enum Wait {
+    /// Every delivery to somebody else has timed out: pull again.
+    Over,
+    /// The durable holds nothing pending but what we kept: the rest was acknowledged by
+    /// whoever had it.
+    NothingElsePending,
+    /// Somebody else received deliveries past any departed owner's last pull request: a
+    /// puller that keeps pulling.
+    Rival,
+    Cancelled,
+}
+
 /// Waits out a takeover's hold, keeping its kept messages alive (in-progress acks, so they
 /// do not time out and come back behind newer ones), and ends it early once the durable
-/// holds nothing pending but what we kept (the rest was acknowledged by whoever had it).
-/// False when cancelled: the kept messages are then left to time out for the next owner.
+/// holds nothing pending but what we kept. `durable` comes with the delivery number the
+/// next delivery to us would take. When cancelled, the kept messages are left to time out
+/// for the next owner.
 async fn wait_for_departed_owner(
-    takeover: &Takeover<jetstream::Message>,
-    durable: Option<&jetstream::consumer::PullConsumer>,
+    takeover: &mut Takeover<jetstream::Message>,
+    durable: Option<(&jetstream::consumer::PullConsumer, u64)>,
     config: &ConsumerConfig,
     fence: &Fence,
     cancel: &CancellationToken,
-) -> bool {
-    let resume_at = takeover.resume_at();
-    let refresh = (config.ack_wait / 2).max(Duration::from_millis(100));
-    let mut refreshed_at = None;
+) -> Wait {
+    let Some(until) = takeover.hold() else {
+        return Wait::Over;
+    };
     loop {
         let now = tokio::time::Instant::now();
-        if now >= resume_at {
-            return true;
+        if now >= until {
+            return Wait::Over;
         }
-        if fence.is_valid() && refreshed_at.is_none_or(|at| now >= at + refresh) {
+        if fence.is_valid() && takeover.refresh_due(now, refresh_every(config)) {
             for message in takeover.kept() {
                 let _ = message.ack_with(AckKind::Progress).await;
             }
-            refreshed_at = Some(now);
         }
-        if let Some(durable) = durable
+        if let Some((durable, next_delivery)) = durable
             && let Ok(info) = durable.get_info().await
-            && info.num_ack_pending <= takeover.kept_count()
         {
-            return true;
+            // Trusted only from a server that has seen every delivery we have: a consumer
+            // leader elected after a server died can lack the last deliveries (they come
+            // back later, as new), and its count of pending ones is then too low.
+            if info.num_ack_pending <= takeover.kept_count()
+                && info.delivered.consumer_sequence + 1 >= next_delivery
+            {
+                return Wait::NothingElsePending;
+            }
+            // We pull nothing while holding: any delivery now goes to somebody else.
+            if takeover.delivered_while_holding(
+                info.delivered.consumer_sequence,
+                tokio::time::Instant::now(),
+            ) {
+                return Wait::Rival;
+            }
         }
         tokio::select! {
-            () = cancel.cancelled() => return false,
-            () = tokio::time::sleep_until((now + CHECK_PENDING).min(resume_at)) => {}
+            () = cancel.cancelled() => return Wait::Cancelled,
+            () = tokio::time::sleep_until((now + CHECK_PENDING).min(until)) => {}
         }
     }
+}
+
+/// How often kept messages get an in-progress ack: twice per ack wait.
+fn refresh_every(config: &ConsumerConfig) -> Duration {
+    (config.ack_wait / 2).max(Duration::from_millis(100))
 }
 
 /// How often a takeover's wait asks the server whether anything else is still pending.

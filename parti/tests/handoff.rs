@@ -440,6 +440,125 @@ async fn deliveries_taken_by_another_puller_are_processed_before_their_successor
     manager.stop().await;
 }
 
+/// Another puller keeps pulling our durable and acking what it gets (a worker whose
+/// assignment watch stalled, a foreign client). Waiting for its deliveries would gain no
+/// order and pass one batch per ack wait between the two: the stalled-watch simulation lost
+/// half its messages so. The owner finds it is a rival, stops keeping messages back while it
+/// pulls, and between the two every message is processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puller_that_keeps_pulling_is_a_rival_and_holds_nothing_back() {
+    init_tracing();
+    let server = NatsServer::start();
+    let (js, stream) = handoff_stream(&server).await;
+    let mut consumer_config = ConsumerConfig::new("HANDOFF", "handoff.{partition}");
+    consumer_config.ack_wait = Duration::from_secs(2);
+    consumer_config.batch = 10;
+    let partition = Partition::new("p0", 1);
+    let durable = consumer_config.durable(&partition);
+    let (manager, log, stats) = start_owner(&server, consumer_config, partition).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Publishes 50 a second until stopped; counts what it published.
+    let published = Arc::new(AtomicUsize::new(0));
+    let publisher = tokio::spawn({
+        let (js, stop, published) = (js.clone(), stop.clone(), published.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            while !stop.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let seq = published.load(Ordering::SeqCst) + 1;
+                js.publish("handoff.p0", seq.to_string().into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("ack");
+                published.store(seq, Ordering::SeqCst);
+            }
+        }
+    });
+    eventually("the owner processing", LONG, || {
+        let log = log.clone();
+        async move { !log.lock().expect("log").is_empty() }
+    })
+    .await;
+    // The rival: pulls five at a time and acks each a second later (as a parti consumer
+    // keeping messages back would), so the durable always holds some of its messages.
+    let taken = Arc::new(Mutex::new(BTreeSet::new()));
+    let rival = tokio::spawn({
+        let (stop, taken) = (stop.clone(), taken.clone());
+        let rival: jetstream::consumer::PullConsumer =
+            stream.get_consumer(&durable).await.expect("durable");
+        async move {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(mut batch) = rival
+                    .batch()
+                    .max_messages(5)
+                    .expires(Duration::from_millis(300))
+                    .messages()
+                    .await
+                else {
+                    continue;
+                };
+                while let Some(Ok(message)) = batch.next().await {
+                    let seq: u64 = std::str::from_utf8(&message.payload)
+                        .expect("utf-8")
+                        .parse()
+                        .expect("seq");
+                    tokio::spawn({
+                        let taken = taken.clone();
+                        async move {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            message.ack().await.expect("ack");
+                            taken.lock().expect("taken").insert(seq);
+                        }
+                    });
+                }
+            }
+        }
+    });
+    eventually("the owner finds the rival", LONG, || {
+        let stats = stats.clone();
+        async move { stats.rivals.load(Ordering::Relaxed) >= 1 }
+    })
+    .await;
+    // From now on nothing is kept back while the rival pulls.
+    let kept = stats.kept.load(Ordering::Relaxed);
+    let from = published.load(Ordering::SeqCst);
+    eventually("100 more published", LONG, || {
+        let published = published.clone();
+        async move { published.load(Ordering::SeqCst) >= from + 100 }
+    })
+    .await;
+    let last = published.load(Ordering::SeqCst) as u64;
+    eventually("every message processed by one of the two", LONG, || {
+        let (log, taken) = (log.clone(), taken.clone());
+        async move {
+            let mut seen: BTreeSet<u64> = log.lock().expect("log").iter().map(|p| p.seq).collect();
+            seen.extend(taken.lock().expect("taken").iter().copied());
+            (1..=last).all(|seq| seen.contains(&seq))
+        }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    publisher.await.expect("publisher");
+    rival.await.expect("rival");
+    let owners: BTreeSet<u64> = log.lock().expect("log").iter().map(|p| p.seq).collect();
+    assert!(
+        owners.iter().any(|seq| *seq > from as u64),
+        "the owner kept processing alongside the rival"
+    );
+    assert_eq!(
+        stats.kept.load(Ordering::Relaxed),
+        kept,
+        "nothing kept back while the rival pulled"
+    );
+    assert_eq!(
+        stats.rivals.load(Ordering::Relaxed),
+        1,
+        "found once: it never left"
+    );
+    manager.stop().await;
+}
+
 /// The test stream `HANDOFF` on `handoff.>`.
 async fn handoff_stream(server: &NatsServer) -> (jetstream::Context, jetstream::stream::Stream) {
     let js = jetstream::new(connect(&server.url()).await);
