@@ -207,7 +207,7 @@ impl SimHandler {
             let processed_us = now_us();
             let keep_consuming = faults.process_after_revoke || faults.stalled_assignment_watch;
             if !may_commit() && !keep_consuming {
-                return Err("fenced before commit".into());
+                return Err(parti::Fenced.into());
             }
             let assignment_version = if faults.stalled_assignment_watch {
                 0

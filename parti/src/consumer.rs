@@ -18,6 +18,11 @@
 //! whatever order those round trips finished — the partition's order broken at every
 //! planned move. A new owner that finds unacknowledged messages in the durable processes
 //! nothing until they are back, waiting for a departed owner's to time out (`takeover.rs`).
+//! A message that comes up while the fence is invalid (leases not renewed: the KV bucket's
+//! leader moved, say) is not processed, nor is any after it in that pull; if the leases hold
+//! again with the partition still ours, they are nakked in stream order and gathered
+//! before anything newer — left to time out on their own, they came back an ack wait
+//! later, behind their successors.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -124,8 +129,17 @@ pub struct Delivery {
     pub fence: Fence,
 }
 
-/// Error type handlers return; the message is nakked with backoff.
+/// Error type handlers return; the message is nakked with backoff — unless it is
+/// [`Fenced`], or the fence is invalid when it returns.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a handler returns when it stopped at the fence ([`Delivery::fence`] invalid before
+/// its side effect). Not a failure of the message: it is not nakked with a backoff (which
+/// would retry it behind its successors) but held with the rest of its pull and handed back
+/// in order if the partition stays ours.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("stopped at the fence: this worker may not process the partition now")]
+pub struct Fenced;
 
 /// Processes one message. Called serially per partition.
 pub trait MessageHandler: Send + Sync + 'static {
@@ -146,7 +160,9 @@ pub struct ConsumerStats {
     pub exhausted_advisories: AtomicU64,
     /// Acks that failed (the message will be redelivered).
     pub ack_failures: AtomicU64,
-    /// Messages returned unprocessed at revoke (nakked for the next owner).
+    /// Messages returned unprocessed, in stream order: at revoke (nakked for the next
+    /// owner), and after the fence held them back while the partition stayed ours (nakked
+    /// for ourselves, then taken over like a planned handoff's).
     pub returned: AtomicU64,
     /// Messages a takeover received before it could process them (pending ones of a
     /// previous owner still missing), later processed in stream order.
@@ -159,7 +175,9 @@ pub struct ConsumerStats {
     /// Times another puller was found to keep taking a partition's messages (gaps past one
     /// late pull request's burst): its order is not kept while it does.
     pub rivals: AtomicU64,
-    /// Messages skipped because the fence was invalid.
+    /// Messages not processed because the fence was invalid when they came up (or an
+    /// earlier one of their pull was held back so): left to the next owner, or handed back
+    /// to ourselves in order once the leases hold again.
     pub fenced: AtomicU64,
 }
 
@@ -354,12 +372,14 @@ async fn consume_partition(
     let mut rival = Rival::default();
     // The consumer sequence the durable's next delivery to anyone takes, if it is ours.
     let mut next_delivery = 0u64;
+    let fenced_out = std::sync::Mutex::new(Vec::new());
     let processing = Processing {
         config: &config,
         partition: &partition,
         handler: handler.as_ref(),
         fence: &fence,
         stats: &stats,
+        fenced_out: &fenced_out,
     };
     while !cancel.is_cancelled() {
         if let Some(waiting) = takeover.as_mut().filter(|t| t.hold().is_some()) {
@@ -394,6 +414,24 @@ async fn consume_partition(
                 () = cancel.cancelled() => break,
                 () = tokio::time::sleep(Duration::from_millis(50)) => continue,
             }
+        }
+        let held = std::mem::take(&mut *fenced_out.lock().expect("fenced-out messages"));
+        if !held.is_empty() {
+            // The leases hold again and the partition is still ours: what the fence kept
+            // us from processing goes before anything newer. Handed back in stream order
+            // and gathered like a planned handoff's (CI's cluster run processed them after
+            // their successors when they came back on their own, an ack wait later).
+            let (count, last) = hand_back(held).await;
+            stats.returned.fetch_add(count as u64, Ordering::Relaxed);
+            let now = tokio::time::Instant::now();
+            match takeover.as_mut() {
+                Some(t) => t.more_pending(count, last, now, config.ack_wait, config.fetch_expiry),
+                None => {
+                    takeover =
+                        Takeover::new(count, last, now, config.ack_wait, config.fetch_expiry);
+                }
+            }
+            continue;
         }
         let pull = match &consumer {
             Some(consumer) => consumer,
@@ -532,11 +570,8 @@ async fn consume_partition(
             }
         }
         if fence.is_valid() && !returning.is_empty() {
-            returning.sort_by_key(|m| m.info().map_or(0, |info| info.stream_sequence));
-            for message in returning {
-                let _ = message.ack_with(AckKind::Nak(None)).await;
-                stats.returned.fetch_add(1, Ordering::Relaxed);
-            }
+            let (count, _) = hand_back(returning).await;
+            stats.returned.fetch_add(count as u64, Ordering::Relaxed);
         }
         // An idle pull is also the moment to notice a durable deleted behind our back
         // (a pull on a missing consumer just times out): rebind, recreating it.
@@ -632,8 +667,10 @@ async fn wait_for_departed_owner(
                 return Wait::NothingElsePending;
             }
             // We pull nothing while holding: any delivery now goes to somebody else.
+            let leader = info.cluster.as_ref().and_then(|c| c.leader.as_deref());
             if takeover.delivered_while_holding(
                 info.delivered.consumer_sequence,
+                leader,
                 tokio::time::Instant::now(),
             ) {
                 return Wait::Rival;
@@ -661,6 +698,22 @@ struct Processing<'a> {
     handler: &'a dyn MessageHandler,
     fence: &'a Fence,
     stats: &'a ConsumerStats,
+    /// Messages the fence kept us from processing, and every one after them, in arrival
+    /// order: handed back before the next pull if the partition is still ours.
+    fenced_out: &'a std::sync::Mutex<Vec<jetstream::Message>>,
+}
+
+/// Naks `messages` in stream order (immediately redeliverable, oldest first); returns how
+/// many and the highest stream sequence among them.
+async fn hand_back(mut messages: Vec<jetstream::Message>) -> (usize, u64) {
+    let sequence = |m: &jetstream::Message| m.info().map_or(0, |info| info.stream_sequence);
+    messages.sort_by_key(sequence);
+    let last = messages.last().map_or(0, sequence);
+    let count = messages.len();
+    for message in messages {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+    }
+    (count, last)
 }
 
 async fn process(processing: &Processing<'_>, message: jetstream::Message) {
@@ -670,15 +723,22 @@ async fn process(processing: &Processing<'_>, message: jetstream::Message) {
         handler,
         fence,
         stats,
+        fenced_out,
     } = *processing;
     let Ok(info) = message.info() else {
         return;
     };
     let (stream_sequence, delivered) = (info.stream_sequence, info.delivered);
-    if !fence.is_valid() {
-        // Lost our lease while this was in flight: touch nothing; the next owner gets it.
-        stats.fenced.fetch_add(1, Ordering::Relaxed);
-        return;
+    {
+        let mut held = fenced_out.lock().expect("fenced-out messages");
+        if !fence.is_valid() || !held.is_empty() {
+            // Lost our lease while this was in flight: touch nothing. If the partition
+            // goes to another owner, that one gets it; if the leases come back, it is
+            // handed back before anything newer (`consume_partition`).
+            stats.fenced.fetch_add(1, Ordering::Relaxed);
+            held.push(message);
+            return;
+        }
     }
     let delivery = Delivery {
         partition: partition.clone(),
@@ -704,6 +764,14 @@ async fn process(processing: &Processing<'_>, message: jetstream::Message) {
                     warn!(partition = %partition.id(), stream_sequence, %error, "ack not confirmed; expect a redelivery");
                 }
             }
+        }
+        Err(error) if error.is::<Fenced>() || !fence.is_valid() => {
+            debug!(partition = %partition.id(), stream_sequence, %error, "stopped at the fence; held");
+            stats.fenced.fetch_add(1, Ordering::Relaxed);
+            fenced_out
+                .lock()
+                .expect("fenced-out messages")
+                .push(message);
         }
         Err(error) => {
             stats.handler_errors.fetch_add(1, Ordering::Relaxed);

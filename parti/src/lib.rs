@@ -42,7 +42,7 @@ mod takeover;
 
 pub use config::{Config, ConfigError};
 pub use consumer::{
-    ConsumerConfig, ConsumerStats, Delivery, HandlerError, MessageHandler, WorkerConsumer,
+    ConsumerConfig, ConsumerStats, Delivery, Fenced, HandlerError, MessageHandler, WorkerConsumer,
 };
 pub use control::ControlError;
 pub use identity::IdentityError;

@@ -124,8 +124,10 @@ pub(crate) struct Takeover<M> {
     /// request of a departed owner, or a late one, lasts `fetch_expiry`.
     others_until: Instant,
     /// The durable's delivery count at a moment past `others_until`: a delivery numbered
-    /// above it went to a rival.
+    /// above it went to a rival. With the consumer leader that counted it: a leader elected
+    /// after a server died counts from its own replicated state.
     rival_floor: Option<u64>,
+    floor_leader: Option<String>,
     /// Messages kept unprocessed, in stream order.
     kept: Vec<Kept<M>>,
     /// Not pulling until then: a pull ended with older messages still out.
@@ -154,6 +156,7 @@ impl<M> Takeover<M> {
             resume_at: Self::deadline(since, ack_wait, fetch_expiry),
             others_until: since + fetch_expiry + MARGIN,
             rival_floor: None,
+            floor_leader: None,
             kept: Vec::new(),
             hold: None,
             refreshed_at: since,
@@ -188,12 +191,28 @@ impl<M> Takeover<M> {
     }
 
     /// While holding (pulling nothing), the durable had made `delivered` deliveries at
-    /// `now`: true if somebody else received one past `others_until` (a rival).
-    pub(crate) fn delivered_while_holding(&mut self, delivered: u64, now: Instant) -> bool {
+    /// `now`, counted by consumer leader `leader`: true if somebody else received one past
+    /// `others_until` (a rival).
+    pub(crate) fn delivered_while_holding(
+        &mut self,
+        delivered: u64,
+        leader: Option<&str>,
+        now: Instant,
+    ) -> bool {
         if now <= self.others_until {
             return false;
         }
-        *self.rival_floor.get_or_insert(delivered) < delivered
+        match self.rival_floor {
+            Some(floor) if self.floor_leader.as_deref() == leader && floor <= delivered => {
+                floor < delivered
+            }
+            _ => {
+                // The first count past `others_until`, or a new leader's.
+                self.rival_floor = Some(delivered);
+                self.floor_leader = leader.map(str::to_owned);
+                false
+            }
+        }
     }
 
     /// A gap: deliveries up to `last_skipped` went elsewhere, the last of them `during_pull`
@@ -392,10 +411,11 @@ mod tests {
     fn deliveries_elsewhere_past_the_last_pull_request_show_a_rival() {
         let (mut t, bound) = takeover(2, 10);
         let others_until = bound + FETCH_EXPIRY + MARGIN;
-        assert!(!t.delivered_while_holding(5, bound + MS));
+        let n1 = Some("n1");
+        assert!(!t.delivered_while_holding(5, n1, bound + MS));
         assert!(
-            !t.delivered_while_holding(7, bound + MS),
-            "a departed owner's open request"
+            !t.delivered_while_holding(7, n1, bound + MS),
+            "a departed owner's request"
         );
         assert!(
             !t.gap_shows_rival(7, true, bound),
@@ -406,8 +426,8 @@ mod tests {
             "between two of ours, later"
         );
         assert!(
-            !t.delivered_while_holding(7, others_until + MS),
-            "the count is the floor"
+            !t.delivered_while_holding(7, n1, others_until + MS),
+            "the floor"
         );
         assert!(
             !t.gap_shows_rival(7, false, others_until + MS),
@@ -417,7 +437,13 @@ mod tests {
             t.gap_shows_rival(8, false, others_until + MS),
             "made after it"
         );
-        assert!(t.delivered_while_holding(8, others_until + 2 * MS));
+        // A new consumer leader counts from its own state: a new floor, not a rival.
+        assert!(!t.delivered_while_holding(9, Some("n2"), others_until + 2 * MS));
+        assert!(
+            !t.delivered_while_holding(6, Some("n2"), others_until + 3 * MS),
+            "nor less"
+        );
+        assert!(t.delivered_while_holding(8, Some("n2"), others_until + 4 * MS));
         // A new burst waited for moves the floor away.
         t.more_pending(1, 12, others_until, ACK_WAIT, FETCH_EXPIRY);
         assert!(!t.gap_shows_rival(9, false, others_until + MS));

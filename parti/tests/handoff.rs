@@ -559,6 +559,77 @@ async fn a_puller_that_keeps_pulling_is_a_rival_and_holds_nothing_back() {
     manager.stop().await;
 }
 
+/// A handler that stops at the fence (its lease not renewed in time: CI's cluster run saw
+/// it while a server was down) returns [`parti::Fenced`] for message 5, once. That message
+/// is no failure to retry with a backoff behind its successors: it and the rest of its pull
+/// are handed back in order, and everything is first processed in stream order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stopped_at_the_fence_is_processed_before_its_successors() {
+    init_tracing();
+    let server = NatsServer::start();
+    let (js, _stream) = handoff_stream(&server).await;
+    for seq in 1..=20u64 {
+        js.publish("handoff.p0", seq.to_string().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let consumer_config = ConsumerConfig::new("HANDOFF", "handoff.{partition}");
+    let (manager, log, stats) = start_owner_with(
+        &server,
+        consumer_config,
+        Partition::new("p0", 1),
+        |recorder| {
+            Arc::new(StopsAtTheFenceOnce {
+                inner: recorder,
+                at: 5,
+                stopped: AtomicBool::new(false),
+            })
+        },
+    )
+    .await;
+    eventually("every message processed", LONG, || {
+        let log = log.clone();
+        async move {
+            let seen: BTreeSet<u64> = log.lock().expect("log").iter().map(|p| p.seq).collect();
+            seen.len() >= 20
+        }
+    })
+    .await;
+    assert_first_processed_in_order(&log.lock().expect("log"));
+    assert!(
+        stats.fenced.load(Ordering::Relaxed) >= 1,
+        "held at the fence"
+    );
+    assert!(stats.returned.load(Ordering::Relaxed) >= 1, "handed back");
+    assert_eq!(
+        stats.handler_errors.load(Ordering::Relaxed),
+        0,
+        "not a failure"
+    );
+    manager.stop().await;
+}
+
+/// Returns [`parti::Fenced`] the first time it sees message `at`.
+struct StopsAtTheFenceOnce {
+    inner: Arc<Recorder>,
+    at: u64,
+    stopped: AtomicBool,
+}
+
+impl MessageHandler for StopsAtTheFenceOnce {
+    fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let seq: u64 = std::str::from_utf8(&delivery.payload)?.parse()?;
+            if seq == self.at && !self.stopped.swap(true, Ordering::SeqCst) {
+                return Err(parti::Fenced.into());
+            }
+            self.inner.handle(delivery).await
+        })
+    }
+}
+
 /// The test stream `HANDOFF` on `handoff.>`.
 async fn handoff_stream(server: &NatsServer) -> (jetstream::Context, jetstream::stream::Stream) {
     let js = jetstream::new(connect(&server.url()).await);
@@ -583,6 +654,20 @@ async fn start_owner(
     Arc<Mutex<Vec<Processed>>>,
     Arc<parti::ConsumerStats>,
 ) {
+    start_owner_with(server, consumer_config, partition, |recorder| recorder).await
+}
+
+/// [`start_owner`] with the recorder wrapped by `handler`.
+async fn start_owner_with(
+    server: &NatsServer,
+    consumer_config: ConsumerConfig,
+    partition: Partition,
+    handler: impl FnOnce(Arc<Recorder>) -> Arc<dyn MessageHandler>,
+) -> (
+    Manager,
+    Arc<Mutex<Vec<Processed>>>,
+    Arc<parti::ConsumerStats>,
+) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let recorder = Arc::new(Recorder {
         worker: Mutex::new("owner".into()),
@@ -591,7 +676,7 @@ async fn start_owner(
         overlaps: Arc::new(AtomicUsize::new(0)),
     });
     let client = connect(&server.url()).await;
-    let consumer = WorkerConsumer::new(client.clone(), consumer_config, recorder)
+    let consumer = WorkerConsumer::new(client.clone(), consumer_config, handler(recorder))
         .await
         .expect("consumer");
     let stats = consumer.stats();
