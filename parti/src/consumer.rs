@@ -394,13 +394,7 @@ async fn consume_partition(
                 }
                 Wait::NothingElsePending => {
                     debug!(partition = %partition.id(), "nothing pending elsewhere: takeover over");
-                    for message in takeover
-                        .take()
-                        .map(Takeover::release_all)
-                        .unwrap_or_default()
-                    {
-                        process(&processing, message).await;
-                    }
+                    end_takeover(&processing, &mut takeover).await;
                 }
                 Wait::Rival => {
                     rival_found(&processing, &mut takeover, &mut rival).await;
@@ -421,16 +415,16 @@ async fn consume_partition(
             // us from processing goes before anything newer. Handed back in stream order
             // and gathered like a planned handoff's (CI's cluster run processed them after
             // their successors when they came back on their own, an ack wait later).
-            let (count, last) = hand_back(held).await;
-            stats.returned.fetch_add(count as u64, Ordering::Relaxed);
+            let (count, last) = hand_back(held, &stats).await;
             let now = tokio::time::Instant::now();
-            match takeover.as_mut() {
-                Some(t) => t.more_pending(count, last, now, config.ack_wait, config.fetch_expiry),
-                None => {
-                    takeover =
-                        Takeover::new(count, last, now, config.ack_wait, config.fetch_expiry);
-                }
-            }
+            Takeover::start_or_extend(
+                &mut takeover,
+                count,
+                last,
+                now,
+                config.ack_wait,
+                config.fetch_expiry,
+            );
             continue;
         }
         let pull = match &consumer {
@@ -518,15 +512,14 @@ async fn consume_partition(
                 {
                     rival_found(&processing, &mut takeover, &mut rival).await;
                 } else {
-                    match takeover.as_mut() {
-                        Some(t) => {
-                            t.more_pending(gap, last, now, config.ack_wait, config.fetch_expiry);
-                        }
-                        None => {
-                            takeover =
-                                Takeover::new(gap, last, now, config.ack_wait, config.fetch_expiry);
-                        }
-                    }
+                    Takeover::start_or_extend(
+                        &mut takeover,
+                        gap,
+                        last,
+                        now,
+                        config.ack_wait,
+                        config.fetch_expiry,
+                    );
                 }
             }
             next_delivery = next_delivery.max(delivery + 1);
@@ -570,8 +563,7 @@ async fn consume_partition(
             }
         }
         if fence.is_valid() && !returning.is_empty() {
-            let (count, _) = hand_back(returning).await;
-            stats.returned.fetch_add(count as u64, Ordering::Relaxed);
+            hand_back(returning, &stats).await;
         }
         // An idle pull is also the moment to notice a durable deleted behind our back
         // (a pull on a missing consumer just times out): rebind, recreating it.
@@ -608,6 +600,14 @@ async fn rival_found(
         config.ack_wait,
         config.fetch_expiry,
     );
+    end_takeover(processing, takeover).await;
+}
+
+/// Nothing kept by the takeover can still come after an older message: process it all.
+async fn end_takeover(
+    processing: &Processing<'_>,
+    takeover: &mut Option<Takeover<jetstream::Message>>,
+) {
     for message in takeover
         .take()
         .map(Takeover::release_all)
@@ -703,9 +703,9 @@ struct Processing<'a> {
     fenced_out: &'a std::sync::Mutex<Vec<jetstream::Message>>,
 }
 
-/// Naks `messages` in stream order (immediately redeliverable, oldest first); returns how
-/// many and the highest stream sequence among them.
-async fn hand_back(mut messages: Vec<jetstream::Message>) -> (usize, u64) {
+/// Naks `messages` in stream order (immediately redeliverable, oldest first), counted as
+/// returned; returns how many and the highest stream sequence among them.
+async fn hand_back(mut messages: Vec<jetstream::Message>, stats: &ConsumerStats) -> (usize, u64) {
     let sequence = |m: &jetstream::Message| m.info().map_or(0, |info| info.stream_sequence);
     messages.sort_by_key(sequence);
     let last = messages.last().map_or(0, sequence);
@@ -713,6 +713,7 @@ async fn hand_back(mut messages: Vec<jetstream::Message>) -> (usize, u64) {
     for message in messages {
         let _ = message.ack_with(AckKind::Nak(None)).await;
     }
+    stats.returned.fetch_add(count as u64, Ordering::Relaxed);
     (count, last)
 }
 

@@ -66,6 +66,13 @@ use tokio::time::Instant;
 /// Margin past the last moment a departed owner's delivery can time out.
 const MARGIN: Duration = Duration::from_millis(500);
 
+/// When every delivery made to another puller by `since` has timed out: its open pull
+/// request can still receive for `fetch_expiry`, and each delivery times out `ack_wait`
+/// later. Also how long a rival must take nothing to be taken for gone.
+fn timed_out_by(since: Instant, ack_wait: Duration, fetch_expiry: Duration) -> Instant {
+    since + fetch_expiry + ack_wait + MARGIN
+}
+
 /// Another puller that keeps pulling our durable (module docs): while it does, gaps are
 /// not waited for.
 #[derive(Debug, Default)]
@@ -76,7 +83,7 @@ pub(crate) struct Rival {
 impl Rival {
     /// A rival was found at `now`.
     pub(crate) fn found(&mut self, now: Instant, ack_wait: Duration, fetch_expiry: Duration) {
-        self.until = Some(Self::deadline(now, ack_wait, fetch_expiry));
+        self.until = Some(timed_out_by(now, ack_wait, fetch_expiry));
     }
 
     /// A gap was seen at `now`: whether it is the rival's (then it is still there).
@@ -87,14 +94,17 @@ impl Rival {
         fetch_expiry: Duration,
     ) -> bool {
         let active = self.until.is_some_and(|until| now < until);
-        self.until = active.then(|| Self::deadline(now, ack_wait, fetch_expiry));
+        self.until = active.then(|| timed_out_by(now, ack_wait, fetch_expiry));
         active
     }
+}
 
-    /// Gone once it took nothing for as long as a takeover would wait.
-    fn deadline(now: Instant, ack_wait: Duration, fetch_expiry: Duration) -> Instant {
-        now + fetch_expiry + ack_wait + MARGIN
-    }
+/// A delivery count, with the consumer leader that counted it: a leader elected after a
+/// server died counts from its own replicated state.
+#[derive(Debug)]
+struct Floor {
+    delivered: u64,
+    leader: Option<String>,
 }
 
 /// A message kept unprocessed.
@@ -124,10 +134,8 @@ pub(crate) struct Takeover<M> {
     /// request of a departed owner, or a late one, lasts `fetch_expiry`.
     others_until: Instant,
     /// The durable's delivery count at a moment past `others_until`: a delivery numbered
-    /// above it went to a rival. With the consumer leader that counted it: a leader elected
-    /// after a server died counts from its own replicated state.
-    rival_floor: Option<u64>,
-    floor_leader: Option<String>,
+    /// above it went to a rival.
+    rival_floor: Option<Floor>,
     /// Messages kept unprocessed, in stream order.
     kept: Vec<Kept<M>>,
     /// Not pulling until then: a pull ended with older messages still out.
@@ -153,10 +161,9 @@ impl<M> Takeover<M> {
             pending,
             last_delivered,
             returned: HashSet::new(),
-            resume_at: Self::deadline(since, ack_wait, fetch_expiry),
+            resume_at: timed_out_by(since, ack_wait, fetch_expiry),
             others_until: since + fetch_expiry + MARGIN,
             rival_floor: None,
-            floor_leader: None,
             kept: Vec::new(),
             hold: None,
             refreshed_at: since,
@@ -164,11 +171,20 @@ impl<M> Takeover<M> {
         })
     }
 
-    /// When every delivery made to another puller by `since` has timed out: its open pull
-    /// request can still receive for `fetch_expiry`, and each delivery times out `ack_wait`
-    /// later.
-    fn deadline(since: Instant, ack_wait: Duration, fetch_expiry: Duration) -> Instant {
-        since + fetch_expiry + ack_wait + MARGIN
+    /// `pending` more deliveries went to somebody else by `since`: extends the takeover in
+    /// `slot`, or starts one.
+    pub(crate) fn start_or_extend(
+        slot: &mut Option<Self>,
+        pending: usize,
+        last_delivered: u64,
+        since: Instant,
+        ack_wait: Duration,
+        fetch_expiry: Duration,
+    ) {
+        match slot {
+            Some(t) => t.more_pending(pending, last_delivered, since, ack_wait, fetch_expiry),
+            None => *slot = Self::new(pending, last_delivered, since, ack_wait, fetch_expiry),
+        }
     }
 
     /// More deliveries went to somebody else (a gap in the delivery sequence) while the
@@ -185,7 +201,7 @@ impl<M> Takeover<M> {
         self.last_delivered = self.last_delivered.max(last_delivered);
         self.resume_at = self
             .resume_at
-            .max(Self::deadline(since, ack_wait, fetch_expiry));
+            .max(timed_out_by(since, ack_wait, fetch_expiry));
         self.others_until = self.others_until.max(since + fetch_expiry + MARGIN);
         self.rival_floor = None;
     }
@@ -202,14 +218,16 @@ impl<M> Takeover<M> {
         if now <= self.others_until {
             return false;
         }
-        match self.rival_floor {
-            Some(floor) if self.floor_leader.as_deref() == leader && floor <= delivered => {
-                floor < delivered
+        match &self.rival_floor {
+            Some(floor) if floor.leader.as_deref() == leader && floor.delivered <= delivered => {
+                floor.delivered < delivered
             }
             _ => {
                 // The first count past `others_until`, or a new leader's.
-                self.rival_floor = Some(delivered);
-                self.floor_leader = leader.map(str::to_owned);
+                self.rival_floor = Some(Floor {
+                    delivered,
+                    leader: leader.map(str::to_owned),
+                });
                 false
             }
         }
@@ -225,7 +243,10 @@ impl<M> Takeover<M> {
         pull_started: Instant,
     ) -> bool {
         (during_pull && pull_started > self.others_until)
-            || self.rival_floor.is_some_and(|floor| last_skipped > floor)
+            || self
+                .rival_floor
+                .as_ref()
+                .is_some_and(|floor| last_skipped > floor.delivered)
     }
 
     /// How many messages are kept.

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,11 +107,7 @@ async fn backlog_survives_repeated_moves_without_gap_or_overlap() {
 
     const BACKLOG: u64 = 1000;
     for seq in 1..=BACKLOG {
-        js.publish("handoff.p0", seq.to_string().into())
-            .await
-            .expect("publish")
-            .await
-            .expect("ack");
+        publish_seq(&js, seq).await;
     }
 
     let source = StaticSource::new(vec![Partition::new("p0", 1)]);
@@ -167,11 +163,7 @@ async fn backlog_survives_repeated_moves_without_gap_or_overlap() {
                 // long the moves take.
                 for _ in 0..5 {
                     seq += 1;
-                    js.publish("handoff.p0", seq.to_string().into())
-                        .await
-                        .expect("publish")
-                        .await
-                        .expect("ack");
+                    publish_seq(&js, seq).await;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -294,11 +286,7 @@ async fn takeover_after(departed: Departed) -> Arc<parti::ConsumerStats> {
     let (js, stream) = handoff_stream(&server).await;
     const TOTAL: u64 = 40;
     for seq in 1..=TOTAL {
-        js.publish("handoff.p0", seq.to_string().into())
-            .await
-            .expect("publish")
-            .await
-            .expect("ack");
+        publish_seq(&js, seq).await;
     }
     let mut consumer_config = ConsumerConfig::new("HANDOFF", "handoff.{partition}");
     consumer_config.ack_wait = Duration::from_secs(2);
@@ -389,11 +377,7 @@ async fn deliveries_taken_by_another_puller_are_processed_before_their_successor
         let js = js.clone();
         async move {
             for seq in range {
-                js.publish("handoff.p0", seq.to_string().into())
-                    .await
-                    .expect("publish")
-                    .await
-                    .expect("ack");
+                publish_seq(&js, seq).await;
             }
         }
     };
@@ -403,17 +387,7 @@ async fn deliveries_taken_by_another_puller_are_processed_before_their_successor
     let partition = Partition::new("p0", 1);
     let durable = consumer_config.durable(&partition);
     let (manager, log, stats) = start_owner(&server, consumer_config, partition).await;
-    let processed = |n: usize| {
-        let log = log.clone();
-        move || {
-            let log = log.clone();
-            async move {
-                let seen: BTreeSet<u64> = log.lock().expect("log").iter().map(|p| p.seq).collect();
-                seen.len() >= n
-            }
-        }
-    };
-    eventually("the backlog processed", LONG, processed(10)).await;
+    eventually("the backlog processed", LONG, processed_at_least(&log, 10)).await;
 
     // The other puller: a pull request for three, waiting behind the owner's, never acked.
     let other: jetstream::consumer::PullConsumer =
@@ -433,7 +407,12 @@ async fn deliveries_taken_by_another_puller_are_processed_before_their_successor
     assert_eq!(held.len(), 3, "the other puller got three deliveries");
     drop(held);
 
-    eventually("every message processed", LONG, processed(40)).await;
+    eventually(
+        "every message processed",
+        LONG,
+        processed_at_least(&log, 40),
+    )
+    .await;
     let log = log.lock().expect("log").clone();
     assert_first_processed_in_order(&log);
     assert_eq!(stats.delivered_elsewhere.load(Ordering::Relaxed), 3);
@@ -458,7 +437,7 @@ async fn a_puller_that_keeps_pulling_is_a_rival_and_holds_nothing_back() {
     let (manager, log, stats) = start_owner(&server, consumer_config, partition).await;
     let stop = Arc::new(AtomicBool::new(false));
     // Publishes 50 a second until stopped; counts what it published.
-    let published = Arc::new(AtomicUsize::new(0));
+    let published = Arc::new(AtomicU64::new(0));
     let publisher = tokio::spawn({
         let (js, stop, published) = (js.clone(), stop.clone(), published.clone());
         async move {
@@ -466,11 +445,7 @@ async fn a_puller_that_keeps_pulling_is_a_rival_and_holds_nothing_back() {
             while !stop.load(Ordering::SeqCst) {
                 tick.tick().await;
                 let seq = published.load(Ordering::SeqCst) + 1;
-                js.publish("handoff.p0", seq.to_string().into())
-                    .await
-                    .expect("publish")
-                    .await
-                    .expect("ack");
+                publish_seq(&js, seq).await;
                 published.store(seq, Ordering::SeqCst);
             }
         }
@@ -528,7 +503,7 @@ async fn a_puller_that_keeps_pulling_is_a_rival_and_holds_nothing_back() {
         async move { published.load(Ordering::SeqCst) >= from + 100 }
     })
     .await;
-    let last = published.load(Ordering::SeqCst) as u64;
+    let last = published.load(Ordering::SeqCst);
     eventually("every message processed by one of the two", LONG, || {
         let (log, taken) = (log.clone(), taken.clone());
         async move {
@@ -543,7 +518,7 @@ async fn a_puller_that_keeps_pulling_is_a_rival_and_holds_nothing_back() {
     rival.await.expect("rival");
     let owners: BTreeSet<u64> = log.lock().expect("log").iter().map(|p| p.seq).collect();
     assert!(
-        owners.iter().any(|seq| *seq > from as u64),
+        owners.iter().any(|seq| *seq > from),
         "the owner kept processing alongside the rival"
     );
     assert_eq!(
@@ -569,11 +544,7 @@ async fn a_message_stopped_at_the_fence_is_processed_before_its_successors() {
     let server = NatsServer::start();
     let (js, _stream) = handoff_stream(&server).await;
     for seq in 1..=20u64 {
-        js.publish("handoff.p0", seq.to_string().into())
-            .await
-            .expect("publish")
-            .await
-            .expect("ack");
+        publish_seq(&js, seq).await;
     }
     let consumer_config = ConsumerConfig::new("HANDOFF", "handoff.{partition}");
     let (manager, log, stats) = start_owner_with(
@@ -589,13 +560,11 @@ async fn a_message_stopped_at_the_fence_is_processed_before_its_successors() {
         },
     )
     .await;
-    eventually("every message processed", LONG, || {
-        let log = log.clone();
-        async move {
-            let seen: BTreeSet<u64> = log.lock().expect("log").iter().map(|p| p.seq).collect();
-            seen.len() >= 20
-        }
-    })
+    eventually(
+        "every message processed",
+        LONG,
+        processed_at_least(&log, 20),
+    )
     .await;
     assert_first_processed_in_order(&log.lock().expect("log"));
     assert!(
@@ -627,6 +596,27 @@ impl MessageHandler for StopsAtTheFenceOnce {
             }
             self.inner.handle(delivery).await
         })
+    }
+}
+
+/// Publishes message `seq` on partition p0 and waits for its PubAck.
+async fn publish_seq(js: &jetstream::Context, seq: u64) {
+    js.publish("handoff.p0", seq.to_string().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+}
+
+/// A condition for [`eventually`]: at least `n` distinct messages processed.
+fn processed_at_least(
+    log: &Arc<Mutex<Vec<Processed>>>,
+    n: usize,
+) -> impl Fn() -> std::future::Ready<bool> {
+    let log = log.clone();
+    move || {
+        let seen: BTreeSet<u64> = log.lock().expect("log").iter().map(|p| p.seq).collect();
+        std::future::ready(seen.len() >= n)
     }
 }
 
