@@ -28,6 +28,26 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# --- Prometheus (Debian's package, unpacked into .tools) ----------------------------------
+# The observability tests scrape a real run with a real Prometheus, and `promtool` checks
+# docker/'s config. Unpacked rather than installed: installing the package would start a
+# system Prometheus on :9090 (and, with its recommends, a node exporter) on the user's host.
+if ! "$tools/bin/prometheus" --version >/dev/null 2>&1 || ! "$tools/bin/promtool" --version >/dev/null 2>&1; then
+  log "unpacking Debian's prometheus package into $tools/prometheus"
+  scratch="$(mktemp -d)"
+  (cd "$scratch" && apt-get download prometheus >/dev/null 2>&1) || {
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq >/dev/null
+    (cd "$scratch" && apt-get download prometheus >/dev/null)
+  }
+  rm -rf "$tools/prometheus"
+  dpkg-deb -x "$scratch"/prometheus_*.deb "$tools/prometheus"
+  rm -rf "$scratch"
+  ln -sf "$tools/prometheus/usr/bin/prometheus" "$tools/bin/prometheus"
+  ln -sf "$tools/prometheus/usr/bin/promtool" "$tools/bin/promtool"
+  "$tools/bin/prometheus" --version >/dev/null 2>&1 || { log "prometheus did not unpack"; exit 1; }
+fi
+
 # --- nats-server, pinned ------------------------------------------------------------------
 have_version() { "$tools/bin/nats-server" --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION"; }
 if ! have_version; then
@@ -64,4 +84,4 @@ fi
 # --- Rust test runner ---------------------------------------------------------------------
 # cargo-nextest is on the machine image; plain `cargo test` works too, so it is optional.
 
-log "ok: $("$tools/bin/nats-server" --version), nats-py $NATS_PY_VERSION, $("$tools/bin/cargo-deny" --version), $(iptables --version 2>/dev/null || echo 'iptables missing')"
+log "ok: $("$tools/bin/nats-server" --version), nats-py $NATS_PY_VERSION, $("$tools/bin/cargo-deny" --version), $("$tools/bin/prometheus" --version 2>&1 | head -1), $(iptables --version 2>/dev/null || echo 'iptables missing')"

@@ -10,6 +10,7 @@
 //! - [`placement`]: which process runs where, with which spec.
 //! - [`stream`]: the JetStream stream of a run.
 //! - [`control`]: the `Control` gRPC service for simctl.
+//! - [`metrics`]: the Prometheus `/metrics` endpoint (the run engine renders the text).
 //! - [`assignment_log`]: the watch of parti's assignment document (its checks are sim-core's).
 
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@
 pub mod agents;
 pub mod assignment_log;
 pub mod control;
+pub mod metrics;
 pub mod placement;
 pub mod run;
 pub mod stream;

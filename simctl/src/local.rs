@@ -64,6 +64,7 @@ async fn drive(endpoint: &str, config_yaml: String, args: &RunArgs) -> Result<Ex
     )
     .await?;
     eprintln!("parti-sim: {run_id} started (run directory runs/{run_id})");
+    remote::announce_metrics(&mut client, endpoint).await;
     stop_on_interrupt(client.clone());
     progress::follow(&mut client).await?;
     let run_report = client

@@ -23,6 +23,7 @@ pub async fn start(endpoint: &str, args: StartArgs) -> Result<Exit, ExitError> {
     let resume = args.resume.then(|| args.run_dir.unwrap_or_default());
     let run_id = request_start(&mut client, text, args.input.duration, args.seed, resume).await?;
     println!("started {run_id}");
+    announce_metrics(&mut client, endpoint).await;
     Ok(Exit::Pass)
 }
 
@@ -140,6 +141,24 @@ pub async fn request_start(
         .await
         .map_err(|status| refused(status, "starting the run"))?;
     Ok(response.into_inner().run_id)
+}
+
+/// Say where the run's metrics are scraped, if its config enables them (on stderr: stdout
+/// of `simctl start` is the run id, for scripts).
+pub async fn announce_metrics(client: &mut ControlClient<Channel>, endpoint: &str) {
+    let Ok(status) = client.status(StatusRequest {}).await else {
+        return;
+    };
+    let port = status.into_inner().metrics_port;
+    if port == 0 {
+        return;
+    }
+    let host = endpoint
+        .parse::<tonic::codegen::http::Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(str::to_string))
+        .unwrap_or_else(|| "<coordinator host>".into());
+    eprintln!("parti-sim: metrics at http://{host}:{port}/metrics");
 }
 
 /// A refused request: invalid (the coordinator's message is the whole story) or not

@@ -7,6 +7,9 @@ use std::process::Command;
 
 use test_support::report::{anomaly_partitions, elements, failure_kinds, reasons};
 
+#[path = "simctl/chaos.rs"]
+mod chaos;
+
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -587,66 +590,6 @@ fn invalid_config_exits_2_naming_the_field_and_starts_nothing() {
         "names the field: {stderr}"
     );
     assert!(!run_dir.exists(), "nothing started");
-}
-
-/// Process faults every 3–5 s (crash, restart, leader kill, producer kill, pauses past the
-/// heartbeat lease, scale up and down): the run heals itself and passes; every injected
-/// worker fault gets a rebalance time.
-#[test]
-fn chaos_run_with_process_faults_passes() {
-    let dir = tempfile::Builder::new()
-        .prefix("simctl-chaos-")
-        .tempdir()
-        .expect("tempdir");
-    let dir = KeepOnFailure(Some(dir));
-    let config = test_support::edited_config(
-        "quick.yaml",
-        &[
-            (
-                "chaos:\n  enabled: false",
-                "chaos:\n  enabled: true\n  events: [worker_crash, worker_restart, leader_failure, producer_crash, worker_pause, leader_pause, scale_up, scale_down]\n  interval: 3s-5s",
-            ),
-            ("workers:\n  count: 3", "workers:\n  count: 4"),
-            ("validation_window: 15s", "validation_window: 30s"),
-        ],
-    );
-    let path = dir.path().join("chaos.yaml");
-    std::fs::write(&path, config).expect("write");
-    let json_path = dir.path().join("report.json");
-    let output = Command::new(simctl())
-        .current_dir(workspace())
-        .args(["run", "--config"])
-        .arg(&path)
-        .args(["--duration", "60s", "--seed", "5", "--json"])
-        .arg(&json_path)
-        .arg("--run-dir")
-        .arg(dir.path().join("run"))
-        .output()
-        .expect("simctl");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "expected PASS:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("json")).expect("parse");
-    let faults = elements(&json["faults"]);
-    let injected: Vec<&serde_json::Value> = faults
-        .iter()
-        .filter(|f| f["outcome"] == "injected")
-        .collect();
-    assert!(
-        injected.len() >= 6,
-        "at least 6 faults injected: {faults:?}"
-    );
-    let kinds: std::collections::BTreeSet<&str> = injected
-        .iter()
-        .filter_map(|f| f["event"].as_str())
-        .collect();
-    assert!(kinds.len() >= 4, "several fault types: {kinds:?}");
-    assert_eq!(json["tracker"]["lost"].as_u64(), Some(0));
 }
 
 /// `simctl run` on a managed 3-server JetStream cluster (stream and KV buckets R3) with

@@ -9,6 +9,8 @@
 //!   (async); [`wait_until`] / [`wait_for`] / [`wait_for_line`] are the blocking ones.
 //! - [`fleet`]: a coordinator daemon and an agent on loopback ([`LocalFleet`]).
 //! - [`report`]: reading a run's JSON report in assertions.
+//! - [`prometheus`]: a real Prometheus on loopback scraping targets named at run time, and
+//!   its query API.
 //! - [`lab`]: a hub and N hosts as network namespaces on a private bridge, so faults (iptables,
 //!   tc) hit one host at a time; torn down on drop.
 //!
@@ -17,6 +19,7 @@
 
 pub mod fleet;
 pub mod lab;
+pub mod prometheus;
 pub mod report;
 
 pub use fleet::{LocalFleet, status_number, wait_for, wait_for_line, wait_until};

@@ -234,6 +234,7 @@ impl Engine {
                 root.display()
             )));
         }
+        self.open_metrics(&run_config.metrics.prometheus).await?;
         let nats_url = self
             .nats_url
             .clone()

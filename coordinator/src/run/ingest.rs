@@ -133,6 +133,9 @@ impl Engine {
                     if let Err(error) = observed {
                         warn!(%error, "invalid processed report");
                     }
+                    // Both times are the worker's own clock: no correction.
+                    let took_us = processed.processed_us.saturating_sub(processed.received_us);
+                    run.local.processing.record(took_us.max(0) as f64 / 1e6);
                 }
                 report::Body::Malformed(malformed) => {
                     warn!(process = %malformed.process, subject = %malformed.subject, "malformed message");

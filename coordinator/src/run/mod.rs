@@ -27,6 +27,7 @@ mod faults;
 mod finish;
 mod ground_truth;
 mod ingest;
+mod metrics;
 mod replay;
 mod silence;
 mod start;
@@ -191,6 +192,8 @@ struct Local {
     boots: BTreeMap<String, u64>,
     /// Since when no agent has been connected (`tick::end_conditions`).
     agentless_since: Option<Instant>,
+    /// Received→processed time of every processed report, for the metrics.
+    processing: crate::metrics::exposition::Buckets,
 }
 
 impl Local {
@@ -210,6 +213,7 @@ impl Local {
             publishers: std::collections::HashMap::new(),
             boots: BTreeMap::new(),
             agentless_since: None,
+            processing: crate::metrics::exposition::Buckets::new(&metrics::PROCESSING_BOUNDS),
         }
     }
 }
@@ -262,6 +266,7 @@ pub fn spawn_engine(
         nats_server_pid,
         runs_dir,
         run: None,
+        metrics: None,
         status_tx,
         report_tx,
     };
@@ -284,6 +289,8 @@ struct Engine {
     /// Run directories go here.
     runs_dir: PathBuf,
     run: Option<ActiveRun>,
+    /// The `/metrics` endpoint a run's config asked for (it outlives the run).
+    metrics: Option<crate::metrics::Endpoint>,
     status_tx: watch::Sender<RunStatus>,
     report_tx: watch::Sender<Option<RunReport>>,
 }
@@ -292,6 +299,16 @@ struct Engine {
 async fn next_assignment(run: &mut Option<ActiveRun>) -> Option<crate::assignment_log::Version> {
     match run {
         Some(run) => run.io.assignments.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next scrape of the metrics endpoint (pending while there is none).
+async fn next_scrape(
+    endpoint: &mut Option<crate::metrics::Endpoint>,
+) -> Option<crate::metrics::Scrape> {
+    match endpoint {
+        Some(endpoint) => endpoint.next().await,
         None => std::future::pending().await,
     }
 }
@@ -342,6 +359,9 @@ impl Engine {
                             run.state.authority.document(version.written_us, &version.doc);
                         }
                     }
+                }
+                Some(scrape) = next_scrape(&mut self.metrics) => {
+                    let _ = scrape.send(self.render_metrics());
                 }
                 _ = tick.tick() => self.tick().await,
             }
@@ -401,6 +421,10 @@ impl Engine {
                 .map(|w| w.worker_id.clone())
                 .unwrap_or_default(),
             verdict: Verdict::Unspecified as i32,
+            metrics_port: self
+                .metrics
+                .as_ref()
+                .map_or(0, |endpoint| u32::from(endpoint.addr().port())),
         });
     }
 }

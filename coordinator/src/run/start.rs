@@ -22,6 +22,7 @@ impl Engine {
         if agents.is_empty() {
             return Err(StartError::Infrastructure("no agent is connected".into()));
         }
+        self.open_metrics(&config.metrics.prometheus).await?;
         let nats_url = self
             .nats_url
             .clone()

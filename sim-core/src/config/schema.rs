@@ -635,7 +635,7 @@ impl Default for JetStreamConfig {
 
 // === metrics, checkpointing ===
 
-/// `metrics`.
+/// `metrics`: the coordinator's Prometheus endpoint (docs/OBSERVABILITY.md).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -647,9 +647,10 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PrometheusConfig {
-    /// Serve `/metrics` (default false).
+    /// Serve `/metrics` on the coordinator's host, every interface (default false).
     pub enabled: bool,
-    /// Port to serve on (default 9090).
+    /// Port to serve on (default 9090, the plan's; 0: any free port, which simctl prints).
+    /// A port that cannot be bound refuses the run (exit 3) before anything starts.
     pub port: u16,
 }
 

@@ -605,6 +605,29 @@ impl Tracker {
         self.workers.get_mut(idx)
     }
 
+    /// Publish→processed latency of first-time processing as a histogram: how many
+    /// measurements fell at or below each of the ascending `bounds_us` and above the one
+    /// before (the last entry: above every bound), and their sum in whole µs. The resolution is
+    /// the histogram's (three significant digits).
+    #[must_use]
+    pub fn latency_buckets(&self, bounds_us: &[u64]) -> (Vec<u64>, f64) {
+        let h = &self.latency;
+        let mut counts = Vec::with_capacity(bounds_us.len() + 1);
+        let mut below = 0;
+        for bound in bounds_us {
+            let upto = if h.is_empty() {
+                0
+            } else {
+                h.count_between(0, *bound)
+            };
+            counts.push(upto.saturating_sub(below));
+            below = below.max(upto);
+        }
+        counts.push(h.len().saturating_sub(below));
+        // Whole µs: the mean's float error must not show as a fraction of a µs.
+        (counts, (h.mean() * h.len() as f64).round())
+    }
+
     fn latency_summary(&self) -> LatencySummary {
         let h = &self.latency;
         if h.is_empty() {

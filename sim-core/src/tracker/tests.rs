@@ -702,6 +702,16 @@ fn latency_percentiles_and_clock_skew() {
         (l.count, l.p50_us, l.p90_us, l.p99_us, l.max_us, l.clamped),
         (101, 50, 90, 99, 100, 1)
     );
+    // The same measurements as a histogram (the clamped one counts as 0).
+    assert_eq!(
+        t.latency_buckets(&[10, 50, 1_000]),
+        (vec![11, 40, 50, 0], 5050.0)
+    );
+    assert_eq!(
+        tracker(1).latency_buckets(&[10]),
+        (vec![0, 0], 0.0),
+        "empty"
+    );
 }
 
 #[test]

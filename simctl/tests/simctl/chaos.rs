@@ -1,0 +1,177 @@
+//! A chaos run with process faults, watched by a real Prometheus: the run heals itself and
+//! passes, and what Prometheus scraped from the coordinator agrees with the report.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use test_support::prometheus::{Prometheus, http_get, tool};
+use test_support::report::elements;
+
+use super::{KeepOnFailure, simctl, workspace};
+
+/// What simctl prints once the run's metrics endpoint is up.
+const METRICS_AT: &str = "parti-sim: metrics at http://";
+
+/// Process faults every 3–5 s (crash, restart, leader kill, producer kill, pauses past the
+/// heartbeat lease, scale up and down): the run heals itself and passes; every injected
+/// worker fault gets a rebalance time. The last 10 s are fault-free, so Prometheus scrapes
+/// the final fault counts many times over. The coordinator serves `/metrics` on a port of its
+/// choosing (`port: 0`), a real Prometheus scrapes it every second: its exposition passes
+/// `promtool check metrics`, and the stored series show messages flowing, nothing lost, and
+/// exactly the report's injected faults per type.
+#[test]
+fn chaos_run_with_process_faults_passes_and_prometheus_sees_it() {
+    let prometheus = Prometheus::start();
+    let dir = tempfile::Builder::new()
+        .prefix("simctl-chaos-")
+        .tempdir()
+        .expect("tempdir");
+    let dir = KeepOnFailure(Some(dir));
+    let config = test_support::edited_config(
+        "quick.yaml",
+        &[
+            (
+                "chaos:\n  enabled: false",
+                "chaos:\n  enabled: true\n  events: [worker_crash, worker_restart, leader_failure, producer_crash, worker_pause, leader_pause, scale_up, scale_down]\n  interval: 3s-5s\n  cooldown: 10s",
+            ),
+            ("workers:\n  count: 3", "workers:\n  count: 4"),
+            ("validation_window: 15s", "validation_window: 30s"),
+            (
+                "prometheus:\n    enabled: false",
+                "prometheus:\n    enabled: true\n    port: 0",
+            ),
+        ],
+    );
+    let path = dir.path().join("chaos.yaml");
+    std::fs::write(&path, config).expect("write");
+    let json_path = dir.path().join("report.json");
+    let mut child = Command::new(simctl())
+        .current_dir(workspace())
+        .args(["run", "--config"])
+        .arg(&path)
+        .args(["--duration", "60s", "--seed", "5", "--json"])
+        .arg(&json_path)
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("simctl");
+    // simctl's stderr, passed through; the metrics line is sent on as it comes.
+    let (port_tx, port_rx) = mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    let echo = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if let Some(at) = line.strip_prefix(METRICS_AT) {
+                let port = at
+                    .split_once(':')
+                    .and_then(|(_, rest)| rest.split('/').next())
+                    .and_then(|port| port.parse::<u16>().ok());
+                let _ = port_tx.send(port);
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let port = port_rx
+        .recv_timeout(Duration::from_secs(60))
+        .ok()
+        .flatten()
+        .expect("simctl names the metrics endpoint");
+    prometheus.scrape(&format!("127.0.0.1:{port}"));
+    prometheus.wait_until_up(Duration::from_secs(30));
+    lint_exposition(port);
+
+    let output = child.wait_with_output().expect("simctl");
+    let stderr = echo.join().unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "expected PASS:\n{stdout}\n{stderr}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("json")).expect("parse");
+    let faults = elements(&json["faults"]);
+    let injected: Vec<&serde_json::Value> = faults
+        .iter()
+        .filter(|f| f["outcome"] == "injected")
+        .collect();
+    assert!(
+        injected.len() >= 6,
+        "at least 6 faults injected: {faults:?}"
+    );
+    let kinds: std::collections::BTreeSet<&str> = injected
+        .iter()
+        .filter_map(|f| f["event"].as_str())
+        .collect();
+    assert!(kinds.len() >= 4, "several fault types: {kinds:?}");
+    assert_eq!(json["tracker"]["lost"].as_u64(), Some(0));
+
+    // The series stop when the coordinator does (Prometheus marks them stale), so the
+    // queries look back over the run.
+    let over_run = |expr: &str| format!("max_over_time({expr}[10m])");
+    for counter in [
+        "simulation_messages_sent_total",
+        "simulation_messages_received_total",
+    ] {
+        let rate = prometheus.value(&format!("max_over_time(rate({counter}[5s])[10m:1s])"));
+        assert!(rate > 0.0, "{counter} never rose: {rate}");
+    }
+    assert_eq!(prometheus.value(&over_run("simulation_messages_lost")), 0.0);
+    assert_eq!(
+        prometheus.value(&over_run("simulation_message_gaps_total")),
+        0.0
+    );
+    let scraped: std::collections::BTreeMap<String, f64> = prometheus
+        .query(&over_run("simulation_chaos_events_total"))
+        .into_iter()
+        .map(|s| (s.labels.get("type").cloned().unwrap_or_default(), s.value))
+        .filter(|(_, count)| *count > 0.0)
+        .collect();
+    let mut reported = std::collections::BTreeMap::<String, f64>::new();
+    for fault in &injected {
+        *reported
+            .entry(fault["event"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1.0;
+    }
+    assert_eq!(
+        scraped, reported,
+        "faults per type: Prometheus's last scrape against the report"
+    );
+    assert!(
+        prometheus.value(&over_run("simulation_workers_active")) >= 4.0,
+        "workers seen"
+    );
+}
+
+/// The coordinator's exposition passes `promtool check metrics` (format and naming).
+fn lint_exposition(port: u16) {
+    let text = match http_get(port, "/metrics") {
+        Ok((200, text)) => text,
+        other => panic!("GET /metrics: {other:?}"),
+    };
+    assert!(text.contains("simulation_run_info{"), "{text}");
+    let mut promtool = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (./scripts/setup.sh unpacks it into .tools/)");
+    if let Some(mut stdin) = promtool.stdin.take() {
+        std::io::Write::write_all(&mut stdin, text.as_bytes()).expect("promtool stdin");
+    }
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n--- exposition ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
