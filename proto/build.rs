@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".sim.v1.ProducerSpec", serde)
         .type_attribute(".sim.v1.WorkerSpec", serde)
         .type_attribute(".sim.v1.WorkerFaults", serde)
+        .type_attribute(".sim.v1.TraceSpec", serde)
         .type_attribute(".sim.v1.PartitionMap", serde)
         .type_attribute(".sim.v1.PartitionEntry", serde)
         // Spawn commands go into the coordinator's checkpoints. The path also matches the

@@ -103,6 +103,7 @@ pub(crate) async fn consume(
             let received = Received {
                 subject: message.subject.as_str(),
                 payload: &message.payload,
+                headers: message.headers.as_ref(),
                 stream_sequence,
                 delivered,
             };

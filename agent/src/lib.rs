@@ -94,6 +94,18 @@ pub enum ChildError {
     Worker(#[from] worker::WorkerError),
 }
 
+/// How long a child's last spans may take to leave at a graceful stop.
+pub(crate) const TRACE_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A child's tracing as the coordinator resolved it for the run.
+pub(crate) fn trace_settings(spec: &proto::v1::TraceSpec) -> telemetry::TraceSettings {
+    telemetry::TraceSettings {
+        endpoint: spec.endpoint.clone(),
+        sample_ratio: spec.sample_ratio,
+        run_id: spec.run_id.clone(),
+    }
+}
+
 /// `name` from the environment.
 fn env(name: &'static str) -> Result<String, ChildError> {
     std::env::var(name).map_err(|source| ChildError::Env { name, source })

@@ -9,12 +9,14 @@
 //! (`partition_map`), followed while running: a partition added mid-run starts at
 //! its stream's last sequence + 1, a removed one stops (its in-flight publish completes).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use proto::v1::{PartitionMap, ProducerSpec};
+use telemetry::Traces;
 use tokio::time::Instant;
 
 use crate::message::{SimulationMessage, message_id, subject};
@@ -59,6 +61,9 @@ pub enum ProducerError {
     /// The agent's report socket is gone (the agent died).
     #[error(transparent)]
     Report(#[from] ReportClosed),
+    /// The spec's tracing could not start.
+    #[error("tracing: {0}")]
+    Telemetry(#[from] telemetry::TelemetryError),
 }
 
 struct PartitionState {
@@ -208,13 +213,14 @@ type PublishOutcome = (
     Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
 );
 
-/// Publish `state`'s next sequence; marks the partition in flight.
+/// Publish `state`'s next sequence; marks the partition in flight. A sampled message
+/// carries its `traceparent`, and its `send` span covers the publish up to its PubAck.
 fn publish(
     js: &jetstream::Context,
     spec: &ProducerSpec,
-    index: usize,
-    state: &mut PartitionState,
+    (index, state): (usize, &mut PartitionState),
     producer_seq: u64,
+    traces: Option<&Arc<Traces>>,
 ) -> impl std::future::Future<Output = PublishOutcome> + use<> {
     state.in_flight = true;
     let body = SimulationMessage {
@@ -228,17 +234,37 @@ fn publish(
     let js = js.clone();
     let subject = subject(&spec.subject_prefix, state.partition);
     let id = message_id(state.partition, state.next_seq);
+    let traced = traces.and_then(|traces| {
+        let ids = traces.sampled(state.partition, state.next_seq)?;
+        Some((traces.clone(), ids))
+    });
+    let producer = spec.producer_id.clone();
     async move {
         let payload = serde_json::to_vec(&body).unwrap_or_default();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", id.as_str());
+        if let Some((_, ids)) = &traced {
+            telemetry::propagation::inject(&mut headers, ids.trace_id, ids.send_span, true);
+        }
+        let started = std::time::SystemTime::now();
         let result = match js
-            .publish_with_headers(subject, headers, payload.into())
+            .publish_with_headers(subject.clone(), headers, payload.into())
             .await
         {
             Ok(ack) => ack.await,
             Err(error) => Err(error),
         };
+        if let Some((traces, ids)) = traced {
+            let message = telemetry::MessageInfo {
+                partition: body.partition_id,
+                seq: body.partition_sequence,
+                subject: &subject,
+                message_id: &id,
+            };
+            let error = result.is_err().then_some("publish_failed");
+            let span = (started, std::time::SystemTime::now());
+            traces.send(ids, &message, &producer, span, error);
+        }
         (index, body, result)
     }
 }
@@ -249,6 +275,14 @@ pub async fn run(
     reports: ReportClient,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), ProducerError> {
+    let traces = match &spec.trace {
+        Some(trace) => Some(Arc::new(Traces::start(
+            crate::trace_settings(trace),
+            "parti-sim-producer",
+            &spec.producer_id,
+        )?)),
+        None => None,
+    };
     let client = async_nats::connect(proto::nats_servers(&spec.nats_url))
         .await
         .map_err(ProducerError::Connect)?;
@@ -305,7 +339,7 @@ pub async fn run(
                         continue;
                     }
                     producer_seq += 1;
-                    acks.push(publish(&js, &spec, index, state, producer_seq));
+                    acks.push(publish(&js, &spec, (index, state), producer_seq, traces.as_ref()));
                 }
             }
             Some(map) = map_updates.recv(), if !stop.is_cancelled() => {
@@ -323,7 +357,7 @@ pub async fn run(
                         // so a partition's rate is bounded by the PubAck round trip only.
                         if state.credit >= 1.0 && state.active && !stop.is_cancelled() {
                             producer_seq += 1;
-                            acks.push(publish(&js, &spec, index, state, producer_seq));
+                            acks.push(publish(&js, &spec, (index, state), producer_seq, traces.as_ref()));
                         }
                         reports
                             .send(ChildReport::Sent {
@@ -346,6 +380,10 @@ pub async fn run(
     if spec.unreported_tail {
         unreported_tail(&js, &spec, &mut partitions, producer_seq).await;
     }
+    if let Some(traces) = &traces {
+        let stats = traces.shutdown(crate::TRACE_FLUSH).await;
+        tracing::info!(?stats, "spans");
+    }
     tracing::info!(producer = %spec.producer_id, "stopped");
     Ok(())
 }
@@ -363,7 +401,7 @@ async fn unreported_tail(
     for (index, state) in partitions.iter_mut().enumerate() {
         if state.active {
             producer_seq += 1;
-            acks.push(publish(js, spec, index, state, producer_seq));
+            acks.push(publish(js, spec, (index, state), producer_seq, None));
         }
     }
     while let Some((_, body, result)) = acks.next().await {

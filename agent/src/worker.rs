@@ -27,6 +27,9 @@ pub enum WorkerError {
     /// NATS could not be reached.
     #[error("connecting to NATS: {0}")]
     Connect(#[source] async_nats::ConnectError),
+    /// The spec's tracing could not start.
+    #[error("tracing: {0}")]
+    Telemetry(#[from] telemetry::TelemetryError),
     /// The spec's `parti_config_json` is not a parti config.
     #[error("parsing the spec's parti_config_json: {0}")]
     PartiConfig(#[source] serde_json::Error),
@@ -97,6 +100,8 @@ pub(crate) struct SimHandler {
     /// over yet).
     first_partitions: std::sync::OnceLock<std::collections::HashSet<u32>>,
     stalled: std::sync::Mutex<std::collections::HashMap<u32, (std::time::Instant, bool)>>,
+    /// The run's tracing, when the spec asks for it.
+    traces: Option<Arc<telemetry::Traces>>,
 }
 
 impl SimHandler {
@@ -115,10 +120,22 @@ impl SimHandler {
     }
 }
 
+/// `error.type` of a handler's failure (low cardinality, for the `process` span).
+fn error_type(error: &(dyn std::error::Error + Send + Sync + 'static)) -> &'static str {
+    if error.is::<parti::Fenced>() {
+        "fenced"
+    } else if error.is::<ReportClosed>() {
+        "report_failed"
+    } else {
+        "refused"
+    }
+}
+
 /// What the handler needs of a delivered message, whichever consumer delivered it.
 pub(crate) struct Received<'a> {
     pub subject: &'a str,
     pub payload: &'a [u8],
+    pub headers: Option<&'a async_nats::HeaderMap>,
     pub stream_sequence: u64,
     pub delivered: i64,
 }
@@ -128,6 +145,7 @@ impl MessageHandler for SimHandler {
         let received = Received {
             subject: &delivery.subject,
             payload: &delivery.payload,
+            headers: delivery.headers.as_ref(),
             stream_sequence: delivery.stream_sequence,
             delivered: delivery.delivered,
         };
@@ -137,11 +155,55 @@ impl MessageHandler for SimHandler {
 
 impl SimHandler {
     /// Parse, simulate the work, report; `may_commit` is asked right before the report (the
-    /// commit point).
+    /// commit point). A message whose `traceparent` says it is sampled gets a `process`
+    /// span, child of its `send` span, covering all of it and saying how it ended.
     pub(crate) async fn process(
         &self,
         delivery: Received<'_>,
         may_commit: impl Fn() -> bool,
+    ) -> Result<(), HandlerError> {
+        let parent = match (&self.traces, delivery.headers) {
+            (Some(_), Some(headers)) => {
+                telemetry::propagation::extract(headers).filter(|cx| cx.is_sampled())
+            }
+            _ => None,
+        };
+        let (Some(traces), Some(parent)) = (&self.traces, parent) else {
+            return self.process_message(delivery, may_commit, &mut None).await;
+        };
+        let started = std::time::SystemTime::now();
+        let (subject, delivered) = (delivery.subject, delivery.delivered);
+        let mut seen = None;
+        let result = self.process_message(delivery, may_commit, &mut seen).await;
+        if let Some((partition, seq)) = seen {
+            let id = crate::message::message_id(partition, seq);
+            let message = telemetry::MessageInfo {
+                partition,
+                seq,
+                subject,
+                message_id: &id,
+            };
+            let durable = proto::partition_durable(partition);
+            let processing = telemetry::Processing {
+                worker: &self.worker_id,
+                durable: &durable,
+                assignment_version: *self.version.borrow(),
+                delivered,
+            };
+            let error = result.as_ref().err().map(|e| error_type(e.as_ref()));
+            let span = (started, std::time::SystemTime::now());
+            traces.process(&parent, &message, &processing, span, error);
+        }
+        result
+    }
+
+    /// [`Self::process`] without the span; `seen` gets the message's partition and seq once
+    /// it parsed.
+    async fn process_message(
+        &self,
+        delivery: Received<'_>,
+        may_commit: impl Fn() -> bool,
+        seen: &mut Option<(u32, u64)>,
     ) -> Result<(), HandlerError> {
         {
             let received_us = now_us();
@@ -159,6 +221,7 @@ impl SimHandler {
                     return Ok(());
                 }
             };
+            *seen = Some((message.partition_id, message.partition_sequence));
             let faults = self.spec.faults.unwrap_or_default();
             if faults.takeover_stall_ms > 0
                 && self.stalls(
@@ -315,6 +378,14 @@ pub async fn run(
             () = stop.cancelled() => return Ok(()),
         }
     }
+    let traces = match &spec.trace {
+        Some(trace) => Some(Arc::new(telemetry::Traces::start(
+            crate::trace_settings(trace),
+            "parti-sim-worker",
+            &spec.identity_token,
+        )?)),
+        None => None,
+    };
     let client = async_nats::connect(proto::nats_servers(&spec.nats_url))
         .await
         .map_err(WorkerError::Connect)?;
@@ -392,6 +463,7 @@ pub async fn run(
         leaked: std::sync::Mutex::default(),
         first_partitions: std::sync::OnceLock::new(),
         stalled: std::sync::Mutex::default(),
+        traces: traces.clone(),
         spec: spec.clone(),
     });
     if faults.go_style_handoff {
@@ -463,6 +535,10 @@ pub async fn run(
         }
     };
     manager.stop().await;
+    if let Some(traces) = &traces {
+        let stats = traces.shutdown(crate::TRACE_FLUSH).await;
+        tracing::info!(?stats, "spans");
+    }
     if fenced {
         return Err(WorkerError::Fenced);
     }

@@ -4,7 +4,7 @@
 //! seed and the same agents give the same placement.
 
 use proto::v1::{
-    PartitionEntry, PartitionMap, ProducerSpec, Spawn, WorkerFaults, WorkerSpec, spawn,
+    PartitionEntry, PartitionMap, ProducerSpec, Spawn, TraceSpec, WorkerFaults, WorkerSpec, spawn,
 };
 
 use sim_core::config::Config;
@@ -58,6 +58,17 @@ impl Placement {
 }
 
 impl Placement {
+    /// Every child's tracing (the run's `telemetry.traces`, resolved; `None`: off). Kept in
+    /// the specs, so a respawned or added process traces like the first ones.
+    pub fn trace_with(&mut self, trace: Option<&TraceSpec>) {
+        for (_, _, spec) in &mut self.producers {
+            spec.trace = trace.cloned();
+        }
+        for (_, _, spec) in &mut self.workers {
+            spec.trace = trace.cloned();
+        }
+    }
+
     /// The initial partition map: partitions `0..count` with their weights and producers
     /// (a partition no producer publishes has producer "").
     pub fn partition_map(&self, count: u32) -> PartitionMap {
@@ -108,6 +119,8 @@ pub fn place(config: &Config, seed: u64, agents: &[String], nats_url: &str) -> P
             ramp_interval_ms: u64::try_from(variation.ramp_interval.as_millis())
                 .unwrap_or(u64::MAX),
             unreported_tail: config.producers.faults.unreported_tail,
+            // Set once the run has its id (`trace_with`).
+            trace: None,
         };
         placement
             .producers
@@ -149,6 +162,8 @@ pub fn place(config: &Config, seed: u64, agents: &[String], nats_url: &str) -> P
                     .unwrap_or(u64::MAX),
             }),
             seed: seed ^ u64::from(index),
+            // Set once the run has its id (`trace_with`).
+            trace: None,
         };
         placement.workers.push((agent, process, spec));
     }

@@ -175,6 +175,10 @@ pub struct FaultRecord {
     /// Seconds until every partition was owned by a live worker and messages flowed again
     /// (for network faults: counted from the moment the network healed).
     pub rebalance_s: Option<f64>,
+    /// When that measurement began, seconds since the run started (the injection, or the
+    /// heal of a network fault); set with `rebalance_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_from_s: Option<f64>,
     /// Seconds from the recovery until the partitions it moved had worked off their backlog
     /// (0: nothing to work off).
     #[serde(default)]
@@ -442,6 +446,7 @@ mod tests {
             ideal_moves: None,
             duplicates: None,
             rebalance_s,
+            recovery_from_s: None,
             catch_up_s: rebalance_s.map(|s| s / 2.0),
         };
         let stats = stats(&[

@@ -499,3 +499,42 @@ proptest! {
         prop_assert_eq!(interval.to_string().parse::<Interval>(), Ok(interval));
     }
 }
+
+#[test]
+fn telemetry_settings_are_checked_by_field() {
+    let base = "simulation: {duration: 10m}\n\
+                partitions: {count: 10, message_rate_per_partition: 1}\n\
+                workers: {count: 2}\n";
+    for (telemetry, path, says) in [
+        (
+            "{traces: {enabled: true, endpoint: 'http://10.0.0.5:4317'}}",
+            "telemetry.traces.endpoint",
+            "not on loopback",
+        ),
+        (
+            "{traces: {enabled: true, endpoint: 'https://127.0.0.1:4317'}}",
+            "telemetry.traces.endpoint",
+            "TLS",
+        ),
+        (
+            "{traces: {sample_ratio: 1.5}}",
+            "telemetry.traces.sample_ratio",
+            "from 0 to 1",
+        ),
+        ("{tempo_url: 'grafana:3000'}", "telemetry.tempo_url", "http"),
+        ("{metrics: true}", "telemetry", "unknown field `metrics`"),
+    ] {
+        let text = format!("{base}telemetry: {telemetry}\n");
+        let err = Config::from_yaml_str(&text).expect_err(&text);
+        assert!(err.path.starts_with(path), "{path}: {err}");
+        assert!(err.to_string().contains(says), "{says}: {err}");
+    }
+    let allowed = format!(
+        "{base}telemetry: {{traces: {{enabled: true, endpoint: 'http://collector:4317', insecure: true, sample_ratio: 0.1}}}}\n"
+    );
+    let config = Config::from_yaml_str(&allowed).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.telemetry.traces.effective(),
+        ("http://collector:4317", 0.1)
+    );
+}

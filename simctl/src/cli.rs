@@ -43,6 +43,8 @@ pub enum Command {
     Agents,
     /// Inject one fault into the current run now (exit 1 if it was not injected).
     Chaos(ChaosArgs),
+    /// Name the trace of one message of a run (PARTITION:SEQ) and where to open it.
+    Trace(TraceArgs),
     /// Check or print configurations.
     Config {
         #[command(subcommand)]
@@ -113,6 +115,16 @@ pub struct ReportFiles {
     /// Write a JUnit XML report here.
     #[arg(long)]
     pub junit: Option<PathBuf>,
+}
+
+/// `simctl trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The message, as PARTITION:SEQ (as the report and the anomaly samples name it).
+    pub message: crate::trace::MessageRef,
+    /// The run directory (default: the newest under ./runs).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
 }
 
 /// `simctl chaos`.

@@ -14,6 +14,7 @@
 //! - [`offline`]: `report --run-dir`, judging a run directory without a coordinator.
 //! - [`progress`]: status lines and following a run's progress.
 //! - [`report`]: printing a report, writing its files, its verdict as the exit.
+//! - [`trace`]: `simctl trace`, a message's trace id and where to open it.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ mod offline;
 mod progress;
 mod remote;
 mod report;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -76,6 +78,7 @@ async fn dispatch(cli: Cli) -> Result<Exit, ExitError> {
         }) => remote::report(endpoint, &files).await,
         Command::Agents => remote::agents(endpoint).await,
         Command::Chaos(args) => remote::chaos(endpoint, args).await,
+        Command::Trace(args) => trace::trace(&args),
         Command::Config {
             command: ConfigCommand::Validate { file },
         } => config::validate(&file),

@@ -9,6 +9,8 @@ use test_support::report::{anomaly_partitions, elements, failure_kinds, reasons}
 
 #[path = "simctl/chaos.rs"]
 mod chaos;
+#[path = "simctl/traces.rs"]
+mod traces;
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -290,22 +292,6 @@ fn a_leaking_worker_fails_the_resource_gate() {
     assert!(
         reasons.iter().all(|r| r.contains("/worker-")),
         "only workers leak: {reasons:#?}"
-    );
-}
-
-#[test]
-fn dropping_acked_messages_fails_with_loss() {
-    let outcome = run_quick("drop", Some("    drop_and_ack_one_in: 25"), "20s");
-    assert_eq!(outcome.code, 1, "expected FAIL:\n{}", outcome.stdout);
-    assert!(
-        outcome.json["tracker"]["lost"].as_u64().unwrap_or(0) > 0,
-        "loss counted"
-    );
-    assert_eq!(
-        failure_kinds(&outcome.json),
-        ["loss".to_string()].into(),
-        "only loss fails it:\n{}",
-        outcome.stdout
     );
 }
 

@@ -9,6 +9,7 @@
 //!   (async); [`wait_until`] / [`wait_for`] / [`wait_for_line`] are the blocking ones.
 //! - [`fleet`]: a coordinator daemon and an agent on loopback ([`LocalFleet`]).
 //! - [`report`]: reading a run's JSON report in assertions.
+//! - [`otlp`]: an OTLP gRPC trace receiver in the test process, keeping what a run sends.
 //! - [`prometheus`]: a real Prometheus on loopback scraping targets named at run time, and
 //!   its query API.
 //! - [`lab`]: a hub and N hosts as network namespaces on a private bridge, so faults (iptables,
@@ -19,6 +20,7 @@
 
 pub mod fleet;
 pub mod lab;
+pub mod otlp;
 pub mod prometheus;
 pub mod report;
 

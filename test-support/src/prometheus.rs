@@ -127,7 +127,10 @@ impl Prometheus {
 
     /// An instant query's vector (panics on an error answer: the query is the test's).
     pub fn query(&self, promql: &str) -> Vec<Sample> {
-        let path = format!("/api/v1/query?query={}", encode(promql));
+        let path = format!(
+            "/api/v1/query?query={}",
+            telemetry::links::percent_encode(promql)
+        );
         let body = match http_get(self.port, &path) {
             Ok((200, body)) => body,
             other => panic!("query {promql:?}: {other:?}"),
@@ -214,16 +217,4 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
     Ok((status, body.to_string()))
-}
-
-/// Percent-encode a query parameter.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -115,6 +115,10 @@ fn same_config(text: &str, wanted: &Config) -> bool {
         return false;
     };
     let mut wanted = wanted.clone();
+    // The run directory holds the config as resolved at its start.
+    if super::start::resolve_telemetry(&mut wanted).is_err() {
+        return false;
+    }
     found.simulation.seed = None;
     wanted.simulation.seed = None;
     found == wanted
@@ -247,6 +251,7 @@ impl Engine {
             assignments: crate::assignment_log::watch(nats_url.clone()),
             dir,
             nats_cluster: self.open_nats_cluster(),
+            traces: super::traces::start(&run_config, &saved.state.id),
         };
         let downtime =
             Duration::from_micros(u64::try_from(now_us() - saved.written_unix_us).unwrap_or(0));

@@ -101,6 +101,10 @@ impl Engine {
         if let Err(error) = files {
             warn!(run = %run.state.id, %error, "run directory incomplete");
         }
+        if let Some(run) = self.run.as_mut() {
+            super::traces::finish(run, summary.judgement.outcome.as_str()).await;
+        }
+        let Some(run) = self.run.as_ref() else { return };
         // The final state is durable: agents may drop everything the run applied.
         for (agent, (boot_id, number)) in &run.state.applied {
             self.registry.release(agent, *boot_id, *number);

@@ -130,8 +130,22 @@ impl Engine {
                         received_us: own_clock.correct(processed.received_us),
                         processed_us,
                     });
-                    if let Err(error) = observed {
-                        warn!(%error, "invalid processed report");
+                    match observed {
+                        Ok(observation) => {
+                            for kind in super::traces::observed(&observation) {
+                                let other = observation.overlap_with.and_then(|w| {
+                                    run.state.worker_names.get(w.0 as usize).cloned()
+                                });
+                                let involved = super::traces::Involved {
+                                    worker: &processed.worker_id,
+                                    other: other.as_deref(),
+                                    at_us: processed_us,
+                                };
+                                let message = (processed.partition, processed.seq);
+                                super::traces::anomaly(run, kind, message, involved);
+                            }
+                        }
+                        Err(error) => warn!(%error, "invalid processed report"),
                     }
                     // Both times are the worker's own clock: no correction.
                     let took_us = processed.processed_us.saturating_sub(processed.received_us);

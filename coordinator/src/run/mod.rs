@@ -34,6 +34,7 @@ mod start;
 mod startup;
 mod state;
 mod tick;
+mod traces;
 
 pub use checkpoint::CHECKPOINT_FORMAT;
 pub use faults::InjectOptions;
@@ -159,6 +160,8 @@ struct RunIo {
     dir: RunDir,
     /// The managed NATS cluster, when the daemon was given one (`nats_server_kill`).
     nats_cluster: Option<nats_cluster::NatsCluster>,
+    /// The run's span exporter, when its config traces (`traces`).
+    traces: Option<telemetry::Traces>,
 }
 
 /// This coordinator process's bookkeeping of the run: not checkpointed, starting afresh in
@@ -194,6 +197,11 @@ struct Local {
     agentless_since: Option<Instant>,
     /// Received→processed time of every processed report, for the metrics.
     processing: crate::metrics::exposition::Buckets,
+    /// Anomaly spans sent (and, past the cap, not sent) so far.
+    anomaly_spans: u64,
+    /// Fault records whose spans went out (a resumed coordinator sends them again, with the
+    /// same ids).
+    faults_traced: usize,
 }
 
 impl Local {
@@ -214,6 +222,8 @@ impl Local {
             boots: BTreeMap::new(),
             agentless_since: None,
             processing: crate::metrics::exposition::Buckets::new(&metrics::PROCESSING_BOUNDS),
+            anomaly_spans: 0,
+            faults_traced: 0,
         }
     }
 }

@@ -12,7 +12,11 @@ use sim_core::rundir::{RunDir, RunDirError};
 use sim_core::tracker::Tracker;
 
 impl Engine {
-    pub(super) async fn start(&mut self, config: Config, seed: u64) -> Result<String, StartError> {
+    pub(super) async fn start(
+        &mut self,
+        mut config: Config,
+        seed: u64,
+    ) -> Result<String, StartError> {
         if let Some(run) = &self.run
             && run.state.phase != Phase::Finished
         {
@@ -22,6 +26,7 @@ impl Engine {
         if agents.is_empty() {
             return Err(StartError::Infrastructure("no agent is connected".into()));
         }
+        resolve_telemetry(&mut config)?;
         self.open_metrics(&config.metrics.prometheus).await?;
         let nats_url = self
             .nats_url
@@ -32,7 +37,7 @@ impl Engine {
             .map_err(|e| {
                 StartError::Infrastructure(format!("preparing JetStream at {nats_url}: {e:#}"))
             })?;
-        let placement = placement::place(&config, seed, &agents, &nats_url);
+        let mut placement = placement::place(&config, seed, &agents, &nats_url);
         let partition_map = placement.partition_map(config.partitions.count);
         crate::stream::publish_partition_map(&sim_kv, &partition_map)
             .await
@@ -57,6 +62,7 @@ impl Engine {
                 }
             }
         };
+        placement.trace_with(trace_spec(&config, &id).as_ref());
         info!(run = %id, dir = %dir.root().display(), agents = agents.len(), producers = placement.producers.len(), workers = placement.workers.len(), "starting run");
         let state = RunState::new(
             id.clone(),
@@ -78,6 +84,7 @@ impl Engine {
                 assignments: crate::assignment_log::watch(nats_url),
                 dir,
                 nats_cluster: self.open_nats_cluster(),
+                traces: super::traces::start(&state.config, &id),
             },
             local: Local::new(self.registry.gaps().len()),
             state,
@@ -101,6 +108,29 @@ impl Engine {
         self.publish_status();
         Ok(id)
     }
+}
+
+/// Fill the run's tracing settings from this coordinator's environment where the config
+/// leaves them out (the config wins); the run directory records the result.
+pub(super) fn resolve_telemetry(config: &mut Config) -> Result<(), StartError> {
+    config
+        .telemetry
+        .traces
+        .resolve(|name| std::env::var(name).ok())
+        .map_err(|e| StartError::Config(e.to_string()))
+}
+
+/// What the run's children are told about tracing (`None`: traces off).
+pub(super) fn trace_spec(config: &Config, run_id: &str) -> Option<proto::v1::TraceSpec> {
+    let traces = &config.telemetry.traces;
+    traces.enabled.then(|| {
+        let (endpoint, sample_ratio) = traces.effective();
+        proto::v1::TraceSpec {
+            endpoint: endpoint.to_string(),
+            sample_ratio,
+            run_id: run_id.to_string(),
+        }
+    })
 }
 
 impl Engine {

@@ -44,6 +44,7 @@ impl Engine {
             run.tracker.expire(now_us());
         }
         record_report_gaps(run, &self.registry);
+        super::traces::faults(run, false);
         let run_time = run.clock.now();
         super::replay::watch_boots(run, &self.registry.boots(), run_time);
         // Measured ones replace what the run knew; a host not probed yet keeps its last.

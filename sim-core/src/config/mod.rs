@@ -31,6 +31,7 @@ mod error;
 mod random;
 mod raw;
 mod schema;
+mod telemetry;
 mod validate;
 mod weights;
 
@@ -41,6 +42,7 @@ pub use bytes::ByteSize;
 pub use duration::{Interval, format_duration, human, human_opt, parse_duration};
 pub use error::{ConfigError, ParseValueError};
 pub use schema::*;
+pub use telemetry::{DEFAULT_OTLP_ENDPOINT, DEFAULT_SAMPLE_RATIO, TelemetryConfig, TracesConfig};
 
 /// Path shown for errors about the document as a whole (empty file, not a mapping).
 const ROOT: &str = "(config)";

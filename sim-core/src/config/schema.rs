@@ -45,6 +45,9 @@ pub struct Config {
     /// Coordinator state snapshots.
     #[serde(default)]
     pub checkpointing: CheckpointConfig,
+    /// Extension: traces over OTLP.
+    #[serde(default)]
+    pub telemetry: super::TelemetryConfig,
 }
 
 // === simulation ===

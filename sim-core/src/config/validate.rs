@@ -76,7 +76,30 @@ impl Config {
             "checkpointing.path",
             || "must not be empty when checkpointing is enabled".into(),
         );
+        self.check_telemetry(&mut p);
         p.0
+    }
+
+    fn check_telemetry(&self, p: &mut Problems) {
+        let traces = &self.telemetry.traces;
+        if let Some(endpoint) = &traces.endpoint
+            && let Err(message) = super::telemetry::check_endpoint(endpoint, traces.insecure)
+        {
+            p.check(false, "telemetry.traces.endpoint", || message);
+        }
+        if let Some(ratio) = traces.sample_ratio {
+            p.check(
+                (0.0..=1.0).contains(&ratio),
+                "telemetry.traces.sample_ratio",
+                || format!("must be a number from 0 to 1, got {ratio}"),
+            );
+        }
+        let url = &self.telemetry.tempo_url;
+        p.check(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "telemetry.tempo_url",
+            || format!("must be an http:// or https:// URL, got {url:?}"),
+        );
     }
 
     fn check_simulation(&self, p: &mut Problems) {

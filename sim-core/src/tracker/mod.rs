@@ -605,6 +605,19 @@ impl Tracker {
         self.workers.get_mut(idx)
     }
 
+    /// Every message currently counted as lost, as (partition, seq), partition by partition,
+    /// lowest seq first.
+    pub fn lost(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, part)| part.lost > 0)
+            .flat_map(|(p, part)| {
+                let p = u32::try_from(p).unwrap_or(u32::MAX);
+                part.lost_seqs().map(move |seq| (p, seq))
+            })
+    }
+
     /// Publish→processed latency of first-time processing as a histogram: how many
     /// measurements fell at or below each of the ascending `bounds_us` and above the one
     /// before (the last entry: above every bound), and their sum in whole µs. The resolution is

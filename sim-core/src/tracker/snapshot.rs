@@ -38,6 +38,19 @@ impl AnomalyKind {
         AnomalyKind::Rejected,
     ];
 
+    /// Its name as the report's JSON spells it (`duplicate_concurrent`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lost => "lost",
+            Self::Late => "late",
+            Self::DuplicateRedelivery => "duplicate_redelivery",
+            Self::DuplicateConcurrent => "duplicate_concurrent",
+            Self::OwnershipOverlap => "ownership_overlap",
+            Self::OrderViolation => "order_violation",
+            Self::Rejected => "rejected",
+        }
+    }
+
     /// Position in [`Self::ALL`]; indexes per-kind tables.
     pub(super) fn index(self) -> usize {
         self as usize

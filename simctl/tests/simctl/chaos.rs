@@ -6,8 +6,14 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use telemetry::MessageTrace;
+use test_support::otlp::{Receiver, Span};
 use test_support::prometheus::{Prometheus, http_get, tool};
 use test_support::report::elements;
+
+/// OTLP span kinds.
+const PRODUCER: i32 = 4;
+const CONSUMER: i32 = 5;
 
 use super::{KeepOnFailure, simctl, workspace};
 
@@ -20,10 +26,14 @@ const METRICS_AT: &str = "parti-sim: metrics at http://";
 /// the final fault counts many times over. The coordinator serves `/metrics` on a port of its
 /// choosing (`port: 0`), a real Prometheus scrapes it every second: its exposition passes
 /// `promtool check metrics`, and the stored series show messages flowing, nothing lost, and
-/// exactly the report's injected faults per type.
+/// exactly the report's injected faults per type. Traced at ratio 0.05 into an OTLP receiver:
+/// a sampled message's `publish` and `process` spans share its derived trace id and the
+/// parent link, with the messaging attributes; every fault has its span, every measured
+/// recovery its `recovery` span.
 #[test]
-fn chaos_run_with_process_faults_passes_and_prometheus_sees_it() {
+fn chaos_run_with_process_faults_passes_and_prometheus_and_tempo_see_it() {
     let prometheus = Prometheus::start();
+    let receiver = Receiver::start();
     let dir = tempfile::Builder::new()
         .prefix("simctl-chaos-")
         .tempdir()
@@ -44,6 +54,7 @@ fn chaos_run_with_process_faults_passes_and_prometheus_sees_it() {
             ),
         ],
     );
+    let config = super::traces::traced(config, &receiver, 0.05);
     let path = dir.path().join("chaos.yaml");
     std::fs::write(&path, config).expect("write");
     let json_path = dir.path().join("report.json");
@@ -147,6 +158,142 @@ fn chaos_run_with_process_faults_passes_and_prometheus_sees_it() {
     assert!(
         prometheus.value(&over_run("simulation_workers_active")) >= 4.0,
         "workers seen"
+    );
+    let run_id = json["run_id"].as_str().expect("run id");
+    check_message_traces(&receiver, run_id);
+    check_fault_traces(&receiver, faults);
+}
+
+/// A sampled message is one trace: the producer's `publish` span and the worker's
+/// `process` span under it, both with the conventional attributes.
+fn check_message_traces(receiver: &Receiver, run_id: &str) {
+    receiver.wait_for(
+        "a publish span with its process span",
+        Duration::from_secs(30),
+        |spans| {
+            spans.iter().any(|p| {
+                p.kind == PRODUCER
+                    && spans
+                        .iter()
+                        .any(|c| c.kind == CONSUMER && c.parent_span_id == p.span_id)
+            })
+        },
+    );
+    let spans = receiver.spans();
+    let sends: Vec<&Span> = spans.iter().filter(|s| s.kind == PRODUCER).collect();
+    let pairs: Vec<(&Span, &Span)> = sends
+        .iter()
+        .filter_map(|send| {
+            spans
+                .iter()
+                .find(|c| c.kind == CONSUMER && c.parent_span_id == send.span_id)
+                .map(|process| (*send, process))
+        })
+        .collect();
+    // Sampling is per message, so most sampled sends have their processing traced too.
+    assert!(
+        pairs.len() * 2 >= sends.len() && sends.len() > 10,
+        "{} sends, {} with their process span",
+        sends.len(),
+        pairs.len()
+    );
+    for (send, process) in pairs {
+        let partition: u32 = send.attr("sim.partition").parse().expect("partition");
+        let seq: u64 = send.attr("sim.seq").parse().expect("seq");
+        let ids = MessageTrace::of(run_id, partition, seq);
+        assert_eq!(send.trace_id, ids.trace_id.to_string(), "derived trace id");
+        assert_eq!(
+            send.span_id,
+            ids.send_span.to_string(),
+            "derived send span id"
+        );
+        assert!(ids.sampled(0.05), "only sampled messages are traced");
+        assert_eq!(process.trace_id, send.trace_id, "one trace per message");
+        assert_eq!(send.service, "parti-sim-producer");
+        assert_eq!(process.service, "parti-sim-worker");
+        assert_eq!(
+            send.name,
+            format!("publish {}", send.attr("messaging.destination.name"))
+        );
+        assert_eq!(
+            process.name,
+            format!("process {}", process.attr("messaging.destination.name"))
+        );
+        for (span, operation) in [(send, "send"), (process, "process")] {
+            assert_eq!(span.attr("messaging.system"), "nats", "{span:?}");
+            assert_eq!(span.attr("messaging.operation.type"), operation, "{span:?}");
+            assert_eq!(
+                span.attr("messaging.message.id"),
+                format!("{partition}:{seq}"),
+                "{span:?}"
+            );
+            assert_eq!(
+                span.attr("sim.partition"),
+                partition.to_string(),
+                "{span:?}"
+            );
+            assert_eq!(span.attr("sim.seq"), seq.to_string(), "{span:?}");
+        }
+        assert_eq!(
+            process.attr("messaging.consumer.group.name"),
+            proto::partition_durable(partition),
+            "{process:?}"
+        );
+        assert!(
+            process.attr("sim.worker").starts_with("worker-"),
+            "{process:?}"
+        );
+        assert!(
+            !process.attr("sim.assignment_version").is_empty(),
+            "{process:?}"
+        );
+        assert!(
+            process
+                .attr("messaging.nats.message.delivery_count")
+                .parse::<u32>()
+                .is_ok_and(|d| d >= 1),
+            "{process:?}"
+        );
+    }
+}
+
+/// One `fault` span per fault of the report, in the run's trace; a `recovery` span under
+/// each fault whose recovery was measured.
+fn check_fault_traces(receiver: &Receiver, faults: &[serde_json::Value]) {
+    let injected = faults.iter().filter(|f| f["outcome"] == "injected").count();
+    receiver.wait_for("the run span", Duration::from_secs(30), |spans| {
+        spans.iter().any(|s| s.name.starts_with("run "))
+    });
+    let spans = receiver.spans();
+    let run = spans
+        .iter()
+        .find(|s| s.name.starts_with("run "))
+        .expect("run span");
+    assert_eq!(run.parent_span_id, "", "the run span is its trace's root");
+    assert_eq!(run.attr("sim.verdict"), "pass");
+    let fault_spans: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("fault ") && s.attr("sim.fault.outcome") == "injected")
+        .collect();
+    assert_eq!(fault_spans.len(), injected, "one span per injected fault");
+    for fault in &fault_spans {
+        assert_eq!(fault.trace_id, run.trace_id, "{fault:?}");
+        assert_eq!(fault.parent_span_id, run.span_id, "{fault:?}");
+    }
+    let measured = faults
+        .iter()
+        .filter(|f| f["outcome"] == "injected" && f["rebalance_s"].is_number())
+        .count();
+    let recoveries = spans
+        .iter()
+        .filter(|s| {
+            s.name.starts_with("recovery ")
+                && fault_spans.iter().any(|f| f.span_id == s.parent_span_id)
+        })
+        .count();
+    assert_eq!(
+        recoveries, measured,
+        "a recovery span per measured recovery"
     );
 }
 

@@ -354,6 +354,7 @@ impl Engine {
                 .map(|p| p.detail.clone())
                 .unwrap_or_default(),
             rebalance_s: None,
+            recovery_from_s: None,
             catch_up_s: None,
             moved: None,
             ideal_moves: planned.as_ref().and_then(|p| p.ideal_moves),

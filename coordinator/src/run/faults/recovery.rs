@@ -129,6 +129,7 @@ pub(super) fn check(run: &mut ActiveRun, now: Duration) {
             let took = now.saturating_sub(measure.since).as_secs_f64();
             let record = &mut run.state.faults.records[measure.index];
             record.rebalance_s = Some(took);
+            record.recovery_from_s = Some(measure.since.as_secs_f64());
             record.moved = Some(run.state.assignment_log.moves - measure.moves_at_start);
             run.state.faults.measuring = None;
             info!(run = %run.state.id, event = %record.event, took, "recovered");
