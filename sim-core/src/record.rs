@@ -182,7 +182,13 @@ impl RunRecord {
     /// The tracker state does not import (a damaged or foreign file).
     pub fn summarize(&self) -> Result<RunSummary, StateError> {
         let tracker = Tracker::import(tracker_config(&self.config), self.tracker.clone())?;
-        let snapshot = tracker.snapshot(self.written_unix_us);
+        let mut snapshot = tracker.snapshot(self.written_unix_us);
+        if self.config.telemetry.traces.enabled {
+            // Each sample names the trace its anomaly span went into.
+            for anomaly in &mut snapshot.anomalies {
+                *anomaly = anomaly.traced(&self.run_id);
+            }
+        }
         let log = &self.assignment_log;
         let unowned = self.authority.violations();
         // The leak gate is judged here, from the samples, like the books.

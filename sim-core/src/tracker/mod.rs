@@ -59,7 +59,7 @@ use hdrhistogram::Histogram;
 pub use checkpoint::{CheckpointError, TrackerState};
 pub use failure::{Rules, TrackerFailure};
 use partition::{LOST, PartitionState, ProcessedOutcome, Recovered, SentOutcome};
-pub use snapshot::{Anomaly, AnomalyKind, LatencySummary, TrackerSnapshot, WorkerLoad};
+pub use snapshot::{Anomaly, AnomalyKind, LatencySummary, TraceRef, TrackerSnapshot, WorkerLoad};
 pub use types::{
     DuplicateKind, InputError, Observation, Processed, ProgressMarker, Sent, TrackerConfig,
     WorkerRef,
@@ -435,6 +435,7 @@ impl Tracker {
                 worker: None,
                 other_worker: None,
                 at_us: None,
+                trace_id: None,
             }));
         }
         anomalies.extend_from_slice(&self.samples);
@@ -586,6 +587,7 @@ impl Tracker {
                 worker,
                 other_worker,
                 at_us,
+                trace_id: None,
             });
         }
     }

@@ -72,6 +72,49 @@ pub struct Anomaly {
     pub other_worker: Option<WorkerRef>,
     /// When it was observed (report's processed time, µs); none for lost messages.
     pub at_us: Option<i64>,
+    /// The message's trace id (derived from run, partition and seq; see
+    /// `telemetry::ids`), filled in when the report is made: what to open in Tempo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<TraceRef>,
+}
+
+/// A trace id, as 32 lowercase hex digits in JSON (as Tempo and `simctl trace` show it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceRef(pub [u8; 16]);
+
+impl fmt::Display for TraceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl Serialize for TraceRef {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TraceRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let bytes = u128::from_str_radix(&text, 16)
+            .ok()
+            .filter(|_| text.len() == 32)
+            .ok_or_else(|| serde::de::Error::custom(format!("not a trace id: {text:?}")))?;
+        Ok(Self(bytes.to_be_bytes()))
+    }
+}
+
+impl Anomaly {
+    /// The same anomaly, naming its message's trace in run `run_id`.
+    #[must_use]
+    pub fn traced(self, run_id: &str) -> Self {
+        let ids = telemetry::MessageTrace::of(run_id, self.partition, self.seq);
+        Self {
+            trace_id: Some(TraceRef(ids.trace_id.to_bytes())),
+            ..self
+        }
+    }
 }
 
 impl fmt::Display for Anomaly {

@@ -22,6 +22,7 @@ fn anomaly(kind: AnomalyKind, seq: u64) -> Anomaly {
         worker: Some(WorkerRef(1)),
         other_worker: None,
         at_us: None,
+        trace_id: None,
     }
 }
 

@@ -83,6 +83,12 @@ fn dropping_acked_messages_fails_with_loss_and_each_lost_message_has_its_anomaly
         .collect();
     assert!(!samples.is_empty(), "lost samples in the report");
     let sample = samples[0];
+    assert!(
+        samples.iter().all(|s| anomalies
+            .iter()
+            .any(|span| s["trace_id"] == span.trace_id.as_str())),
+        "every lost sample in the report names the trace of its anomaly span: {samples:?}"
+    );
     let message = format!("{}:{}", sample["partition"], sample["seq"]);
     let output = Command::new(simctl())
         .current_dir(workspace())
