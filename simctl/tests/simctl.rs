@@ -9,6 +9,8 @@ use test_support::report::{anomaly_partitions, elements, failure_kinds, reasons}
 
 #[path = "simctl/chaos.rs"]
 mod chaos;
+#[path = "simctl/stack.rs"]
+mod stack;
 #[path = "simctl/traces.rs"]
 mod traces;
 

@@ -159,9 +159,37 @@ fn chaos_run_with_process_faults_passes_and_prometheus_and_tempo_see_it() {
         prometheus.value(&over_run("simulation_workers_active")) >= 4.0,
         "workers seen"
     );
+    check_dashboard_metrics(&prometheus);
     let run_id = json["run_id"].as_str().expect("run id");
     check_message_traces(&receiver, run_id);
     check_fault_traces(&receiver, faults);
+}
+
+/// Every metric a Grafana dashboard of docker/observability queries is one this run's
+/// coordinator really exported (Prometheus stored it), not a name kept by hand.
+fn check_dashboard_metrics(prometheus: &Prometheus) {
+    let stored = prometheus.metric_names();
+    let dashboards = workspace().join("docker/observability/grafana/dashboards");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dashboards).expect("dashboards") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("dashboard");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("a dashboard parses");
+        for expr in super::stack::queries(&json) {
+            for name in super::stack::metric_names(&expr) {
+                assert!(
+                    stored.contains(&name),
+                    "{}: {name} (in {expr:?}) is not exported by the coordinator",
+                    path.display()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked > 20,
+        "the dashboards query the run's metrics ({checked} names)"
+    );
 }
 
 /// A sampled message is one trace: the producer's `publish` span and the worker's
