@@ -13,17 +13,23 @@ partitions="${2:-16}"
 # --bins: the fleet runs target/release/simctl, which starts target/release/agent.
 cargo build --release --workspace --bins --examples --locked >/dev/null
 work="$(mktemp -d)"
-trap 'kill "${nats_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill "${nats_pid:-0}" "${sink_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+# The first match of sed script $2 in file $1, waiting up to 10 s for it to appear.
+first_match() {
+  local found=""
+  for _ in $(seq 100); do
+    found=$(sed -n "$2" "$1")
+    [ -n "$found" ] && break
+    sleep 0.1
+  done
+  echo "$found"
+}
 
 # --- baseline ----------------------------------------------------------------------------
 .tools/bin/nats-server -js -a 127.0.0.1 -p -1 --store_dir "$work/store" >"$work/nats.log" 2>&1 &
 nats_pid=$!
-port=""
-for _ in $(seq 100); do
-  port=$(sed -n 's/.*Listening for client connections on 127.0.0.1:\([0-9]*\).*/\1/p' "$work/nats.log")
-  [ -n "$port" ] && break
-  sleep 0.1
-done
+port=$(first_match "$work/nats.log" 's/.*Listening for client connections on 127.0.0.1:\([0-9]*\).*/\1/p')
 [ -n "$port" ] || { echo "nats-server did not start" >&2; exit 3; }
 baseline=$(target/release/examples/raw_baseline "nats://127.0.0.1:$port" "$partitions" "$seconds" | sed -n 's/^baseline_msgs_per_sec=//p')
 kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true
@@ -56,3 +62,31 @@ for per_partition in 100 200 400 800 1600; do
   if [ "$verdict" = PASS ] && [ "$rate" -gt "$best" ]; then best=$rate; fi
 done
 python3 -c "print(f'best fleet rate with zero loss: $best msg/s; ratio to baseline: {$best/$baseline:.2f}')"
+
+# --- tracing overhead ----------------------------------------------------------------------
+# The fleet at the highest offered rate (saturated: what it processes is its capacity), with
+# traces off, at ratio 0.01 and at 1.0, exporting to an OTLP sink that answers and counts.
+target/release/examples/otlp_sink "$work/spans" >"$work/sink.out" 2>&1 &
+sink_pid=$!
+endpoint=$(first_match "$work/sink.out" 's/^endpoint=//p')
+[ -n "$endpoint" ] || { echo "otlp_sink did not start" >&2; exit 3; }
+saturated="$work/fleet-1600.yaml"
+untraced=0
+for ratio in off 0.01 1.0; do
+  config="$work/traced-$ratio.yaml"
+  cp "$saturated" "$config"
+  if [ "$ratio" != off ]; then
+    printf 'telemetry:\n  traces:\n    enabled: true\n    endpoint: %s\n    sample_ratio: %s\n' "$endpoint" "$ratio" >>"$config"
+  fi
+  before=$(cat "$work/spans" 2>/dev/null || echo 0)
+  target/release/simctl run --config "$config" --duration "${seconds}s" --seed 1 \
+    --json "$work/traced-$ratio.json" --run-dir "$work/traced-run-$ratio" >"$work/traced-$ratio.out" 2>&1 || true
+  [ -s "$work/traced-$ratio.json" ] || { echo "traced run ($ratio) left no report" >&2; tail -20 "$work/traced-$ratio.out" >&2; exit 3; }
+  sleep 1  # the last batches reach the sink
+  spans=$(( $(cat "$work/spans") - before ))
+  received=$(python3 -c "import json; print(json.load(open('$work/traced-$ratio.json'))['tracker']['received'])")
+  rate=$(( received / seconds ))
+  [ "$ratio" = off ] && untraced=$rate
+  overhead=$(python3 -c "print(f'{(1 - $rate / $untraced) * 100:.1f}')")
+  echo "traces $ratio: $rate msg/s processed, $spans spans exported, overhead $overhead %"
+done

@@ -2,6 +2,7 @@
 //! from a real run, decoded and kept for assertions.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +43,12 @@ impl Span {
 }
 
 #[derive(Debug, Default, Clone)]
-struct Store(Arc<Mutex<Vec<Span>>>);
+struct Store {
+    spans: Arc<Mutex<Vec<Span>>>,
+    count: Arc<AtomicUsize>,
+    /// Keep the spans (tests), or only count them (benchmarks).
+    keep: bool,
+}
 
 #[tonic::async_trait]
 impl TraceService for Store {
@@ -50,8 +56,19 @@ impl TraceService for Store {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        if !self.keep {
+            let n: usize = request
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
+            self.count.fetch_add(n, Ordering::Relaxed);
+            return Ok(tonic::Response::new(ExportTraceServiceResponse::default()));
+        }
         let mut flat = Vec::new();
-        for resource in request.into_inner().resource_spans {
+        for resource in request.resource_spans {
             let service = resource
                 .resource
                 .iter()
@@ -80,7 +97,8 @@ impl TraceService for Store {
                 });
             }
         }
-        if let Ok(mut spans) = self.0.lock() {
+        self.count.fetch_add(flat.len(), Ordering::Relaxed);
+        if let Ok(mut spans) = self.spans.lock() {
             spans.extend(flat);
         }
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
@@ -112,12 +130,24 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Listen on a free loopback port.
+    /// Listen on a free loopback port, keeping every span.
     pub fn start() -> Self {
+        Self::listen(true)
+    }
+
+    /// Listen on a free loopback port, only counting spans (a benchmark's sink).
+    pub fn counting() -> Self {
+        Self::listen(false)
+    }
+
+    fn listen(keep: bool) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("addr").port();
-        let spans = Store::default();
+        let spans = Store {
+            keep,
+            ..Store::default()
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let service = spans.clone();
         let thread = std::thread::spawn(move || {
@@ -150,9 +180,18 @@ impl Receiver {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// How many spans were received so far.
+    pub fn span_count(&self) -> usize {
+        self.spans.count.load(Ordering::Relaxed)
+    }
+
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Span> {
-        self.spans.0.lock().map(|s| s.clone()).unwrap_or_default()
+        self.spans
+            .spans
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// Wait until `condition` holds of the spans received (they arrive in batches, up to
