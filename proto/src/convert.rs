@@ -23,6 +23,8 @@ impl From<&RunSummary> for RunReport {
             json: serde_json::to_string_pretty(summary).unwrap_or_default(),
             junit: summary.junit(),
             infrastructure: summary.judgement.outcome == Outcome::Infrastructure,
+            // Drawn by whoever has the run's timeline (`sim_core::html`).
+            html: String::new(),
         }
     }
 }

@@ -59,6 +59,23 @@ pub(crate) fn partition_id(value: &Value) -> Option<u32> {
     }
 }
 
+/// Every (worker, partition) a version of the document grants, in the document's order
+/// (partition ids it cannot read are skipped).
+pub(crate) fn grants(doc: &Value) -> impl Iterator<Item = (&String, u32)> {
+    doc["owners"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .flat_map(|(worker, partitions)| {
+            partitions
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(partition_id)
+                .map(move |id| (worker, id))
+        })
+}
+
 impl AssignmentLog {
     /// Take in one version of the document.
     pub fn observe(&mut self, doc: &Value) {

@@ -56,7 +56,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::assignment::partition_id;
+use crate::assignment::grants;
 
 /// Grants kept per partition. A processing older than the oldest kept grant is not judged.
 pub const KEEP_GRANTS: usize = 64;
@@ -194,28 +194,19 @@ impl AuthorityCheck {
             };
             self.blind.push((after, written_us));
         }
-        if let Some(owners) = doc["owners"].as_object() {
-            for (worker, partitions) in owners {
-                for id in partitions
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(partition_id)
-                {
-                    let timeline = self.timelines.entry(id).or_default();
-                    if timeline.grants.last().is_some_and(|g| g.worker == *worker) {
-                        continue;
-                    }
-                    timeline.grants.push(Grant {
-                        at_us: written_us,
-                        version,
-                        worker: worker.clone(),
-                    });
-                    if timeline.grants.len() > KEEP_GRANTS {
-                        timeline.grants.remove(0);
-                        timeline.pruned = true;
-                    }
-                }
+        for (worker, id) in grants(doc) {
+            let timeline = self.timelines.entry(id).or_default();
+            if timeline.grants.last().is_some_and(|g| g.worker == *worker) {
+                continue;
+            }
+            timeline.grants.push(Grant {
+                at_us: written_us,
+                version,
+                worker: worker.clone(),
+            });
+            if timeline.grants.len() > KEEP_GRANTS {
+                timeline.grants.remove(0);
+                timeline.pruned = true;
             }
         }
         self.last_version = version;

@@ -20,6 +20,8 @@
 //! - [`record`]: what judging needs, read from a run state (checkpoint or `final.json`).
 //! - [`resources`]: the leak gate (each process's resources over the run).
 //! - [`report`]: the final report (text, JSON, JUnit).
+//! - [`timeline`]: the run over time (sampled counters, owner changes); [`html`]: the
+//!   report as a picture drawn from it.
 
 #![forbid(unsafe_code)]
 
@@ -30,11 +32,13 @@ pub mod clock;
 pub mod config;
 pub mod events;
 pub mod foreign_reports;
+pub mod html;
 pub mod ownership;
 pub mod record;
 pub mod report;
 pub mod resources;
 pub mod rundir;
 pub mod stream_check;
+pub mod timeline;
 pub mod tracker;
 pub mod verdict;

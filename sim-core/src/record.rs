@@ -148,6 +148,9 @@ pub struct RunRecord {
     pub faults: FaultRecords,
     /// What parti's assignment history showed.
     pub assignment_log: AssignmentLog,
+    /// The run over time, for its picture (absent in older states: none).
+    #[serde(default)]
+    pub timeline: crate::timeline::Timeline,
 }
 
 /// A state's placement, reduced to what the report shows: how many of each.

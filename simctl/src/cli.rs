@@ -115,6 +115,10 @@ pub struct ReportFiles {
     /// Write a JUnit XML report here.
     #[arg(long)]
     pub junit: Option<PathBuf>,
+    /// Write the report as a picture here: one self-contained HTML file (throughput and
+    /// latency over time with every fault shaded, recoveries, partition ownership).
+    #[arg(long)]
+    pub html: Option<PathBuf>,
 }
 
 /// `simctl trace`.

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use proto::v1::RunReport;
-use sim_core::record::{RunRecord, StateError};
+use sim_core::record::RunRecord;
 use sim_core::report::RunSummary;
 use sim_core::rundir::RunDir;
 
@@ -21,8 +21,13 @@ pub fn report(dir: &Path, files: &ReportFiles) -> Result<Exit, ExitError> {
     let config = config::load(&dir.join("config.yaml"))?;
     let run = RunDir::open(dir, &config.checkpointing.path);
     let (body, source) = evidence(&run, dir)?;
-    let summary = judge(&body).map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", dir.display())))?;
-    let run_report = RunReport::from(&summary);
+    let record = RunRecord::from_json(&body)
+        .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", dir.display())))?;
+    let summary = record
+        .summarize()
+        .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", dir.display())))?;
+    let mut run_report = RunReport::from(&summary);
+    run_report.html = sim_core::html::render(&summary, &record.timeline);
     eprintln!("parti-sim: judged {} from its {source}", dir.display());
     compare_with_recorded(dir, &summary);
     report::deliver(&run_report, files)
@@ -47,11 +52,6 @@ fn evidence(run: &RunDir, dir: &Path) -> Result<(Vec<u8>, String), ExitError> {
             dir.display()
         ))),
     }
-}
-
-/// The verdict on a state body (`final.json` or a checkpoint).
-fn judge(body: &[u8]) -> Result<RunSummary, StateError> {
-    RunRecord::from_json(body)?.summarize()
 }
 
 /// Say whether the verdict now is the one recorded when the run finished (`report.json`).

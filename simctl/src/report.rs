@@ -19,6 +19,14 @@ pub fn deliver(report: &RunReport, files: &ReportFiles) -> Result<Exit, ExitErro
     if let Some(path) = &files.junit {
         write(path, &report.junit)?;
     }
+    if let Some(path) = &files.html {
+        if report.html.is_empty() {
+            return Err(infrastructure(anyhow::anyhow!(
+                "the coordinator sent no HTML report (an older coordinator?)"
+            )));
+        }
+        write(path, &report.html)?;
+    }
     Ok(Exit::of_report(report))
 }
 

@@ -35,6 +35,7 @@ fn simctl_help_texts() {
         ("simctl-chaos-help.txt", vec!["chaos", "--help"]),
         ("simctl-report-help.txt", vec!["report", "--help"]),
         ("simctl-config-help.txt", vec!["config", "--help"]),
+        ("simctl-trace-help.txt", vec!["trace", "--help"]),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_simctl"))
             .args(&args)

@@ -20,6 +20,7 @@ impl Engine {
         super::faults::check_catch_up(run, now, true);
         run.tracker.finish(now_us());
         super::ground_truth::count_unannounced_lost(run);
+        super::tick::sample_timeline(run, now, true);
         super::silence::check(run, now, &agents);
         run.state.phase = Phase::Finished;
         run.state.end = Some(reason);
@@ -82,7 +83,8 @@ impl Engine {
             )
         });
         info!(run = %run.state.id, outcome = ?summary.judgement.outcome, "run finished");
-        let report = proto::v1::RunReport::from(&summary);
+        let mut report = proto::v1::RunReport::from(&summary);
+        report.html = sim_core::html::render(&summary, &run.state.timeline);
         let files = match &body {
             Ok(body) => run.io.dir.write_final(body),
             Err(error) => {
@@ -91,6 +93,7 @@ impl Engine {
             }
         }
         .and_then(|()| run.io.dir.write_file("report.txt", report.text.as_bytes()))
+        .and_then(|()| run.io.dir.write_file("report.html", report.html.as_bytes()))
         .and_then(|()| {
             run.io
                 .dir

@@ -132,6 +132,10 @@ impl Engine {
                     });
                     match observed {
                         Ok(observation) => {
+                            if observation.first {
+                                let latency_us = processed_us.saturating_sub(published_us);
+                                run.state.timeline.latency(latency_us.max(0).unsigned_abs());
+                            }
                             for kind in super::traces::observed(&observation) {
                                 let other = observation.overlap_with.and_then(|w| {
                                     run.state.worker_names.get(w.0 as usize).cloned()

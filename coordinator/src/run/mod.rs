@@ -366,6 +366,8 @@ impl Engine {
                         {
                             run.state.assignment_log.last_kv_revision = version.revision;
                             run.state.assignment_log.observe(&version.doc);
+                            let at_s = run.clock.now().as_secs_f64();
+                            run.state.timeline.assignment(at_s, &version.doc);
                             run.state.authority.document(version.written_us, &version.doc);
                         }
                     }

@@ -146,6 +146,9 @@ pub(super) struct RunState {
     /// Per agent: (boot id, number) of the last report batch applied — a checkpoint's
     /// position in each agent's stream.
     pub(super) applied: BTreeMap<String, (u64, u64)>,
+    /// The run over time, for report.html (absent in older checkpoints: starts empty).
+    #[serde(default)]
+    pub(super) timeline: sim_core::timeline::Timeline,
 }
 
 impl RunState {
@@ -192,6 +195,7 @@ impl RunState {
             partition_map,
             assignment_log: AssignmentLog::default(),
             applied: BTreeMap::new(),
+            timeline: sim_core::timeline::Timeline::default(),
             config,
         }
     }

@@ -46,6 +46,7 @@ impl Engine {
         record_report_gaps(run, &self.registry);
         super::traces::faults(run, false);
         let run_time = run.clock.now();
+        sample_timeline(run, run_time, false);
         super::replay::watch_boots(run, &self.registry.boots(), run_time);
         // Measured ones replace what the run knew; a host not probed yet keeps its last.
         run.state.clocks.extend(self.registry.clock_offsets());
@@ -273,4 +274,20 @@ fn checkpoint_due(run: &ActiveRun, now: Instant) -> Option<&'static str> {
         number.saturating_sub(covered) >= CHECKPOINT_AFTER_BATCHES
     });
     backlog.then_some("agent backlog")
+}
+
+/// A timeline sample when one is due, or now when `force`d (the finish), for report.html.
+pub(super) fn sample_timeline(run: &mut ActiveRun, run_time: Duration, force: bool) {
+    let at_s = run_time.as_secs_f64();
+    if !force && !run.state.timeline.due(at_s) {
+        return;
+    }
+    let s = run.tracker.snapshot(now_us());
+    let counters = sim_core::timeline::Counters {
+        sent: s.sent,
+        received: s.received,
+        in_flight: s.in_flight,
+        lost: s.lost,
+    };
+    run.state.timeline.sample(at_s, counters);
 }

@@ -161,8 +161,43 @@ fn chaos_run_with_process_faults_passes_and_prometheus_and_tempo_see_it() {
     );
     check_dashboard_metrics(&prometheus);
     let run_id = json["run_id"].as_str().expect("run id");
+    check_html_report(run_id, injected.len());
     check_message_traces(&receiver, run_id);
     check_fault_traces(&receiver, faults);
+}
+
+/// The run directory's report.html shades one band per injected fault, and `simctl report
+/// --run-dir D --html F` draws the same picture offline.
+fn check_html_report(run_id: &str, injected: usize) {
+    let dir = workspace().join("runs").join(run_id);
+    let bands = |page: &str| -> std::collections::BTreeSet<String> {
+        page.split("data-fault=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next().map(str::to_string))
+            .collect()
+    };
+    let page = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    assert_eq!(bands(&page).len(), injected, "one band per injected fault");
+    assert!(
+        page.contains("Partition ownership") && page.contains("<svg"),
+        "the charts"
+    );
+    let offline = tempfile::NamedTempFile::new().expect("temp file");
+    let output = Command::new(simctl())
+        .args(["report", "--run-dir"])
+        .arg(&dir)
+        .arg("--html")
+        .arg(offline.path())
+        .output()
+        .expect("simctl report");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let redrawn = std::fs::read_to_string(offline.path()).expect("html");
+    assert_eq!(bands(&redrawn), bands(&page), "the same picture offline");
 }
 
 /// Every metric a Grafana dashboard of docker/observability queries is one this run's
