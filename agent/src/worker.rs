@@ -163,7 +163,8 @@ impl SimHandler {
         may_commit: impl Fn() -> bool,
     ) -> Result<(), HandlerError> {
         let parent = match (&self.traces, delivery.headers) {
-            (Some(_), Some(headers)) => {
+            // Only a sampled message carries a traceparent: the rest cost one lookup.
+            (Some(_), Some(headers)) if headers.get("traceparent").is_some() => {
                 telemetry::propagation::extract(headers).filter(|cx| cx.is_sampled())
             }
             _ => None,
