@@ -337,9 +337,9 @@ fn ownership(page: &mut String, end_s: f64, timeline: &Timeline, faults: &[Fault
                 (x(to) - x(*from)).max(0.5),
                 fill(worker),
                 if worker.is_empty() {
-                    "no owner"
+                    "no owner".to_string()
                 } else {
-                    worker
+                    escape(worker)
                 }
             );
         }
@@ -359,6 +359,14 @@ fn ownership(page: &mut String, end_s: f64, timeline: &Timeline, faults: &[Fault
         "&nbsp; {} partitions, one row each, sorted by first owner.</p>",
         order.len()
     );
+    if timeline.owners_dropped > 0 {
+        let _ = writeln!(
+            page,
+            "<p>{} later owner changes are not drawn (the history keeps the first {}).</p>",
+            timeline.owners_dropped,
+            crate::timeline::MAX_OWNER_CHANGES
+        );
+    }
 }
 
 /// Text safe inside HTML.

@@ -18,6 +18,8 @@ use crate::assignment::grants;
 pub const MAX_SAMPLES: usize = 2000;
 /// The first step between samples, seconds.
 const FIRST_STEP_S: f64 = 1.0;
+/// Owner changes kept; later ones are counted, not kept (a checkpoint carries the list).
+pub const MAX_OWNER_CHANGES: usize = 100_000;
 
 /// One sample: the tracker's counters at `at_s`, and latency over the step that ended there.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -56,8 +58,11 @@ pub struct Timeline {
     pub step_s: f64,
     /// The samples, oldest first.
     pub samples: Vec<Sample>,
-    /// Every owner change, in order.
+    /// Every owner change, in order, up to [`MAX_OWNER_CHANGES`].
     pub owners: Vec<OwnerChange>,
+    /// Owner changes past the cap, not kept.
+    #[serde(default)]
+    pub owners_dropped: u64,
     /// Each partition's owner now.
     current: BTreeMap<u32, String>,
     /// Latency of the step in progress (µs); not kept across a restart of the coordinator.
@@ -71,6 +76,7 @@ impl Default for Timeline {
             step_s: FIRST_STEP_S,
             samples: Vec::new(),
             owners: Vec::new(),
+            owners_dropped: 0,
             current: BTreeMap::new(),
             window: None,
         }
@@ -145,22 +151,30 @@ impl Timeline {
         let now: BTreeMap<u32, String> = grants(doc)
             .map(|(worker, id)| (id, worker.clone()))
             .collect();
-        for (partition, worker) in &now {
-            if self.current.get(partition) != Some(worker) {
-                self.owners.push(OwnerChange {
-                    at_s,
-                    partition: *partition,
-                    worker: worker.clone(),
-                });
-            }
-        }
-        for partition in self.current.keys() {
-            if !now.contains_key(partition) {
-                self.owners.push(OwnerChange {
+        let mut changes: Vec<OwnerChange> = now
+            .iter()
+            .filter(|(partition, worker)| self.current.get(partition) != Some(worker))
+            .map(|(partition, worker)| OwnerChange {
+                at_s,
+                partition: *partition,
+                worker: worker.clone(),
+            })
+            .collect();
+        changes.extend(
+            self.current
+                .keys()
+                .filter(|partition| !now.contains_key(partition))
+                .map(|partition| OwnerChange {
                     at_s,
                     partition: *partition,
                     worker: String::new(),
-                });
+                }),
+        );
+        for change in changes {
+            if self.owners.len() < MAX_OWNER_CHANGES {
+                self.owners.push(change);
+            } else {
+                self.owners_dropped += 1;
             }
         }
         self.current = now;

@@ -34,7 +34,7 @@ pub fn report(dir: &Path, files: &ReportFiles) -> Result<Exit, ExitError> {
 }
 
 /// The whole evidence of a run (a checkpoint body) and what it was taken from.
-fn evidence(run: &RunDir, dir: &Path) -> Result<(Vec<u8>, String), ExitError> {
+pub(crate) fn evidence(run: &RunDir, dir: &Path) -> Result<(Vec<u8>, String), ExitError> {
     let final_error = match run.read_final() {
         Ok(body) => return Ok((body, "final state".to_string())),
         Err(error) => error,

@@ -3,11 +3,14 @@
 //!
 //! Nothing is asked of a server: a message's trace id is derived from (run, partition, seq)
 //! (`telemetry::ids`), the same way the producer, the worker and the coordinator derived it,
-//! and the run directory says the run id, its sampling ratio and where Grafana is.
+//! and the run directory says the run id (its final state's, or its latest checkpoint's), its
+//! sampling ratio and where Grafana is.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use sim_core::record::RunRecord;
+use sim_core::rundir::RunDir;
 use telemetry::MessageTrace;
 
 use crate::cli::TraceArgs;
@@ -44,23 +47,20 @@ pub fn trace(args: &TraceArgs) -> Result<Exit, ExitError> {
         None => newest_run(Path::new("runs"))?,
     };
     let config = crate::config::load(&dir.join("config.yaml"))?;
-    let run_id = dir
-        .file_name()
-        .and_then(|name| name.to_str())
-        .ok_or_else(|| bad_input(anyhow::anyhow!("{}: not a run directory", dir.display())))?;
+    // The run id as the run recorded it: a copied or renamed directory still names its run.
+    let (body, _) =
+        crate::offline::evidence(&RunDir::open(&dir, &config.checkpointing.path), &dir)?;
+    let record = RunRecord::from_json(&body)
+        .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", dir.display())))?;
+    let run_id = record.run_id.as_str();
     let traces = &config.telemetry.traces;
     if !traces.enabled {
         return Err(bad_input(anyhow::anyhow!(
             "{run_id} ran with telemetry.traces.enabled: false: nothing of it was exported"
         )));
     }
+    // Any partition: partition changes add ids past `partitions.count` during a run.
     let MessageRef { partition, seq } = args.message;
-    if partition >= config.partitions.count {
-        return Err(bad_input(anyhow::anyhow!(
-            "partition {partition}: {run_id} had partitions 0..{}",
-            config.partitions.count
-        )));
-    }
     let ids = MessageTrace::of(run_id, partition, seq);
     let (_, ratio) = traces.effective();
     let trace_id = ids.trace_id.to_string();

@@ -115,9 +115,15 @@ fn same_config(text: &str, wanted: &Config) -> bool {
         return false;
     };
     let mut wanted = wanted.clone();
-    // The run directory holds the config as resolved at its start.
-    if super::start::resolve_telemetry(&mut wanted).is_err() {
-        return false;
+    // The run directory holds tracing as resolved from the environment at its start; what
+    // the wanted config leaves to the environment is taken as it was then (a restarted
+    // coordinator may lack the variables).
+    let (found_traces, wanted_traces) = (&found.telemetry.traces, &mut wanted.telemetry.traces);
+    if wanted_traces.endpoint.is_none() {
+        wanted_traces.endpoint.clone_from(&found_traces.endpoint);
+    }
+    if wanted_traces.sample_ratio.is_none() {
+        wanted_traces.sample_ratio = found_traces.sample_ratio;
     }
     found.simulation.seed = None;
     wanted.simulation.seed = None;

@@ -251,13 +251,16 @@ fn render(run: &ActiveRun, e: &mut Exposition) {
     )
     .histogram(&[], &run.local.processing);
 
-    render_faults(&state.faults.records, e);
+    render_faults(state, e);
     render_resources(run, e);
 }
 
-/// Chaos events and recoveries, by fault type.
-fn render_faults(records: &[FaultRecord], e: &mut Exposition) {
+/// Chaos events and recoveries, by fault type: every configured type from the start (a
+/// series that appears at 1 has no change for `changes()` or `increase()` to see).
+fn render_faults(state: &super::state::RunState, e: &mut Exposition) {
+    let records = &state.faults.records;
     let mut kinds: Vec<ChaosEvent> = records.iter().map(|r| r.event).collect();
+    kinds.extend(state.config.chaos.events.iter().copied());
     kinds.sort_unstable_by_key(|kind| kind.as_str());
     kinds.dedup();
     let injected = |kind: ChaosEvent| {
@@ -265,18 +268,39 @@ fn render_faults(records: &[FaultRecord], e: &mut Exposition) {
             .iter()
             .filter(move |r| r.event == kind && r.outcome.is_injected())
     };
+    // Counters only go up: a fault withdrawn after its injection (its signal not delivered,
+    // its agent gone) stays in the first and is counted in the second, so the report's count
+    // is their difference.
+    let attempted = |kind: ChaosEvent| {
+        let counted = state
+            .faults
+            .injected_by_type
+            .get(&kind)
+            .copied()
+            .unwrap_or(0);
+        counted.max(injected(kind).count() as u64)
+    };
     let mut events = e.family(
         "simulation_chaos_events_total",
         Kind::Counter,
-        "Faults injected, by type (skipped and failed ones are not counted).",
+        "Faults injected, by type (including any withdrawn afterwards).",
     );
     for kind in &kinds {
-        events.sample(&[("type", kind.as_str())], injected(*kind).count() as f64);
+        events.sample(&[("type", kind.as_str())], attempted(*kind) as f64);
+    }
+    let mut withdrawn = e.family(
+        "simulation_chaos_withdrawn_total",
+        Kind::Counter,
+        "Faults injected but found afterwards not to have taken effect, by type.",
+    );
+    for kind in &kinds {
+        let gone = attempted(*kind).saturating_sub(injected(*kind).count() as u64);
+        withdrawn.sample(&[("type", kind.as_str())], gone as f64);
     }
     let mut skipped = e.family(
         "simulation_chaos_not_injected_total",
         Kind::Counter,
-        "Faults planned but skipped, or refused by the agent, by type.",
+        "Faults planned but skipped, refused by the agent, or withdrawn, by type.",
     );
     for kind in &kinds {
         let not = records

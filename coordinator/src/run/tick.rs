@@ -282,6 +282,18 @@ pub(super) fn sample_timeline(run: &mut ActiveRun, run_time: Duration, force: bo
     if !force && !run.state.timeline.due(at_s) {
         return;
     }
+    // The finish's sample only when the last is half a step old: a rate over a few
+    // milliseconds would be a spike that rescales the whole chart.
+    if force
+        && run
+            .state
+            .timeline
+            .samples
+            .last()
+            .is_some_and(|last| at_s - last.at_s < run.state.timeline.step_s / 2.0)
+    {
+        return;
+    }
     let s = run.tracker.snapshot(now_us());
     let counters = sim_core::timeline::Counters {
         sent: s.sent,

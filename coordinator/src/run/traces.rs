@@ -21,8 +21,9 @@ use super::ActiveRun;
 use super::start::trace_spec;
 
 /// Anomaly spans one run may send; past this they are counted, not sent (a run losing a
-/// million messages must not flood the collector with a million traces).
-const ANOMALY_SPANS_MAX: u64 = 10_000;
+/// million messages must not flood the collector with a million traces). Below the export
+/// queue's size, so the finish's burst of lost-message spans fits.
+const ANOMALY_SPANS_MAX: u64 = 5_000;
 
 /// How long the coordinator's last spans may take to leave at the finish.
 const FLUSH: Duration = Duration::from_secs(2);
@@ -228,13 +229,17 @@ pub(super) async fn finish(run: &mut ActiveRun, verdict: &str) {
         .lost()
         .take(usize::try_from(ANOMALY_SPANS_MAX).unwrap_or(usize::MAX))
         .collect();
-    for message in lost {
+    for (n, message) in lost.into_iter().enumerate() {
         let involved = Involved {
             worker: "",
             other: None,
             at_us: now,
         };
         anomaly(run, AnomalyKind::Lost, message, involved);
+        if n % 512 == 511 {
+            // Let the export task take a batch before the queue fills.
+            tokio::task::yield_now().await;
+        }
     }
     faults(run, true);
     let Some(traces) = &run.io.traces else { return };

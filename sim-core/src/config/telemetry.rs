@@ -44,8 +44,9 @@ pub struct TracesConfig {
     /// then `$OTEL_EXPORTER_OTLP_ENDPOINT`, then `http://127.0.0.1:4317`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Share of messages traced, 0 to 1, decided per message (default:
-    /// `$OTEL_TRACES_SAMPLER_ARG` when `$OTEL_TRACES_SAMPLER` is a ratio sampler, else 0.01).
+    /// Share of messages traced, 0 to 1, decided per message (default: from
+    /// `$OTEL_TRACES_SAMPLER` — `always_on` 1, `always_off` 0, `traceidratio`
+    /// `$OTEL_TRACES_SAMPLER_ARG` — else 0.01).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample_ratio: Option<f64>,
     /// Allow plaintext to a collector that is not on loopback (default false: message
@@ -63,6 +64,17 @@ impl TracesConfig {
         if !self.enabled {
             return Ok(());
         }
+        for name in [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ] {
+            if let Some(protocol) = env(name).filter(|p| !p.is_empty() && p != "grpc") {
+                return Err(ConfigError::new(
+                    name,
+                    format!("{protocol:?}: only OTLP over gRPC (grpc) is supported"),
+                ));
+            }
+        }
         if self.endpoint.is_none() {
             let from_env = [
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -78,9 +90,18 @@ impl TracesConfig {
             self.endpoint = Some(from_env.map_or_else(|| DEFAULT_OTLP_ENDPOINT.into(), |(_, v)| v));
         }
         if self.sample_ratio.is_none() {
-            let ratio_sampler = env("OTEL_TRACES_SAMPLER")
-                .is_some_and(|s| s == "traceidratio" || s == "parentbased_traceidratio");
-            let ratio = match env("OTEL_TRACES_SAMPLER_ARG").filter(|_| ratio_sampler) {
+            let sampler = env("OTEL_TRACES_SAMPLER").unwrap_or_default();
+            let sampler = sampler.strip_prefix("parentbased_").unwrap_or(&sampler);
+            let argument = match sampler {
+                "always_on" => Some("1".to_string()),
+                "always_off" => Some("0".to_string()),
+                // The specification's default argument of the ratio sampler is 1.
+                "traceidratio" => {
+                    Some(env("OTEL_TRACES_SAMPLER_ARG").unwrap_or_else(|| "1".into()))
+                }
+                _ => None,
+            };
+            let ratio = match argument {
                 Some(text) => {
                     let ratio = text
                         .trim()
@@ -199,6 +220,25 @@ mod tests {
         let mut t = enabled();
         t.resolve(env(&[])).expect("resolves");
         assert_eq!(t.effective(), (DEFAULT_OTLP_ENDPOINT, DEFAULT_SAMPLE_RATIO));
+    }
+
+    #[test]
+    fn standard_samplers_and_protocols() {
+        for (sampler, ratio) in [
+            ("always_on", 1.0),
+            ("parentbased_always_off", 0.0),
+            ("traceidratio", 1.0),
+        ] {
+            let mut t = enabled();
+            t.resolve(env(&[("OTEL_TRACES_SAMPLER", sampler)]))
+                .expect(sampler);
+            assert_eq!(t.effective().1, ratio, "{sampler}");
+        }
+        let mut t = enabled();
+        let e = t
+            .resolve(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]))
+            .expect_err("http");
+        assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{e}");
     }
 
     #[test]

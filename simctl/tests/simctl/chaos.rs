@@ -139,12 +139,24 @@ fn chaos_run_with_process_faults_passes_and_prometheus_and_tempo_see_it() {
         prometheus.value(&over_run("simulation_message_gaps_total")),
         0.0
     );
-    let scraped: std::collections::BTreeMap<String, f64> = prometheus
-        .query(&over_run("simulation_chaos_events_total"))
-        .into_iter()
-        .map(|s| (s.labels.get("type").cloned().unwrap_or_default(), s.value))
-        .filter(|(_, count)| *count > 0.0)
-        .collect();
+    // Injected minus withdrawn afterwards, per type: what the report counts as injected.
+    let per_type = |name: &str| -> std::collections::BTreeMap<String, f64> {
+        prometheus
+            .query(&over_run(name))
+            .into_iter()
+            .map(|s| (s.labels.get("type").cloned().unwrap_or_default(), s.value))
+            .collect()
+    };
+    let withdrawn = per_type("simulation_chaos_withdrawn_total");
+    let scraped: std::collections::BTreeMap<String, f64> =
+        per_type("simulation_chaos_events_total")
+            .into_iter()
+            .map(|(kind, count)| {
+                let gone = withdrawn.get(&kind).copied().unwrap_or(0.0);
+                (kind, count - gone)
+            })
+            .filter(|(_, count)| *count > 0.0)
+            .collect();
     let mut reported = std::collections::BTreeMap::<String, f64>::new();
     for fault in &injected {
         *reported

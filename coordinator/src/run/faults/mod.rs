@@ -341,6 +341,9 @@ impl Engine {
             }
             Err(skip) => (None, FaultOutcome::Skipped(skip.to_string())),
         };
+        if outcome.is_injected() {
+            *run.state.faults.injected_by_type.entry(event).or_default() += 1;
+        }
         run.state.faults.records.push(FaultRecord {
             at_s: now.as_secs_f64(),
             event,

@@ -58,6 +58,11 @@ pub(in crate::run) struct FaultState {
     /// backlog.
     #[serde(default)]
     pub(super) catching_up: Option<CatchUp>,
+    /// Faults injected, by type, never decreased: a record later found not to have taken
+    /// effect (its signal not delivered, its agent gone) still counts here, so the metric
+    /// built on it is a true counter (`run::metrics`).
+    #[serde(default)]
+    pub(in crate::run) injected_by_type: BTreeMap<sim_core::config::ChaosEvent, u64>,
     /// When the last fault was over: its end, its recovery, or its catch-up, whichever came
     /// last (run time). A silent worker's failure says it (`run::silence`).
     #[serde(default)]
