@@ -181,11 +181,6 @@ impl Traces {
         self.exporter.record(span.into_data(&self.scope));
     }
 
-    /// The run's settings.
-    pub fn settings(&self) -> &TraceSettings {
-        &self.settings
-    }
-
     /// What became of the spans so far.
     pub fn stats(&self) -> ExportStats {
         self.exporter.stats()

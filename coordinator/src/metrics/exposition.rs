@@ -74,11 +74,6 @@ impl Buckets {
             count,
         }
     }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.count
-    }
 }
 
 /// A scrape's text, family by family.
