@@ -1,18 +1,26 @@
-//! An OTLP gRPC trace receiver on loopback, in the test process: what a collector would get
-//! from a real run, decoded and kept for assertions.
+//! An OTLP gRPC receiver of traces and metrics on loopback, in the test process: what a
+//! collector would get from a real run, decoded and kept for assertions.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 
 use crate::wait_until;
 
@@ -42,6 +50,97 @@ impl Span {
     }
 }
 
+/// One pushed data point, flattened: a counter's or gauge's value, or a histogram's count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// The metric's name.
+    pub name: String,
+    /// `sum` (monotonic), `gauge` or `histogram`.
+    pub kind: &'static str,
+    /// The point's attributes, values as text.
+    pub labels: BTreeMap<String, String>,
+    /// The value (a histogram's: its count).
+    pub value: f64,
+    /// The resource's `service.instance.id`.
+    pub instance: String,
+}
+
+/// Metric pushes received: every push's points, in arrival order.
+#[derive(Debug, Default, Clone)]
+struct Pushes(Arc<Mutex<Vec<Vec<Point>>>>);
+
+#[tonic::async_trait]
+impl MetricsService for Pushes {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut points = Vec::new();
+        for resource in request.into_inner().resource_metrics {
+            let instance = resource_attr(
+                resource.resource.as_ref().map(|r| &r.attributes[..]),
+                "service.instance.id",
+            );
+            for metric in resource.scope_metrics.into_iter().flat_map(|s| s.metrics) {
+                let mut push = |kind, attributes: &[KeyValue], value| {
+                    points.push(Point {
+                        name: metric.name.clone(),
+                        kind,
+                        labels: attributes
+                            .iter()
+                            .map(|kv| {
+                                (
+                                    kv.key.clone(),
+                                    text(kv.value.as_ref().and_then(|v| v.value.as_ref())),
+                                )
+                            })
+                            .collect(),
+                        value,
+                        instance: instance.clone(),
+                    });
+                };
+                let number =
+                    |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| match p.value {
+                        Some(number_data_point::Value::AsDouble(d)) => d,
+                        Some(number_data_point::Value::AsInt(i)) => i as f64,
+                        None => f64::NAN,
+                    };
+                match &metric.data {
+                    Some(metric::Data::Sum(sum)) if sum.is_monotonic => {
+                        for p in &sum.data_points {
+                            push("sum", &p.attributes, number(p));
+                        }
+                    }
+                    Some(metric::Data::Gauge(gauge)) => {
+                        for p in &gauge.data_points {
+                            push("gauge", &p.attributes, number(p));
+                        }
+                    }
+                    Some(metric::Data::Histogram(histogram)) => {
+                        for p in &histogram.data_points {
+                            push("histogram", &p.attributes, p.count as f64);
+                        }
+                    }
+                    _ => push("other", &[], f64::NAN),
+                }
+            }
+        }
+        if let Ok(mut pushes) = self.0.lock() {
+            pushes.push(points);
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+fn resource_attr(attributes: Option<&[KeyValue]>, key: &str) -> String {
+    attributes
+        .unwrap_or_default()
+        .iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| text(kv.value.as_ref().and_then(|v| v.value.as_ref())))
+        .unwrap_or_default()
+}
+
 #[derive(Debug, Default, Clone)]
 struct Store {
     spans: Arc<Mutex<Vec<Span>>>,
@@ -69,13 +168,10 @@ impl TraceService for Store {
         }
         let mut flat = Vec::new();
         for resource in request.resource_spans {
-            let service = resource
-                .resource
-                .iter()
-                .flat_map(|r| r.attributes.iter())
-                .find(|kv| kv.key == "service.name")
-                .map(|kv| text(kv.value.as_ref().and_then(|v| v.value.as_ref())))
-                .unwrap_or_default();
+            let service = resource_attr(
+                resource.resource.as_ref().map(|r| &r.attributes[..]),
+                "service.name",
+            );
             for span in resource.scope_spans.into_iter().flat_map(|s| s.spans) {
                 flat.push(Span {
                     service: service.clone(),
@@ -125,6 +221,7 @@ fn hex(bytes: &[u8]) -> String {
 pub struct Receiver {
     port: u16,
     spans: Store,
+    pushes: Pushes,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -150,6 +247,8 @@ impl Receiver {
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let service = spans.clone();
+        let pushes = Pushes::default();
+        let metrics = pushes.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -161,6 +260,7 @@ impl Receiver {
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
                 let _ = tonic::transport::Server::builder()
                     .add_service(TraceServiceServer::new(service))
+                    .add_service(MetricsServiceServer::new(metrics))
                     .serve_with_incoming_shutdown(incoming, async {
                         let _ = stopped.await;
                     })
@@ -170,6 +270,7 @@ impl Receiver {
         Self {
             port,
             spans,
+            pushes,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -192,6 +293,11 @@ impl Receiver {
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default()
+    }
+
+    /// Every metric push received so far, each as its points, in arrival order.
+    pub fn metric_pushes(&self) -> Vec<Vec<Point>> {
+        self.pushes.0.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// Wait until `condition` holds of the spans received (they arrive in batches, up to

@@ -1,5 +1,5 @@
-//! Prometheus metrics of the current run, served for scraping at
-//! `metrics.prometheus.port` when a run's config enables it.
+//! Metrics of the current run, served for scraping at `metrics.prometheus.port` when a
+//! run's config enables it, and pushed over OTLP when `telemetry.metrics` is on ([`otlp`]).
 //!
 //! A scrape asks the run engine for the text (see [`Endpoint`]): the numbers are the
 //! tracker's and the engine's own, read at that moment — there is no second set of counters
@@ -11,6 +11,7 @@
 //! it, a run with metrics disabled closes it.
 
 pub mod exposition;
+pub mod otlp;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;

@@ -125,6 +125,13 @@ fn same_config(text: &str, wanted: &Config) -> bool {
     if wanted_traces.sample_ratio.is_none() {
         wanted_traces.sample_ratio = found_traces.sample_ratio;
     }
+    let (found_push, wanted_push) = (&found.telemetry.metrics, &mut wanted.telemetry.metrics);
+    if wanted_push.endpoint.is_none() {
+        wanted_push.endpoint.clone_from(&found_push.endpoint);
+    }
+    if wanted_push.interval.is_none() {
+        wanted_push.interval = found_push.interval;
+    }
     found.simulation.seed = None;
     wanted.simulation.seed = None;
     found == wanted
@@ -258,6 +265,8 @@ impl Engine {
             dir,
             nats_cluster: self.open_nats_cluster(),
             traces: super::traces::start(&run_config, &saved.state.id),
+            // Started below, once the run's clock says how long its counters have run.
+            metrics_push: None,
         };
         let downtime =
             Duration::from_micros(u64::try_from(now_us() - saved.written_unix_us).unwrap_or(0));
@@ -265,6 +274,8 @@ impl Engine {
         let mut run = restore(saved, io, nats_url, downtime, gaps_seen)
             .map_err(|e| StartError::Config(format!("checkpoint {generation}: {e}")))?;
         run.local.checkpoints.0 = generation;
+        run.io.metrics_push =
+            super::metrics::start_push(&run_config, &run.state.id, run.clock.now());
         run.state.events.push(RunEvent::new(
             EventKind::Resume,
             format!(

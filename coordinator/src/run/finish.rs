@@ -106,6 +106,7 @@ impl Engine {
         }
         if let Some(run) = self.run.as_mut() {
             super::traces::finish(run, summary.judgement.outcome.as_str()).await;
+            super::metrics::finish_push(run).await;
         }
         let Some(run) = self.run.as_ref() else { return };
         // The final state is durable: agents may drop everything the run applied.

@@ -5,14 +5,17 @@
 //! Counters restart from zero with each run (Prometheus's `rate` and `increase` treat that
 //! as a reset); `simulation_run_info` names the run the numbers belong to.
 
+use tokio::time::Instant;
+
 use sim_core::chaos::FaultRecord;
-use sim_core::config::{ChaosEvent, PrometheusConfig};
+use sim_core::config::{ChaosEvent, Config, PrometheusConfig};
 use sim_core::resources::Usage;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{ActiveRun, Engine, StartError, clock, now_us};
 use crate::metrics::Endpoint;
 use crate::metrics::exposition::{Buckets, Exposition, Kind};
+use crate::metrics::otlp::Pusher;
 
 /// Bounds (seconds) of the processing-duration histogram: a simulated handler takes
 /// microseconds to (with a configured processing delay) seconds.
@@ -66,12 +69,59 @@ impl Engine {
     /// The text of a scrape: the current run's metrics, or only the endpoint's liveness when
     /// no run has started since the daemon began.
     pub(super) fn render_metrics(&self) -> String {
-        let mut e = Exposition::new();
-        if let Some(run) = &self.run {
-            render(run, &mut e);
-        }
-        e.finish()
+        self.run.as_ref().map(exposition).unwrap_or_default().text()
     }
+}
+
+/// The run's metric pusher, when its config pushes (`telemetry.metrics`); `elapsed`: run
+/// time already behind it (a resumed run's counters did not start now).
+pub(super) fn start_push(
+    config: &Config,
+    run_id: &str,
+    elapsed: std::time::Duration,
+) -> Option<Pusher> {
+    let pushed = &config.telemetry.metrics;
+    if !pushed.enabled {
+        return None;
+    }
+    let (endpoint, interval) = pushed.effective();
+    match Pusher::start(endpoint, interval, run_id, elapsed) {
+        Ok(pusher) => Some(pusher),
+        Err(error) => {
+            warn!(%error, "metrics not pushed for this run");
+            None
+        }
+    }
+}
+
+/// Push the run's metrics when a push is due.
+pub(super) fn push(run: &mut ActiveRun, now: Instant) {
+    if run.io.metrics_push.as_ref().is_some_and(|p| p.due(now)) {
+        let metrics = exposition(run);
+        if let Some(pusher) = run.io.metrics_push.as_mut() {
+            pusher.offer(metrics, now);
+        }
+    }
+}
+
+/// Push the finished run's final values, waiting until the collector has them (or could
+/// not take them).
+pub(super) async fn finish_push(run: &mut ActiveRun) {
+    if run.io.metrics_push.is_none() {
+        return;
+    }
+    let metrics = exposition(run);
+    if let Some(pusher) = run.io.metrics_push.as_mut() {
+        let stats = pusher.flush(metrics).await;
+        info!(run = %run.state.id, ?stats, "metrics pushed");
+    }
+}
+
+/// Every family of the run, at this moment.
+fn exposition(run: &ActiveRun) -> Exposition {
+    let mut e = Exposition::new();
+    render(run, &mut e);
+    e
 }
 
 fn render(run: &ActiveRun, e: &mut Exposition) {
@@ -213,7 +263,7 @@ fn render(run: &ActiveRun, e: &mut Exposition) {
     for (name, help, value) in gauges {
         e.family(name, Kind::Gauge, help).sample(&[], value as f64);
     }
-    let mut per_worker = e.family(
+    let per_worker = e.family(
         "simulation_partitions_per_worker",
         Kind::Gauge,
         "Partitions each live worker last said it owns.",
@@ -224,7 +274,7 @@ fn render(run: &ActiveRun, e: &mut Exposition) {
             worker.partitions.len() as f64,
         );
     }
-    let mut leader = e.family(
+    let leader = e.family(
         "simulation_worker_leader",
         Kind::Gauge,
         "1 for the live worker that last said it leads.",
@@ -251,8 +301,52 @@ fn render(run: &ActiveRun, e: &mut Exposition) {
     )
     .histogram(&[], &run.local.processing);
 
+    render_partitions(run, e);
     render_faults(state, e);
     render_resources(run, e);
+}
+
+/// Per-partition series for the lowest `metrics.partition_series` partition ids, and how
+/// many partitions were left out (the cardinality cap).
+fn render_partitions(run: &ActiveRun, e: &mut Exposition) {
+    let limit = run.state.config.metrics.partition_series;
+    let (shown, left_out) = run.tracker.partition_progress(limit);
+    type Pick = fn(&sim_core::tracker::PartitionProgress) -> u64;
+    let families: [(&'static str, &str, Pick); 4] = [
+        (
+            "simulation_partition_known_seq",
+            "Highest sequence number known to exist on the partition (sent, or processed).",
+            |p| p.known_seq,
+        ),
+        (
+            "simulation_partition_processed_seq",
+            "Highest sequence number processed on the partition.",
+            |p| p.processed_seq,
+        ),
+        (
+            "simulation_partition_missing",
+            "Messages of the partition known to exist, not processed, not written off.",
+            |p| p.missing,
+        ),
+        (
+            "simulation_partition_lost",
+            "Messages of the partition currently counted as lost.",
+            |p| p.lost,
+        ),
+    ];
+    let labels: Vec<String> = shown.iter().map(|p| p.partition.to_string()).collect();
+    for (name, help, pick) in families {
+        let family = e.family(name, Kind::Gauge, help);
+        for (progress, label) in shown.iter().zip(&labels) {
+            family.sample(&[("partition", label)], pick(progress) as f64);
+        }
+    }
+    e.family(
+        "simulation_partition_series_omitted",
+        Kind::Gauge,
+        "Active partitions without per-partition series (past metrics.partition_series).",
+    )
+    .sample(&[], f64::from(left_out));
 }
 
 /// Chaos events and recoveries, by fault type: every configured type from the start (a
@@ -280,7 +374,7 @@ fn render_faults(state: &super::state::RunState, e: &mut Exposition) {
             .unwrap_or(0);
         counted.max(injected(kind).count() as u64)
     };
-    let mut events = e.family(
+    let events = e.family(
         "simulation_chaos_events_total",
         Kind::Counter,
         "Faults injected, by type (including any withdrawn afterwards).",
@@ -288,7 +382,7 @@ fn render_faults(state: &super::state::RunState, e: &mut Exposition) {
     for kind in &kinds {
         events.sample(&[("type", kind.as_str())], attempted(*kind) as f64);
     }
-    let mut withdrawn = e.family(
+    let withdrawn = e.family(
         "simulation_chaos_withdrawn_total",
         Kind::Counter,
         "Faults injected but found afterwards not to have taken effect, by type.",
@@ -297,7 +391,7 @@ fn render_faults(state: &super::state::RunState, e: &mut Exposition) {
         let gone = attempted(*kind).saturating_sub(injected(*kind).count() as u64);
         withdrawn.sample(&[("type", kind.as_str())], gone as f64);
     }
-    let mut skipped = e.family(
+    let skipped = e.family(
         "simulation_chaos_not_injected_total",
         Kind::Counter,
         "Faults planned but skipped, refused by the agent, or withdrawn, by type.",
@@ -323,7 +417,7 @@ fn render_faults(state: &super::state::RunState, e: &mut Exposition) {
         ),
     ];
     for (name, help, pick) in histograms {
-        let mut family = e.family(name, Kind::Histogram, help);
+        let family = e.family(name, Kind::Histogram, help);
         for kind in &kinds {
             let mut buckets = Buckets::new(&RECOVERY_BOUNDS);
             for seconds in injected(*kind).filter_map(pick) {
@@ -356,7 +450,7 @@ fn render_resources(run: &ActiveRun, e: &mut Exposition) {
     ];
     let processes = run.state.resources.processes();
     for (name, help, read) in families {
-        let mut family = e.family(name, Kind::Gauge, help);
+        let family = e.family(name, Kind::Gauge, help);
         for p in &processes {
             let role = if p.harness { "harness" } else { "under_test" };
             if let Some(last) = &p.last {

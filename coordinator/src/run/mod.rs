@@ -162,6 +162,8 @@ struct RunIo {
     nats_cluster: Option<nats_cluster::NatsCluster>,
     /// The run's span exporter, when its config traces (`traces`).
     traces: Option<telemetry::Traces>,
+    /// The run's metric pusher, when its config pushes (`telemetry.metrics`).
+    metrics_push: Option<crate::metrics::otlp::Pusher>,
 }
 
 /// This coordinator process's bookkeeping of the run: not checkpointed, starting afresh in

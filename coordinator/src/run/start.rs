@@ -85,6 +85,11 @@ impl Engine {
                 dir,
                 nats_cluster: self.open_nats_cluster(),
                 traces: super::traces::start(&state.config, &id),
+                metrics_push: super::metrics::start_push(
+                    &state.config,
+                    &id,
+                    std::time::Duration::ZERO,
+                ),
             },
             local: Local::new(self.registry.gaps().len()),
             state,
@@ -113,10 +118,12 @@ impl Engine {
 /// Fill the run's tracing settings from this coordinator's environment where the config
 /// leaves them out (the config wins); the run directory records the result.
 pub(super) fn resolve_telemetry(config: &mut Config) -> Result<(), StartError> {
-    config
-        .telemetry
+    let env = |name: &str| std::env::var(name).ok();
+    let telemetry = &mut config.telemetry;
+    telemetry
         .traces
-        .resolve(|name| std::env::var(name).ok())
+        .resolve(env)
+        .and_then(|()| telemetry.metrics.resolve(env))
         .map_err(|e| StartError::Config(e.to_string()))
 }
 

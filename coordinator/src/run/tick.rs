@@ -45,6 +45,7 @@ impl Engine {
         }
         record_report_gaps(run, &self.registry);
         super::traces::faults(run, false);
+        super::metrics::push(run, now);
         let run_time = run.clock.now();
         sample_timeline(run, run_time, false);
         super::replay::watch_boots(run, &self.registry.boots(), run_time);

@@ -42,7 +42,10 @@ pub use bytes::ByteSize;
 pub use duration::{Interval, format_duration, human, human_opt, parse_duration};
 pub use error::{ConfigError, ParseValueError};
 pub use schema::*;
-pub use telemetry::{DEFAULT_OTLP_ENDPOINT, DEFAULT_SAMPLE_RATIO, TelemetryConfig, TracesConfig};
+pub use telemetry::{
+    DEFAULT_OTLP_ENDPOINT, DEFAULT_PUSH_INTERVAL, DEFAULT_SAMPLE_RATIO, MIN_PUSH_INTERVAL,
+    OtlpMetricsConfig, TelemetryConfig, TracesConfig,
+};
 
 /// Path shown for errors about the document as a whole (empty file, not a mapping).
 const ROOT: &str = "(config)";

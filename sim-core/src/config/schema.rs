@@ -639,11 +639,28 @@ impl Default for JetStreamConfig {
 // === metrics, checkpointing ===
 
 /// `metrics`: the coordinator's Prometheus endpoint (docs/OBSERVABILITY.md).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Prometheus scrape endpoint.
     pub prometheus: PrometheusConfig,
+    /// Per-partition series (`simulation_partition_*{partition}`) are exported for at most
+    /// this many partitions, the lowest ids (default 100; 0: none). Each partition costs a
+    /// few series in every scrape and every push: 1500 partitions would be 6000 series a
+    /// scrape, which is what the aggregates exist to avoid.
+    pub partition_series: u32,
+}
+
+/// Default of `metrics.partition_series`.
+pub const DEFAULT_PARTITION_SERIES: u32 = 100;
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            prometheus: PrometheusConfig::default(),
+            partition_series: DEFAULT_PARTITION_SERIES,
+        }
+    }
 }
 
 /// `metrics.prometheus`.

@@ -1,25 +1,36 @@
-//! `telemetry` (extension): traces over OTLP, and where users look at them.
+//! `telemetry` (extension): traces and metrics over OTLP, and where users look at them.
 //!
-//! The endpoint and the sampling ratio come from the config, else from the standard
-//! `OTEL_*` variables of the coordinator's environment (the config wins), else defaults; the
-//! coordinator resolves them when a run starts ([`TracesConfig::resolve`]) and records the
-//! result in the run's effective config, so a run directory says where its traces went.
+//! Endpoints, the sampling ratio and the push interval come from the config, else from the
+//! standard `OTEL_*` variables of the coordinator's environment (the config wins), else
+//! defaults; the coordinator resolves them when a run starts ([`TracesConfig::resolve`],
+//! [`OtlpMetricsConfig::resolve`]) and records the result in the run's effective config, so
+//! a run directory says where its telemetry went.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use super::duration::human_opt;
 
 /// The OTLP gRPC endpoint used when neither the config nor the environment names one.
 pub const DEFAULT_OTLP_ENDPOINT: &str = "http://127.0.0.1:4317";
 /// The share of messages traced when neither the config nor the environment says.
 pub const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
+/// Time between metric pushes when neither the config nor the environment says (a few
+/// points per Prometheus scrape interval of the compose stack, whose collector re-exposes
+/// them for scraping).
+pub const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_secs(5);
 
-/// `telemetry`: traces, and the Grafana that shows them (docs/OBSERVABILITY.md).
+/// `telemetry`: traces, pushed metrics, and the Grafana that shows them
+/// (docs/OBSERVABILITY.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// Message, fault and anomaly traces over OTLP gRPC.
     pub traces: TracesConfig,
+    /// The run's metrics (those `/metrics` serves) pushed over OTLP gRPC.
+    pub metrics: OtlpMetricsConfig,
     /// Grafana's base URL, for the links `simctl trace` prints (default
     /// `http://localhost:3000`, the compose stack's).
     pub tempo_url: String,
@@ -29,6 +40,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             traces: TracesConfig::default(),
+            metrics: OtlpMetricsConfig::default(),
             tempo_url: "http://localhost:3000".into(),
         }
     }
@@ -64,31 +76,7 @@ impl TracesConfig {
         if !self.enabled {
             return Ok(());
         }
-        for name in [
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ] {
-            if let Some(protocol) = env(name).filter(|p| !p.is_empty() && p != "grpc") {
-                return Err(ConfigError::new(
-                    name,
-                    format!("{protocol:?}: only OTLP over gRPC (grpc) is supported"),
-                ));
-            }
-        }
-        if self.endpoint.is_none() {
-            let from_env = [
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-            ]
-            .into_iter()
-            .find_map(|name| env(name).filter(|v| !v.is_empty()).map(|v| (name, v)));
-            if let Some((name, value)) = &from_env
-                && let Err(message) = check_endpoint(value, self.insecure)
-            {
-                return Err(ConfigError::new(*name, message));
-            }
-            self.endpoint = Some(from_env.map_or_else(|| DEFAULT_OTLP_ENDPOINT.into(), |(_, v)| v));
-        }
+        resolve_endpoint(Signal::Traces, &mut self.endpoint, self.insecure, &env)?;
         if self.sample_ratio.is_none() {
             let sampler = env("OTEL_TRACES_SAMPLER").unwrap_or_default();
             let sampler = sampler.strip_prefix("parentbased_").unwrap_or(&sampler);
@@ -131,10 +119,152 @@ impl TracesConfig {
     }
 }
 
+/// `telemetry.metrics`: the run's metrics pushed to an OTLP collector, for a Prometheus that
+/// cannot reach the coordinator to scrape it (a lab behind NAT, a laptop's compose stack)
+/// or a backend that only takes OTLP. The same families as `/metrics`, with the same names,
+/// so the same dashboards work on either path.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpMetricsConfig {
+    /// Push metrics (default false).
+    pub enabled: bool,
+    /// OTLP gRPC endpoint, `http://host:port` (default:
+    /// `$OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, then `$OTEL_EXPORTER_OTLP_ENDPOINT`, then
+    /// `http://127.0.0.1:4317`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Time between pushes, ≥ 100ms (default: `$OTEL_METRIC_EXPORT_INTERVAL` milliseconds,
+    /// else 5s). The run's final values are pushed once more when it ends.
+    #[serde(with = "human_opt", skip_serializing_if = "Option::is_none", default)]
+    pub interval: Option<Duration>,
+    /// Allow plaintext to a collector that is not on loopback (default false).
+    pub insecure: bool,
+}
+
+/// The shortest push interval accepted: below it the coordinator would spend its time
+/// rendering metrics rather than judging reports.
+pub const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+impl OtlpMetricsConfig {
+    /// Fill what the config leaves out from `env` (the standard `OTEL_*` variables), then
+    /// the defaults.
+    ///
+    /// # Errors
+    /// A variable's value that the config would refuse, named by the variable.
+    pub fn resolve(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        resolve_endpoint(Signal::Metrics, &mut self.endpoint, self.insecure, &env)?;
+        if self.interval.is_none() {
+            let name = "OTEL_METRIC_EXPORT_INTERVAL";
+            let interval = match env(name).filter(|v| !v.trim().is_empty()) {
+                Some(text) => text
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .map(Duration::from_millis)
+                    .filter(|d| *d >= MIN_PUSH_INTERVAL)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            name,
+                            format!("must be milliseconds, at least 100, got {text:?}"),
+                        )
+                    })?,
+                None => DEFAULT_PUSH_INTERVAL,
+            };
+            self.interval = Some(interval);
+        }
+        Ok(())
+    }
+
+    /// The endpoint and interval, once [`Self::resolve`]d (the defaults before).
+    pub fn effective(&self) -> (&str, Duration) {
+        (
+            self.endpoint.as_deref().unwrap_or(DEFAULT_OTLP_ENDPOINT),
+            self.interval.unwrap_or(DEFAULT_PUSH_INTERVAL),
+        )
+    }
+}
+
+/// Which OTLP signal an endpoint is for: its section in the config and its variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    /// The config section, `telemetry.<name>`.
+    pub(super) fn section(self) -> &'static str {
+        match self {
+            Self::Traces => "telemetry.traces",
+            Self::Metrics => "telemetry.metrics",
+        }
+    }
+
+    fn protocol_vars(self) -> [&'static str; 2] {
+        match self {
+            Self::Traces => [
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ],
+            Self::Metrics => [
+                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ],
+        }
+    }
+
+    fn endpoint_vars(self) -> [&'static str; 2] {
+        match self {
+            Self::Traces => [
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ],
+            Self::Metrics => [
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ],
+        }
+    }
+}
+
+/// Refuse a protocol other than gRPC, and fill an endpoint the config leaves out from the
+/// signal's variables, then the default.
+fn resolve_endpoint(
+    signal: Signal,
+    endpoint: &mut Option<String>,
+    insecure: bool,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for name in signal.protocol_vars() {
+        if let Some(protocol) = env(name).filter(|p| !p.is_empty() && p != "grpc") {
+            return Err(ConfigError::new(
+                name,
+                format!("{protocol:?}: only OTLP over gRPC (grpc) is supported"),
+            ));
+        }
+    }
+    if endpoint.is_none() {
+        let from_env = signal
+            .endpoint_vars()
+            .into_iter()
+            .find_map(|name| env(name).filter(|v| !v.is_empty()).map(|v| (name, v)));
+        if let Some((name, value)) = &from_env
+            && let Err(message) = check_endpoint(signal, value, insecure)
+        {
+            return Err(ConfigError::new(*name, message));
+        }
+        *endpoint = Some(from_env.map_or_else(|| DEFAULT_OTLP_ENDPOINT.into(), |(_, v)| v));
+    }
+    Ok(())
+}
+
 /// Whether `endpoint` is a usable OTLP gRPC endpoint: `http://host:port`, on loopback
 /// unless `insecure`. TLS to the collector is not built: an `https://` endpoint is refused
 /// rather than accepted and sent in plaintext.
-pub(super) fn check_endpoint(endpoint: &str, insecure: bool) -> Result<(), String> {
+pub(super) fn check_endpoint(signal: Signal, endpoint: &str, insecure: bool) -> Result<(), String> {
     if endpoint.starts_with("https://") {
         return Err(format!(
             "{endpoint:?}: TLS to the collector is not supported yet; use http:// to a \
@@ -162,7 +292,8 @@ pub(super) fn check_endpoint(endpoint: &str, insecure: bool) -> Result<(), Strin
     if !loopback && !insecure {
         return Err(format!(
             "{endpoint:?}: plaintext to a collector not on loopback; set \
-             telemetry.traces.insecure: true to allow it"
+             {}.insecure: true to allow it",
+            signal.section()
         ));
     }
     Ok(())
@@ -263,10 +394,11 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert!(check_endpoint("http://127.0.0.1:4317", false).is_ok());
-        assert!(check_endpoint("http://localhost:4317", false).is_ok());
-        assert!(check_endpoint("http://[::1]:4317", false).is_ok());
-        assert!(check_endpoint("http://collector:4317", true).is_ok());
+        let check = |e, insecure| check_endpoint(Signal::Traces, e, insecure);
+        assert!(check("http://127.0.0.1:4317", false).is_ok());
+        assert!(check("http://localhost:4317", false).is_ok());
+        assert!(check("http://[::1]:4317", false).is_ok());
+        assert!(check("http://collector:4317", true).is_ok());
         for bad in [
             "http://collector:4317",
             "https://127.0.0.1:4317",
@@ -275,7 +407,59 @@ mod tests {
             "http://127.0.0.1:99999",
             "http://:4317",
         ] {
-            assert!(check_endpoint(bad, false).is_err(), "{bad}");
+            assert!(check(bad, false).is_err(), "{bad}");
         }
+        let e = check_endpoint(Signal::Metrics, "http://collector:4317", false).expect_err("lan");
+        assert!(e.contains("telemetry.metrics.insecure"), "{e}");
+    }
+
+    #[test]
+    fn pushed_metrics_take_their_own_variables_then_the_shared_ones() {
+        let on = || OtlpMetricsConfig {
+            enabled: true,
+            ..OtlpMetricsConfig::default()
+        };
+        let mut m = on();
+        m.resolve(env(&[
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://localhost:7"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://localhost:8"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:9"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "250"),
+        ]))
+        .expect("resolves");
+        assert_eq!(
+            m.effective(),
+            ("http://localhost:7", Duration::from_millis(250))
+        );
+        let mut m = on();
+        m.resolve(env(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://localhost:9",
+        )]))
+        .expect("resolves");
+        assert_eq!(m.effective(), ("http://localhost:9", DEFAULT_PUSH_INTERVAL));
+        let mut m = OtlpMetricsConfig {
+            interval: Some(Duration::from_secs(2)),
+            ..on()
+        };
+        m.resolve(env(&[("OTEL_METRIC_EXPORT_INTERVAL", "x")]))
+            .expect("the config wins");
+        assert_eq!(m.effective().1, Duration::from_secs(2));
+        for (name, value) in [
+            ("OTEL_METRIC_EXPORT_INTERVAL", "50"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "5s"),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://10.0.0.1:4317",
+            ),
+        ] {
+            let e = on().resolve(env(&[(name, value)])).expect_err(value);
+            assert!(e.to_string().contains(name), "{e}");
+        }
+        let mut off = OtlpMetricsConfig::default();
+        off.resolve(env(&[("OTEL_METRIC_EXPORT_INTERVAL", "x")]))
+            .expect("nothing resolved when off");
+        assert_eq!(off.interval, None);
     }
 }

@@ -82,10 +82,24 @@ impl Config {
 
     fn check_telemetry(&self, p: &mut Problems) {
         let traces = &self.telemetry.traces;
+        use super::telemetry::{MIN_PUSH_INTERVAL, Signal, check_endpoint};
         if let Some(endpoint) = &traces.endpoint
-            && let Err(message) = super::telemetry::check_endpoint(endpoint, traces.insecure)
+            && let Err(message) = check_endpoint(Signal::Traces, endpoint, traces.insecure)
         {
             p.check(false, "telemetry.traces.endpoint", || message);
+        }
+        let pushed = &self.telemetry.metrics;
+        if let Some(endpoint) = &pushed.endpoint
+            && let Err(message) = check_endpoint(Signal::Metrics, endpoint, pushed.insecure)
+        {
+            p.check(false, "telemetry.metrics.endpoint", || message);
+        }
+        if let Some(interval) = pushed.interval {
+            p.check(
+                interval >= MIN_PUSH_INTERVAL,
+                "telemetry.metrics.interval",
+                || format!("must be at least 100ms, got {interval:?}"),
+            );
         }
         if let Some(ratio) = traces.sample_ratio {
             p.check(

@@ -59,7 +59,9 @@ use hdrhistogram::Histogram;
 pub use checkpoint::{CheckpointError, TrackerState};
 pub use failure::{Rules, TrackerFailure};
 use partition::{LOST, PartitionState, ProcessedOutcome, Recovered, SentOutcome};
-pub use snapshot::{Anomaly, AnomalyKind, LatencySummary, TraceRef, TrackerSnapshot, WorkerLoad};
+pub use snapshot::{
+    Anomaly, AnomalyKind, LatencySummary, PartitionProgress, TraceRef, TrackerSnapshot, WorkerLoad,
+};
 pub use types::{
     DuplicateKind, InputError, Observation, Processed, ProgressMarker, Sent, TrackerConfig,
     WorkerRef,
@@ -605,6 +607,32 @@ impl Tracker {
             }));
         }
         self.workers.get_mut(idx)
+    }
+
+    /// The progress of the active partitions with the `limit` lowest ids, lowest first, and
+    /// how many active partitions were left out.
+    #[must_use]
+    pub fn partition_progress(&self, limit: u32) -> (Vec<PartitionProgress>, u32) {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut shown = Vec::with_capacity(limit.min(self.partitions.len()));
+        let mut left_out = 0u32;
+        for (p, part) in self.partitions.iter().enumerate() {
+            if part.removed {
+                continue;
+            }
+            if shown.len() == limit {
+                left_out += 1;
+                continue;
+            }
+            shown.push(PartitionProgress {
+                partition: u32::try_from(p).unwrap_or(u32::MAX),
+                known_seq: part.known_max(),
+                processed_seq: part.processed_max(),
+                missing: part.missing(),
+                lost: part.lost,
+            });
+        }
+        (shown, left_out)
     }
 
     /// Every message currently counted as lost, as (partition, seq), partition by partition,

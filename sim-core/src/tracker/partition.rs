@@ -148,6 +148,11 @@ impl PartitionState {
         self.watermark + self.window.len() as u64
     }
 
+    /// The highest seq processed so far.
+    pub fn processed_max(&self) -> u64 {
+        self.processed_max
+    }
+
     /// Seqs known to exist, not processed, and not written off.
     pub fn missing(&self) -> u64 {
         self.window.len() as u64 - self.processed_in_window

@@ -145,6 +145,21 @@ pub struct LatencySummary {
     pub clamped: u64,
 }
 
+/// One partition's progress, for per-partition metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The partition.
+    pub partition: u32,
+    /// The highest seq known to exist (sent, or processed above what was reported sent).
+    pub known_seq: u64,
+    /// The highest seq processed.
+    pub processed_seq: u64,
+    /// Known, not processed, not written off.
+    pub missing: u64,
+    /// Currently counted as lost.
+    pub lost: u64,
+}
+
 /// Work done by one worker incarnation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct WorkerLoad {

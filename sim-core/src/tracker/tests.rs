@@ -749,3 +749,41 @@ fn snapshot_serializes_to_json() {
     };
     assert_eq!(failures[0]["reason"], "loss");
 }
+
+#[test]
+fn partition_progress_is_capped_and_skips_removed_partitions() {
+    let mut t = tracker(4);
+    for seq in 1..=3 {
+        feed_sent(&mut t, sent(0, seq, 0));
+    }
+    feed(&mut t, done(0, 1, 0, 100, 110));
+    feed(&mut t, done(0, 3, 0, 120, 130));
+    feed_sent(&mut t, sent(2, 1, 0));
+    t.remove_partition(1, 0, 0).expect("removed");
+    let (all, left_out) = t.partition_progress(10);
+    assert_eq!(left_out, 0);
+    assert_eq!(
+        all.iter().map(|p| p.partition).collect::<Vec<_>>(),
+        [0, 2, 3],
+        "removed partition 1 has no series"
+    );
+    assert_eq!(
+        all[0],
+        PartitionProgress {
+            partition: 0,
+            known_seq: 3,
+            processed_seq: 3,
+            missing: 1,
+            lost: 0,
+        }
+    );
+    t.finish(10 * WINDOW);
+    let (capped, left_out) = t.partition_progress(2);
+    assert_eq!(
+        capped.iter().map(|p| p.partition).collect::<Vec<_>>(),
+        [0, 2]
+    );
+    assert_eq!(left_out, 1);
+    assert_eq!((capped[0].missing, capped[0].lost), (0, 1), "seq 2 lost");
+    assert_eq!(t.partition_progress(0), (Vec::new(), 3));
+}

@@ -17,6 +17,9 @@ const CONSUMER: i32 = 5;
 
 use super::{KeepOnFailure, simctl, workspace};
 
+/// Per-partition series of the run (of its 16 partitions).
+const PARTITION_SERIES: u32 = 5;
+
 /// What simctl prints once the run's metrics endpoint is up.
 const METRICS_AT: &str = "parti-sim: metrics at http://";
 
@@ -54,7 +57,11 @@ fn chaos_run_with_process_faults_passes_and_prometheus_and_tempo_see_it() {
             ),
         ],
     );
-    let config = super::traces::traced(config, &receiver, 0.05);
+    let config = super::traces::pushed(
+        super::traces::traced(config, &receiver, 0.05),
+        &receiver,
+        PARTITION_SERIES,
+    );
     let path = dir.path().join("chaos.yaml");
     std::fs::write(&path, config).expect("write");
     let json_path = dir.path().join("report.json");
@@ -147,16 +154,10 @@ fn chaos_run_with_process_faults_passes_and_prometheus_and_tempo_see_it() {
             .map(|s| (s.labels.get("type").cloned().unwrap_or_default(), s.value))
             .collect()
     };
-    let withdrawn = per_type("simulation_chaos_withdrawn_total");
-    let scraped: std::collections::BTreeMap<String, f64> =
-        per_type("simulation_chaos_events_total")
-            .into_iter()
-            .map(|(kind, count)| {
-                let gone = withdrawn.get(&kind).copied().unwrap_or(0.0);
-                (kind, count - gone)
-            })
-            .filter(|(_, count)| *count > 0.0)
-            .collect();
+    let scraped = injected_per_type(
+        per_type("simulation_chaos_events_total"),
+        &per_type("simulation_chaos_withdrawn_total"),
+    );
     let mut reported = std::collections::BTreeMap::<String, f64>::new();
     for fault in &injected {
         *reported
@@ -171,6 +172,20 @@ fn chaos_run_with_process_faults_passes_and_prometheus_and_tempo_see_it() {
         prometheus.value(&over_run("simulation_workers_active")) >= 4.0,
         "workers seen"
     );
+    let partitions = json["tracker"]["partitions_active"]
+        .as_f64()
+        .expect("partitions");
+    let scraped_partitions = prometheus.query(&over_run("simulation_partition_processed_seq"));
+    assert_eq!(
+        scraped_partitions.len(),
+        PARTITION_SERIES as usize,
+        "per-partition series capped: {scraped_partitions:?}"
+    );
+    assert_eq!(
+        prometheus.value(&over_run("simulation_partition_series_omitted")),
+        partitions - f64::from(PARTITION_SERIES)
+    );
+    check_pushed_faults(&receiver, &reported, partitions);
     check_dashboard_metrics(&prometheus);
     let run_id = json["run_id"].as_str().expect("run id");
     check_html_report(run_id, injected.len());
@@ -396,4 +411,60 @@ fn lint_exposition(port: u16) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The metrics pushed over OTLP agree with the report as the scraped ones do: faults per
+/// type in the final push, and the per-partition cap.
+fn check_pushed_faults(
+    receiver: &Receiver,
+    reported: &std::collections::BTreeMap<String, f64>,
+    partitions: f64,
+) {
+    let pushes = receiver.metric_pushes();
+    assert!(pushes.len() >= 30, "a push a second: {}", pushes.len());
+    let last = super::traces::final_push(receiver);
+    let per_type = |name: &str| -> std::collections::BTreeMap<String, f64> {
+        last.iter()
+            .filter(|p| p.name == name && p.kind == "sum")
+            .map(|p| (p.labels.get("type").cloned().unwrap_or_default(), p.value))
+            .collect()
+    };
+    let pushed = injected_per_type(
+        per_type("simulation_chaos_events_total"),
+        &per_type("simulation_chaos_withdrawn_total"),
+    );
+    assert_eq!(
+        &pushed, reported,
+        "faults per type: the final push against the report"
+    );
+    let series = last
+        .iter()
+        .filter(|p| p.name == "simulation_partition_known_seq")
+        .count();
+    assert_eq!(series, PARTITION_SERIES as usize);
+    assert_eq!(
+        super::traces::point(&last, "simulation_partition_series_omitted", &[]),
+        partitions - f64::from(PARTITION_SERIES)
+    );
+    assert!(
+        last.iter()
+            .any(|p| p.name == "simulation_rebalancing_duration_seconds" && p.kind == "histogram"),
+        "histograms pushed as histograms"
+    );
+}
+
+/// Faults per type that the report counts as injected: events minus those withdrawn
+/// afterwards, types with none left out.
+fn injected_per_type(
+    events: std::collections::BTreeMap<String, f64>,
+    withdrawn: &std::collections::BTreeMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
+    events
+        .into_iter()
+        .map(|(kind, count)| {
+            let gone = withdrawn.get(&kind).copied().unwrap_or(0.0);
+            (kind, count - gone)
+        })
+        .filter(|(_, count)| *count > 0.0)
+        .collect()
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use telemetry::MessageTrace;
-use test_support::otlp::Receiver;
+use test_support::otlp::{Point, Receiver};
 use test_support::report::{elements, failure_kinds};
 
 use super::{run_edited, simctl, with_faults, workspace};
@@ -19,16 +19,55 @@ pub(super) fn traced(config: String, receiver: &Receiver, ratio: f64) -> String 
     )
 }
 
+/// `config` (already [`traced`]) also pushing its metrics to `receiver` every second, with
+/// per-partition series for at most `partition_series` partitions.
+pub(super) fn pushed(config: String, receiver: &Receiver, partition_series: u32) -> String {
+    let config = config.replacen(
+        "metrics:\n  prometheus:",
+        &format!("metrics:\n  partition_series: {partition_series}\n  prometheus:"),
+        1,
+    );
+    format!(
+        "{config}  metrics:\n    enabled: true\n    endpoint: {}\n    interval: 1s\n",
+        receiver.endpoint()
+    )
+}
+
+/// The points of the last metric push: the run's final values.
+pub(super) fn final_push(receiver: &Receiver) -> Vec<Point> {
+    receiver.metric_pushes().pop().expect("metrics were pushed")
+}
+
+/// The value of `name` with these labels in `points` (NaN when absent).
+pub(super) fn point(points: &[Point], name: &str, labels: &[(&str, &str)]) -> f64 {
+    points
+        .iter()
+        .find(|p| {
+            p.name == name
+                && p.labels.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| p.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map_or(f64::NAN, |p| p.value)
+}
+
+/// Also: the run's metrics pushed over OTLP say what the report says, the loss included,
+/// partition by partition up to the cap.
 #[test]
 fn dropping_acked_messages_fails_with_loss_and_each_lost_message_has_its_anomaly_trace() {
     let receiver = Receiver::start();
     let outcome = run_edited(
         "drop",
         |config| {
-            traced(
-                with_faults(config, Some("    drop_and_ack_one_in: 25")),
+            pushed(
+                traced(
+                    with_faults(config, Some("    drop_and_ack_one_in: 25")),
+                    &receiver,
+                    0.0,
+                ),
                 &receiver,
-                0.0,
+                100,
             )
         },
         "20s",
@@ -43,6 +82,7 @@ fn dropping_acked_messages_fails_with_loss_and_each_lost_message_has_its_anomaly
         outcome.stdout
     );
     let run_id = outcome.json["run_id"].as_str().expect("run id").to_string();
+    check_pushed_loss(&receiver, &outcome.json, &run_id);
     // The coordinator sends one anomaly span per lost message at the finish.
     receiver.wait_for(
         "an anomaly span per lost message",
@@ -118,5 +158,43 @@ fn dropping_acked_messages_fails_with_loss_and_each_lost_message_has_its_anomaly
     assert!(
         stdout.contains("grafana  http://localhost:3000/explore?"),
         "{stdout}"
+    );
+}
+
+/// The final push (sent before simctl printed the verdict) has the report's books: sent,
+/// received and lost, and the per-partition lost series add up to the loss.
+fn check_pushed_loss(receiver: &Receiver, json: &serde_json::Value, run_id: &str) {
+    assert!(
+        receiver.metric_pushes().len() >= 5,
+        "a push a second over a 20 s run"
+    );
+    let last = final_push(receiver);
+    assert!(last.iter().all(|p| p.instance == run_id), "{last:?}");
+    let tracker = &json["tracker"];
+    for (name, field) in [
+        ("simulation_messages_sent_total", "sent"),
+        ("simulation_messages_received_total", "received"),
+        ("simulation_messages_lost", "lost"),
+    ] {
+        assert_eq!(
+            point(&last, name, &[]),
+            tracker[field].as_f64().unwrap_or(f64::NAN),
+            "{name} against the report's {field}"
+        );
+    }
+    let per_partition: Vec<&Point> = last
+        .iter()
+        .filter(|p| p.name == "simulation_partition_lost")
+        .collect();
+    let partitions = tracker["partitions_active"].as_u64().unwrap_or(0);
+    assert_eq!(per_partition.len() as u64, partitions, "below the cap: all");
+    assert_eq!(
+        per_partition.iter().map(|p| p.value).sum::<f64>(),
+        tracker["lost"].as_f64().unwrap_or(f64::NAN),
+        "per-partition loss adds up"
+    );
+    assert_eq!(
+        point(&last, "simulation_partition_series_omitted", &[]),
+        0.0
     );
 }
