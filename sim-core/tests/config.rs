@@ -522,7 +522,22 @@ fn telemetry_settings_are_checked_by_field() {
             "from 0 to 1",
         ),
         ("{tempo_url: 'grafana:3000'}", "telemetry.tempo_url", "http"),
-        ("{metrics: true}", "telemetry", "unknown field `metrics`"),
+        ("{metrics: true}", "telemetry.metrics", "expected a mapping"),
+        (
+            "{metrics: {enabled: true, endpoint: 'http://10.0.0.5:4317'}}",
+            "telemetry.metrics.endpoint",
+            "telemetry.metrics.insecure",
+        ),
+        (
+            "{metrics: {interval: 200ms}}",
+            "telemetry.metrics.interval",
+            "at least 1s",
+        ),
+        (
+            "{logs: {enabled: true}}",
+            "telemetry",
+            "unknown field `logs`",
+        ),
     ] {
         let text = format!("{base}telemetry: {telemetry}\n");
         let err = Config::from_yaml_str(&text).expect_err(&text);

@@ -14,6 +14,10 @@ const TRACEPARENT: &str = "traceparent";
 
 /// Write `traceparent` for span `span_id` of trace `trace_id` into `headers`.
 pub fn inject(headers: &mut HeaderMap, trace_id: TraceId, span_id: SpanId, sampled: bool) {
+    // An all-zero id is no context: the header would only be refused by every reader.
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return;
+    }
     let flags = u8::from(sampled);
     headers.insert(
         TRACEPARENT,
@@ -100,7 +104,11 @@ mod tests {
         let unsampled = parse(&format!("00-{trace}-{span}-00")).expect("valid");
         assert!(!unsampled.is_sampled());
         let future = parse(&format!("cc-{trace}-{span}-03-what-ever")).expect("later version");
-        assert!(future.is_sampled(), "only the sampled bit is kept");
+        assert_eq!(
+            future.trace_flags(),
+            TraceFlags::SAMPLED,
+            "only the sampled bit is kept"
+        );
         assert_eq!(future.trace_id().to_string(), trace);
     }
 }

@@ -7,13 +7,14 @@
 //! The resource is `service.name=parti-sim-coordinator` with the run id as
 //! `service.instance.id` (the collector turns them into `job` and `instance`).
 //!
-//! The engine only hands a rendered [`Exposition`] to a queue of one; the conversion and the
+//! The engine only hands a rendered [`Exposition`] to a slot of one; the conversion and the
 //! export happen on the pusher's own task, so a collector that is slow or gone costs the run
-//! nothing: a push that finds the previous one still running is dropped and counted, a
-//! failed export is counted and logged once.
+//! nothing. The slot keeps the newest metrics: one the task has not taken yet when the next
+//! arrives is replaced (and counted as dropped), so an export never sends stale values when
+//! fresher ones exist. A failed export is counted and logged once until a success.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -24,7 +25,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
     ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -44,15 +45,15 @@ pub struct PushError {
     source: tonic::transport::Error,
 }
 
-/// Pushes so far: done, failed (collector unreachable or refusing) and dropped (the
-/// previous push still running when the next was due).
+/// Pushes so far: done, failed (collector unreachable or refusing) and dropped (replaced
+/// by newer metrics before the task could take them, the task busy with an export).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PushStats {
     /// Exports the collector accepted.
     pub pushed: u64,
     /// Exports that failed or timed out.
     pub failed: u64,
-    /// Pushes skipped because the one before had not finished.
+    /// Pushes replaced by newer metrics before they could go out.
     pub dropped: u64,
 }
 
@@ -80,29 +81,55 @@ struct Job {
     done: Option<oneshot::Sender<()>>,
 }
 
+/// The newest job not yet taken by the task, and the bell that tells it one is there.
+#[derive(Default)]
+struct Slot {
+    job: Mutex<Option<Job>>,
+    bell: Notify,
+}
+
+impl Slot {
+    /// Put `job` in, replacing one not taken yet (whether one was replaced).
+    fn put(&self, job: Job) -> bool {
+        let replaced = match self.job.lock() {
+            Ok(mut slot) => slot.replace(job).is_some(),
+            Err(_) => return false,
+        };
+        self.bell.notify_one();
+        replaced
+    }
+
+    fn take(&self) -> Option<Job> {
+        self.job.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
 /// A run's metric pusher: due every `interval`, exporting on its own task.
-#[derive(Debug)]
 pub struct Pusher {
     interval: Duration,
     next: Instant,
-    jobs: mpsc::Sender<Job>,
+    slot: Arc<Slot>,
     counts: Arc<Counts>,
     task: JoinHandle<()>,
 }
 
+impl std::fmt::Debug for Pusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pusher")
+            .field("interval", &self.interval)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Pusher {
     /// A pusher to `endpoint` (`http://host:port`, already checked by the config) for run
-    /// `run_id`, whose counters started `elapsed` ago. The connection is made at the first
+    /// `run_id`, its cumulative series starting now. The connection is made at the first
     /// push, so a collector started after the run still gets its metrics.
     ///
     /// # Errors
     /// The endpoint is not a URI tonic can connect to.
-    pub fn start(
-        endpoint: &str,
-        interval: Duration,
-        run_id: &str,
-        elapsed: Duration,
-    ) -> Result<Self, PushError> {
+    pub fn start(endpoint: &str, interval: Duration, run_id: &str) -> Result<Self, PushError> {
         let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
             .map_err(|source| PushError {
                 endpoint: endpoint.to_string(),
@@ -111,44 +138,20 @@ impl Pusher {
             .connect_timeout(EXPORT_TIMEOUT)
             .timeout(EXPORT_TIMEOUT)
             .connect_lazy();
-        let mut client = MetricsServiceClient::new(channel);
+        let client = MetricsServiceClient::new(channel);
         let counts = Arc::new(Counts::default());
-        let (jobs, mut queue) = mpsc::channel::<Job>(1);
-        let start = SystemTime::now().checked_sub(elapsed).unwrap_or(UNIX_EPOCH);
-        let resource = resource(run_id);
-        let task_counts = Arc::clone(&counts);
-        let endpoint = endpoint.to_string();
-        let task = tokio::spawn(async move {
-            let mut warned = false;
-            while let Some(job) = queue.recv().await {
-                let request = request(&job.metrics, resource.clone(), start, job.at);
-                let result = tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await;
-                match result {
-                    Ok(Ok(_)) => {
-                        task_counts.pushed.fetch_add(1, Ordering::Relaxed);
-                        warned = false;
-                    }
-                    failure => {
-                        task_counts.failed.fetch_add(1, Ordering::Relaxed);
-                        if !warned {
-                            let error = match failure {
-                                Ok(Err(status)) => status.to_string(),
-                                _ => "timed out".to_string(),
-                            };
-                            tracing::warn!(%endpoint, %error, "pushing metrics failed (logged again only after a success)");
-                            warned = true;
-                        }
-                    }
-                }
-                if let Some(done) = job.done {
-                    let _ = done.send(());
-                }
-            }
-        });
+        let slot = Arc::new(Slot::default());
+        let task = tokio::spawn(export_loop(
+            client,
+            Arc::clone(&slot),
+            Arc::clone(&counts),
+            (resource(run_id), SystemTime::now()),
+            endpoint.to_string(),
+        ));
         Ok(Self {
             interval,
             next: Instant::now(),
-            jobs,
+            slot,
             counts,
             task,
         })
@@ -159,8 +162,8 @@ impl Pusher {
         now >= self.next
     }
 
-    /// Push `metrics` unless the previous push is still under way (then it is dropped and
-    /// counted); the next is due an interval from `now`.
+    /// Push `metrics` (replacing, and counting as dropped, any not yet taken); the next is
+    /// due an interval from `now`.
     pub fn offer(&mut self, metrics: Exposition, now: Instant) {
         self.next = now + self.interval;
         let job = Job {
@@ -168,13 +171,14 @@ impl Pusher {
             at: SystemTime::now(),
             done: None,
         };
-        if self.jobs.try_send(job).is_err() {
+        if self.slot.put(job) {
             self.counts.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Push the run's final `metrics` and wait (at most an export's timeout, plus one for
-    /// a push still under way) until the collector has them or the export failed.
+    /// Push the run's final `metrics` (replacing any not yet taken) and wait until the
+    /// collector has them or the export failed: at most one export under way plus this
+    /// one, each bounded by the export timeout.
     pub async fn flush(&mut self, metrics: Exposition) -> PushStats {
         let (done, exported) = oneshot::channel();
         let job = Job {
@@ -182,21 +186,53 @@ impl Pusher {
             at: SystemTime::now(),
             done: Some(done),
         };
-        let waited = tokio::time::timeout(2 * EXPORT_TIMEOUT, async {
-            if self.jobs.send(job).await.is_ok() {
-                let _ = exported.await;
-            }
-        })
-        .await;
-        if waited.is_err() {
-            self.counts.failed.fetch_add(1, Ordering::Relaxed);
+        if self.slot.put(job) {
+            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
         }
+        // The task counts the export's outcome; a wait cut short leaves it to count.
+        let _ = tokio::time::timeout(2 * EXPORT_TIMEOUT + Duration::from_secs(1), exported).await;
         self.stats()
     }
 
     /// Pushes so far.
     pub fn stats(&self) -> PushStats {
         self.counts.read()
+    }
+}
+
+/// The export task: take the newest job when rung, export it, count the outcome.
+async fn export_loop(
+    mut client: MetricsServiceClient<tonic::transport::Channel>,
+    slot: Arc<Slot>,
+    counts: Arc<Counts>,
+    (resource, start): (Resource, SystemTime),
+    endpoint: String,
+) {
+    let mut warned = false;
+    loop {
+        slot.bell.notified().await;
+        let Some(job) = slot.take() else { continue };
+        let request = request(&job.metrics, resource.clone(), start, job.at);
+        match tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await {
+            Ok(Ok(_)) => {
+                counts.pushed.fetch_add(1, Ordering::Relaxed);
+                warned = false;
+            }
+            failure => {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                if !warned {
+                    let error = match failure {
+                        Ok(Err(status)) => status.to_string(),
+                        _ => "timed out".to_string(),
+                    };
+                    tracing::warn!(%endpoint, %error, "pushing metrics failed (logged again only after a success)");
+                    warned = true;
+                }
+            }
+        }
+        if let Some(done) = job.done {
+            let _ = done.send(());
+        }
     }
 }
 
@@ -249,9 +285,12 @@ pub fn request(
                     version: env!("CARGO_PKG_VERSION").into(),
                     ..InstrumentationScope::default()
                 }),
+                // A family without series (no leader yet, `partition_series: 0`) is no
+                // metric: some backends refuse one without data points.
                 metrics: metrics
                     .families()
                     .iter()
+                    .filter(|family| !family.series().is_empty())
                     .map(|family| metric(family, times))
                     .collect(),
                 ..ScopeMetrics::default()
@@ -341,6 +380,7 @@ mod tests {
         }
         e.family("c_seconds", Kind::Histogram, "C.")
             .histogram(&[], &buckets);
+        e.family("no_series", Kind::Gauge, "Nothing to say yet.");
         let start = UNIX_EPOCH + Duration::from_secs(10);
         let at = UNIX_EPOCH + Duration::from_secs(12);
         let request = request(&e, resource("run-1"), start, at);
@@ -354,7 +394,7 @@ mod tests {
                 .contains(&attribute("service.instance.id", "run-1"))
         );
         let metrics = &resource.scope_metrics[0].metrics;
-        assert_eq!(metrics.len(), 3);
+        assert_eq!(metrics.len(), 3, "a family without series is left out");
         let Some(metric::Data::Sum(sum)) = &metrics[0].data else {
             panic!("a sum: {:?}", metrics[0]);
         };

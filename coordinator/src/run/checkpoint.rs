@@ -265,7 +265,7 @@ impl Engine {
             dir,
             nats_cluster: self.open_nats_cluster(),
             traces: super::traces::start(&run_config, &saved.state.id),
-            // Started below, once the run's clock says how long its counters have run.
+            // Started below, once the run is restored.
             metrics_push: None,
         };
         let downtime =
@@ -274,8 +274,7 @@ impl Engine {
         let mut run = restore(saved, io, nats_url, downtime, gaps_seen)
             .map_err(|e| StartError::Config(format!("checkpoint {generation}: {e}")))?;
         run.local.checkpoints.0 = generation;
-        run.io.metrics_push =
-            super::metrics::start_push(&run_config, &run.state.id, run.clock.now());
+        run.io.metrics_push = super::metrics::start_push(&run_config, &run.state.id);
         run.state.events.push(RunEvent::new(
             EventKind::Resume,
             format!(
@@ -483,5 +482,93 @@ mod tests {
         assert_eq!(record.failures, vec![Failure::AgentsLost]);
         assert_eq!(record.events.len(), 1);
         assert!(record.end.is_none());
+    }
+
+    /// Every leaf of a JSON value, as a JSON pointer.
+    fn leaves(value: &serde_json::Value, at: String, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map {
+                    let key = key.replace('~', "~0").replace('/', "~1");
+                    leaves(child, format!("{at}/{key}"), out);
+                }
+            }
+            serde_json::Value::Array(items) if !items.is_empty() => {
+                for (i, child) in items.iter().enumerate() {
+                    leaves(child, format!("{at}/{i}"), out);
+                }
+            }
+            _ => out.push(at),
+        }
+    }
+
+    /// What a resuming coordinator and `simctl report --run-dir` do with a state body, up to
+    /// where they would touch NATS or the disk: each step either refuses it or works.
+    fn read_everything(body: &[u8]) {
+        if let Ok(saved) = SavedRun::from_json(body) {
+            let config = tracker_config(&saved.state.config);
+            if let Ok(tracker) = Tracker::import(config, saved.tracker) {
+                let _ = tracker.snapshot(0);
+            }
+            let mut state = saved.state;
+            let _ = state.faults.restore_plan(&state.config, state.seed);
+        }
+        if let Ok(record) = RunRecord::from_json(body) {
+            let _ = record.summarize();
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Issue 12, hostile input: a checkpoint edited by hand (checksum recomputed, so
+        /// the frame lets it through) with any one field replaced by a value of any type
+        /// is refused with an error or read, never a panic.
+        #[test]
+        fn a_checkpoint_with_any_field_replaced_never_panics(
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            with in proptest::sample::select(vec![
+                serde_json::json!(null),
+                serde_json::json!(0),
+                serde_json::json!(-1),
+                serde_json::json!(u64::MAX),
+                serde_json::json!(i64::MIN),
+                serde_json::json!(1e300),
+                serde_json::json!(0.5),
+                serde_json::json!(""),
+                serde_json::json!("x".repeat(1000)),
+                serde_json::json!(true),
+                serde_json::json!([]),
+                serde_json::json!({}),
+                serde_json::json!([u64::MAX, u64::MAX]),
+            ]),
+        ) {
+            let (state, tracker) = sample();
+            let body = encode(&state, &tracker, Duration::from_secs(1)).expect("encoded");
+            let mut value: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            let mut paths = Vec::new();
+            leaves(&value, String::new(), &mut paths);
+            let path = at.get(&paths).clone();
+            if let Some(leaf) = value.pointer_mut(&path) {
+                *leaf = with;
+            }
+            read_everything(&serde_json::to_vec(&value).expect("json"));
+        }
+
+        /// Cut short or with a byte changed, a body is refused or read, never a panic.
+        #[test]
+        fn a_truncated_or_flipped_checkpoint_never_panics(
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in proptest::prelude::any::<proptest::sample::Index>(),
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let (state, tracker) = sample();
+            let body = encode(&state, &tracker, Duration::from_secs(1)).expect("encoded");
+            let mut flipped = body.clone();
+            let at = flip.index(flipped.len());
+            flipped[at] = byte;
+            read_everything(&flipped);
+            read_everything(&body[..cut.index(body.len())]);
+        }
     }
 }

@@ -14,6 +14,8 @@ use tokio::time::Instant;
 pub(crate) struct RunClock {
     base: Instant,
     base_elapsed: Duration,
+    /// Run time at the finish: what a finished run shows as its age ([`Self::shown`]).
+    frozen: Option<Duration>,
 }
 
 impl RunClock {
@@ -27,12 +29,26 @@ impl RunClock {
         Self {
             base: Instant::now(),
             base_elapsed: elapsed,
+            frozen: None,
         }
     }
 
     /// Run time now.
     pub(crate) fn now(&self) -> Duration {
         self.base_elapsed + self.base.elapsed()
+    }
+
+    /// Stop the age a finished run shows at its current value. Timers and wall-clock
+    /// conversions keep using [`Self::now`].
+    pub(crate) fn freeze(&mut self) {
+        if self.frozen.is_none() {
+            self.frozen = Some(self.now());
+        }
+    }
+
+    /// The run's age as shown (status, metrics): run time now, or at the finish.
+    pub(crate) fn shown(&self) -> Duration {
+        self.frozen.unwrap_or_else(|| self.now())
     }
 }
 

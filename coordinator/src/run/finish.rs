@@ -23,6 +23,7 @@ impl Engine {
         super::tick::sample_timeline(run, now, true);
         super::silence::check(run, now, &agents);
         run.state.phase = Phase::Finished;
+        run.clock.freeze();
         run.state.end = Some(reason);
         let duplicates = run.tracker.snapshot(now_us()).duplicates();
         run.state.faults.close_duplicates(duplicates);

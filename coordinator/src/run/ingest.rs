@@ -132,6 +132,10 @@ impl Engine {
                     });
                     match observed {
                         Ok(observation) => {
+                            // Both times are the worker's own clock: no correction.
+                            let took_us =
+                                processed.processed_us.saturating_sub(processed.received_us);
+                            run.local.processing.record(took_us.max(0) as f64 / 1e6);
                             if observation.first {
                                 let latency_us = processed_us.saturating_sub(published_us);
                                 run.state.timeline.latency(latency_us.max(0).unsigned_abs());
@@ -149,11 +153,10 @@ impl Engine {
                                 super::traces::anomaly(run, kind, message, involved);
                             }
                         }
+                        // Not counted in the processing histogram either: its times may
+                        // be as invalid as the rest of it.
                         Err(error) => warn!(%error, "invalid processed report"),
                     }
-                    // Both times are the worker's own clock: no correction.
-                    let took_us = processed.processed_us.saturating_sub(processed.received_us);
-                    run.local.processing.record(took_us.max(0) as f64 / 1e6);
                 }
                 report::Body::Malformed(malformed) => {
                     warn!(process = %malformed.process, subject = %malformed.subject, "malformed message");

@@ -73,19 +73,17 @@ impl Engine {
     }
 }
 
-/// The run's metric pusher, when its config pushes (`telemetry.metrics`); `elapsed`: run
-/// time already behind it (a resumed run's counters did not start now).
-pub(super) fn start_push(
-    config: &Config,
-    run_id: &str,
-    elapsed: std::time::Duration,
-) -> Option<Pusher> {
+/// The run's metric pusher, when its config pushes (`telemetry.metrics`). Its cumulative
+/// series start now, also in a resumed run: the books restart from the checkpoint (below
+/// what the previous coordinator process may have pushed) and the processing histogram from
+/// zero, and a new start time is how OTLP says a cumulative series was reset.
+pub(super) fn start_push(config: &Config, run_id: &str) -> Option<Pusher> {
     let pushed = &config.telemetry.metrics;
     if !pushed.enabled {
         return None;
     }
     let (endpoint, interval) = pushed.effective();
-    match Pusher::start(endpoint, interval, run_id, elapsed) {
+    match Pusher::start(endpoint, interval, run_id) {
         Ok(pusher) => Some(pusher),
         Err(error) => {
             warn!(%error, "metrics not pushed for this run");
@@ -136,9 +134,9 @@ fn render(run: &ActiveRun, e: &mut Exposition) {
     e.family(
         "simulation_run_elapsed_seconds",
         Kind::Gauge,
-        "Run time since the run started.",
+        "Run time since the run started (stops at the finish).",
     )
-    .sample(&[], clock::millis(run.clock.now()) as f64 / 1e3);
+    .sample(&[], clock::millis(run.clock.shown()) as f64 / 1e3);
     e.family(
         "simulation_run_duration_seconds",
         Kind::Gauge,
@@ -297,7 +295,7 @@ fn render(run: &ActiveRun, e: &mut Exposition) {
     e.family(
         "simulation_message_processing_duration_seconds",
         Kind::Histogram,
-        "Received to processed in the worker, every processed report (since this coordinator process took the run).",
+        "Received to processed in the worker, every valid processed report (since this coordinator process took the run).",
     )
     .histogram(&[], &run.local.processing);
 

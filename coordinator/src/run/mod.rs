@@ -421,7 +421,7 @@ impl Engine {
         self.status_tx.send_replace(RunStatus {
             run_id: run.state.id.clone(),
             phase: phase.into(),
-            elapsed_ms: clock::millis(run.clock.now()),
+            elapsed_ms: clock::millis(run.clock.shown()),
             duration_ms: u64::try_from(run.state.duration().as_millis()).unwrap_or(u64::MAX),
             sent: snapshot.sent,
             received: snapshot.received,

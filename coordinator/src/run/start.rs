@@ -85,11 +85,7 @@ impl Engine {
                 dir,
                 nats_cluster: self.open_nats_cluster(),
                 traces: super::traces::start(&state.config, &id),
-                metrics_push: super::metrics::start_push(
-                    &state.config,
-                    &id,
-                    std::time::Duration::ZERO,
-                ),
+                metrics_push: super::metrics::start_push(&state.config, &id),
             },
             local: Local::new(self.registry.gaps().len()),
             state,

@@ -133,7 +133,7 @@ pub struct OtlpMetricsConfig {
     /// `http://127.0.0.1:4317`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Time between pushes, ≥ 100ms (default: `$OTEL_METRIC_EXPORT_INTERVAL` milliseconds,
+    /// Time between pushes, ≥ 1s (default: `$OTEL_METRIC_EXPORT_INTERVAL` milliseconds,
     /// else 5s). The run's final values are pushed once more when it ends.
     #[serde(with = "human_opt", skip_serializing_if = "Option::is_none", default)]
     pub interval: Option<Duration>,
@@ -141,9 +141,10 @@ pub struct OtlpMetricsConfig {
     pub insecure: bool,
 }
 
-/// The shortest push interval accepted: below it the coordinator would spend its time
-/// rendering metrics rather than judging reports.
-pub const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// The shortest push interval accepted: the coordinator pushes from its 200 ms tick, so a
+/// shorter one would not be honoured, and a push a second is already finer than any
+/// dashboard's step.
+pub const MIN_PUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl OtlpMetricsConfig {
     /// Fill what the config leaves out from `env` (the standard `OTEL_*` variables), then
@@ -168,7 +169,7 @@ impl OtlpMetricsConfig {
                     .ok_or_else(|| {
                         ConfigError::new(
                             name,
-                            format!("must be milliseconds, at least 100, got {text:?}"),
+                            format!("must be milliseconds, at least 1000, got {text:?}"),
                         )
                     })?,
                 None => DEFAULT_PUSH_INTERVAL,
@@ -238,13 +239,18 @@ fn resolve_endpoint(
     insecure: bool,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
-    for name in signal.protocol_vars() {
-        if let Some(protocol) = env(name).filter(|p| !p.is_empty() && p != "grpc") {
-            return Err(ConfigError::new(
-                name,
-                format!("{protocol:?}: only OTLP over gRPC (grpc) is supported"),
-            ));
-        }
+    // The signal's own variable wins over the shared one, as the specification says.
+    let protocol = signal
+        .protocol_vars()
+        .into_iter()
+        .find_map(|name| env(name).filter(|p| !p.is_empty()).map(|p| (name, p)));
+    if let Some((name, protocol)) = protocol
+        && protocol != "grpc"
+    {
+        return Err(ConfigError::new(
+            name,
+            format!("{protocol:?}: only OTLP over gRPC (grpc) is supported"),
+        ));
     }
     if endpoint.is_none() {
         let from_env = signal
@@ -370,6 +376,12 @@ mod tests {
             .resolve(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]))
             .expect_err("http");
         assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{e}");
+        let mut t = enabled();
+        t.resolve(env(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]))
+        .expect("the signal's own variable wins");
     }
 
     #[test]
@@ -424,12 +436,12 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://localhost:7"),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://localhost:8"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:9"),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "250"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "2500"),
         ]))
         .expect("resolves");
         assert_eq!(
             m.effective(),
-            ("http://localhost:7", Duration::from_millis(250))
+            ("http://localhost:7", Duration::from_millis(2500))
         );
         let mut m = on();
         m.resolve(env(&[(
@@ -446,7 +458,7 @@ mod tests {
             .expect("the config wins");
         assert_eq!(m.effective().1, Duration::from_secs(2));
         for (name, value) in [
-            ("OTEL_METRIC_EXPORT_INTERVAL", "50"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
             ("OTEL_METRIC_EXPORT_INTERVAL", "5s"),
             ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
             (

@@ -98,7 +98,7 @@ impl Config {
             p.check(
                 interval >= MIN_PUSH_INTERVAL,
                 "telemetry.metrics.interval",
-                || format!("must be at least 100ms, got {interval:?}"),
+                || format!("must be at least 1s, got {interval:?}"),
             );
         }
         if let Some(ratio) = traces.sample_ratio {
