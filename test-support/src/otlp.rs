@@ -86,15 +86,7 @@ impl MetricsService for Pushes {
                     points.push(Point {
                         name: metric.name.clone(),
                         kind,
-                        labels: attributes
-                            .iter()
-                            .map(|kv| {
-                                (
-                                    kv.key.clone(),
-                                    text(kv.value.as_ref().and_then(|v| v.value.as_ref())),
-                                )
-                            })
-                            .collect(),
+                        labels: flatten(attributes),
                         value,
                         instance: instance.clone(),
                     });
@@ -132,12 +124,24 @@ impl MetricsService for Pushes {
     }
 }
 
+/// Attributes as key → value text.
+fn flatten(attributes: &[KeyValue]) -> BTreeMap<String, String> {
+    attributes
+        .iter()
+        .map(|kv| (kv.key.clone(), value_text(kv)))
+        .collect()
+}
+
+fn value_text(kv: &KeyValue) -> String {
+    text(kv.value.as_ref().and_then(|v| v.value.as_ref()))
+}
+
 fn resource_attr(attributes: Option<&[KeyValue]>, key: &str) -> String {
     attributes
         .unwrap_or_default()
         .iter()
         .find(|kv| kv.key == key)
-        .map(|kv| text(kv.value.as_ref().and_then(|v| v.value.as_ref())))
+        .map(value_text)
         .unwrap_or_default()
 }
 
@@ -180,16 +184,7 @@ impl TraceService for Store {
                     parent_span_id: hex(&span.parent_span_id),
                     name: span.name,
                     kind: span.kind,
-                    attributes: span
-                        .attributes
-                        .iter()
-                        .map(|kv| {
-                            (
-                                kv.key.clone(),
-                                text(kv.value.as_ref().and_then(|v| v.value.as_ref())),
-                            )
-                        })
-                        .collect(),
+                    attributes: flatten(&span.attributes),
                 });
             }
         }

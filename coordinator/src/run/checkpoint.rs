@@ -115,23 +115,10 @@ fn same_config(text: &str, wanted: &Config) -> bool {
         return false;
     };
     let mut wanted = wanted.clone();
-    // The run directory holds tracing as resolved from the environment at its start; what
+    // The run directory holds telemetry as resolved from the environment at its start; what
     // the wanted config leaves to the environment is taken as it was then (a restarted
     // coordinator may lack the variables).
-    let (found_traces, wanted_traces) = (&found.telemetry.traces, &mut wanted.telemetry.traces);
-    if wanted_traces.endpoint.is_none() {
-        wanted_traces.endpoint.clone_from(&found_traces.endpoint);
-    }
-    if wanted_traces.sample_ratio.is_none() {
-        wanted_traces.sample_ratio = found_traces.sample_ratio;
-    }
-    let (found_push, wanted_push) = (&found.telemetry.metrics, &mut wanted.telemetry.metrics);
-    if wanted_push.endpoint.is_none() {
-        wanted_push.endpoint.clone_from(&found_push.endpoint);
-    }
-    if wanted_push.interval.is_none() {
-        wanted_push.interval = found_push.interval;
-    }
+    wanted.telemetry.resolve_as(&found.telemetry);
     found.simulation.seed = None;
     wanted.simulation.seed = None;
     found == wanted

@@ -111,8 +111,8 @@ impl Engine {
     }
 }
 
-/// Fill the run's tracing settings from this coordinator's environment where the config
-/// leaves them out (the config wins); the run directory records the result.
+/// Fill the run's tracing and metric-push settings from this coordinator's environment
+/// where the config leaves them out (the config wins); the run directory records the result.
 pub(super) fn resolve_telemetry(config: &mut Config) -> Result<(), StartError> {
     let env = |name: &str| std::env::var(name).ok();
     let telemetry = &mut config.telemetry;

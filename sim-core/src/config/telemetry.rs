@@ -36,6 +36,27 @@ pub struct TelemetryConfig {
     pub tempo_url: String,
 }
 
+impl TelemetryConfig {
+    /// Take what this config leaves to the environment (endpoints, ratio, interval) as
+    /// `resolved` has it: a config compared with the one a run recorded at its start.
+    pub fn resolve_as(&mut self, resolved: &Self) {
+        let traces = &mut self.traces;
+        if traces.endpoint.is_none() {
+            traces.endpoint.clone_from(&resolved.traces.endpoint);
+        }
+        if traces.sample_ratio.is_none() {
+            traces.sample_ratio = resolved.traces.sample_ratio;
+        }
+        let pushed = &mut self.metrics;
+        if pushed.endpoint.is_none() {
+            pushed.endpoint.clone_from(&resolved.metrics.endpoint);
+        }
+        if pushed.interval.is_none() {
+            pushed.interval = resolved.metrics.interval;
+        }
+    }
+}
+
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
@@ -423,6 +444,36 @@ mod tests {
         }
         let e = check_endpoint(Signal::Metrics, "http://collector:4317", false).expect_err("lan");
         assert!(e.contains("telemetry.metrics.insecure"), "{e}");
+    }
+
+    #[test]
+    fn resolve_as_fills_only_what_the_config_leaves_out() {
+        let recorded = TelemetryConfig {
+            traces: TracesConfig {
+                endpoint: Some("http://localhost:1".into()),
+                sample_ratio: Some(0.5),
+                ..enabled()
+            },
+            metrics: OtlpMetricsConfig {
+                endpoint: Some("http://localhost:2".into()),
+                interval: Some(Duration::from_secs(3)),
+                ..OtlpMetricsConfig::default()
+            },
+            ..TelemetryConfig::default()
+        };
+        let mut wanted = TelemetryConfig {
+            traces: TracesConfig {
+                sample_ratio: Some(0.25),
+                ..TracesConfig::default()
+            },
+            ..TelemetryConfig::default()
+        };
+        wanted.resolve_as(&recorded);
+        assert_eq!(wanted.traces.effective(), ("http://localhost:1", 0.25));
+        assert_eq!(
+            wanted.metrics.effective(),
+            ("http://localhost:2", Duration::from_secs(3))
+        );
     }
 
     #[test]
