@@ -22,9 +22,11 @@
 //! - **Concurrency.** Each partition remembers the latest activity span of its last few
 //!   workers (see [`TrackerConfig::activity_gap_us`]). A processed report overlapping
 //!   another worker's span counts as an ownership overlap. A duplicate is a `redelivery` only
-//!   when its delivery count says the broker delivered it again (> 1) and it overlaps no
+//!   when a delivery count says the broker delivered it again (> 1) and it overlaps no
 //!   other worker; a second first delivery is `concurrent` however far apart in time (two
-//!   consumers each got it once).
+//!   consumers each got it once). The count may be on either report: a frozen worker's
+//!   report of delivery 1 can arrive after its successor's report of delivery 2, so first
+//!   processings that were redeliveries are remembered (bounded, see `redelivered`).
 //! - **Order.** A message processed for the first time by a worker that already processed
 //!   one of its successors is an order violation, whatever its delivery count: a redelivery
 //!   that comes back after its successors broke the partition's order too. Per worker,
@@ -44,6 +46,7 @@ pub mod checkpoint;
 pub mod failure;
 mod partition;
 mod read;
+mod redelivered;
 pub mod snapshot;
 pub mod types;
 
@@ -183,6 +186,17 @@ impl Tracker {
         let part = &mut self.partitions[idx];
         part.learn(r.seq, r.processed_us.max(self.now_us));
         let outcome = part.mark_processed(r.seq);
+        // Who processed it first on a redelivery: the earlier delivery's report may arrive
+        // after that one (a frozen worker), and must then not look like a second consumer.
+        let first_redelivered = match outcome {
+            ProcessedOutcome::First { .. } => {
+                if r.delivered > 1 {
+                    part.redelivered_first.insert(r.seq, r.worker);
+                }
+                None
+            }
+            ProcessedOutcome::Duplicate => part.redelivered_first.get(r.seq),
+        };
         let overlap = part.observe(
             r.worker,
             r.received_us,
@@ -240,8 +254,12 @@ impl Tracker {
                     .saturating_record(latency.max(0).unsigned_abs());
             }
             ProcessedOutcome::Duplicate => {
-                // Two first deliveries of one message can only be two consumers.
-                let (kind, sample_kind) = if overlap.is_some() || r.delivered <= 1 {
+                // Two first deliveries of one message can only be two consumers. A
+                // redelivery is one where either report says the broker delivered it again
+                // — this one, or the remembered first processing (reports of two workers
+                // arrive in any order).
+                let redelivered = r.delivered > 1 || first_redelivered.is_some();
+                let (kind, sample_kind) = if overlap.is_some() || !redelivered {
                     self.counters.dup_concurrent += 1;
                     (DuplicateKind::Concurrent, AnomalyKind::DuplicateConcurrent)
                 } else {
@@ -249,7 +267,8 @@ impl Tracker {
                     (DuplicateKind::Redelivery, AnomalyKind::DuplicateRedelivery)
                 };
                 obs.duplicate = Some(kind);
-                self.note(sample_kind, &r, overlap);
+                let other = overlap.or(first_redelivered.filter(|w| *w != r.worker));
+                self.note(sample_kind, &r, other);
             }
         }
         if let Some(load) = self.worker_load(r.worker) {

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::checkpoint::{ExceptionRun, SavedPartition, SavedSpan, WindowRun};
+use super::redelivered::RedeliveredFirst;
 use super::types::WorkerRef;
 
 /// Exception flags of a seq below the watermark. A seq that is both sent and processed is
@@ -140,6 +141,9 @@ pub(super) struct PartitionState {
     /// Highest seq processed so far; order violations are measured against it.
     processed_max: u64,
     spans: [Option<Span>; SPANS],
+    /// First processings that were already redeliveries, so a late report of the earlier
+    /// delivery is not mistaken for a second consumer (see `redelivered`).
+    pub redelivered_first: RedeliveredFirst,
 }
 
 impl PartitionState {
@@ -563,6 +567,7 @@ impl PartitionState {
             window,
             exceptions,
             spans,
+            redelivered_first: self.redelivered_first.iter().collect(),
         }
     }
 
@@ -742,6 +747,9 @@ impl PartitionState {
                 high: s.high,
             });
         }
+        part.redelivered_first =
+            RedeliveredFirst::import(&saved.redelivered_first, saved.processed_max)
+                .map_err(|detail| ("redelivered_first", detail))?;
         Ok((part, tally))
     }
 }

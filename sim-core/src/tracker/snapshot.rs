@@ -68,7 +68,9 @@ pub struct Anomaly {
     pub seq: u64,
     /// The worker whose report revealed it, when a report did.
     pub worker: Option<WorkerRef>,
-    /// The other worker involved (overlaps, concurrent duplicates).
+    /// The other worker involved: in an overlap, the one active meanwhile; in a duplicate,
+    /// the one whose report it overlapped or, for a redelivery, the one that processed the
+    /// redelivery first when that report arrived before this one.
     pub other_worker: Option<WorkerRef>,
     /// When it was observed (report's processed time, µs); none for lost messages.
     pub at_us: Option<i64>,

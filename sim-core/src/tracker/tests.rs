@@ -467,6 +467,55 @@ fn two_first_deliveries_of_one_message_are_concurrent_however_far_apart() {
     ));
 }
 
+/// The lab's false positive: worker 1, frozen after processing seq 1 (delivery 1) but
+/// before reporting it, lets the ack wait expire; worker 2 processes the redelivery and
+/// reports first; worker 1's report arrives when it is continued. Two reports, one of which
+/// says the broker delivered the message again: a redelivery, whichever arrives first —
+/// also across a checkpoint taken between the two.
+#[test]
+fn a_frozen_workers_late_report_of_the_first_delivery_is_a_redelivery() {
+    let mut t = tracker(1);
+    feed_sent(&mut t, sent(0, 1, 0));
+    feed(&mut t, redelivered(0, 1, 2, 30_000_000, 30_000_010));
+    let state = t.export();
+    let mut t = match Tracker::import(*t.config(), state) {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    };
+    let o = feed(&mut t, done(0, 1, 1, 100, 110));
+    assert_eq!(o.overlap_with, None);
+    assert_eq!(o.duplicate, Some(DuplicateKind::Redelivery));
+    let s = t.snapshot(40_000_000);
+    assert_eq!((s.duplicates_redelivery, s.duplicates_concurrent), (1, 0));
+    assert!(s.failures(LENIENT).is_empty(), "{:?}", s.failures(LENIENT));
+    let sample = s.samples(AnomalyKind::DuplicateRedelivery).next();
+    assert!(
+        sample.is_some_and(|a| a.worker == Some(WorkerRef(1))
+            && a.other_worker == Some(WorkerRef(2))),
+        "the sample names both workers: {sample:?}"
+    );
+
+    // The control: without the redelivery on record, the same late first delivery after a
+    // first delivery is still two consumers.
+    let mut t = tracker(1);
+    feed_sent(&mut t, sent(0, 1, 0));
+    feed(&mut t, done(0, 1, 2, 30_000_000, 30_000_010));
+    let o = feed(&mut t, done(0, 1, 1, 100, 110));
+    assert_eq!(o.duplicate, Some(DuplicateKind::Concurrent));
+}
+
+/// The same reversed arrival while the two workers' processing overlapped in time is two
+/// owners at once, not a redelivery: the delivery counts do not excuse an overlap.
+#[test]
+fn a_reversed_redelivery_that_overlaps_is_still_concurrent() {
+    let mut t = tracker(1);
+    feed_sent(&mut t, sent(0, 1, 0));
+    feed(&mut t, redelivered(0, 1, 2, 1_000, 200_000));
+    let o = feed(&mut t, done(0, 1, 1, 1_000, 200_000));
+    assert_eq!(o.overlap_with, Some(WorkerRef(2)));
+    assert_eq!(o.duplicate, Some(DuplicateKind::Concurrent));
+}
+
 #[test]
 fn removed_partitions_are_not_lost() {
     let mut t = tracker(2);
