@@ -11,10 +11,13 @@
 //!
 //! The connection is matched to the child by the peer's pid (`SO_PEERCRED`), or, for a
 //! child whose reports come from another process (a wrapper script starting the real
-//! consumer), by the `hello` line's process name. The match also says which run the child
-//! was started for: its reports are stamped with that run id.
+//! consumer), by the `hello` line's process name — only when the peer descends from that
+//! child (its parent chain in `/proc`), so no other local process can claim a child's name.
+//! The match also says which run the child was started for: its reports are stamped with
+//! that run id. A connection matched to no child is refused (`crate::socket`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -41,6 +44,8 @@ pub struct Links {
     pending: Arc<Mutex<HashMap<u32, Pending>>>,
     /// A child was registered ([`Links::started`]).
     registered: Arc<Notify>,
+    /// Connections refused as none of our children's.
+    refused: Arc<AtomicU64>,
 }
 
 /// A started child whose connection has not been accepted yet.
@@ -120,13 +125,14 @@ impl Links {
         self.lock().remove(&pid).map(Connection::new)
     }
 
-    /// A connection whose `hello` named `process`, from a process that is not the child
-    /// itself.
-    pub fn connected_name(&self, process: &str) -> Option<Connection> {
+    /// A connection whose `hello` named `process`, from `peer`, a descendant of that child
+    /// (a wrapper's consumer) rather than the child itself.
+    pub fn connected_name(&self, process: &str, peer: Option<u32>) -> Option<Connection> {
+        let peer = peer?;
         let mut pending = self.lock();
         let pid = pending
             .iter()
-            .find(|(_, child)| child.process == process)
+            .find(|(pid, child)| child.process == process && descends_from(peer, **pid))
             .map(|(pid, _)| *pid)?;
         pending.remove(&pid).map(Connection::new)
     }
@@ -148,7 +154,7 @@ impl Links {
             registered.as_mut().enable();
             let found = pid
                 .and_then(|pid| self.connected_pid(pid))
-                .or_else(|| self.connected_name(process));
+                .or_else(|| self.connected_name(process, pid));
             if found.is_some() {
                 return found;
             }
@@ -156,9 +162,38 @@ impl Links {
         }
     }
 
+    /// Counts a refused connection; returns how many so far.
+    pub fn refuse(&self) -> u64 {
+        self.refused.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Pending>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Whether process `pid` is `ancestor` or one of its descendants, by the parent chain in
+/// `/proc` (bounded: a wrapper is a level or two).
+fn descends_from(pid: u32, ancestor: u32) -> bool {
+    let mut current = pid;
+    for _ in 0..16 {
+        if current == ancestor {
+            return true;
+        }
+        match parent_of(current) {
+            Some(parent) if parent > 1 => current = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// The parent of `pid`, from `/proc/<pid>/stat` ("pid (comm) state ppid …"; the name may
+/// hold spaces and parentheses, so the fields are read after its last ')').
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 impl ExitGate {
@@ -208,8 +243,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_held_open_past_the_limit_lets_the_exit_go() {
         let links = Links::default();
-        let gate = links.started("worker-0", 7, "run-1", 5);
-        let _held = links.connected_name("worker-0").expect("by name");
+        // This test process stands for a wrapper's consumer: its parent is the "child".
+        let me = std::process::id();
+        let parent = parent_of(me).expect("a parent");
+        let gate = links.started("worker-0", parent, "run-1", 5);
+        let _held = links.connected_name("worker-0", Some(me)).expect("by name");
         assert!(!gate.passed().await);
     }
 
@@ -218,7 +256,15 @@ mod tests {
         let links = Links::default();
         let _gate = links.started("worker-0", 7, "run-1", 5);
         assert!(links.connected_pid(8).is_none());
-        assert!(links.connected_name("worker-1").is_none());
+        assert!(links.connected_name("worker-1", Some(7)).is_none());
+        // A process that is not the child's descendant cannot claim its name.
+        let _other = links.started("worker-9", u32::MAX - 1, "run-1", 6);
+        assert!(
+            links
+                .connected_name("worker-9", Some(std::process::id()))
+                .is_none()
+        );
+        assert!(links.connected_name("worker-9", None).is_none());
         let connection = links.connected_pid(7).expect("linked");
         assert_eq!(connection.run_id(), "run-1");
         assert!(links.connected_pid(7).is_none(), "once");

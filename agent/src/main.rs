@@ -30,6 +30,21 @@ enum Command {
         /// Directory for child logs and the report socket.
         #[arg(long, default_value = "./agent-run")]
         dir: PathBuf,
+        /// The lab CA's certificate (PEM): the coordinator must present a certificate it
+        /// issued for the endpoint's host. With --tls-cert and --tls-key, and an https://
+        /// endpoint: mutual TLS (see `simctl certs`).
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
+        /// This agent's certificate (PEM), issued for the agent role.
+        #[arg(long, value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long, value_name = "FILE")]
+        tls_key: Option<PathBuf>,
+        /// Allow plaintext (http://) to a coordinator that is not on loopback: the agent then
+        /// obeys whoever answers there. Only on a network you trust.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Internal: run as a child process (started by the agent itself).
     #[command(hide = true)]
@@ -67,25 +82,62 @@ fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
+/// Exit status for refused input: flags, TLS material, or certificates the coordinator
+/// handshake refused (as simctl's bad input).
+const EXIT_BAD_INPUT: u8 = 2;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     init_logging();
-    match Cli::parse().command {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(Failure::BadInput(message)) => {
+            eprintln!("agent: {message}");
+            std::process::ExitCode::from(EXIT_BAD_INPUT)
+        }
+        Err(Failure::Other(error)) => {
+            eprintln!("agent: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Why the agent stopped with an error.
+enum Failure {
+    BadInput(String),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Self::Other(error)
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
         Command::Child { mode } => {
             let mode = match mode.as_str() {
                 "producer" => agent::ChildMode::Producer,
                 "worker" => agent::ChildMode::Worker,
-                other => anyhow::bail!("unknown child mode {other:?}"),
+                other => return Err(Failure::BadInput(format!("unknown child mode {other:?}"))),
             };
             agent::run_child(mode)
                 .await
-                .map_err(|error| anyhow::Error::msg(one_line(&error)))
+                .map_err(|error| Failure::Other(anyhow::Error::msg(one_line(&error))))
         }
         Command::Run {
             coordinator,
             id,
             dir,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            insecure,
         } => {
+            let tls = fleet_tls::TlsFiles::from_flags(tls_ca, tls_cert, tls_key)
+                .and_then(|files| files.map(|f| f.load(fleet_tls::Role::Agent)).transpose())
+                .map_err(|error| Failure::BadInput(error.to_string()))?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let agent_id = id.unwrap_or_else(|| {
                 nix::unistd::gethostname()
@@ -100,6 +152,8 @@ async fn main() -> anyhow::Result<()> {
                 socket: dir.join("reports.sock"),
                 journal_dir: dir.join("journal"),
                 binary: std::env::current_exe().context("locating the agent binary")?,
+                tls,
+                insecure,
             };
             let shutdown = CancellationToken::new();
             {
@@ -120,7 +174,13 @@ async fn main() -> anyhow::Result<()> {
             }
             agent::session::run(options, shutdown)
                 .await
-                .map_err(|error| anyhow::Error::msg(one_line(&error)))
+                .map_err(|error| {
+                    if error.is_bad_input() {
+                        Failure::BadInput(one_line(&error))
+                    } else {
+                        Failure::Other(anyhow::Error::msg(one_line(&error)))
+                    }
+                })
         }
     }
 }

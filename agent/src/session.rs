@@ -10,6 +10,7 @@
 //! again, in order; the coordinator applies each (boot_id, number) once. The contract is
 //! documented in `proto/proto/sim/v1/sim.proto` ("Report delivery").
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,6 @@ use proto::v1::{
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
 use crate::journal::{Journals, OwnReports};
@@ -45,6 +45,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Opening the session stream on a connected channel.
 const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// TLS connections closed under a session's opening, in a row, before the agent takes it
+/// as the coordinator refusing its certificate and stops.
+const CLOSED_AFTER_HANDSHAKE_LIMIT: u32 = 3;
 
 /// How to run an agent.
 #[derive(Debug, Clone)]
@@ -61,6 +64,11 @@ pub struct AgentOptions {
     pub journal_dir: PathBuf,
     /// The binary children are started from (normally the agent's own).
     pub binary: PathBuf,
+    /// Mutual TLS with the coordinator (`https://` endpoints): the lab CA verifies the
+    /// coordinator before anything it says is obeyed.
+    pub tls: Option<fleet_tls::Material>,
+    /// Allow plaintext to a coordinator that is not on loopback.
+    pub insecure: bool,
 }
 
 /// Why the agent stopped.
@@ -84,15 +92,28 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    /// The coordinator endpoint is not a valid URI.
-    #[error("invalid coordinator endpoint {endpoint:?}: {source}")]
-    Endpoint {
-        /// The endpoint as given.
+    /// The coordinator endpoint is not a valid URI, or does not fit the TLS material.
+    #[error(transparent)]
+    Endpoint(#[from] fleet_tls::TlsError),
+    /// The TLS handshake with the coordinator failed on a certificate: its certificate is not
+    /// the lab's, or ours is not accepted. Retrying cannot help, and obeying is out of the
+    /// question.
+    #[error("coordinator {endpoint}: {detail}")]
+    Refused {
+        /// The endpoint.
         endpoint: String,
-        /// The error.
-        #[source]
-        source: tonic::transport::Error,
+        /// What the handshake said.
+        detail: String,
     },
+}
+
+impl AgentError {
+    /// A refusal of the command line or of the TLS material and certificates (bad input,
+    /// exit 2), as opposed to a failure while running.
+    #[must_use]
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, Self::Endpoint(_) | Self::Refused { .. })
+    }
 }
 
 /// A random id for this agent process, never 0 (0 is what an agent without boot ids sends).
@@ -108,20 +129,25 @@ fn new_boot_id() -> u64 {
 /// Run until `shutdown`: serve the report socket, keep a session with the coordinator
 /// (reconnecting with backoff), execute its commands.
 pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(), AgentError> {
-    let endpoint = Endpoint::from_shared(options.coordinator.clone())
-        .map_err(|source| AgentError::Endpoint {
-            endpoint: options.coordinator.clone(),
-            source,
-        })?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true);
+    let endpoint =
+        fleet_tls::endpoint(&options.coordinator, options.tls.as_ref(), options.insecure)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
     let _ = std::fs::remove_file(&options.socket);
     let listener = UnixListener::bind(&options.socket).map_err(|source| AgentError::Socket {
         path: options.socket.clone(),
         source,
     })?;
+    // Only our own user may connect (the children run as it); the peer check in
+    // `crate::socket` then admits only our children.
+    std::fs::set_permissions(&options.socket, std::fs::Permissions::from_mode(0o600)).map_err(
+        |source| AgentError::Socket {
+            path: options.socket.clone(),
+            source,
+        },
+    )?;
     let boot_id = new_boot_id();
     let journals =
         Journals::create(&options.journal_dir, boot_id).map_err(|source| AgentError::Journal {
@@ -165,10 +191,17 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
     }
     let batcher = tokio::spawn(crate::outbox::run_batcher(reports_rx, outbox.clone()));
     let mut backoff = Duration::from_millis(100);
+    let mut closed_after_handshake = 0;
     'sessions: while !shutdown.is_cancelled() {
         let channel = match endpoint.connect().await {
             Ok(channel) => channel,
             Err(error) => {
+                if let Some(detail) = fleet_tls::tls_failure(&error) {
+                    return Err(AgentError::Refused {
+                        endpoint: options.coordinator.clone(),
+                        detail,
+                    });
+                }
                 debug!(%error, "coordinator unreachable; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -203,6 +236,32 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
         let mut inbound = match opened {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(error)) => {
+                // Our certificate refused in the handshake (TLS 1.3 tells the client after
+                // it finished), or the coordinator's service refusing its role.
+                let refused = fleet_tls::tls_failure(&error).or_else(|| {
+                    (error.code() == tonic::Code::PermissionDenied)
+                        .then(|| error.message().to_string())
+                });
+                if let Some(detail) = refused {
+                    return Err(AgentError::Refused {
+                        endpoint: options.coordinator.clone(),
+                        detail,
+                    });
+                }
+                // A TLS connection closed under the session's opening is how a TLS 1.3
+                // server's refusal of our certificate usually arrives; a coordinator going
+                // away at that instant looks the same once, not several times in a row.
+                if options.tls.is_some()
+                    && let Some(detail) = fleet_tls::refused_after_handshake(&error)
+                {
+                    closed_after_handshake += 1;
+                    if closed_after_handshake >= CLOSED_AFTER_HANDSHAKE_LIMIT {
+                        return Err(AgentError::Refused {
+                            endpoint: options.coordinator.clone(),
+                            detail,
+                        });
+                    }
+                }
                 warn!(%error, "session refused; retrying");
                 tokio::time::sleep(backoff).await;
                 continue;
@@ -217,6 +276,7 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
             info!(coordinator = %options.coordinator, boot_id, released, resend = kept.len(), "session established");
         }
         backoff = Duration::from_millis(100);
+        closed_after_handshake = 0;
         loop {
             loop {
                 let next = outbox.lock().next_to_send();

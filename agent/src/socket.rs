@@ -23,8 +23,14 @@ use crate::report::ChildReport;
 
 /// How long a child's first report waits for the child to be registered (its fork has
 /// returned; the registration follows at once): a connection that is not one of our
-/// children waits this once.
+/// children waits this once, then is refused.
 const LINK_WAIT: Duration = Duration::from_secs(1);
+
+/// Test aid: the report socket also admits processes the agent did not start (their reports
+/// unstamped), as before the socket checked its peers. `simctl/tests/foreign.rs` needs it to
+/// make a NATS client that is not ours report into a run the way a user's misbehaving
+/// consumer would; never set it otherwise. The agent warns at start when it is set.
+pub const TEST_ADMIT_FOREIGN_ENV: &str = "PARTI_SIM_TEST_ADMIT_FOREIGN_REPORTS";
 
 /// Read JSON lines from each child connection into `reports` (waiting when it is full).
 pub async fn serve_socket(
@@ -33,6 +39,10 @@ pub async fn serve_socket(
     links: Links,
     reclaimer: Arc<Reclaimer>,
 ) {
+    let admit_foreign = std::env::var_os(TEST_ADMIT_FOREIGN_ENV).is_some();
+    if admit_foreign {
+        warn!("{TEST_ADMIT_FOREIGN_ENV} is set: the report socket admits any local process");
+    }
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -50,6 +60,7 @@ pub async fn serve_socket(
             reports.clone(),
             links.clone(),
             reclaimer.clone(),
+            admit_foreign,
         ));
     }
 }
@@ -61,6 +72,7 @@ async fn serve_connection(
     reports: mpsc::Sender<Report>,
     links: Links,
     reclaimer: Arc<Reclaimer>,
+    admit_foreign: bool,
 ) {
     let mut reader = tokio::io::BufReader::new(stream);
     let mut bytes = Vec::with_capacity(512);
@@ -81,7 +93,7 @@ async fn serve_connection(
         if link.is_none() {
             link = peer
                 .and_then(|pid| links.connected_pid(pid))
-                .or_else(|| links.connected_name(&process));
+                .or_else(|| links.connected_name(&process, peer));
         }
         if number.is_multiple_of(MARK_EVERY)
             && bytes.last() == Some(&b'\n')
@@ -92,7 +104,7 @@ async fn serve_connection(
         match serde_json::from_slice::<ChildReport>(&bytes) {
             Ok(ChildReport::Hello { process: name }) => {
                 if link.is_none() {
-                    link = links.connected_name(&name);
+                    link = links.connected_name(&name, peer);
                 }
                 process = name;
             }
@@ -107,13 +119,28 @@ async fn serve_connection(
                     link = links.connected_within(peer, &process, LINK_WAIT).await;
                     waited = true;
                 }
-                // The run its child was started for, and where it journals; unknown for a
-                // connection that is not one of our children.
-                if let Some(link) = &link {
-                    report.run_id = link.run_id().to_string();
-                    report.journal = link.journal();
-                    report.line = line_number;
-                }
+                // The run its child was started for, and where it journals. A connection
+                // that is none of our children (nor a descendant of one) is refused: another
+                // local process must not be able to write evidence into a run.
+                let Some(link) = &link else {
+                    if admit_foreign {
+                        if reports.send(report).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let refused = links.refuse();
+                    warn!(
+                        peer = ?peer,
+                        %process,
+                        refused,
+                        "report connection refused: not a process this agent started"
+                    );
+                    return;
+                };
+                report.run_id = link.run_id().to_string();
+                report.journal = link.journal();
+                report.line = line_number;
                 if reports.send(report).await.is_err() {
                     return;
                 }

@@ -25,9 +25,11 @@ pub mod stream;
 
 use std::future::Future;
 
+use fleet_tls::{RequireRole, Role};
 use proto::v1::agent_server::AgentServer;
 use proto::v1::control_server::ControlServer;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 
 /// Options of a coordinator daemon.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +50,9 @@ pub struct ServeOptions {
     /// Before serving, resume the newest unfinished run under `runs_dir` from its latest
     /// checkpoint (a coordinator restarted after a crash).
     pub resume: bool,
+    /// Mutual TLS (the lab's certificates): required of every agent and simctl, each for its
+    /// own service. `None` is plaintext, which the daemon allows on loopback only.
+    pub tls: Option<fleet_tls::Material>,
 }
 
 /// Why the daemon stopped.
@@ -101,14 +106,23 @@ pub async fn serve(
             Err(error) => return Err(ServeError::Resume(error)),
         }
     }
-    tonic::transport::Server::builder()
-        .add_service(
+    let mut server = tonic::transport::Server::builder();
+    let tls = options.tls.is_some();
+    if let Some(material) = &options.tls {
+        server = server.tls_config(material.server())?;
+    }
+    // Each service admits only its own role's certificates: an agent's key cannot start or
+    // fault a run, simctl's cannot pose as an agent.
+    server
+        .add_service(InterceptedService::new(
             AgentServer::new(agents::AgentService::new(registry.clone()))
                 .max_decoding_message_size(64 << 20),
-        )
-        .add_service(ControlServer::new(control::ControlService::new(
-            engine, registry,
-        )))
+            RequireRole::new(Role::Agent, tls),
+        ))
+        .add_service(InterceptedService::new(
+            ControlServer::new(control::ControlService::new(engine, registry)),
+            RequireRole::new(Role::Control, tls),
+        ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

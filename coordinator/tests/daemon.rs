@@ -74,6 +74,43 @@ fn separate_daemons_run_watch_stop_and_report() {
         }
     });
 
+    // Another local process writing into the agent's report socket, claiming a real child's
+    // name and reporting a second first delivery of a processed message: accepted, it would
+    // fail the run for concurrent processing. It is refused (not a process the agent
+    // started), counted, and the verdict below stays PASS.
+    fleet.wait_until_received(50, Duration::from_secs(60));
+    let socket = dir.path().join("agent").join("reports.sock");
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let forged = format!(
+        "{{\"type\":\"hello\",\"process\":\"worker-0\"}}\n\
+         {{\"type\":\"processed\",\"partition\":0,\"seq\":1,\"worker_id\":\"w-forged\",\
+         \"incarnation\":1,\"delivered\":1,\"stream_seq\":1,\"assignment_version\":1,\
+         \"published_us\":{now_us},\"received_us\":{now_us},\"processed_us\":{now_us}}}\n"
+    );
+    let writer = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.settimeout(30)\n\
+             s.connect(sys.argv[1])\n\
+             s.sendall(sys.argv[2].encode())\n\
+             s.recv(1)\n",
+        )
+        .arg(&socket)
+        .arg(&forged)
+        .output()
+        .expect("python3");
+    assert!(writer.status.success(), "writer: {}", text(&writer));
+    test_support::wait_for_line(
+        &dir.path().join("agent.log"),
+        "report connection refused",
+        0,
+        Duration::from_secs(30),
+    );
+
     let watched = fleet.simctl(&["watch"]);
     assert!(watched.status.success(), "watch: {}", text(&watched));
     assert!(

@@ -16,9 +16,27 @@ use sim_core::config::{ChaosEvent, parse_duration};
     about = "parti-sim: chaos and simulation harness for NATS JetStream partitioned consumers"
 )]
 pub struct Cli {
-    /// Coordinator endpoint (for every command but `run` and `config`).
-    #[arg(long, global = true, default_value = "http://127.0.0.1:7400")]
+    /// Coordinator endpoint (for every command but `run` and `config`): http:// on
+    /// loopback, https:// with the lab's certificates elsewhere.
+    #[arg(
+        long,
+        global = true,
+        env = "SIMCTL_COORDINATOR",
+        default_value = "http://127.0.0.1:7400"
+    )]
     pub coordinator: String,
+    /// The lab CA's certificate (PEM) for an https:// coordinator (see `simctl certs`).
+    #[arg(long, global = true, env = "SIMCTL_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// simctl's certificate (PEM), issued for the control role.
+    #[arg(long, global = true, env = "SIMCTL_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, global = true, env = "SIMCTL_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plaintext (http://) to a coordinator that is not on loopback.
+    #[arg(long, global = true)]
+    pub insecure: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -50,6 +68,63 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Create the lab's CA and certificates for mutual TLS (docs/LAB.md).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+/// `simctl certs`.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// A new CA in DIR, with the coordinator's, simctl's and each agent's certificate.
+    /// Refuses a DIR that already holds a CA.
+    Init {
+        /// Where the files go (ca.pem, ca.key, coordinator.*, control.*, agent-NAME.*).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The coordinator's host names or addresses, as agents and simctl will reach it
+        /// (comma-separated or repeated).
+        #[arg(long = "coordinator-host", value_delimiter = ',', required = true)]
+        coordinator_hosts: Vec<String>,
+        /// Agent names (comma-separated or repeated): one certificate each.
+        #[arg(long = "agent", value_delimiter = ',')]
+        agents: Vec<String>,
+        /// Validity of the certificates in days (the CA's is ten times longer).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// One more certificate from the CA in DIR: a new agent, or a rotation (--replace).
+    Issue {
+        /// The lab's directory (holds ca.pem and ca.key).
+        #[arg(long)]
+        dir: PathBuf,
+        /// What for.
+        #[command(flatten)]
+        leaf: LeafArgs,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Overwrite an existing certificate and key (rotation).
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+/// Which certificate `certs issue` makes: exactly one of these.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct LeafArgs {
+    /// An agent's, by name.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// The coordinator's, for these host names or addresses (comma-separated).
+    #[arg(long = "coordinator-host", value_delimiter = ',')]
+    pub coordinator_hosts: Vec<String>,
+    /// simctl's.
+    #[arg(long)]
+    pub control: bool,
 }
 
 /// `simctl run`.

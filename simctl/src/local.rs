@@ -53,7 +53,7 @@ fn create_run_dir(asked: Option<PathBuf>) -> Result<PathBuf, ExitError> {
 
 /// Start the run on the local coordinator, follow it, deliver its report.
 async fn drive(endpoint: &str, config_yaml: String, args: &RunArgs) -> Result<Exit, ExitError> {
-    let mut client = remote::connect(endpoint).await?;
+    let mut client = remote::connect(&remote::Coordinator::local(endpoint.to_string())).await?;
     wait_for_agent(&mut client).await?;
     let run_id = remote::request_start(
         &mut client,

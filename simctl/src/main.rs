@@ -15,9 +15,11 @@
 //! - [`progress`]: status lines and following a run's progress.
 //! - [`report`]: printing a report, writing its files, its verdict as the exit.
 //! - [`trace`]: `simctl trace`, a message's trace id and where to open it.
+//! - [`certs`]: `simctl certs`, the lab's CA and certificates for mutual TLS.
 
 #![forbid(unsafe_code)]
 
+mod certs;
 mod cli;
 mod config;
 mod exit;
@@ -60,8 +62,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// The coordinator of the remote commands, with simctl's TLS material checked (control
+/// role) before anything is sent.
+fn coordinator(cli: &Cli) -> Result<remote::Coordinator, ExitError> {
+    let tls = fleet_tls::TlsFiles::from_flags(
+        cli.tls_ca.clone(),
+        cli.tls_cert.clone(),
+        cli.tls_key.clone(),
+    )
+    .and_then(|files| files.map(|f| f.load(fleet_tls::Role::Control)).transpose())
+    .map_err(|error| exit::bad_input(anyhow::Error::new(error)))?;
+    Ok(remote::Coordinator {
+        url: cli.coordinator.clone(),
+        tls,
+        insecure: cli.insecure,
+    })
+}
+
 async fn dispatch(cli: Cli) -> Result<Exit, ExitError> {
-    let endpoint = cli.coordinator.as_str();
+    let remote_command = matches!(
+        cli.command,
+        Command::Start(_)
+            | Command::Status
+            | Command::Watch
+            | Command::Stop
+            | Command::Report(ReportArgs { run_dir: None, .. })
+            | Command::Agents
+            | Command::Chaos(_)
+    );
+    let tls_given =
+        cli.tls_ca.is_some() || cli.tls_cert.is_some() || cli.tls_key.is_some() || cli.insecure;
+    let endpoint = if remote_command {
+        coordinator(&cli)?
+    } else if tls_given {
+        // Accepted but unused would be a setting that silently does nothing.
+        return Err(exit::bad_input(anyhow::anyhow!(
+            "--tls-ca, --tls-cert, --tls-key and --insecure (or SIMCTL_TLS_*) apply to the \
+             commands that talk to a coordinator (start, status, watch, stop, report, agents, \
+             chaos); `run` starts its own on loopback and the others talk to none"
+        )));
+    } else {
+        remote::Coordinator::local(cli.coordinator.clone())
+    };
+    let endpoint = &endpoint;
     match cli.command {
         Command::Run(args) => local::run(args).await,
         Command::Start(args) => remote::start(endpoint, args).await,
@@ -79,6 +122,7 @@ async fn dispatch(cli: Cli) -> Result<Exit, ExitError> {
         Command::Agents => remote::agents(endpoint).await,
         Command::Chaos(args) => remote::chaos(endpoint, args).await,
         Command::Trace(args) => trace::trace(&args),
+        Command::Certs { command } => certs::certs(command),
         Command::Config {
             command: ConfigCommand::Validate { file },
         } => config::validate(&file),

@@ -102,6 +102,10 @@ fn start_run_for(dir: &Path, config: &str, duration: &str) -> std::process::Chil
         .current_dir(workspace())
         .args(["run", "--config"])
         .arg(&config_path)
+        // The agent's report socket refuses processes it did not start; the rogue and the
+        // thief below are such processes, standing in for a user's consumer that the agent
+        // did start and that misbehaves the same way (agent/src/socket.rs).
+        .env("PARTI_SIM_TEST_ADMIT_FOREIGN_REPORTS", "1")
         .args(["--duration", duration, "--seed", "7", "--json"])
         .arg(dir.join("report.json"))
         .arg("--run-dir")

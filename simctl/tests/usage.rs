@@ -159,3 +159,55 @@ fn a_bad_duration_exits_2_naming_the_value() {
     let text = refused_as_bad_input(&["chaos", "worker_pause", "--duration", "soon"]);
     assert!(text.contains("\"soon\""), "{text}");
 }
+
+#[test]
+fn tls_flags_where_no_coordinator_is_talked_to_are_refused() {
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/quick.yaml");
+    let config = config.to_str().expect("utf8 path");
+    let said = refused_as_bad_input(&["--insecure", "config", "validate", config]);
+    assert!(
+        said.contains("apply to the commands that talk to a coordinator"),
+        "{said}"
+    );
+    // Half the TLS flags for a remote command: refused naming the missing one, before any
+    // connection (exit 3 had it tried the dead address).
+    let said = refused_as_bad_input(&["--tls-ca", "/nonexistent", "status"]);
+    assert!(said.contains("--tls-cert is missing"), "{said}");
+}
+
+#[test]
+fn certs_init_writes_a_lab_and_never_overwrites_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lab = dir.path().join("certs");
+    let lab = lab.to_str().expect("utf8 path");
+    let args = [
+        "certs",
+        "init",
+        "--dir",
+        lab,
+        "--coordinator-host",
+        "127.0.0.1,ctl.lab",
+        "--agent",
+        "host-1,host-2",
+    ];
+    let out = simctl(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    for file in [
+        "ca.pem",
+        "ca.key",
+        "coordinator.pem",
+        "control.key",
+        "agent-host-2.pem",
+    ] {
+        assert!(
+            text(&out).contains(file),
+            "{file} not reported: {}",
+            text(&out)
+        );
+    }
+    let again = simctl(&args);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert!(text(&again).contains("exists"), "{}", text(&again));
+    let bad = simctl(&["certs", "issue", "--dir", lab, "--agent", "../escape"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+}

@@ -98,6 +98,20 @@ pub fn edit(config: &str, edits: &[(&str, &str)]) -> String {
     config
 }
 
+/// `--tls-ca <ca>/ca.pem --tls-cert <certs>/<stem>.pem --tls-key <certs>/<stem>.key`: the
+/// flags of a daemon or simctl for certificate `stem` of a lab directory as `simctl certs
+/// init` writes it (the CA may come from another lab's directory, to test refusals).
+pub fn tls_flags(ca: &Path, certs: &Path, stem: &str) -> Vec<std::ffi::OsString> {
+    vec![
+        "--tls-ca".into(),
+        ca.join("ca.pem").into(),
+        "--tls-cert".into(),
+        certs.join(format!("{stem}.pem")).into(),
+        "--tls-key".into(),
+        certs.join(format!("{stem}.key")).into(),
+    ]
+}
+
 /// Run `simctl --coordinator <endpoint> <args>` to completion.
 pub fn simctl(endpoint: &str, args: &[&str]) -> std::process::Output {
     Command::new(workspace_binary("simctl"))

@@ -27,26 +27,105 @@ struct Cli {
     /// with the coordinator's own and judged by the leak gate.
     #[arg(long, value_name = "PID")]
     nats_server_pid: Option<u32>,
+    /// The lab CA's certificate (PEM): agents and simctl must present a certificate it
+    /// issued. With --tls-cert and --tls-key: mutual TLS (see `simctl certs`).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// This coordinator's certificate (PEM), naming the hosts agents reach it by.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Allow plaintext on a non-loopback address: anyone who can reach it can then command
+    /// every agent (kill processes, rewrite iptables). Only on a network you trust.
+    #[arg(long)]
+    insecure: bool,
     /// Test aid: milliseconds to pause before applying each report batch.
     #[arg(long, hide = true, default_value_t = 0)]
     ingest_delay_ms: u64,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Exit status for a refused command line or TLS material (as simctl's bad input).
+const EXIT_BAD_INPUT: u8 = 2;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let tls = match fleet_tls::TlsFiles::from_flags(
+        cli.tls_ca.clone(),
+        cli.tls_cert.clone(),
+        cli.tls_key.clone(),
+    )
+    .and_then(|files| {
+        files
+            .map(|f| f.load(fleet_tls::Role::Coordinator))
+            .transpose()
+    }) {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("coordinator: {error}");
+            return std::process::ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("coordinator: starting the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cli, tls)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(Refusal::BadInput(error)) => {
+            eprintln!("coordinator: {error}");
+            std::process::ExitCode::from(EXIT_BAD_INPUT)
+        }
+        Err(Refusal::Failed(error)) => {
+            eprintln!("coordinator: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Why the coordinator did not run: refused input, or a failure while serving.
+enum Refusal {
+    BadInput(String),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Refusal {
+    fn from(error: anyhow::Error) -> Self {
+        Self::Failed(error)
+    }
+}
+
+async fn serve(cli: Cli, tls: Option<fleet_tls::Material>) -> Result<(), Refusal> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,async_nats=warn,h2=warn".into()),
+                // tonic reports a refused TLS handshake (a client certificate of another
+                // CA, expired) only at debug, on this target: the operator must see it.
+                .unwrap_or_else(|_| {
+                    "info,async_nats=warn,h2=warn,tonic::transport::server::io_stream=debug".into()
+                }),
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let cli = Cli::parse();
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .with_context(|| format!("binding {}", cli.listen))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    // Checked on the bound address (a host name resolves here), before anything is served.
+    if tls.is_none() && !cli.insecure && !fleet_tls::plaintext_allowed(local) {
+        return Err(Refusal::BadInput(format!(
+            "--listen {}: plaintext on a non-loopback address ({local}) would let anyone who \
+             can reach it command every agent; give --tls-ca, --tls-cert and --tls-key (see \
+             simctl certs), or --insecure on a network you trust",
+            cli.listen
+        )));
+    }
     // The first stdout line tells a parent (simctl run) where we are.
-    println!("listening on {}", listener.local_addr()?);
+    println!("listening on {local}");
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -67,9 +146,11 @@ async fn main() -> anyhow::Result<()> {
             ingest_delay: std::time::Duration::from_millis(cli.ingest_delay_ms),
             runs_dir: Some(cli.runs_dir),
             resume: cli.resume,
+            tls,
         },
         shutdown,
     )
-    .await?;
+    .await
+    .map_err(anyhow::Error::from)?;
     Ok(())
 }

@@ -25,6 +25,17 @@ pub(crate) fn text(output: &Output) -> String {
 pub(crate) const SKEWED_HOST: usize = 2;
 pub(crate) const SKEW_MS: i64 = 300;
 
+/// The lab's certificates (`simctl certs init`'s layout): the fleet talks mutual TLS, as a
+/// real lab does across hosts.
+pub(crate) fn certs(dir: &Path) -> PathBuf {
+    dir.join("certs")
+}
+
+/// `--tls-ca`, `--tls-cert`, `--tls-key` for the certificate `stem` of the lab in `dir`.
+pub(crate) fn tls_flags(dir: &Path, stem: &str) -> Vec<std::ffi::OsString> {
+    test_support::tls_flags(&certs(dir), &certs(dir), stem)
+}
+
 /// An agent daemon in host namespace `host`, logging to `<dir>/agent-<host>.log` (appended:
 /// a restarted agent keeps the earlier log). Host [`SKEWED_HOST`]'s clock is [`SKEW_MS`]
 /// ahead.
@@ -40,6 +51,7 @@ pub(crate) fn spawn_agent(lab: &Lab, dir: &Path, endpoint: &str, host: usize) ->
             .arg(format!("host-{host}"))
             .arg("--dir")
             .arg(dir.join(format!("host-{host}")))
+            .args(tls_flags(dir, &format!("agent-host-{host}")))
             .env(
                 "PARTI_SIM_TEST_CLOCK_SHIFT_MS",
                 if host == SKEWED_HOST {
@@ -76,6 +88,9 @@ impl Fleet {
     pub(crate) fn start(dir: &Path, hosts: usize) -> Self {
         let lab = Lab::new(hosts).expect("creating the namespace lab");
         let hub_ip = lab.hub_ip().to_string();
+        let agent_names: Vec<String> = (1..=hosts).map(|h| format!("host-{h}")).collect();
+        fleet_tls::issue::init(&certs(dir), std::slice::from_ref(&hub_ip), &agent_names, 1)
+            .expect("the lab's certificates");
         let log = |name: &str| std::fs::File::create(dir.join(name)).expect("log file");
         let nats = lab
             .spawn(
@@ -98,11 +113,12 @@ impl Fleet {
                     ])
                     .arg("--runs-dir")
                     .arg(dir.join("runs"))
+                    .args(tls_flags(dir, "coordinator"))
                     .stdout(Stdio::null())
                     .stderr(log("coordinator.log")),
             )
             .expect("coordinator");
-        let endpoint = format!("http://{hub_ip}:7400");
+        let endpoint = format!("https://{hub_ip}:7400");
         let agents = (1..=hosts)
             .map(|host| spawn_agent(&lab, dir, &endpoint, host))
             .collect();
@@ -123,6 +139,7 @@ impl Fleet {
             .command(self.lab.hub(), bin("simctl"))
             .arg("--coordinator")
             .arg(&self.endpoint)
+            .args(tls_flags(&self.dir, "control"))
             .args(args)
             .output()
             .expect("simctl")
