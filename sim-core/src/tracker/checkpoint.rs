@@ -148,11 +148,11 @@ pub struct SavedPartition {
     /// The span table by position (eviction depends on it); trailing empty slots omitted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spans: Vec<Option<SavedSpan>>,
-    /// Seqs whose first processing was a redelivery, with the worker that reported it, as
-    /// `[seq, worker]` in increasing seq order (absent in states written before they were
-    /// remembered).
+    /// Seqs whose first processing was a redelivery, with the worker that processed it and
+    /// when it received it, as `[seq, worker, received_us]` in increasing seq order (absent
+    /// in states written before they were remembered).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub redelivered_first: Vec<(u64, WorkerRef)>,
+    pub redelivered_first: Vec<(u64, WorkerRef, i64)>,
 }
 
 /// `count` consecutive window slots with one known-at time and one set of flags; written as

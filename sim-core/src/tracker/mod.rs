@@ -64,6 +64,7 @@ use hdrhistogram::Histogram;
 pub use checkpoint::{CheckpointError, TrackerState};
 pub use failure::{Rules, TrackerFailure};
 use partition::{LOST, PartitionState, ProcessedOutcome, Recovered, SentOutcome};
+use redelivered::Redelivery;
 pub use snapshot::{
     Anomaly, AnomalyKind, LatencySummary, PartitionProgress, TraceRef, TrackerSnapshot, WorkerLoad,
 };
@@ -186,16 +187,25 @@ impl Tracker {
         let part = &mut self.partitions[idx];
         part.learn(r.seq, r.processed_us.max(self.now_us));
         let outcome = part.mark_processed(r.seq);
-        // Who processed it first on a redelivery: the earlier delivery's report may arrive
-        // after that one (a frozen worker), and must then not look like a second consumer.
+        // A first processing that was a redelivery is remembered: the earlier delivery's
+        // report may arrive after it (a frozen worker) and must then not look like a second
+        // consumer. `excuse` admits only that case, once.
         let first_redelivered = match outcome {
             ProcessedOutcome::First { .. } => {
                 if r.delivered > 1 {
-                    part.redelivered_first.insert(r.seq, r.worker);
+                    let redelivery = Redelivery {
+                        worker: r.worker,
+                        received_us: r.received_us,
+                    };
+                    part.redelivered_first.insert(r.seq, redelivery);
                 }
                 None
             }
-            ProcessedOutcome::Duplicate => part.redelivered_first.get(r.seq),
+            ProcessedOutcome::Duplicate if r.delivered <= 1 => {
+                part.redelivered_first
+                    .excuse(r.seq, r.worker, r.processed_us, tolerance)
+            }
+            ProcessedOutcome::Duplicate => None,
         };
         let overlap = part.observe(
             r.worker,
@@ -267,7 +277,7 @@ impl Tracker {
                     (DuplicateKind::Redelivery, AnomalyKind::DuplicateRedelivery)
                 };
                 obs.duplicate = Some(kind);
-                let other = overlap.or(first_redelivered.filter(|w| *w != r.worker));
+                let other = overlap.or(first_redelivered);
                 self.note(sample_kind, &r, other);
             }
         }

@@ -453,6 +453,24 @@ impl PartitionState {
         after
     }
 
+    /// Whether `seq` has been processed (at least once).
+    pub fn is_processed(&self, seq: u64) -> bool {
+        if seq == 0 || seq > self.known_max() {
+            return false;
+        }
+        if seq > self.watermark {
+            let idx = usize::try_from(seq - self.watermark - 1).unwrap_or(usize::MAX);
+            return self
+                .window
+                .get(idx)
+                .is_some_and(|slot| slot.flags() & PROCESSED != 0);
+        }
+        // Below the watermark no entry means sent and processed.
+        self.exceptions
+            .get(&seq)
+            .is_none_or(|flags| flags & PROCESSED != 0)
+    }
+
     fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
         let idx = usize::try_from(seq - self.watermark - 1).ok()?;
         self.window.get_mut(idx)
@@ -748,7 +766,7 @@ impl PartitionState {
             });
         }
         part.redelivered_first =
-            RedeliveredFirst::import(&saved.redelivered_first, saved.processed_max)
+            RedeliveredFirst::import(&saved.redelivered_first, |seq| part.is_processed(seq))
                 .map_err(|detail| ("redelivered_first", detail))?;
         Ok((part, tally))
     }

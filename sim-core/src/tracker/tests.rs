@@ -495,6 +495,11 @@ fn a_frozen_workers_late_report_of_the_first_delivery_is_a_redelivery() {
         "the sample names both workers: {sample:?}"
     );
 
+    // Only once, and only the earlier delivery: a third report of delivery 1 (a third
+    // consumer) is concurrent.
+    let o = feed(&mut t, done(0, 1, 3, 100, 110));
+    assert_eq!(o.duplicate, Some(DuplicateKind::Concurrent));
+
     // The control: without the redelivery on record, the same late first delivery after a
     // first delivery is still two consumers.
     let mut t = tracker(1);
@@ -502,6 +507,23 @@ fn a_frozen_workers_late_report_of_the_first_delivery_is_a_redelivery() {
     feed(&mut t, done(0, 1, 2, 30_000_000, 30_000_010));
     let o = feed(&mut t, done(0, 1, 1, 100, 110));
     assert_eq!(o.duplicate, Some(DuplicateKind::Concurrent));
+}
+
+/// A report of delivery 1 processed *after* the redelivery was received, or by the worker
+/// that processed the redelivery, is not the frozen worker's earlier delivery: concurrent.
+#[test]
+fn a_delivery_1_report_the_redelivery_cannot_explain_is_concurrent() {
+    let cases = [
+        ("processed after", done(0, 1, 1, 31_000_000, 31_000_010)),
+        ("the same worker", done(0, 1, 2, 100, 110)),
+    ];
+    for (why, late) in cases {
+        let mut t = tracker(1);
+        feed_sent(&mut t, sent(0, 1, 0));
+        feed(&mut t, redelivered(0, 1, 2, 30_000_000, 30_000_010));
+        let o = feed(&mut t, late);
+        assert_eq!(o.duplicate, Some(DuplicateKind::Concurrent), "{why}");
+    }
 }
 
 /// The same reversed arrival while the two workers' processing overlapped in time is two
