@@ -136,6 +136,16 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
     let _ = std::fs::remove_file(&options.socket);
+    // Only our own user may even reach the socket (the children run as it): the directory is
+    // closed before the socket exists, and the socket itself is 0600.
+    if let Some(dir) = options.socket.parent() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| AgentError::Socket {
+                path: dir.to_path_buf(),
+                source,
+            },
+        )?;
+    }
     let listener = UnixListener::bind(&options.socket).map_err(|source| AgentError::Socket {
         path: options.socket.clone(),
         source,
@@ -202,6 +212,9 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
                         detail,
                     });
                 }
+                // Not a handshake refusal: the coordinator is away. A refusal is three closed
+                // connections in a row without one of these in between.
+                closed_after_handshake = 0;
                 debug!(%error, "coordinator unreachable; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -239,8 +252,11 @@ pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> Result<(
                 // Our certificate refused in the handshake (TLS 1.3 tells the client after
                 // it finished), or the coordinator's service refusing its role.
                 let refused = fleet_tls::tls_failure(&error).or_else(|| {
-                    (error.code() == tonic::Code::PermissionDenied)
-                        .then(|| error.message().to_string())
+                    matches!(
+                        error.code(),
+                        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                    )
+                    .then(|| error.message().to_string())
                 });
                 if let Some(detail) = refused {
                     return Err(AgentError::Refused {

@@ -15,16 +15,17 @@ use proto::v1::Report;
 use tokio::io::AsyncBufReadExt;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::links::{Connection, Links};
 use crate::reclaim::{MARK_EVERY, Reclaimer};
 use crate::report::ChildReport;
 
-/// How long a child's first report waits for the child to be registered (its fork has
-/// returned; the registration follows at once): a connection that is not one of our
-/// children waits this once, then is refused.
-const LINK_WAIT: Duration = Duration::from_secs(1);
+/// How long a connection may stay unmatched to a child: a child connects right after its
+/// fork, a moment before the supervisor registers it (the wait ends at the registration, an
+/// event, so a generous limit costs a child nothing even on a loaded host). A connection
+/// still unmatched then — another local process — is refused, whatever it sent.
+const LINK_WAIT: Duration = Duration::from_secs(10);
 
 /// Test aid: the report socket also admits processes the agent did not start (their reports
 /// unstamped), as before the socket checked its peers. `simctl/tests/foreign.rs` needs it to
@@ -80,11 +81,38 @@ async fn serve_connection(
     let mut number: u64 = 0;
     let mut offset: u64 = 0;
     let mut waited = false;
+    // Unlinked past this, whatever it sends (or if it sends nothing): refused.
+    let deadline = tokio::time::Instant::now() + LINK_WAIT;
+    let mut partial = false;
     loop {
-        bytes.clear();
-        match reader.read_until(b'\n', &mut bytes).await {
+        if !partial {
+            bytes.clear();
+        }
+        partial = false;
+        let read = if link.is_none() && !admit_foreign {
+            match tokio::time::timeout_at(deadline, reader.read_until(b'\n', &mut bytes)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    // A last look (a registration may have just happened), then refuse.
+                    link = peer
+                        .and_then(|pid| links.connected_pid(pid))
+                        .or_else(|| links.connected_name(&process, peer));
+                    if link.is_none() {
+                        refuse(&links, peer, &process);
+                        return;
+                    }
+                    // What the interrupted read got is kept in `bytes`; go on with the line.
+                    partial = true;
+                    continue;
+                }
+            }
+        } else {
+            reader.read_until(b'\n', &mut bytes).await
+        };
+        match read {
             Ok(0) | Err(_) => return,
-            Ok(read) => offset += read as u64,
+            // The whole line, also when its start was read before an interruption.
+            Ok(_) => offset += bytes.len() as u64,
         }
         let line_number = number;
         number += 1;
@@ -116,7 +144,8 @@ async fn serve_connection(
                 // moment away. Its journal line must be known, or a replay after an agent
                 // crash would apply it twice.
                 if link.is_none() && !waited {
-                    link = links.connected_within(peer, &process, LINK_WAIT).await;
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    link = links.connected_within(peer, &process, left).await;
                     waited = true;
                 }
                 // The run its child was started for, and where it journals. A connection
@@ -129,13 +158,7 @@ async fn serve_connection(
                         }
                         continue;
                     }
-                    let refused = links.refuse();
-                    warn!(
-                        peer = ?peer,
-                        %process,
-                        refused,
-                        "report connection refused: not a process this agent started"
-                    );
+                    refuse(&links, peer, &process);
                     return;
                 };
                 report.run_id = link.run_id().to_string();
@@ -148,4 +171,15 @@ async fn serve_connection(
             Err(error) => warn!(%process, %error, "unreadable report line ignored"),
         }
     }
+}
+
+/// Counts and logs a connection refused as none of our children's (nor a descendant of one).
+fn refuse(links: &Links, peer: Option<u32>, process: &str) {
+    let refused = links.refuse();
+    error!(
+        peer = ?peer,
+        %process,
+        refused,
+        "report connection refused: not a process this agent started (or a descendant of one)"
+    );
 }

@@ -110,6 +110,18 @@ fn separate_daemons_run_watch_stop_and_report() {
         0,
         Duration::from_secs(30),
     );
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).expect("agent log");
+    // The log may be coloured: compare without the escape sequences.
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    assert!(plain.contains("refused=1"), "counted: {plain}");
 
     let watched = fleet.simctl(&["watch"]);
     assert!(watched.status.success(), "watch: {}", text(&watched));

@@ -79,8 +79,12 @@ fn simctl(url: &str, tls: &[OsString], args: &[&str]) -> Output {
 }
 
 fn agent(url: &str, tls: &[OsString], dir: &Path) -> Child {
+    agent_as("host-1", url, tls, dir)
+}
+
+fn agent_as(id: &str, url: &str, tls: &[OsString], dir: &Path) -> Child {
     Command::new(workspace_binary("agent"))
-        .args(["run", "--coordinator", url, "--id", "host-1", "--dir"])
+        .args(["run", "--coordinator", url, "--id", id, "--dir"])
         .arg(dir)
         .args(tls)
         .stdout(Stdio::null())
@@ -195,6 +199,22 @@ fn mutual_tls_admits_the_labs_own_and_refuses_everyone_else() {
         "{text}"
     );
 
+    // host-1's certificate cannot register as host-2.
+    let (code, text) = exit_of(
+        agent_as(
+            "host-2",
+            &url,
+            &flags(&ours, &ours, "agent-host-1"),
+            &dir.path().join("a5"),
+        ),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("\"host-2\" is not the one its certificate names"),
+        "{text}"
+    );
+
     // Only the one agent of the control ever registered.
     let out = simctl(&url, &control, &["agents"]);
     assert_eq!(
@@ -254,6 +274,20 @@ fn plaintext_on_a_non_loopback_address_is_refused_unless_insecure() {
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("--tls-cert is missing"), "{text}");
+
+    // A certificate and a key that are not a pair: refused before listening.
+    let certs = lab(&dir.path().join("certs"));
+    let mut mismatched = flags(&certs, &certs, "coordinator");
+    mismatched[5] = certs.join("control.key").into();
+    let out = Command::new(workspace_binary("coordinator"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(mismatched)
+        .output()
+        .expect("coordinator");
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("not a usable pair"), "{text}");
+    assert!(!text.contains("listening on"), "{text}");
 
     // With --insecure the operator has said so: it listens.
     let (_daemon, line) = started(

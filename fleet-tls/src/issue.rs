@@ -86,7 +86,11 @@ impl Validity {
         let now = OffsetDateTime::now_utc();
         Self {
             not_before: now - Duration::hours(1),
-            not_after: now + Duration::days(i64::from(days)),
+            // Past the calendar's end it is the end (X.509 GeneralizedTime stops at 9999).
+            not_after: now
+                .checked_add(Duration::days(i64::from(days)))
+                .filter(|end| end.year() <= 9999)
+                .unwrap_or_else(|| rcgen::date_time_ymd(9999, 12, 31)),
         }
     }
 }
@@ -267,12 +271,22 @@ pub fn init(
     agents: &[String],
     days: u32,
 ) -> Result<Vec<PathBuf>, IssueError> {
-    let ca_path = dir.join(CA_CERT);
-    if ca_path.exists() {
-        return Err(IssueError::Exists { path: ca_path });
-    }
     for agent in agents {
         check_name("agent name", agent)?;
+    }
+    // Every file it would write, checked before any is: a half-made lab (a CA certificate
+    // whose key was refused) would be worse than none.
+    let stems = [Leaf::Control.stem(), "coordinator".to_string()]
+        .into_iter()
+        .chain(agents.iter().map(|name| Leaf::Agent { name }.stem()));
+    let files = [CA_CERT.to_string(), CA_KEY.to_string()]
+        .into_iter()
+        .chain(stems.flat_map(|stem| [format!("{stem}.pem"), format!("{stem}.key")]));
+    for name in files {
+        let path = dir.join(name);
+        if path.exists() {
+            return Err(IssueError::Exists { path });
+        }
     }
     let ca = Authority::generate("parti-sim lab CA", Validity::days(days.saturating_mul(10)))?;
     // Everything is issued before anything is written: a refused host leaves no half lab.
@@ -360,8 +374,10 @@ fn write(
     if !replace && path.exists() {
         return Err(IssueError::Exists { path });
     }
-    // Written aside and renamed: a reader never sees half a key.
+    // Written aside and renamed: a reader never sees half a key. A stale aside file (an
+    // interrupted run) is removed first, so the mode below applies to a new file.
     let partial = dir.join(format!(".{name}.partial"));
+    let _ = std::fs::remove_file(&partial);
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)

@@ -27,7 +27,7 @@ mod peer;
 
 pub use client::endpoint;
 pub use material::{Material, TlsError, TlsFiles};
-pub use peer::{RequireRole, peer_role, refused_after_handshake, tls_failure};
+pub use peer::{PeerName, RequireRole, peer_role, refused_after_handshake, tls_failure};
 
 use std::net::SocketAddr;
 
@@ -63,11 +63,21 @@ impl Role {
     }
 
     fn from_uri(uri: &str) -> Option<Self> {
+        Self::with_name(uri).map(|(role, _)| role)
+    }
+
+    /// The role of a URI and the name after it (`urn:parti-sim:agent:host-1` → agent,
+    /// `host-1`).
+    fn with_name(uri: &str) -> Option<(Self, Option<&str>)> {
         let rest = uri.strip_prefix(URI_PREFIX)?;
-        let word = rest.split(':').next()?;
-        [Self::Coordinator, Self::Agent, Self::Control]
+        let (word, name) = match rest.split_once(':') {
+            Some((word, name)) => (word, Some(name)),
+            None => (rest, None),
+        };
+        let role = [Self::Coordinator, Self::Agent, Self::Control]
             .into_iter()
-            .find(|role| role.as_str() == word)
+            .find(|role| role.as_str() == word)?;
+        Some((role, name))
     }
 }
 

@@ -68,7 +68,7 @@ pub enum TlsError {
         detail: String,
     },
     /// The certificate is outside its validity period.
-    #[error("{}: the certificate is valid from {not_before} to {not_after}, not now; issue a new one (docs/LAB.md, rotation)", path.display())]
+    #[error("{}: the certificate is valid from {not_before} to {not_after}, not now; issue a new one (docs/SECURITY.md, Rotation)", path.display())]
     NotValidNow {
         /// The file.
         path: PathBuf,

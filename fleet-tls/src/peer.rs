@@ -24,14 +24,29 @@ pub(crate) fn roles_of(cert: &X509Certificate<'_>) -> Vec<Role> {
         .collect()
 }
 
-/// The role of a peer's end-entity certificate (the first of its chain), if it names one.
-/// Call only with certificates the TLS layer verified against the CA.
+/// The role of a peer's end-entity certificate (the first of its chain), if it names one,
+/// and the name its role URI carries (an agent's). Call only with certificates the TLS layer
+/// verified against the CA.
 #[must_use]
-pub fn peer_role(chain: &[CertificateDer<'_>]) -> Option<Role> {
+pub fn peer_role(chain: &[CertificateDer<'_>]) -> Option<(Role, Option<String>)> {
     let leaf = chain.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
-    roles_of(&cert).first().copied()
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return None;
+    };
+    san.value.general_names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => {
+            Role::with_name(uri).map(|(role, name)| (role, name.map(str::to_string)))
+        }
+        _ => None,
+    })
 }
+
+/// The name a verified client certificate gives its holder (an agent's name), put into the
+/// request's extensions by [`RequireRole`]: a service compares it with the name the client
+/// claims, so one agent's key cannot pose as another agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerName(pub String);
 
 /// A gRPC interceptor admitting only peers whose certificate carries one role.
 ///
@@ -57,15 +72,27 @@ impl tonic::service::Interceptor for RequireRole {
         if !self.tls {
             return Ok(request);
         }
-        let found = request.peer_certs().and_then(|chain| peer_role(&chain));
-        match found {
-            Some(role) if role == self.role => Ok(request),
-            Some(role) => Err(Status::permission_denied(format!(
+        let Some(chain) = request.peer_certs() else {
+            return Err(Status::unauthenticated(format!(
+                "this service needs a {} certificate; the client presented none",
+                self.role
+            )));
+        };
+        match peer_role(&chain) {
+            Some((role, name)) if role == self.role => {
+                let mut request = request;
+                if let Some(name) = name {
+                    request.extensions_mut().insert(PeerName(name));
+                }
+                Ok(request)
+            }
+            Some((role, _)) => Err(Status::permission_denied(format!(
                 "this service needs a {} certificate; the client presented a {role} certificate",
                 self.role
             ))),
             None => Err(Status::permission_denied(format!(
-                "this service needs a {} certificate; the client's names no parti-sim role",
+                "this service needs a {} certificate; the client's certificate names no \
+                 parti-sim role",
                 self.role
             ))),
         }

@@ -68,7 +68,7 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Create the lab's CA and certificates for mutual TLS (docs/LAB.md).
+    /// Create the lab's CA and certificates for mutual TLS (docs/SECURITY.md).
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
@@ -91,8 +91,8 @@ pub enum CertsCommand {
         /// Agent names (comma-separated or repeated): one certificate each.
         #[arg(long = "agent", value_delimiter = ',')]
         agents: Vec<String>,
-        /// Validity of the certificates in days (the CA's is ten times longer).
-        #[arg(long, default_value_t = 365)]
+        /// Validity of the certificates in days, at most 3650 (the CA's is ten times longer).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: u32,
     },
     /// One more certificate from the CA in DIR: a new agent, or a rotation (--replace).
@@ -103,8 +103,8 @@ pub enum CertsCommand {
         /// What for.
         #[command(flatten)]
         leaf: LeafArgs,
-        /// Validity in days.
-        #[arg(long, default_value_t = 365)]
+        /// Validity in days, at most 3650.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: u32,
         /// Overwrite an existing certificate and key (rotation).
         #[arg(long)]

@@ -33,13 +33,19 @@ mod trace;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use cli::{Cli, Command, ConfigCommand, ReportArgs};
 use exit::{Exit, ExitError};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    // Given on the command line, not inherited from SIMCTL_TLS_* in the environment (which
+    // a lab's simctl.env exports for every command).
+    let tls_flags = ["tls_ca", "tls_cert", "tls_key", "insecure"]
+        .into_iter()
+        .any(|id| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -53,7 +59,7 @@ fn main() -> ExitCode {
             return Exit::Infrastructure.into();
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    match runtime.block_on(dispatch(cli, tls_flags)) {
         Ok(exit) => exit.into(),
         Err(ExitError { exit, error }) => {
             eprintln!("error: {error:#}");
@@ -79,7 +85,7 @@ fn coordinator(cli: &Cli) -> Result<remote::Coordinator, ExitError> {
     })
 }
 
-async fn dispatch(cli: Cli) -> Result<Exit, ExitError> {
+async fn dispatch(cli: Cli, tls_flags: bool) -> Result<Exit, ExitError> {
     let remote_command = matches!(
         cli.command,
         Command::Start(_)
@@ -90,14 +96,12 @@ async fn dispatch(cli: Cli) -> Result<Exit, ExitError> {
             | Command::Agents
             | Command::Chaos(_)
     );
-    let tls_given =
-        cli.tls_ca.is_some() || cli.tls_cert.is_some() || cli.tls_key.is_some() || cli.insecure;
     let endpoint = if remote_command {
         coordinator(&cli)?
-    } else if tls_given {
+    } else if tls_flags {
         // Accepted but unused would be a setting that silently does nothing.
         return Err(exit::bad_input(anyhow::anyhow!(
-            "--tls-ca, --tls-cert, --tls-key and --insecure (or SIMCTL_TLS_*) apply to the \
+            "--tls-ca, --tls-cert, --tls-key and --insecure apply to the \
              commands that talk to a coordinator (start, status, watch, stop, report, agents, \
              chaos); `run` starts its own on loopback and the others talk to none"
         )));

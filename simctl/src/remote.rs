@@ -179,7 +179,11 @@ pub async fn connect(coordinator: &Coordinator) -> Result<ControlClient<Channel>
 /// (infrastructure, exit 3).
 fn failed(status: tonic::Status) -> ExitError {
     let refusal = fleet_tls::tls_failure(&status).or_else(|| {
-        (status.code() == tonic::Code::PermissionDenied).then(|| status.message().to_string())
+        matches!(
+            status.code(),
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+        )
+        .then(|| status.message().to_string())
     });
     match refusal {
         Some(detail) => bad_input(anyhow::anyhow!("the coordinator refused simctl: {detail}")),

@@ -169,6 +169,18 @@ fn tls_flags_where_no_coordinator_is_talked_to_are_refused() {
         said.contains("apply to the commands that talk to a coordinator"),
         "{said}"
     );
+    let said = refused_as_bad_input(&["config", "validate", config, "--tls-ca", "x"]);
+    assert!(
+        said.contains("apply to the commands that talk to a coordinator"),
+        "{said}"
+    );
+    // From the environment (a lab's simctl.env), they do not stop a local command.
+    let out = Command::new(env!("CARGO_BIN_EXE_simctl"))
+        .args(["config", "validate", config])
+        .env("SIMCTL_TLS_CA", "/nonexistent/ca.pem")
+        .output()
+        .expect("simctl");
+    assert!(out.status.success(), "{}", text(&out));
     // Half the TLS flags for a remote command: refused naming the missing one, before any
     // connection (exit 3 had it tried the dead address).
     let said = refused_as_bad_input(&["--tls-ca", "/nonexistent", "status"]);
@@ -208,6 +220,19 @@ fn certs_init_writes_a_lab_and_never_overwrites_it() {
     let again = simctl(&args);
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
     assert!(text(&again).contains("exists"), "{}", text(&again));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |name: &str| {
+        std::fs::metadata(std::path::Path::new(lab).join(name))
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    };
+    assert_eq!(mode("ca.key"), 0o600);
+    assert_eq!(mode("agent-host-1.key"), 0o600);
+    assert_eq!(mode("ca.pem"), 0o644);
+    let before = std::fs::read_dir(lab).map(Iterator::count).unwrap_or(0);
     let bad = simctl(&["certs", "issue", "--dir", lab, "--agent", "../escape"]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    let after = std::fs::read_dir(lab).map(Iterator::count).unwrap_or(0);
+    assert_eq!(before, after, "nothing written");
+    assert!(!dir.path().join("escape.pem").exists());
 }

@@ -444,20 +444,14 @@ impl AgentRegistry {
         }
     }
 
+    /// Runs an agent's session, opened by `hello` (read by the service, which checked it
+    /// against the agent's certificate).
     async fn run_session(
         self,
+        hello: Hello,
         mut inbound: Streaming<AgentMessage>,
         commands: mpsc::Sender<CoordinatorMessage>,
     ) {
-        let hello = match inbound.message().await {
-            Ok(Some(AgentMessage {
-                body: Some(agent_message::Body::Hello(hello)),
-            })) => hello,
-            _ => {
-                warn!("agent session without hello dropped");
-                return;
-            }
-        };
         let agent = hello.agent_id.clone();
         let session = self.open_session(&hello, commands.clone());
         info!(%agent, host = %hello.hostname, boot_id = hello.boot_id, released = hello.acked_batch, "agent connected");

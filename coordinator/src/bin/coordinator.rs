@@ -67,6 +67,21 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    // The TLS stack's own checks (a key that is not the certificate's, an encrypted key),
+    // before anything is bound or resumed.
+    if let Some(material) = &tls
+        && let Err(error) = tonic::transport::Server::builder().tls_config(material.server())
+    {
+        let mut text = error.to_string();
+        let mut cause = std::error::Error::source(&error);
+        while let Some(current) = cause {
+            text.push_str(": ");
+            text.push_str(&current.to_string());
+            cause = current.source();
+        }
+        eprintln!("coordinator: --tls-cert and --tls-key are not a usable pair: {text}");
+        return std::process::ExitCode::from(EXIT_BAD_INPUT);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
