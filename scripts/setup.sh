@@ -84,4 +84,26 @@ fi
 # --- Rust test runner ---------------------------------------------------------------------
 # cargo-nextest is on the machine image; plain `cargo test` works too, so it is optional.
 
-log "ok: $("$tools/bin/nats-server" --version), nats-py $NATS_PY_VERSION, $("$tools/bin/cargo-deny" --version), $("$tools/bin/prometheus" --version 2>&1 | head -1), $(iptables --version 2>/dev/null || echo 'iptables missing')"
+# --- Ansible (the lab's deployment and its test) -------------------------------------------
+# In a virtualenv of its own: ansible-lint brings many packages that nats-py's tests need not
+# share. The test drives ansible-playbook against containers over SSH (openssh-client).
+ANSIBLE_CORE_VERSION="2.19.14"
+ANSIBLE_LINT_VERSION="26.10.1"
+command -v ssh >/dev/null 2>&1 || {
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  log "installing openssh-client"
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssh-client >/dev/null
+}
+if [ ! -x "$tools/ansible/bin/pip" ]; then
+  python3 -m venv "$tools/ansible"
+fi
+if ! "$tools/ansible/bin/python" -c "import importlib.metadata as m; assert m.version('ansible-core') == '$ANSIBLE_CORE_VERSION' and m.version('ansible-lint') == '$ANSIBLE_LINT_VERSION'" 2>/dev/null; then
+  log "installing ansible-core $ANSIBLE_CORE_VERSION and ansible-lint $ANSIBLE_LINT_VERSION into $tools/ansible"
+  "$tools/ansible/bin/pip" install -q --disable-pip-version-check \
+    "ansible-core==$ANSIBLE_CORE_VERSION" "ansible-lint==$ANSIBLE_LINT_VERSION"
+fi
+ln -sf "$tools/ansible/bin/ansible-playbook" "$tools/bin/ansible-playbook"
+ln -sf "$tools/ansible/bin/ansible-lint" "$tools/bin/ansible-lint"
+
+log "ok: $("$tools/bin/nats-server" --version), nats-py $NATS_PY_VERSION, ansible-core $ANSIBLE_CORE_VERSION, $("$tools/bin/cargo-deny" --version), $("$tools/bin/prometheus" --version 2>&1 | head -1), $(iptables --version 2>/dev/null || echo 'iptables missing')"
