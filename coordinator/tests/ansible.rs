@@ -212,13 +212,19 @@ fn short_lab_config() -> String {
 
 #[test]
 fn the_playbook_deploys_a_lab_that_passes_then_changes_nothing_then_leaves_nothing() {
-    let image = ok(
-        "scripts/lab-image.sh",
-        Command::new(workspace().join("scripts/lab-image.sh"))
-            .output()
-            .expect("lab-image.sh"),
-    );
-    let image = image.lines().last().expect("image tag").trim().to_string();
+    let built = Command::new(workspace().join("scripts/lab-image.sh"))
+        .output()
+        .expect("lab-image.sh");
+    // The tag is stdout's last line (stderr says what was built, when anything was).
+    let stdout = String::from_utf8_lossy(&built.stdout).into_owned();
+    ok("scripts/lab-image.sh", built);
+    let image = stdout
+        .lines()
+        .last()
+        .map(str::trim)
+        .filter(|tag| !tag.is_empty())
+        .expect("lab-image.sh printed no tag")
+        .to_string();
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("id_ed25519");
     ok(
