@@ -521,12 +521,14 @@ fn a_stalled_assignment_watch_fails_for_ownership_at_low_and_high_rates() {
     );
     let fast = fast_partitions(7);
     // At 50 messages/s the two consumers' processing also overlaps in time, which the
-    // tracker sees; at 0.01 only the document does.
+    // tracker sees; at 0.01 only the document does. Their rivalry can also hold messages
+    // past the validation window: CI saw 1629 late ones (worst 44 s) in one run on
+    // 2026-12-02, no loss, no duplicate — a consequence of the same defect, not another.
     let kinds = failure_kinds(&outcome.json);
     assert!(
-        kinds
-            .iter()
-            .all(|k| ["ownership", "concurrent_processing", "order"].contains(&k.as_str())),
+        kinds.iter().all(|k| {
+            ["ownership", "concurrent_processing", "order", "late"].contains(&k.as_str())
+        }),
         "nothing else fails: {kinds:?}\n{}",
         outcome.stdout
     );
