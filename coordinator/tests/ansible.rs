@@ -192,9 +192,7 @@ fn short_lab_config() -> String {
             ("warmup: 30s", "warmup: 8s"),
             ("cooldown: 30s", "cooldown: 8s"),
             (
-                "    - worker_crash\n    - worker_restart\n    - worker_pause\n    - scale_up\n    \
-                 - scale_down\n    - leader_failure\n    - producer_crash\n    - nats_disconnect\n    \
-                 - network_degrade\n    - partition_changes\n",
+                test_support::LAB_STRESS_EVENTS,
                 "    - nats_disconnect\n    - network_degrade\n    - worker_crash\n",
             ),
             ("validation_window: 60s", "validation_window: 40s"),

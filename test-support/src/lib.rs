@@ -112,6 +112,12 @@ pub fn tls_flags(ca: &Path, certs: &Path, stem: &str) -> Vec<std::ffi::OsString>
     ]
 }
 
+/// The chaos event list of `configs/lab-stress.yaml`, as the file spells it: the text a
+/// test replaces (with [`edited_config`]) to run a short cut of the lab profile.
+pub const LAB_STRESS_EVENTS: &str = "    - worker_crash\n    - worker_restart\n    - worker_pause\n    \
+     - scale_up\n    - scale_down\n    - leader_failure\n    - producer_crash\n    \
+     - nats_disconnect\n    - network_degrade\n    - partition_changes\n";
+
 /// Run `simctl --coordinator <endpoint> <args>` to completion.
 pub fn simctl(endpoint: &str, args: &[&str]) -> std::process::Output {
     Command::new(workspace_binary("simctl"))
